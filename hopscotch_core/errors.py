@@ -1,0 +1,39 @@
+"""Exceptions raised by hopscotch_core.
+
+Every error a user can cause has its own class with a message that says what was wrong and how to fix it.
+They subclass the matching builtin (ValueError, FileNotFoundError, OSError) so generic handlers still work.
+"""
+
+from __future__ import annotations
+
+
+class HopscotchError(Exception):
+    """Base class for every error hopscotch_core raises on purpose."""
+
+
+class UnsupportedArchitectureError(HopscotchError, ValueError):
+    """The model's family has no adapter."""
+
+
+class InvalidBlocksError(HopscotchError, ValueError):
+    """A block index that is out of range, negative, duplicated or not an integer."""
+
+
+class InvalidScalesError(HopscotchError, ValueError):
+    """Scales of the wrong shape, or containing NaN/inf."""
+
+
+class ArtifactError(HopscotchError, ValueError):
+    """A saved adapter or compact model that is missing, corrupt or of an unknown format."""
+
+
+class AdapterMismatchError(ArtifactError):
+    """An adapter saved for one model and loaded onto another."""
+
+
+class ModelNotAvailableError(HopscotchError, OSError):
+    """A model that cannot be found locally and cannot be downloaded."""
+
+
+class DetachedError(HopscotchError, RuntimeError):
+    """A Hopscotch handle used after `detach()`."""

