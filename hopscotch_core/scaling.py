@@ -96,12 +96,18 @@ def _layer_forward(
 
 
 def _combine(b, branch: torch.Tensor, s, residual: torch.Tensor) -> torch.Tensor:
-    """b * branch + s * residual, in the activations' dtype (a 0-dim float32 scalar does not promote)."""
-    if b.__class__ is float:  # frozen (compact) scales: python floats, and the stock sum where both are 1
+    """b * branch + s * residual, in the activations' dtype (a 0-dim float32 scalar does not promote).
+
+    With python floats (inference snapshot or compact model) it is the stock `residual + branch` where both are
+    1, so an all-ones model runs exactly the stock kernels; with tensors (training) it is differentiable.
+    """
+    if b.__class__ is float:
         if b == 1.0 and s == 1.0:
             return residual + branch
-        return (residual if s == 1.0 else s * residual) + (branch if b == 1.0 else b * branch)
-    return b * branch + s * residual
+        if s == 1.0:
+            return torch.add(residual, branch, alpha=b)
+        return torch.add(residual * s, branch, alpha=b)
+    return torch.addcmul(s * residual, branch, b)
 
 
 def _as_blocks(blocks: int | Iterable[int], n: int) -> list[int]:
@@ -150,6 +156,12 @@ class Hopscotch:
         for p in model.parameters():
             p.requires_grad_(False)
         self._hook = self.scales.register_hook(self._mask_grad)
+        # Without autograd, each forward reads the scalars once as python floats (one device sync per forward,
+        # not per layer) so that layers run plain scalar kernels: exactly the stock ones at all ones.
+        self._snapshot: list[tuple[float, float, float, float]] | None = None
+        decoder = model.get_decoder()
+        self._snap_hooks = (decoder.register_forward_pre_hook(self._take_snapshot),
+                            decoder.register_forward_hook(self._drop_snapshot))
         for i, layer in enumerate(layers):
             layer.forward = _layer_forward(adapter, layer, i, self._is_skipped, self._scales_on)
         setattr(model, _HANDLE_ATTR, self)
@@ -158,7 +170,18 @@ class Hopscotch:
     def _is_skipped(self, idx: int) -> bool:
         return idx in self._skipped
 
-    def _scales_on(self, x: torch.Tensor) -> torch.Tensor:
+    def _take_snapshot(self, *_: Any) -> None:
+        if torch.is_grad_enabled():
+            self._snapshot = None
+        else:
+            self._snapshot = [tuple(row) for row in self.scales.detach().tolist()]
+
+    def _drop_snapshot(self, *_: Any) -> None:
+        self._snapshot = None
+
+    def _scales_on(self, x: torch.Tensor):
+        if self._snapshot is not None and not torch.is_grad_enabled():
+            return self._snapshot
         s = self.scales
         return s if s.device == x.device else s.to(x.device)
 
@@ -254,6 +277,8 @@ class Hopscotch:
         for name, p in self.model.named_parameters():
             p.requires_grad_(self._grad_flags.get(name, p.requires_grad))
         self._hook.remove()
+        for h in self._snap_hooks:
+            h.remove()
         if getattr(self.model, _HANDLE_ATTR, None) is self:
             delattr(self.model, _HANDLE_ATTR)
         self._attached = False

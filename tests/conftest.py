@@ -59,6 +59,32 @@ def make_model(family: str, seed: int = 0, dtype: torch.dtype = torch.float32, *
     return model.to(dtype).eval()
 
 
+def make_tokenizer():
+    """A character-level fast tokenizer whose ids fit the tiny models' vocabulary (offline, no files)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from transformers import PreTrainedTokenizerFast
+
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789 .,?!+-*=:'\n" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    for c in chars:
+        vocab.setdefault(c, len(vocab))
+    assert len(vocab) <= VOCAB
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>")
+
+
+@pytest.fixture
+def tiny_dir(tmp_path):
+    """A saved tiny llama with a tokenizer: a model directory load_model accepts."""
+    model = make_model("llama")
+    model.save_pretrained(tmp_path / "tiny-llama")
+    make_tokenizer().save_pretrained(tmp_path / "tiny-llama")
+    return tmp_path / "tiny-llama"
+
+
 @pytest.fixture(params=FAMILIES)
 def family(request) -> str:
     return request.param

@@ -162,3 +162,25 @@ def test_scaled_residual_changes_output_as_expected(llama, ids):
     hs.set_scales(s)
     llama(ids)
     torch.testing.assert_close(captured["o"], full * 0.5, atol=1e-5, rtol=1e-5)
+
+
+def test_inference_and_training_paths_agree(llama, ids):
+    """No-grad forwards read the scalars as floats once per forward; the result equals the autograd path."""
+    hs = hc.attach(llama)
+    torch.manual_seed(3)
+    hs.set_scales(torch.rand(N_LAYERS, 4) + 0.5).skip([1])
+    with_grad = llama(ids).logits
+    with torch.no_grad():
+        no_grad = llama(ids).logits
+        torch.testing.assert_close(no_grad, with_grad, atol=1e-5, rtol=1e-5)
+        hs.scales.data[2] = 0.3  # even a change through .data is seen by the next forward
+        changed = llama(ids).logits
+    assert (changed - no_grad).abs().max() > 1e-3
+    assert hs._snapshot is None  # nothing stale is kept between forwards
+
+
+def test_all_ones_inference_is_bitwise_the_stock_model(tiny, ids):
+    with torch.no_grad():
+        ref = tiny(ids).logits
+        hc.attach(tiny)
+        assert torch.equal(tiny(ids).logits, ref)

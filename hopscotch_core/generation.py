@@ -1,0 +1,50 @@
+"""Greedy text generation with a temporary skip set, for demos (CLI `ask`, the app's side-by-side view).
+
+`generate_text` applies the skip set only for the duration of the call and restores the model afterwards; pass a
+`threading.Lock` when the same model object is shared between threads (the app's cached model), so that one
+caller's skip set never leaks into another's generation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Iterable
+
+import torch
+
+from .scaling import attach, handle_of
+
+
+def build_prompt(tok, text: str, chat: bool = True) -> str:
+    """The chat template around `text` when the tokenizer has one (and `chat`), else `text` itself."""
+    if chat and getattr(tok, "chat_template", None):
+        return tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                       add_generation_prompt=True)
+    return text
+
+
+def generate_text(
+    model,
+    tok,
+    prompt: str,
+    skipped: Iterable[int] = (),
+    scales: torch.Tensor | None = None,
+    max_new_tokens: int = 64,
+    chat: bool = True,
+    lock: threading.Lock | None = None,
+) -> str:
+    """Greedy answer to `prompt` with `skipped` attention blocks (and optional [L, 4] scales) applied."""
+    enc = tok(build_prompt(tok, prompt, chat), return_tensors="pt").to(model.device)
+    skipped = list(skipped)
+    with lock or contextlib.nullcontext():
+        if handle_of(model) is not None:
+            raise RuntimeError("generate_text needs a model without an attached Hopscotch handle")
+        with attach(model) as hs:
+            if scales is not None:
+                hs.set_scales(scales)
+            hs.skip(skipped)
+            with torch.no_grad():
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tok.pad_token_id)
+    return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
