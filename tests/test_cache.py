@@ -121,3 +121,15 @@ def test_beam_search_with_skips_matches_uncached():
     kw = dict(max_new_tokens=6, num_beams=3, do_sample=False, pad_token_id=0, eos_token_id=None)
     with torch.no_grad():
         assert torch.equal(model.generate(ids, use_cache=True, **kw), model.generate(ids, use_cache=False, **kw))
+
+
+@pytest.mark.parametrize("fam", ["llama", "gemma2"])
+def test_static_cache_with_skips_matches_uncached(fam):
+    """Other cache layer kinds take a [B, 1, T, 1] placeholder through their own update and stay correct."""
+    model = make_model(fam)
+    hc.attach(model).skip([0, 2])
+    ids = torch.randint(3, 101, (2, PROMPT))
+    kw = dict(max_new_tokens=10, do_sample=False, pad_token_id=0, eos_token_id=None)
+    with torch.no_grad():
+        static = model.generate(ids, use_cache=True, cache_implementation="static", **kw)
+        assert torch.equal(static, model.generate(ids, use_cache=False, **kw))
