@@ -135,8 +135,9 @@ def read_artifact(path: str | os.PathLike, kind: str | None = None) -> tuple[tor
         )
     if not torch.isfinite(scales).all():
         raise ArtifactError(f"{scales_path} contains NaN or inf")
-    skipped = meta.get("skipped")
-    if not isinstance(skipped, list) or not all(isinstance(i, int) and 0 <= i < n for i in skipped) \
-            or len(set(skipped)) != len(skipped):
-        raise ArtifactError(f"{meta_path}: 'skipped' must be a list of distinct block indices in [0, {n})")
+    for key in ("skipped", "skipped_mlp"):
+        blocks = meta.get(key, [] if key == "skipped_mlp" else None)
+        if not isinstance(blocks, list) or not all(isinstance(i, int) and 0 <= i < n for i in blocks) \
+                or len(set(blocks)) != len(blocks):
+            raise ArtifactError(f"{meta_path}: '{key}' must be a list of distinct block indices in [0, {n})")
     return scales, meta

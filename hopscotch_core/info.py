@@ -16,7 +16,7 @@ from typing import Any, Iterable
 from torch import nn
 
 from .adapters import get_adapter
-from .scaling import RemovedAttention
+from .scaling import RemovedBlock
 
 
 def _linear_params(module: nn.Module) -> int:
@@ -33,7 +33,7 @@ def summary(model: nn.Module) -> dict[str, Any]:
     layers = ad.layers
     attn = [sum(p.numel() for p in layer.self_attn.parameters()) for layer in layers]
     total = sum(p.numel() for p in model.parameters())
-    removed = [i for i, layer in enumerate(layers) if isinstance(layer.self_attn, RemovedAttention)]
+    removed = [i for i, layer in enumerate(layers) if isinstance(layer.self_attn, RemovedBlock)]
     per_layer_attn = max(attn) if attn else 0
     return {
         "family": ad.family,
@@ -64,7 +64,7 @@ def _layer_flops(model: nn.Module, context: int) -> list[tuple[float, float]]:
         sliding = bool(window) and (types is None or types[i] == "sliding_attention")
         ctx = min(context, window) if sliding else context
         attn = 2 * _linear_params(layer.self_attn) + 4 * ctx * heads * hd
-        if isinstance(layer.self_attn, RemovedAttention):  # compacted: what it had, for the bound
+        if isinstance(layer.self_attn, RemovedBlock):  # compacted away
             attn = 0.0
         out.append((float(attn), float(2 * _linear_params(getattr(layer, ad.layer.mlp_name)))))
     return out

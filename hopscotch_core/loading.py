@@ -182,14 +182,15 @@ def _finish_compact(model, path: Path, missing: list[str]) -> None:
     from .scaling import install_compact
 
     scales, meta = artifacts.read_artifact(path, kind="compact")
-    skipped = meta["skipped"]
-    allowed = re.compile(r"(^|\.)layers\.(\d+)\.self_attn\.")
+    skipped, skipped_mlp = meta["skipped"], meta.get("skipped_mlp", [])
+    removed = re.compile(r"(^|\.)layers\.(\d+)\.(self_attn|mlp)\.")
     for key in missing:
-        m = allowed.search(key)
-        if not m or int(m.group(2)) not in skipped:
+        m = removed.search(key)
+        ok = m and int(m.group(2)) in (skipped if m.group(3) == "self_attn" else skipped_mlp)
+        if not ok:
             raise ArtifactError(f"compact model at {path} is missing weight {key}, which it should have")
-    # the attention of skipped layers was initialised from nothing: install_compact drops it again
-    install_compact(model, scales, skipped, meta["base"], fold=False)
+    # removed blocks were initialised from nothing by from_pretrained: install_compact drops them again
+    install_compact(model, scales, skipped, meta["base"], fold=False, skipped_mlp=skipped_mlp)
     model._hopscotch_compact.folded = bool(meta.get("folded"))
 
 
@@ -283,7 +284,8 @@ def save_model(model, path: str | os.PathLike, tokenizer=None) -> Path:
         tokenizer.save_pretrained(path)
     info = compact_info(model)
     if info is not None:
-        meta = {"kind": "compact", "skipped": list(info.skipped), "folded": info.folded, "base": info.base,
+        meta = {"kind": "compact", "skipped": list(info.skipped), "skipped_mlp": list(info.skipped_mlp),
+                "folded": info.folded, "base": info.base,
                 "columns": ["b_att", "s_att", "b_mlp", "s_mlp"]}
         artifacts.write_artifact(path, info.scales, meta)
     return path

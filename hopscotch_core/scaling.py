@@ -40,15 +40,15 @@ _HANDLE_ATTR = "_hopscotch"
 _COMPACT_ATTR = "_hopscotch_compact"
 
 
-class RemovedAttention(nn.Module):
-    """Stands where a compacted layer's attention was: no parameters, never called."""
+class RemovedBlock(nn.Module):
+    """Stands where a compacted layer's attention (or MLP) was: no parameters, never called."""
 
-    def __init__(self, layer_idx: int):
+    def __init__(self, layer_idx: int, name: str = "self_attn"):
         super().__init__()
-        self.layer_idx = layer_idx
+        self.layer_idx, self.name = layer_idx, name
 
     def forward(self, *args: Any, **kwargs: Any):
-        raise RuntimeError(f"attention block {self.layer_idx} was removed by Hopscotch compaction")
+        raise RuntimeError(f"{self.name} of block {self.layer_idx} was removed by Hopscotch compaction")
 
 
 def _cache_kwarg(layer: nn.Module) -> str:
@@ -56,14 +56,13 @@ def _cache_kwarg(layer: nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _layer_forward(
-    adapter: ModelAdapter,
-    layer: nn.Module,
-    idx: int,
-    is_skipped: Callable[[int], bool],
-    scales: Callable[[torch.Tensor], torch.Tensor | tuple[float, float, float, float]],
-) -> Callable[..., torch.Tensor]:
-    """A forward for decoder layer `idx` implementing the Hopscotch formula."""
+def _layer_forward(adapter: ModelAdapter, layer: nn.Module, idx: int, owner: Any) -> Callable[..., torch.Tensor]:
+    """A forward for decoder layer `idx` implementing the Hopscotch formula.
+
+    `owner` (a Hopscotch handle, or the frozen state of a compact model) answers `_is_skipped(idx)`,
+    `_mlp_skipped(idx)`, `_scales_on(x)` (an [L, 4] tensor, or per-layer tuples of python floats) and holds
+    `_probe`: None, or a callable(idx, x, x1, out) that sees each layer's input, mid and output states.
+    """
     branch = adapter.layer
     sig = inspect.signature(type(layer).forward)
     cache_kw = _cache_kwarg(layer)
@@ -78,21 +77,29 @@ def _layer_forward(
         if old_kw and old_kw in kwargs and cache_kw not in kwargs:
             kwargs[cache_kw] = kwargs.pop(old_kw)
         x = hidden_states  # (B, T, C)
-        sc = scales(x)
+        sc = owner._scales_on(x)
         b_att, s_att, b_mlp, s_mlp = (sc[idx, 0], sc[idx, 1], sc[idx, 2], sc[idx, 3]) if isinstance(
             sc, torch.Tensor) else sc[idx]
-        if is_skipped(idx):
+        if owner._is_skipped(idx):
             cache = kwargs.get(cache_kw)
             if cache is not None:
                 record_skipped(cache, idx, x)
-            x1 = x if (s_att.__class__ is float and s_att == 1.0) else s_att * x
+            x1 = _scaled(s_att, x)
         else:
-            a = branch.attention(layer, x, kwargs)
-            x1 = _combine(b_att, a, s_att, x)
-        m = branch.mlp(layer, x1)
-        return _combine(b_mlp, m, s_mlp, x1)
+            x1 = _combine(b_att, branch.attention(layer, x, kwargs), s_att, x)
+        if owner._mlp_skipped(idx):
+            out = _scaled(s_mlp, x1)
+        else:
+            out = _combine(b_mlp, branch.mlp(layer, x1), s_mlp, x1)
+        if owner._probe is not None:
+            owner._probe(idx, x, x1, out)
+        return out
 
     return forward
+
+
+def _scaled(s, x: torch.Tensor) -> torch.Tensor:
+    return x if (s.__class__ is float and s == 1.0) else s * x
 
 
 def _combine(b, branch: torch.Tensor, s, residual: torch.Tensor) -> torch.Tensor:
@@ -150,7 +157,10 @@ class Hopscotch:
         self.num_layers = adapter.num_layers
         device = next(model.parameters()).device
         self.scales = nn.Parameter(torch.ones(self.num_layers, 4, dtype=torch.float32, device=device))
-        self._skipped: list[int] = []
+        # skipped blocks, in the order they were skipped: column 0 (attention) and column 2 (MLP, for baselines
+        # that remove whole layers)
+        self._skips: dict[int, list[int]] = {0: [], 2: []}
+        self._probe: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None
         self._attached = True
         self._grad_flags = {name: p.requires_grad for name, p in model.named_parameters()}
         for p in model.parameters():
@@ -163,12 +173,15 @@ class Hopscotch:
         self._snap_hooks = (decoder.register_forward_pre_hook(self._take_snapshot),
                             decoder.register_forward_hook(self._drop_snapshot))
         for i, layer in enumerate(layers):
-            layer.forward = _layer_forward(adapter, layer, i, self._is_skipped, self._scales_on)
+            layer.forward = _layer_forward(adapter, layer, i, self)
         setattr(model, _HANDLE_ATTR, self)
 
     # ----------------------------------------------------------------------------------------- internals
     def _is_skipped(self, idx: int) -> bool:
-        return idx in self._skipped
+        return idx in self._skips[0]
+
+    def _mlp_skipped(self, idx: int) -> bool:
+        return idx in self._skips[2]
 
     def _take_snapshot(self, *_: Any) -> None:
         if torch.is_grad_enabled():
@@ -186,52 +199,63 @@ class Hopscotch:
         return s if s.device == x.device else s.to(x.device)
 
     def _mask_grad(self, grad: torch.Tensor) -> torch.Tensor:
-        if not self._skipped:
+        if not (self._skips[0] or self._skips[2]):
             return grad
         grad = grad.clone()
-        grad[self._skipped, 0] = 0.0  # a skipped block's b_att is not a free parameter
+        for col, blocks in self._skips.items():
+            grad[blocks, col] = 0.0  # the b of a skipped block is not a free parameter
         return grad
 
     def _check(self) -> None:
         if not self._attached:
             raise DetachedError("this Hopscotch handle was detached; call hc.attach(model) again")
 
+    def _set(self, col: int, blocks: int | Iterable[int], on: bool) -> "Hopscotch":
+        self._check()
+        valid = _as_blocks(blocks, self.num_layers)  # validate everything before changing anything
+        current = self._skips[col]
+        change = [i for i in valid if (i in current) != on]
+        with torch.no_grad():
+            for i in change:
+                self.scales[i, col] = 0.0 if on else 1.0
+        self._skips[col] = current + change if on else [i for i in current if i not in change]
+        return self
+
     # ----------------------------------------------------------------------------------------- skip set
     @property
     def skipped(self) -> tuple[int, ...]:
         """Skipped attention blocks, ascending."""
-        return tuple(sorted(self._skipped))
+        return tuple(sorted(self._skips[0]))
+
+    @property
+    def skipped_mlp(self) -> tuple[int, ...]:
+        """Skipped MLP blocks (whole-layer baselines), ascending."""
+        return tuple(sorted(self._skips[2]))
 
     def skip(self, blocks: int | Iterable[int]) -> "Hopscotch":
         """Skip these attention blocks (b_att = 0, not computed). Already skipped ones stay skipped."""
-        self._check()
-        new = [i for i in _as_blocks(blocks, self.num_layers) if i not in self._skipped]
-        with torch.no_grad():
-            for i in new:
-                self.scales[i, 0] = 0.0
-        self._skipped.extend(new)
-        return self
+        return self._set(0, blocks, True)
 
     def unskip(self, blocks: int | Iterable[int]) -> "Hopscotch":
         """Compute these attention blocks again, with b_att = 1."""
-        self._check()
-        back = [i for i in _as_blocks(blocks, self.num_layers) if i in self._skipped]
-        with torch.no_grad():
-            for i in back:
-                self.scales[i, 0] = 1.0
-        self._skipped = [i for i in self._skipped if i not in back]
-        return self
+        return self._set(0, blocks, False)
 
     def set_skipped(self, blocks: Iterable[int]) -> "Hopscotch":
-        """Make exactly `blocks` the skip set."""
-        self._check()
+        """Make exactly `blocks` the set of skipped attention blocks."""
         wanted = _as_blocks(blocks, self.num_layers)
-        self.unskip([i for i in self._skipped if i not in wanted])
+        self.unskip([i for i in self._skips[0] if i not in wanted])
         return self.skip(wanted)
+
+    def skip_mlp(self, blocks: int | Iterable[int]) -> "Hopscotch":
+        """Skip these MLP blocks (b_mlp = 0, not computed): with skip(), this removes whole layers."""
+        return self._set(2, blocks, True)
+
+    def unskip_mlp(self, blocks: int | Iterable[int]) -> "Hopscotch":
+        return self._set(2, blocks, False)
 
     # ----------------------------------------------------------------------------------------- scalars
     def set_scales(self, values: torch.Tensor | Iterable) -> "Hopscotch":
-        """Copy `values` ([num_layers, 4], finite) into the scalars; skipped blocks keep b_att = 0."""
+        """Copy `values` ([num_layers, 4], finite) into the scalars; skipped blocks keep b = 0."""
         self._check()
         t = torch.as_tensor(values, dtype=torch.float32) if not isinstance(values, torch.Tensor) else values
         if t.shape != (self.num_layers, 4):
@@ -240,31 +264,41 @@ class Hopscotch:
             raise InvalidScalesError("scales contain NaN or inf")
         with torch.no_grad():
             self.scales.copy_(t.to(self.scales.device, torch.float32))
-            if self._skipped:
-                self.scales[self._skipped, 0] = 0.0
+            for col, blocks in self._skips.items():
+                self.scales[blocks, col] = 0.0
         return self
 
     def reset(self) -> "Hopscotch":
         """All ones, nothing skipped: the original model."""
         self._check()
-        self._skipped = []
+        self._skips = {0: [], 2: []}
         with torch.no_grad():
             self.scales.fill_(1.0)
         return self
 
     def effective_scales(self) -> torch.Tensor:
-        """A float32 CPU copy of the scalars as they act (b_att = 0 on skipped blocks)."""
+        """A float32 CPU copy of the scalars as they act (b = 0 on skipped blocks)."""
         s = self.scales.detach().float().cpu().clone()
-        if self._skipped:
-            s[self._skipped, 0] = 0.0
+        for col, blocks in self._skips.items():
+            s[blocks, col] = 0.0
         return s
+
+    @contextmanager
+    def probe(self, fn: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]) -> Iterator[None]:
+        """Within: fn(layer, x, x1, out) is called by every layer (input, after attention, output)."""
+        self._check()
+        self._probe = fn
+        try:
+            yield
+        finally:
+            self._probe = None
 
     # ----------------------------------------------------------------------------------------- artifacts
     def save(self, path: str | Path) -> Path:
         """Write scales.safetensors + hopscotch.json into directory `path`."""
         self._check()
-        meta = {"kind": "adapter", "skipped": list(self._skipped), "columns": list(COLUMNS),
-                "base": artifacts.model_identity(self.model)}
+        meta = {"kind": "adapter", "skipped": list(self._skips[0]), "skipped_mlp": list(self._skips[2]),
+                "columns": list(COLUMNS), "base": artifacts.model_identity(self.model)}
         return artifacts.write_artifact(path, self.effective_scales(), meta)
 
     # ----------------------------------------------------------------------------------------- lifecycle
@@ -304,7 +338,7 @@ class Hopscotch:
             setattr(self.model, _HANDLE_ATTR, self)
 
     def compact(self, fold: bool = True) -> nn.Module:
-        """A new model without the skipped blocks' attention weights, computing what this handle computes.
+        """A new model without the skipped blocks' weights, computing what this handle computes.
 
         With fold=True, b_att and b_mlp are multiplied into the last weight of their branch (o_proj/down_proj,
         or the post-norm for Gemma/OLMo 2), which is exact up to rounding; s_att and s_mlp stay as constants.
@@ -312,21 +346,23 @@ class Hopscotch:
         """
         self._check()
         layers = self.adapter.layers
-        skipped = self.skipped
-        kept = {}
+        names = {0: self.adapter.layer.attn_name, 2: self.adapter.layer.mlp_name}
+        kept: list[tuple[int, str, nn.Module]] = []
         with self._bare():
             try:
-                for i in skipped:
-                    kept[i] = layers[i].self_attn
-                    layers[i].self_attn = RemovedAttention(i)
+                for col, blocks in self._skips.items():
+                    for i in blocks:
+                        kept.append((i, names[col], getattr(layers[i], names[col])))
+                        setattr(layers[i], names[col], RemovedBlock(i, names[col]))
                 new = copy.deepcopy(self.model)
             finally:
-                for i, attn in kept.items():
-                    layers[i].self_attn = attn
+                for i, name, module in kept:
+                    setattr(layers[i], name, module)
         for name, p in new.named_parameters():
             p.requires_grad_(self._grad_flags.get(name, True))
         identity = artifacts.model_identity(self.model)
-        install_compact(new, self.effective_scales(), skipped, identity, fold=fold)
+        install_compact(new, self.effective_scales(), self.skipped, identity, fold=fold,
+                        skipped_mlp=self.skipped_mlp)
         return new
 
 
@@ -347,6 +383,7 @@ def load_adapter(model: nn.Module, path: str | Path) -> Hopscotch:
     hs = attach(model)
     try:
         hs.skip(meta["skipped"])
+        hs.skip_mlp(meta.get("skipped_mlp", []))
         hs.set_scales(scales)
     except Exception:
         hs.detach()
@@ -355,41 +392,58 @@ def load_adapter(model: nn.Module, path: str | Path) -> Hopscotch:
 
 
 class CompactInfo:
-    """What `install_compact` put on a compacted model (read by save_model)."""
+    """The frozen Hopscotch state of a compacted model (its layers' forward reads it; save_model writes it)."""
 
-    def __init__(self, scales: torch.Tensor, skipped: tuple[int, ...], base: dict, folded: bool):
-        self.scales, self.skipped, self.base, self.folded = scales, skipped, base, folded
+    def __init__(self, scales: torch.Tensor, skipped: tuple[int, ...], skipped_mlp: tuple[int, ...], base: dict,
+                 folded: bool):
+        self.scales, self.skipped, self.skipped_mlp, self.base, self.folded = (
+            scales, skipped, skipped_mlp, base, folded)
+        self._consts = [tuple(float(v) for v in row) for row in scales]
+        self._att, self._mlp = frozenset(skipped), frozenset(skipped_mlp)
+        self._probe = None
+
+    def _is_skipped(self, idx: int) -> bool:
+        return idx in self._att
+
+    def _mlp_skipped(self, idx: int) -> bool:
+        return idx in self._mlp
+
+    def _scales_on(self, x: torch.Tensor) -> list[tuple[float, float, float, float]]:
+        return self._consts
 
 
 def install_compact(
-    model: nn.Module, scales: torch.Tensor, skipped: Iterable[int], base: dict, fold: bool = True
+    model: nn.Module, scales: torch.Tensor, skipped: Iterable[int], base: dict, fold: bool = True,
+    skipped_mlp: Iterable[int] = (),
 ) -> nn.Module:
-    """Turn `model` (in place) into a compact Hopscotch model with frozen `scales` and removed attention."""
+    """Turn `model` (in place) into a compact Hopscotch model with frozen `scales` and removed blocks."""
     adapter = get_adapter(model)
     n = adapter.num_layers
     skipped = tuple(sorted(_as_blocks(list(skipped), n)))
+    skipped_mlp = tuple(sorted(_as_blocks(list(skipped_mlp), n)))
     scales = scales.detach().float().cpu().clone()
     if scales.shape != (n, 4) or not torch.isfinite(scales).all():
         raise InvalidScalesError(f"compact scales must be finite with shape ({n}, 4)")
     layers = adapter.layers
-    for i in skipped:
-        if not isinstance(layers[i].self_attn, RemovedAttention):
-            layers[i].self_attn = RemovedAttention(i)
+    for blocks, name in ((skipped, adapter.layer.attn_name), (skipped_mlp, adapter.layer.mlp_name)):
+        for i in blocks:
+            if not isinstance(getattr(layers[i], name), RemovedBlock):
+                setattr(layers[i], name, RemovedBlock(i, name))
     if fold:
         for i, layer in enumerate(layers):
             if i not in skipped and scales[i, 0] != 1.0:
                 fold_scale(layer, adapter.layer.attn_out, float(scales[i, 0]))
                 scales[i, 0] = 1.0
-            if scales[i, 2] != 1.0:
+            if i not in skipped_mlp and scales[i, 2] != 1.0:
                 fold_scale(layer, adapter.layer.mlp_out, float(scales[i, 2]))
                 scales[i, 2] = 1.0
     scales[list(skipped), 0] = 0.0
-    consts = [tuple(float(v) for v in row) for row in scales]
-    skip_set = frozenset(skipped)
+    scales[list(skipped_mlp), 2] = 0.0
+    info = CompactInfo(scales, skipped, skipped_mlp, base, fold)
     for i, layer in enumerate(layers):
         vars(layer).pop("forward", None)
-        layer.forward = _layer_forward(adapter, layer, i, skip_set.__contains__, lambda x: consts)
-    setattr(model, _COMPACT_ATTR, CompactInfo(scales, skipped, base, fold))
+        layer.forward = _layer_forward(adapter, layer, i, info)
+    setattr(model, _COMPACT_ATTR, info)
     return model
 
 

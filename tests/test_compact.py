@@ -42,7 +42,7 @@ def test_compact_equals_the_skipped_model(family, fold, ids):
         assert torch.equal(small.generate(ids2, use_cache=True, **kw), model.generate(ids2, use_cache=True, **kw))
     # the original is untouched and still attached
     assert hc.handle_of(model) is hs and all(
-        not isinstance(model.get_decoder().layers[i].self_attn, hc.scaling.RemovedAttention) for i in SKIP)
+        not isinstance(model.get_decoder().layers[i].self_attn, hc.scaling.RemovedBlock) for i in SKIP)
     torch.testing.assert_close(model(ids).logits, expected, atol=0, rtol=0)
 
 
@@ -96,3 +96,20 @@ def test_compact_with_missing_weights_is_refused(tmp_path):
     save_file(weights, str(tmp_path / "m" / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(hc.ArtifactError, match="missing weight"):
         hc.load_model(tmp_path / "m", device="cpu")
+
+
+def test_compact_removes_whole_layers_and_reloads(tmp_path, ids):
+    model, hs = attached("qwen3")
+    hs.skip_mlp([2])
+    mlp = n_params(model.get_decoder().layers[2].mlp)
+    attn = sum(n_params(model.get_decoder().layers[i].self_attn) for i in SKIP)
+    with torch.no_grad():
+        expected = model(ids).logits
+        small = hs.compact()
+        assert n_params(small) == n_params(model) - attn - mlp
+        torch.testing.assert_close(small(ids).logits, expected, atol=1e-5, rtol=1e-5)
+    hc.save_model(small, tmp_path / "s")
+    again, _ = hc.load_model(tmp_path / "s", device="cpu")
+    assert hc.compact_info(again).skipped_mlp == (2,) and n_params(again) == n_params(small)
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids).logits, expected, atol=1e-5, rtol=1e-5)

@@ -184,3 +184,28 @@ def test_all_ones_inference_is_bitwise_the_stock_model(tiny, ids):
         ref = tiny(ids).logits
         hc.attach(tiny)
         assert torch.equal(tiny(ids).logits, ref)
+
+
+def test_whole_layer_removal_makes_the_layer_the_identity(llama, ids):
+    hs = hc.attach(llama)
+    calls = []
+    llama.model.layers[2].mlp.register_forward_hook(lambda *a: calls.append(1))
+    hs.skip([2]).skip_mlp([2])
+    seen = {}
+    with hs.probe(lambda i, x, x1, out: seen.__setitem__(i, (x, x1, out))):
+        llama(ids, labels=ids).loss.backward()
+    x, x1, out = seen[2]
+    assert torch.equal(out, x) and torch.equal(x1, x) and calls == []
+    assert hs.scales.grad[2, 2] == 0 and hs.scales.grad[2, 3] != 0
+    assert hs.skipped_mlp == (2,) and hs.effective_scales()[2, 2] == 0
+    hs.unskip_mlp(2)
+    assert hs.skipped_mlp == () and hs.scales[2, 2] == 1
+    assert hs._probe is None
+
+
+def test_probe_sees_every_layer(llama, ids):
+    hs = hc.attach(llama)
+    seen = []
+    with torch.no_grad(), hs.probe(lambda i, x, x1, out: seen.append((i, x.shape, out.shape))):
+        llama(ids)
+    assert [s[0] for s in seen] == list(range(N_LAYERS)) and seen[0][1] == (2, 12, 32)
