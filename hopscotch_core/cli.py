@@ -1,5 +1,8 @@
 """`hopscotch` command line.
 
+    hopscotch run    --model default --k 4 --mode paper    the whole method, resumable (--name NAME to resume)
+    hopscotch generate | select | train  [same flags]      the same run, up to that stage
+    hopscotch runs   --runs-dir runs                       list runs with state and key numbers
     hopscotch info   --model default                       architecture summary, attention share
     hopscotch ask    --model default --skip 4,17 --prompt "What is 12 * 3?"   original vs skipped answer
     hopscotch export --model default --skip 4,17 --out small/   compact model (reload: hc.load_model("small/"))
@@ -27,6 +30,16 @@ def _blocks(text: str) -> list[int]:
         return [int(t) for t in text.replace(" ", "").split(",") if t != ""]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--skip takes comma-separated block indices like 3,7; got {text!r}")
+
+
+def _baselines(text: str) -> list[str]:
+    from .selection import BASELINES
+
+    names = list(BASELINES) if text.strip() == "all" else [t for t in text.replace(" ", "").split(",") if t]
+    bad = [n for n in names if n not in BASELINES]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown baseline(s) {bad}; use any of {', '.join(BASELINES)} or 'all'")
+    return names
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -105,6 +118,105 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _settings(args):
+    from .pipeline import RunSettings
+
+    return RunSettings(
+        model=args.model, data=args.data, column=args.column, n_calib=args.n_calib, n_eval=args.n_eval,
+        max_new_tokens=args.max_new_tokens, gen_batch=args.gen_batch, k=args.k, mode=args.mode,
+        shortlist=args.shortlist, score_lr=args.score_lr, lr=args.lr, epochs=args.epochs,
+        batch_tokens=args.batch_tokens, threshold=args.threshold, blocks=args.skip,
+        baselines=args.baselines, train_baselines=not args.no_train_baselines, seed=args.seed,
+        device=args.device, dtype=args.dtype,
+    )
+
+
+class _Bars:
+    """tqdm bars for on_progress, one per stage."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.stage = None
+
+    def __call__(self, step: int, total: int, info: dict) -> None:
+        from tqdm import tqdm
+
+        stage = info.get("stage", "")
+        if stage != self.stage or self.bar is None:
+            self.close()
+            self.bar = tqdm(total=total, desc=stage, unit="step", dynamic_ncols=True)
+            self.stage = stage
+        self.bar.total = total
+        self.bar.n = step
+        post = {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in info.items() if k != "stage"}
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _stop_flag():
+    """First Ctrl-C / SIGTERM: finish the current step, save, exit. Second Ctrl-C: stop at once."""
+    import signal
+
+    state = {"stop": False}
+
+    def handler(signum, frame):
+        if state["stop"] and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        state["stop"] = True
+        print("\nstopping after the current step (state is saved; rerun the same command to resume) ...",
+              file=sys.stderr)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return lambda: state["stop"]
+
+
+def cmd_pipeline(args) -> int:
+    from .pipeline import STAGES, run_pipeline
+
+    upto = {"generate": 2, "select": 3, "train": 5, "run": len(STAGES)}[args.command]
+    stages = STAGES[:upto]
+    settings = _settings(args)
+    settings.validate()
+    bars = _Bars()
+    try:
+        run = run_pipeline(settings, args.runs_dir, args.name, stages=stages, on_progress=bars,
+                           should_stop=_stop_flag())
+    finally:
+        bars.close()
+    m = run.manifest
+    print(f"run {run.name}: {m['state']}  ({run.dir})")
+    if m.get("selected"):
+        print(f"selected blocks (in order): {m['selected']}")
+    for key, val in (m.get("results") or {}).items():
+        print(f"  {key}: {val:.4f}" if isinstance(val, float) else f"  {key}: {val}")
+    if m.get("timings"):
+        print("  timings (s): " + ", ".join(f"{k} {v}" for k, v in m["timings"].items()))
+    return 0 if m["state"] in ("done", "generated", "prompts") else 3
+
+
+def cmd_runs(args) -> int:
+    from .runs import RunStore
+
+    rows = RunStore(args.runs_dir).list()
+    if not rows:
+        print(f"no runs in {args.runs_dir}")
+        return 0
+    print(f"{'name':<40}{'state':<10}{'mode':<7}{'k':>3}  {'selected':<24}{'held-out loss (orig/unscaled/trained)'}")
+    for m in rows:
+        s, r = m.get("settings", {}), m.get("results", {})
+        losses = "/".join(f"{r[k]:.3f}" for k in ("eval_loss_original", "eval_loss_unscaled", "eval_loss_trained")
+                          if isinstance(r.get(k), float))
+        print(f"{m.get('name', '?'):<40}{m.get('state', '?'):<10}{s.get('mode', ''):<7}{s.get('k', ''):>3}  "
+              f"{str(m.get('selected', '')):<24}{losses}")
+    return 0
+
+
 def cmd_app(args) -> int:
     app = Path(__file__).resolve().parent.parent / "app.py"
     if not app.is_file():
@@ -140,6 +252,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--no-fold", action="store_true", help="keep b_att/b_mlp as constants instead of in weights")
     s.set_defaults(func=cmd_export)
+
+    for name, text in (("run", "the whole method: answers, selection, scale training, evaluation, baselines"),
+                       ("generate", "prompts and the model's own greedy answers (a run's first stages)"),
+                       ("select", "a run up to block selection"),
+                       ("train", "a run up to scale training and evaluation (give --skip to train a set)")):
+        s = sub.add_parser(name, help=text)
+        _model_args(s)
+        s.add_argument("--data", default="gsm8k", help="'gsm8k' (bundled), a .jsonl/.json/.csv file, hf:NAME[:SPLIT]")
+        s.add_argument("--column", default=None, help="prompt column (default: question/prompt/...)")
+        s.add_argument("--n-calib", type=int, default=32, help="calibration prompts")
+        s.add_argument("--n-eval", type=int, default=16, help="held-out prompts")
+        s.add_argument("--max-new-tokens", type=int, default=96, help="length cap of the model's own answers")
+        s.add_argument("--gen-batch", type=int, default=8, help="prompts per generation batch")
+        s.add_argument("--k", type=int, default=4, help="attention blocks to remove")
+        s.add_argument("--mode", default="paper", help="paper | fast")
+        s.add_argument("--shortlist", type=int, default=4, help="fast mode: candidates per round trained")
+        s.add_argument("--score-lr", type=float, default=1e-2, help="lr of the one-epoch candidate scoring")
+        s.add_argument("--lr", type=float, default=3e-3, help="lr of the final scale training")
+        s.add_argument("--epochs", type=int, default=3, help="epochs of the final scale training")
+        s.add_argument("--batch-tokens", type=int, default=1024, help="tokens per packed row (one step)")
+        s.add_argument("--threshold", type=float, default=None, help="stop selecting once the loss passes this")
+        s.add_argument("--skip", type=_blocks, default=None, help="train this skip set instead of selecting")
+        s.add_argument("--baselines", type=_baselines, default=[],
+                       help="comma list of attn-bi,shortgpt,random,one-round, or 'all'")
+        s.add_argument("--no-train-baselines", action="store_true", help="baselines unscaled only")
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--runs-dir", default="runs")
+        s.add_argument("--name", default=None, help="run name; an existing run of that name is resumed")
+        s.set_defaults(func=cmd_pipeline)
+
+    s = sub.add_parser("runs", help="list runs")
+    s.add_argument("--runs-dir", default="runs")
+    s.set_defaults(func=cmd_runs)
 
     s = sub.add_parser("app", help="launch the Streamlit app")
     s.add_argument("--port", type=int, default=8501)

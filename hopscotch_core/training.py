@@ -79,12 +79,19 @@ def train_scales(
     eval_rows: Sequence[Row] = (),
     cfg: TrainConfig = TrainConfig(),
     start_epoch: int = 0,
+    opt_state: dict[str, torch.Tensor] | None = None,
     on_progress: Progress | None = None,
-    on_epoch: Callable[[int, dict, torch.Tensor], None] | None = None,
+    on_epoch: Callable[[int, dict, torch.Tensor, dict[str, torch.Tensor]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
-    """Train hs.scales (in place) for cfg.epochs epochs; held-out loss after each; `on_epoch` saves them."""
+    """Train hs.scales (in place) for cfg.epochs epochs; held-out loss after each.
+
+    `on_epoch(epoch, record, scales, adam_state)` is where a caller saves them; resuming with
+    `start_epoch` and that `opt_state` continues exactly as if never interrupted.
+    """
     opt = torch.optim.Adam([hs.scales], lr=cfg.lr)
+    if opt_state is not None:
+        load_adam_state(opt, opt_state)
     hs.model.eval()  # dropout off: the model is a fixed function of the scalars
     result = TrainResult("done")
     total = len(train_rows) * cfg.epochs
@@ -105,9 +112,25 @@ def train_scales(
                   "eval_loss": dataset_loss(hs.model, eval_rows) if eval_rows else None}
         result.epochs.append(record)
         if on_epoch is not None:
-            on_epoch(epoch, record, hs.effective_scales())
+            on_epoch(epoch, record, hs.effective_scales(), adam_state(opt))
     result.scales = hs.effective_scales()
     return result
+
+
+def adam_state(opt: torch.optim.Adam) -> dict[str, torch.Tensor]:
+    """The Adam moments of the single scales parameter, as plain tensors (safetensors-friendly)."""
+    st = opt.state_dict()["state"].get(0)
+    if not st:
+        return {}
+    return {k: torch.as_tensor(v).detach().cpu().clone().float() for k, v in st.items()}
+
+
+def load_adam_state(opt: torch.optim.Adam, state: dict[str, torch.Tensor]) -> None:
+    if not state:
+        return
+    dev = opt.param_groups[0]["params"][0].device
+    st = {k: (v.to(dev) if k != "step" else v.cpu()) for k, v in state.items()}
+    opt.load_state_dict({"state": {0: st}, "param_groups": opt.state_dict()["param_groups"]})
 
 
 def score_candidate(

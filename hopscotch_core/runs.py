@@ -1,0 +1,158 @@
+"""Run directories: everything a pipeline run produces, written so that a kill -9 loses at most one step.
+
+    runs/NAME/
+      manifest.json        settings, model identity, versions, state, selected blocks (in order), results
+      prompts.json         the seeded calibration / held-out split (prompt texts and reference answers)
+      answers.jsonl        the model's own greedy answers, one line per prompt, appended per batch
+      scores.jsonl         every candidate score of every selection round, appended one by one
+      scales/epoch_NNN.safetensors   scalars (and Adam state) after each training epoch
+      metrics.jsonl        one line per epoch / evaluation
+      baselines.json       baseline block sets and their held-out losses
+      adapter/             the final adapter (hc.load_adapter(model, "runs/NAME/adapter"))
+      log.txt
+
+JSON files are replaced atomically (write, fsync, rename); JSONL files are appended with a flush + fsync per
+record, and a torn last line (a kill in mid-write) is ignored when read back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import HopscotchError
+
+MANIFEST = "manifest.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class RunError(HopscotchError, ValueError):
+    """A run name, runs root or resume that cannot be used."""
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise RunError(f"{path} is corrupt ({e.msg}); delete the run or restore the file") from None
+
+
+def append_jsonl(path: Path, records: Iterable[dict]) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    for n, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n >= len(lines) - 2:  # a torn last record from an interrupted write: drop it
+                break
+            raise RunError(f"{path}, line {n + 1} is corrupt") from None
+    return out
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+        raise RunError(f"run name {name!r} is not allowed: use letters, digits, '.', '_' and '-' "
+                       "(no path separators, at most 128 characters)")
+    return name
+
+
+class RunStore:
+    """A folder of runs."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser()
+
+    def ensure_writable(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-test-{os.getpid()}"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise RunError(f"runs directory {self.root} is not writable ({e.strerror or e}); "
+                           "pass another with --runs-dir") from None
+
+    def path(self, name: str) -> Path:
+        p = (self.root / check_name(name)).resolve()
+        if p.parent != self.root.resolve():
+            raise RunError(f"run name {name!r} escapes the runs directory")
+        return p
+
+    def open(self, name: str) -> "Run":
+        p = self.path(name)
+        if not (p / MANIFEST).is_file():
+            raise RunError(f"no run named {name!r} in {self.root}")
+        return Run(p)
+
+    def list(self) -> list[dict]:
+        if not self.root.is_dir():
+            return []
+        out = []
+        for d in sorted(self.root.iterdir()):
+            if (d / MANIFEST).is_file():
+                try:
+                    out.append(read_json(d / MANIFEST))
+                except RunError:
+                    out.append({"name": d.name, "state": "corrupt"})
+        return out
+
+    def delete(self, name: str) -> None:
+        shutil.rmtree(self.open(name).dir)
+
+
+class Run:
+    """One run directory (see module docstring)."""
+
+    def __init__(self, path: Path):
+        self.dir = Path(path)
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    def file(self, name: str) -> Path:
+        return self.dir / name
+
+    @property
+    def manifest(self) -> dict:
+        return read_json(self.file(MANIFEST), {})
+
+    def update(self, **fields: Any) -> dict:
+        m = self.manifest
+        m.update(fields)
+        m["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_json(self.file(MANIFEST), m)
+        return m
+
+    def log(self, message: str) -> None:
+        with self.file("log.txt").open("a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
