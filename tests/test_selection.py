@@ -1,0 +1,86 @@
+"""Greedy selection picks the redundant block; modes, resume, baselines, bad settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hopscotch_core as hc
+from hopscotch_core import data, selection
+from conftest import make_model, make_tokenizer
+from test_data import PROMPTS
+
+REDUNDANT = 2
+
+
+@pytest.fixture
+def setup():
+    model = make_model("llama", num_hidden_layers=6)
+    with torch.no_grad():
+        for i, layer in enumerate(model.model.layers):  # attention matters in every block but one ...
+            layer.self_attn.o_proj.weight.mul_(0.0 if i == REDUNDANT else 4.0)  # ... whose output is zero
+    # self-distillation data, as the method uses: the model's own greedy answers
+    answers = data.generate_answers(model, make_tokenizer(), PROMPTS, max_new_tokens=12)
+    rows = data.pack(data.build_examples(answers), batch_tokens=64)
+    return model, hc.attach(model), rows
+
+
+@pytest.mark.parametrize("mode", ["paper", "fast"])
+def test_selection_removes_the_redundant_block_first(setup, mode):
+    model, hs, rows = setup
+    records = []
+    sel = selection.greedy_select(hs, rows, selection.SelectConfig(k=2, mode=mode, shortlist=2),
+                                  on_score=records.append)
+    assert sel.selected[0] == REDUNDANT and len(sel.selected) == 2 and sel.status == "done"
+    paper = [r for r in records if r["kind"] == "paper"]
+    assert len(paper) == (6 + 5 if mode == "paper" else 2 + 2)
+    assert {r["candidate"] for r in paper if r["round"] == 1} <= set(range(6)) - {REDUNDANT}
+    assert hs.skipped == () and torch.equal(hs.scales.detach(), torch.ones(6, 4))
+
+
+def test_stopped_selection_resumes_to_the_same_result(setup):
+    model, hs, rows = setup
+    cfg = selection.SelectConfig(k=3, mode="paper")
+    full_records = []
+    full = selection.greedy_select(hs, rows, cfg, on_score=full_records.append)
+    part = []
+    stopped = selection.greedy_select(hs, rows, cfg, on_score=part.append, should_stop=lambda: len(part) >= 8)
+    assert stopped.status == "stopped" and len(part) == 8
+    rest = []
+    resumed = selection.greedy_select(hs, rows, cfg, done=part, on_score=rest.append)
+    assert resumed.selected == full.selected and len(part) + len(rest) == len(full_records)
+    assert [r["loss"] for r in part + rest] == [r["loss"] for r in full_records]
+
+
+def test_threshold_stops_early(setup):
+    _, hs, rows = setup
+    sel = selection.greedy_select(hs, rows, selection.SelectConfig(k=3, threshold=-1.0))
+    assert sel.status == "threshold" and sel.selected == []
+
+
+@pytest.mark.parametrize("cfg,match", [
+    (selection.SelectConfig(k=6), "choose 1 <= k < 6"),
+    (selection.SelectConfig(k=0), "choose 1 <= k"),
+    (selection.SelectConfig(k=2, mode="magic"), "unknown mode"),
+])
+def test_bad_settings(setup, cfg, match):
+    _, hs, rows = setup
+    with pytest.raises(selection.SelectionError, match=match):
+        selection.greedy_select(hs, rows, cfg)
+
+
+def test_baselines(setup):
+    model, hs, rows = setup
+    att, lay = selection.block_influence(hs, rows)
+    assert att[REDUNDANT] == pytest.approx(0.0, abs=1e-6) and min(att) == att[REDUNDANT]
+    assert all(-1e-6 <= v <= 2 for v in att + lay)
+    bi = selection.baseline_blocks("attn-bi", hs, rows, k=2)
+    assert bi["attention"][0] == REDUNDANT and bi["mlp"] == []
+    sg = selection.baseline_blocks("shortgpt", hs, rows, k=2)
+    assert sg["attention"] == sg["mlp"] and len(sg["attention"]) == 2
+    r1 = selection.baseline_blocks("random", hs, rows, k=3, seed=5)
+    assert r1 == selection.baseline_blocks("random", hs, rows, k=3, seed=5) and len(set(r1["attention"])) == 3
+    one = selection.baseline_blocks("one-round", hs, rows, k=2)
+    assert one["attention"][0] == REDUNDANT and len(one["scores"]) == 6
+    with pytest.raises(selection.SelectionError, match="unknown baseline"):
+        selection.baseline_blocks("nope", hs, rows, k=2)
