@@ -124,7 +124,7 @@ def _settings(args):
     return RunSettings(
         model=args.model, data=args.data, column=args.column, n_calib=args.n_calib, n_eval=args.n_eval,
         max_new_tokens=args.max_new_tokens, gen_batch=args.gen_batch, k=args.k, mode=args.mode,
-        shortlist=args.shortlist, score_lr=args.score_lr, lr=args.lr, epochs=args.epochs,
+        shortlist=args.shortlist, shortlist_by=args.shortlist_by, score_lr=args.score_lr, lr=args.lr, epochs=args.epochs,
         batch_tokens=args.batch_tokens, threshold=args.threshold, blocks=args.skip,
         baselines=args.baselines, train_baselines=not args.no_train_baselines, seed=args.seed,
         device=args.device, dtype=args.dtype,
@@ -266,8 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--max-new-tokens", type=int, default=96, help="length cap of the model's own answers")
         s.add_argument("--gen-batch", type=int, default=8, help="prompts per generation batch")
         s.add_argument("--k", type=int, default=4, help="attention blocks to remove")
-        s.add_argument("--mode", default="paper", help="paper | fast")
+        s.add_argument("--mode", default="fast", help="paper (every candidate trained) | fast (shortlist first)")
         s.add_argument("--shortlist", type=int, default=4, help="fast mode: candidates per round trained")
+        s.add_argument("--shortlist-by", default="bi", help="fast mode ranking: bi (block influence) | loss")
         s.add_argument("--score-lr", type=float, default=1e-2, help="lr of the one-epoch candidate scoring")
         s.add_argument("--lr", type=float, default=3e-3, help="lr of the final scale training")
         s.add_argument("--epochs", type=int, default=3, help="epochs of the final scale training")

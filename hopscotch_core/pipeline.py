@@ -43,8 +43,9 @@ class RunSettings:
     max_new_tokens: int = 96
     gen_batch: int = 8
     k: int = 4
-    mode: str = "paper"
+    mode: str = "fast"
     shortlist: int = 4
+    shortlist_by: str = "bi"
     score_lr: float = 1e-2
     lr: float = 3e-3
     epochs: int = 3
@@ -133,7 +134,8 @@ class Pipeline:
         from .adapters import get_adapter
 
         n = get_adapter(model).num_layers
-        selection.check_config(selection.SelectConfig(settings.k, settings.mode, settings.shortlist), n)
+        selection.check_config(selection.SelectConfig(settings.k, settings.mode, settings.shortlist,
+                                                      settings.shortlist_by), n)
         ident = model_identity(model)
         old = run.manifest.get("model")
         if old and (old["config_hash"], old["num_layers"]) != (ident["config_hash"], ident["num_layers"]):
@@ -201,8 +203,8 @@ class Pipeline:
             self.run.update(selected=sel.selected, selection={"rounds": [], "status": sel.status})
             return sel
         path = self.run.file("scores.jsonl")
-        cfg = selection.SelectConfig(self.s.k, self.s.mode, self.s.shortlist, self.s.score_lr, self.s.threshold,
-                                     self.s.seed)
+        cfg = selection.SelectConfig(self.s.k, self.s.mode, self.s.shortlist, self.s.shortlist_by, self.s.score_lr,
+                                     self.s.threshold, self.s.seed)
         sel = selection.greedy_select(hs, rows, cfg, done=read_jsonl(path),
                                       on_score=lambda r: append_jsonl(path, [r]),
                                       on_progress=self._progress, should_stop=self._stopped)

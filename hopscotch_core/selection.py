@@ -6,8 +6,10 @@
 
 Paper mode (Eyceoz et al. 2025): each round, every remaining block is scored by one epoch of scale training at
 lr 1e-2 with it (and the blocks already removed) skipped, scalars starting from ones; the lowest mean loss is
-removed. Fast mode first ranks all remaining blocks by the loss with the block skipped and no training (forward
-passes only), then scores only the `shortlist` best the paper's way.
+removed. Fast mode first ranks all remaining blocks cheaply, then scores only the `shortlist` best the paper's
+way. The cheap rank is, with `shortlist_by="bi"` (default), the attention block influence 1 - cos(x, x1) measured
+with the blocks removed so far skipped (one forward pass per round), or with `shortlist_by="loss"` the loss with
+the candidate skipped and no training (one forward pass per candidate).
 
 Every score is a record {"round", "candidate", "kind": "paper" | "shortlist", "loss", "removed"}; `on_score`
 receives each one as it is made (the run store appends it to disk), and passing the records back as `done`
@@ -47,6 +49,7 @@ class SelectConfig:
     k: int
     mode: str = "paper"
     shortlist: int = 4
+    shortlist_by: str = "bi"          # fast mode: "bi" (block influence) or "loss" (untrained skipped loss)
     score_lr: float = 1e-2
     threshold: float | None = None   # stop early once the best loss of a round exceeds this
     seed: int = 0
@@ -67,6 +70,8 @@ def check_config(cfg: SelectConfig, num_layers: int) -> None:
                              f"{num_layers}")
     if cfg.mode == "fast" and cfg.shortlist < 1:
         raise SelectionError("shortlist must be at least 1")
+    if cfg.shortlist_by not in ("bi", "loss"):
+        raise SelectionError(f"unknown shortlist ranking '{cfg.shortlist_by}'; use bi or loss")
 
 
 def skipped_loss(hs: Hopscotch, rows: Sequence[Row], skipped: Sequence[int]) -> float:
@@ -116,12 +121,19 @@ def greedy_select(
         remaining = [i for i in range(n) if i not in sel.selected]
         candidates = remaining
         if cfg.mode == "fast":
+            if cfg.shortlist_by == "bi":
+                missing = any((rnd, "shortlist", c) not in known for c in remaining)
+                influence = block_influence(hs, rows, skipped=sel.selected)[0] if missing else []
+                metric = influence.__getitem__
+            else:
+                def metric(c: int) -> float:
+                    return skipped_loss(hs, rows, [*sel.selected, c])
             quick = {}
             for c in remaining:
                 if should_stop is not None and should_stop():
                     sel.status = "stopped"
                     return sel
-                quick[c] = score(rnd, "shortlist", c, lambda c=c: skipped_loss(hs, rows, [*sel.selected, c]))
+                quick[c] = score(rnd, "shortlist", c, lambda c=c: metric(c))
             candidates = sorted(remaining, key=lambda c: (quick[c], c))[:cfg.shortlist]
         losses = {}
         for c in candidates:
@@ -141,8 +153,9 @@ def greedy_select(
 
 
 # ------------------------------------------------------------------------------------------------- baselines
-def block_influence(hs: Hopscotch, rows: Sequence[Row]) -> tuple[list[float], list[float]]:
-    """Per layer, token-mean (1 - cos(x, x1)) and (1 - cos(x, out)) on the original model."""
+def block_influence(hs: Hopscotch, rows: Sequence[Row], skipped: Sequence[int] = ()
+                    ) -> tuple[list[float], list[float]]:
+    """Per layer, token-mean (1 - cos(x, x1)) and (1 - cos(x, out)), with `skipped` blocks skipped (unscaled)."""
     n = hs.num_layers
     att = torch.zeros(n, dtype=torch.float64)
     lay = torch.zeros(n, dtype=torch.float64)
@@ -154,11 +167,16 @@ def block_influence(hs: Hopscotch, rows: Sequence[Row]) -> tuple[list[float], li
         lay[i] += (1 - torch.nn.functional.cosine_similarity(a, c, dim=-1)).sum().item()
 
     hs.reset()
-    with torch.no_grad(), hs.probe(probe):
-        for row in rows:
-            hs.model(input_ids=row.input_ids.to(hs.model.device), position_ids=row.position_ids.to(hs.model.device),
-                     use_cache=False, logits_to_keep=1)
-            count += row.input_ids.shape[1]
+    hs.skip(list(skipped))
+    try:
+        with torch.no_grad(), hs.probe(probe):
+            for row in rows:
+                dev = hs.model.device
+                hs.model(input_ids=row.input_ids.to(dev), position_ids=row.position_ids.to(dev), use_cache=False,
+                         logits_to_keep=1)
+                count += row.input_ids.shape[1]
+    finally:
+        hs.reset()
     return (att / count).tolist(), (lay / count).tolist()
 
 

@@ -25,11 +25,11 @@ def setup():
     return model, hc.attach(model), rows
 
 
-@pytest.mark.parametrize("mode", ["paper", "fast"])
-def test_selection_removes_the_redundant_block_first(setup, mode):
+@pytest.mark.parametrize("mode,by", [("paper", "bi"), ("fast", "bi"), ("fast", "loss")])
+def test_selection_removes_the_redundant_block_first(setup, mode, by):
     model, hs, rows = setup
     records = []
-    sel = selection.greedy_select(hs, rows, selection.SelectConfig(k=2, mode=mode, shortlist=2),
+    sel = selection.greedy_select(hs, rows, selection.SelectConfig(k=2, mode=mode, shortlist=2, shortlist_by=by),
                                   on_score=records.append)
     assert sel.selected[0] == REDUNDANT and len(sel.selected) == 2 and sel.status == "done"
     paper = [r for r in records if r["kind"] == "paper"]
@@ -62,6 +62,7 @@ def test_threshold_stops_early(setup):
     (selection.SelectConfig(k=6), "choose 1 <= k < 6"),
     (selection.SelectConfig(k=0), "choose 1 <= k"),
     (selection.SelectConfig(k=2, mode="magic"), "unknown mode"),
+    (selection.SelectConfig(k=2, mode="fast", shortlist_by="vibes"), "unknown shortlist ranking"),
 ])
 def test_bad_settings(setup, cfg, match):
     _, hs, rows = setup
