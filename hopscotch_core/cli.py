@@ -124,8 +124,8 @@ def _settings(args):
     return RunSettings(
         model=args.model, data=args.data, column=args.column, n_calib=args.n_calib, n_eval=args.n_eval,
         max_new_tokens=args.max_new_tokens, gen_batch=args.gen_batch, k=args.k, mode=args.mode,
-        shortlist=args.shortlist, shortlist_by=args.shortlist_by, score_lr=args.score_lr, lr=args.lr, epochs=args.epochs,
-        batch_tokens=args.batch_tokens, threshold=args.threshold, blocks=args.skip,
+        shortlist=args.shortlist, shortlist_by=args.shortlist_by, score_lr=args.score_lr, lr=args.lr,
+        epochs=args.epochs, batch_tokens=args.batch_tokens, threshold=args.threshold, blocks=args.skip,
         baselines=args.baselines, train_baselines=not args.no_train_baselines, seed=args.seed,
         device=args.device, dtype=args.dtype,
     )
@@ -261,8 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
         _model_args(s)
         s.add_argument("--data", default="gsm8k", help="'gsm8k' (bundled), a .jsonl/.json/.csv file, hf:NAME[:SPLIT]")
         s.add_argument("--column", default=None, help="prompt column (default: question/prompt/...)")
-        s.add_argument("--n-calib", type=int, default=32, help="calibration prompts")
-        s.add_argument("--n-eval", type=int, default=16, help="held-out prompts")
+        s.add_argument("--n-calib", type=int, default=None, help="calibration prompts (default 32, fewer if the "
+                       "data is small)")
+        s.add_argument("--n-eval", type=int, default=None, help="held-out prompts (default 16, or the rest)")
         s.add_argument("--max-new-tokens", type=int, default=96, help="length cap of the model's own answers")
         s.add_argument("--gen-batch", type=int, default=8, help="prompts per generation batch")
         s.add_argument("--k", type=int, default=4, help="attention blocks to remove")

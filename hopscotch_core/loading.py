@@ -83,11 +83,15 @@ def _quiet_transformers():
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def default_gguf_path() -> Path:
@@ -144,8 +148,9 @@ def ensure_default_cached(progress: bool = True) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+        with _quiet_transformers():
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -279,9 +284,10 @@ def save_model(model, path: str | os.PathLike, tokenizer=None) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     _strip_gguf_marker(model)
-    model.save_pretrained(path)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(path)
+    with _quiet_transformers():
+        model.save_pretrained(path)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(path)
     info = compact_info(model)
     if info is not None:
         meta = {"kind": "compact", "skipped": list(info.skipped), "skipped_mlp": list(info.skipped_mlp),

@@ -13,6 +13,7 @@ info)` and ends cleanly, state saved, when `should_stop()` turns true.
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -38,8 +39,8 @@ class RunSettings:
     model: str = "default"
     data: str = "gsm8k"
     column: str | None = None
-    n_calib: int = 32
-    n_eval: int = 16
+    n_calib: int | None = None           # None: 32, or 2/3 of a smaller data set
+    n_eval: int | None = None            # None: 16, or the rest of a smaller data set
     max_new_tokens: int = 96
     gen_batch: int = 8
     k: int = 4
@@ -66,11 +67,20 @@ class RunSettings:
             raise selection.SelectionError(f"unknown baseline(s) {bad}; use any of {', '.join(selection.BASELINES)}")
         if self.blocks is not None:
             self.k = len(self.blocks)
-        for name in ("n_calib", "max_new_tokens", "gen_batch", "k", "epochs", "batch_tokens", "shortlist"):
-            if getattr(self, name) < 1:
+        for name in ("n_calib", "n_eval", "max_new_tokens", "gen_batch", "k", "epochs", "batch_tokens", "shortlist"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise HopscotchError(f"{name.replace('_', '-')} must be at least 1")
-        if self.n_eval < 1:
-            raise HopscotchError("n-eval must be at least 1 (held-out loss is reported every epoch)")
+
+    def split_sizes(self, total: int) -> tuple[int, int]:
+        """(calibration, held-out) prompt counts for a data set of `total` records."""
+        if self.n_calib is not None and self.n_eval is not None:
+            return self.n_calib, self.n_eval
+        if total < 2:
+            raise data.DataError(f"the data has {total} record(s); at least 2 are needed (calibration + held-out)")
+        calib = self.n_calib if self.n_calib is not None else min(32, max(1, (2 * total) // 3))
+        held = self.n_eval if self.n_eval is not None else min(16, max(1, total - calib))
+        return calib, held
         for name in ("lr", "score_lr"):
             if not getattr(self, name) > 0:
                 raise HopscotchError(f"{name.replace('_', '-')} must be positive")
@@ -167,7 +177,7 @@ class Pipeline:
         split = read_json(path)
         if split is None:
             records = data.load_prompts(self.s.data, self.s.column)
-            calib, held = data.split_indices(len(records), self.s.n_calib, self.s.n_eval, self.s.seed)
+            calib, held = data.split_indices(len(records), *self.s.split_sizes(len(records)), self.s.seed)
             split = {"source": self.s.data, "column": self.s.column, "total": len(records),
                      "calib": [{"index": i, **records[i]} for i in calib],
                      "eval": [{"index": i, **records[i]} for i in held]}
@@ -227,7 +237,10 @@ class Pipeline:
             start = int(done[-1].stem.split("_")[1]) + 1
 
         def on_epoch(epoch: int, record: dict, scales: torch.Tensor, adam: dict) -> None:
-            save_file({"scales": scales, **adam}, str(folder / f"epoch_{epoch:03d}.safetensors"))
+            final = folder / f"epoch_{epoch:03d}.safetensors"
+            tmp = folder / f".epoch_{epoch:03d}.tmp"
+            save_file({"scales": scales, **adam}, str(tmp))
+            os.replace(tmp, final)  # a kill mid-write leaves no torn epoch file
             append_jsonl(metrics_path, [{"stage": f"train{tag}", **record, "time": time.time()}])
 
         cfg = training.TrainConfig(self.s.lr, self.s.epochs, self.s.seed)
@@ -325,11 +338,28 @@ class Pipeline:
 def run_pipeline(settings: RunSettings, runs_dir: str, name: str | None = None, model=None, tok=None,
                  stages: tuple[str, ...] = STAGES, on_progress: Progress | None = None,
                  should_stop: Callable[[], bool] | None = None) -> Run:
-    """Open (or resume) a run and carry it through `stages`; loads the model unless one is given."""
-    run, resumed = open_run(settings, runs_dir, name)
-    run.log(("resuming" if resumed else "created") + f" run {run.name}")
+    """Open (or resume) a run and carry it through `stages`; loads the model unless one is given.
+
+    Everything that can be checked before work starts is: settings, the runs directory, k against the model's
+    layer count, the tokenizer, and (for a new run) that the data loads.
+    """
+    from .adapters import get_adapter
+
+    settings.validate()
+    store = RunStore(runs_dir)
+    store.ensure_writable()
+    existing = name is not None and (store.path(name) / "manifest.json").is_file()  # path() checks the name
+    if not existing:
+        data.load_prompts(settings.data, settings.column)  # a bad data file fails before anything is loaded
     if model is None:
         from .loading import load_model
 
         model, tok = load_model(settings.model, device=settings.device, dtype=settings.dtype)
+    if tok is None:
+        raise HopscotchError(f"{settings.model} has no tokenizer; the method generates the model's own answers, "
+                             "so the model directory must include one")
+    selection.check_config(selection.SelectConfig(settings.k, settings.mode, settings.shortlist,
+                                                  settings.shortlist_by), get_adapter(model).num_layers)
+    run, resumed = open_run(settings, runs_dir, name)
+    run.log(("resuming" if resumed else "created") + f" run {run.name}")
     return Pipeline(run, settings, model, tok, on_progress, should_stop).run_all(stages)

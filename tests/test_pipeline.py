@@ -1,0 +1,227 @@
+"""The whole method as a run: CLI end to end, resume after a crash or kill -9, bad input, run store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import hopscotch_core as hc
+from hopscotch_core import cli, pipeline
+from hopscotch_core.runs import RunError, RunStore, read_jsonl
+from conftest import make_model, make_tokenizer
+
+SMALL = ["--n-calib", "10", "--n-eval", "5", "--max-new-tokens", "10", "--gen-batch", "4", "--epochs", "2"]
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    with path.open("w") as f:
+        for i in range(24):
+            f.write(json.dumps({"question": f"what is {i} plus {i + 3}?", "answer": f"#### {2 * i + 3}"}) + "\n")
+    return path
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    model = make_model("qwen2", num_hidden_layers=5)
+    model.save_pretrained(tmp_path / "m")
+    make_tokenizer().save_pretrained(tmp_path / "m")
+    return tmp_path / "m"
+
+
+def only_run(runs: Path) -> Path:
+    (d,) = [p for p in runs.iterdir() if p.is_dir()]
+    return d
+
+
+@pytest.mark.parametrize("mode", ["paper", "fast"])
+def test_cli_run_end_to_end(model_dir, data_file, tmp_path, mode, capsys):
+    """The command outside checks run (paper: exactly as they call it; fast: with a shorter answer cap)."""
+    runs = tmp_path / "runs"
+    rc = cli.main(["run", "--model", str(model_dir), "--data", str(data_file), "--k", "2", "--mode", mode,
+                   "--runs-dir", str(runs), "--seed", "0", "--device", "cpu",
+                   *([] if mode == "paper" else ["--max-new-tokens", "12"])])
+    assert rc == 0, capsys.readouterr().err
+    run = only_run(runs)
+    m = json.loads((run / "manifest.json").read_text())
+    assert m["state"] == "done" and len(m["selected"]) == 2 and len(set(m["selected"])) == 2
+    assert all(0 <= b < 5 for b in m["selected"])
+    assert m["settings"]["mode"] == mode and m["model"]["num_layers"] == 5 and m["versions"]["torch"]
+    split = json.loads((run / "prompts.json").read_text())
+    assert len(split["calib"]) == 16 and len(split["eval"]) == 8  # defaults scaled to a 24-record file
+    assert not {r["index"] for r in split["calib"]} & {r["index"] for r in split["eval"]}
+    assert len(read_jsonl(run / "answers.jsonl")) == 24
+    scores = read_jsonl(run / "scores.jsonl")
+    assert len([s for s in scores if s["kind"] == "paper"]) == (5 + 4 if mode == "paper" else 4 + 4)
+    assert len([s for s in scores if s["kind"] == "shortlist"]) == (0 if mode == "paper" else 5 + 4)
+    r = m["results"]
+    assert r["eval_loss_trained"] <= r["eval_loss_unscaled"] + 1e-3 and r["eval_loss_original"] > 0
+    assert sorted(p.name for p in (run / "scales").iterdir()) == [f"epoch_00{i}.safetensors" for i in range(3)]
+    model, _ = hc.load_model(model_dir, device="cpu")
+    hs = hc.load_adapter(model, run / "adapter")
+    assert hs.skipped == tuple(sorted(m["selected"]))
+    out = capsys.readouterr().out
+    assert f"selected blocks (in order): {m['selected']}" in out
+
+
+def settings(data_file, **kw):
+    base = dict(model="tiny", data=str(data_file), n_calib=10, n_eval=5, max_new_tokens=10, gen_batch=4, k=2,
+                mode="paper", epochs=2, baselines=["attn-bi", "random"], device="cpu")
+    return pipeline.RunSettings(**{**base, **kw})
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_after(n: int):
+    calls = {"n": 0}
+
+    def on_progress(step, total, info):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise Crash(f"simulated crash at progress event {n} ({info.get('stage')})")
+
+    return on_progress
+
+
+def outcome(run_dir: Path) -> dict:
+    m = json.loads((run_dir / "manifest.json").read_text())
+    scales = load_file(str(run_dir / "adapter" / "scales.safetensors"))["scales"]
+    base = json.loads((run_dir / "baselines.json").read_text())
+    return {"selected": m["selected"], "results": m["results"], "scales": scales.tolist(),
+            "baselines": {k: (v["attention"], v["eval_loss_trained"]) for k, v in base.items()},
+            "scores": [(s["round"], s["kind"], s["candidate"], s["loss"]) for s in read_jsonl(run_dir / "scores.jsonl")]}
+
+
+@pytest.mark.parametrize("when", [0.1, 0.3, 0.5, 0.7, 0.9])  # generation, selection, training, baselines
+def test_resume_after_a_crash_equals_an_uninterrupted_run(data_file, tmp_path, when):
+    model, tok = make_model("llama", num_hidden_layers=4), make_tokenizer()
+    s = settings(data_file)
+    events = []
+    ref = pipeline.run_pipeline(s, tmp_path / "a", "r", model=model, tok=tok,
+                                on_progress=lambda *a: events.append(a[2].get("stage")))
+    crash_at = int(len(events) * when) + 1
+    with pytest.raises(Crash):
+        pipeline.run_pipeline(s, tmp_path / "b", "r", model=model, tok=tok, on_progress=crash_after(crash_at))
+    assert json.loads((tmp_path / "b" / "r" / "manifest.json").read_text())["state"] == "failed"
+    again = pipeline.run_pipeline(s, tmp_path / "b", "r", model=model, tok=tok)
+    assert again.manifest["state"] == "done"
+    assert outcome(again.dir) == outcome(ref.dir)
+
+
+def test_kill_9_at_any_moment_then_resume(model_dir, data_file, tmp_path):
+    args = ["run", "--model", str(model_dir), "--data", str(data_file), "--k", "2", "--mode", "paper",
+            "--runs-dir", str(tmp_path / "runs"), "--name", "r", "--seed", "0", "--device", "cpu", *SMALL]
+    assert cli.main(args[:-len(SMALL)] + SMALL + ["--runs-dir", str(tmp_path / "ref")]) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "hopscotch_core.cli", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "runs" / "r" / "answers.jsonl").exists():
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert cli.main(args) == 0
+    got, ref = tmp_path / "runs" / "r", tmp_path / "ref" / "r"
+    m, mr = (json.loads((d / "manifest.json").read_text()) for d in (got, ref))
+    assert m["selected"] == mr["selected"] and m["results"] == mr["results"]
+    assert torch.equal(load_file(str(got / "adapter/scales.safetensors"))["scales"],
+                       load_file(str(ref / "adapter/scales.safetensors"))["scales"])
+
+
+def test_should_stop_saves_state_and_resumes(data_file, tmp_path):
+    model, tok = make_model("llama", num_hidden_layers=4), make_tokenizer()
+    s = settings(data_file, baselines=[])
+    events = []
+    run = pipeline.run_pipeline(s, tmp_path, "r", model=model, tok=tok,
+                                on_progress=lambda *a: events.append(a), should_stop=lambda: len(events) >= 6)
+    assert run.manifest["state"] == "stopped"
+    assert pipeline.run_pipeline(s, tmp_path, "r", model=model, tok=tok).manifest["state"] == "done"
+
+
+def test_resume_with_other_settings_is_refused(data_file, tmp_path):
+    model, tok = make_model("llama", num_hidden_layers=4), make_tokenizer()
+    pipeline.run_pipeline(settings(data_file, baselines=[]), tmp_path, "r", model=model, tok=tok,
+                          stages=("prompts",))
+    with pytest.raises(RunError, match=r"other settings.*k: 2 -> 3.*seed: 0 -> 1"):
+        pipeline.run_pipeline(settings(data_file, baselines=[], k=3, seed=1), tmp_path, "r", model=model, tok=tok)
+
+
+def test_given_skip_set_is_trained_not_selected(model_dir, data_file, tmp_path):
+    rc = cli.main(["train", "--model", str(model_dir), "--data", str(data_file), "--skip", "1,3",
+                   "--runs-dir", str(tmp_path), "--name", "t", "--device", "cpu", *SMALL])
+    assert rc == 0
+    m = RunStore(tmp_path).open("t").manifest
+    assert m["selected"] == [1, 3] and m["selection"]["status"] == "given" and m["results"]["eval_loss_trained"]
+    assert not (tmp_path / "t" / "scores.jsonl").exists()
+
+
+def test_reproducible_with_the_same_seed(model_dir, data_file, tmp_path):
+    for name in ("a", "b"):
+        assert cli.main(["run", "--model", str(model_dir), "--data", str(data_file), "--k", "2", "--runs-dir",
+                         str(tmp_path), "--name", name, "--device", "cpu", "--seed", "3", *SMALL]) == 0
+    a, b = (RunStore(tmp_path).open(n) for n in "ab")
+    assert a.manifest["selected"] == b.manifest["selected"] and a.manifest["results"] == b.manifest["results"]
+
+
+def run_cli(args, capsys):
+    rc = cli.main(args)
+    err = capsys.readouterr().err
+    return rc, err
+
+
+@pytest.mark.parametrize("content,extra,match", [
+    ("", [], "holds no records"),
+    ('{"question": "a"}\n{oops\n', [], "line 2: not valid JSON"),
+    ('{"question": "a"}\n{"question": "b"}\n', ["--column", "prompt"], "no column 'prompt'"),
+    ('{"question": "a"}\n{"question": "b"}\n', ["--k", "5"], "this model has 5 attention blocks"),
+    ('{"question": "a"}\n{"question": "b"}\n', ["--mode", "magic"], "unknown mode 'magic'"),
+    ('{"question": "a"}\n{"question": "b"}\n', ["--n-calib", "5", "--n-eval", "5"], "has only 2"),
+    ('{"question": "a"}\n{"question": "b"}\n', ["--name", "../escape"], "not allowed"),
+])
+def test_bad_input_is_one_clear_line(model_dir, tmp_path, capsys, content, extra, match):
+    f = tmp_path / "d.jsonl"
+    f.write_text(content)
+    rc, err = run_cli(["run", "--model", str(model_dir), "--data", str(f), "--runs-dir", str(tmp_path / "runs"),
+                       "--device", "cpu", *extra], capsys)
+    assert rc == 2 and "Traceback" not in err
+    assert err.strip().splitlines() == [err.strip().splitlines()[0]] and err.startswith("error: ") and match in err
+    runs = tmp_path / "runs"
+    if "--n-calib" not in extra:  # nothing was started: no run directory is left behind
+        assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_runs_root_not_writable(model_dir, data_file, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc, err = run_cli(["run", "--model", str(model_dir), "--data", str(data_file), "--runs-dir",
+                       str(blocker / "runs"), "--device", "cpu"], capsys)
+    assert rc == 2 and "not writable" in err
+
+
+def test_run_names_cannot_escape(tmp_path):
+    store = RunStore(tmp_path / "runs")
+    for bad in ("../x", "a/b", "..", ".hidden", "", "x" * 200):
+        with pytest.raises(RunError):
+            store.path(bad)
+    assert store.path("ok-name_1.2").parent == (tmp_path / "runs").resolve()
+
+
+def test_runs_lists_runs(model_dir, data_file, tmp_path, capsys):
+    assert cli.main(["generate", "--model", str(model_dir), "--data", str(data_file), "--runs-dir", str(tmp_path),
+                     "--name", "g", "--device", "cpu", *SMALL]) == 0
+    capsys.readouterr()
+    assert cli.main(["runs", "--runs-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "g" in out and "generated" in out
