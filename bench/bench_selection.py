@@ -69,7 +69,7 @@ def main() -> None:
     print(f"{'mode':<28}{'selected':<14}{'select s':>9}{'time ratio':>11}{'unscaled':>10}{'trained':>10}"
           f"{'train s':>9}")
     for name, (blocks, sel_s, unscaled, trained, train_s) in out.items():
-        print(f"{name:<28}{str(blocks):<14}{sel_s:>9.0f}{sel_s / paper_s:>11.3f}{unscaled:>10.4f}{trained:>10.4f}"
+        print(f"{name:<28}{blocks!s:<14}{sel_s:>9.0f}{sel_s / paper_s:>11.3f}{unscaled:>10.4f}{trained:>10.4f}"
               f"{train_s:>9.0f}")
     print("agreement with paper mode: " + ", ".join(
         f"{name}: {len(set(v[0]) & set(out['paper'][0]))}/{args.k}" for name, v in out.items() if name != "paper"))

@@ -29,8 +29,22 @@ from .scaling import COLUMNS, Hopscotch, attach, compact_info, handle_of, load_a
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdapterMismatchError", "ArtifactError", "COLUMNS", "DetachedError", "Hopscotch", "HopscotchError",
-    "InvalidBlocksError", "InvalidScalesError", "ModelNotAvailableError", "SUPPORTED_FAMILIES",
-    "UnsupportedArchitectureError", "attach", "compact_info", "get_adapter", "handle_of", "load_adapter",
-    "load_model", "save_model",
+    "COLUMNS",
+    "SUPPORTED_FAMILIES",
+    "AdapterMismatchError",
+    "ArtifactError",
+    "DetachedError",
+    "Hopscotch",
+    "HopscotchError",
+    "InvalidBlocksError",
+    "InvalidScalesError",
+    "ModelNotAvailableError",
+    "UnsupportedArchitectureError",
+    "attach",
+    "compact_info",
+    "get_adapter",
+    "handle_of",
+    "load_adapter",
+    "load_model",
+    "save_model",
 ]

@@ -17,8 +17,9 @@ Adding a family = one small subclass below + its name in `_ADAPTERS` + one tiny 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

@@ -213,7 +213,7 @@ def cmd_runs(args) -> int:
         losses = "/".join(f"{r[k]:.3f}" for k in ("eval_loss_original", "eval_loss_unscaled", "eval_loss_trained")
                           if isinstance(r.get(k), float))
         print(f"{m.get('name', '?'):<40}{m.get('state', '?'):<10}{s.get('mode', ''):<7}{s.get('k', ''):>3}  "
-              f"{str(m.get('selected', '')):<24}{losses}")
+              f"{m.get('selected', '')!s:<24}{losses}")
     return 0
 
 

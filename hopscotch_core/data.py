@@ -19,9 +19,10 @@ import csv
 import importlib.metadata
 import json
 import random
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -157,7 +158,7 @@ class Answer:
                 "finished": self.finished}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Answer":
+    def from_json(cls, d: dict) -> Answer:
         return cls(int(d["index"]), list(d["prompt_ids"]), list(d["response_ids"]), bool(d["finished"]))
 
 

@@ -11,7 +11,8 @@ window for sliding layers). Norms, activations and softmax are ignored; they are
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from torch import nn
 

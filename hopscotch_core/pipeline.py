@@ -16,8 +16,9 @@ import dataclasses
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -243,9 +244,12 @@ class Pipeline:
             os.replace(tmp, final)  # a kill mid-write leaves no torn epoch file
             append_jsonl(metrics_path, [{"stage": f"train{tag}", **record, "time": time.time()}])
 
+        def progress(step: int, total: int, info: dict) -> None:
+            self._progress(step, total, {**info, "stage": f"train{tag}"})
+
         cfg = training.TrainConfig(self.s.lr, self.s.epochs, self.s.seed)
         res = training.train_scales(hs, rows, eval_rows, cfg, start_epoch=start, opt_state=opt_state,
-                                    on_progress=self._progress, on_epoch=on_epoch, should_stop=self._stopped)
+                                    on_progress=progress, on_epoch=on_epoch, should_stop=self._stopped)
         if res.status == "diverged":
             self.run.log(f"train{tag}: loss became NaN/inf; kept the last good scalars")
         epochs = [r for r in read_jsonl(metrics_path) if r.get("stage") == f"train{tag}"]

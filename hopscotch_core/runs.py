@@ -22,8 +22,9 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import HopscotchError
 
@@ -107,7 +108,7 @@ class RunStore:
             raise RunError(f"run name {name!r} escapes the runs directory")
         return p
 
-    def open(self, name: str) -> "Run":
+    def open(self, name: str) -> Run:
         p = self.path(name)
         if not (p / MANIFEST).is_file():
             raise RunError(f"no run named {name!r} in {self.root}")

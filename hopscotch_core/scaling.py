@@ -22,10 +22,10 @@ from __future__ import annotations
 import copy
 import inspect
 import operator
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -210,7 +210,7 @@ class Hopscotch:
         if not self._attached:
             raise DetachedError("this Hopscotch handle was detached; call hc.attach(model) again")
 
-    def _set(self, col: int, blocks: int | Iterable[int], on: bool) -> "Hopscotch":
+    def _set(self, col: int, blocks: int | Iterable[int], on: bool) -> Hopscotch:
         self._check()
         valid = _as_blocks(blocks, self.num_layers)  # validate everything before changing anything
         current = self._skips[col]
@@ -232,29 +232,29 @@ class Hopscotch:
         """Skipped MLP blocks (whole-layer baselines), ascending."""
         return tuple(sorted(self._skips[2]))
 
-    def skip(self, blocks: int | Iterable[int]) -> "Hopscotch":
+    def skip(self, blocks: int | Iterable[int]) -> Hopscotch:
         """Skip these attention blocks (b_att = 0, not computed). Already skipped ones stay skipped."""
         return self._set(0, blocks, True)
 
-    def unskip(self, blocks: int | Iterable[int]) -> "Hopscotch":
+    def unskip(self, blocks: int | Iterable[int]) -> Hopscotch:
         """Compute these attention blocks again, with b_att = 1."""
         return self._set(0, blocks, False)
 
-    def set_skipped(self, blocks: Iterable[int]) -> "Hopscotch":
+    def set_skipped(self, blocks: Iterable[int]) -> Hopscotch:
         """Make exactly `blocks` the set of skipped attention blocks."""
         wanted = _as_blocks(blocks, self.num_layers)
         self.unskip([i for i in self._skips[0] if i not in wanted])
         return self.skip(wanted)
 
-    def skip_mlp(self, blocks: int | Iterable[int]) -> "Hopscotch":
+    def skip_mlp(self, blocks: int | Iterable[int]) -> Hopscotch:
         """Skip these MLP blocks (b_mlp = 0, not computed): with skip(), this removes whole layers."""
         return self._set(2, blocks, True)
 
-    def unskip_mlp(self, blocks: int | Iterable[int]) -> "Hopscotch":
+    def unskip_mlp(self, blocks: int | Iterable[int]) -> Hopscotch:
         return self._set(2, blocks, False)
 
     # ----------------------------------------------------------------------------------------- scalars
-    def set_scales(self, values: torch.Tensor | Iterable) -> "Hopscotch":
+    def set_scales(self, values: torch.Tensor | Iterable) -> Hopscotch:
         """Copy `values` ([num_layers, 4], finite) into the scalars; skipped blocks keep b = 0."""
         self._check()
         t = torch.as_tensor(values, dtype=torch.float32) if not isinstance(values, torch.Tensor) else values
@@ -268,7 +268,7 @@ class Hopscotch:
                 self.scales[blocks, col] = 0.0
         return self
 
-    def reset(self) -> "Hopscotch":
+    def reset(self) -> Hopscotch:
         """All ones, nothing skipped: the original model."""
         self._check()
         self._skips = {0: [], 2: []}
@@ -318,10 +318,10 @@ class Hopscotch:
         self._attached = False
         return self.model
 
-    def __enter__(self) -> "Hopscotch":
+    def __enter__(self) -> Hopscotch:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.detach()
 
     @contextmanager

@@ -25,8 +25,8 @@ Baselines (same data, recorded the same way by the pipeline):
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 
@@ -133,14 +133,14 @@ def greedy_select(
                 if should_stop is not None and should_stop():
                     sel.status = "stopped"
                     return sel
-                quick[c] = score(rnd, "shortlist", c, lambda c=c: metric(c))
+                quick[c] = score(rnd, "shortlist", c, lambda c=c, metric=metric: metric(c))
             candidates = sorted(remaining, key=lambda c: (quick[c], c))[:cfg.shortlist]
         losses = {}
         for c in candidates:
             if (rnd, "paper", c) not in known and should_stop is not None and should_stop():
                 sel.status = "stopped"
                 return sel
-            losses[c] = score(rnd, "paper", c, lambda c=c: score_candidate(
+            losses[c] = score(rnd, "paper", c, lambda c=c, rnd=rnd: score_candidate(
                 hs, rows, sel.selected, c, lr=cfg.score_lr, seed=cfg.seed + rnd))
         best = min(candidates, key=lambda c: (losses[c], c))
         if cfg.threshold is not None and losses[best] > cfg.threshold:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 
@@ -77,7 +77,7 @@ def train_scales(
     hs: Hopscotch,
     train_rows: Sequence[Row],
     eval_rows: Sequence[Row] = (),
-    cfg: TrainConfig = TrainConfig(),
+    cfg: TrainConfig | None = None,
     start_epoch: int = 0,
     opt_state: dict[str, torch.Tensor] | None = None,
     on_progress: Progress | None = None,
@@ -89,6 +89,7 @@ def train_scales(
     `on_epoch(epoch, record, scales, adam_state)` is where a caller saves them; resuming with
     `start_epoch` and that `opt_state` continues exactly as if never interrupted.
     """
+    cfg = cfg or TrainConfig()
     opt = torch.optim.Adam([hs.scales], lr=cfg.lr)
     if opt_state is not None:
         load_adam_state(opt, opt_state)

@@ -61,7 +61,7 @@ def make_model(family: str, seed: int = 0, dtype: torch.dtype = torch.float32, *
 
 def make_tokenizer():
     """A character-level fast tokenizer whose ids fit the tiny models' vocabulary (offline, no files)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     chars = "abcdefghijklmnopqrstuvwxyz0123456789 .,?!+-*=:'\n" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"

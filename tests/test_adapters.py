@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import N_LAYERS, make_model
+from reference import capture_layers, reference_layer
 from torch import nn
 
 import hopscotch_core as hc
-from conftest import N_LAYERS, make_model
-from reference import capture_layers, reference_layer
 
 
 def test_all_ones_is_the_stock_model(tiny, ids):

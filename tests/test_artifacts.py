@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
+from conftest import N_LAYERS, make_model
 from safetensors.torch import save_file
 
 import hopscotch_core as hc
-from conftest import N_LAYERS, make_model
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ import inspect
 
 import pytest
 import torch
+from conftest import N_LAYERS, make_model
 from transformers import DynamicCache, LlamaModel
 
 import hopscotch_core as hc
-from conftest import N_LAYERS, make_model
 
 CACHE_KW = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 SKIP_SETS = {

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-
-import hopscotch_core as hc
 from conftest import N_LAYERS, make_model
 from test_cache import left_padded_batch
+
+import hopscotch_core as hc
 
 SKIP = [0, 2]
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from conftest import make_model, make_tokenizer
 
 from hopscotch_core import data
-from conftest import make_model, make_tokenizer
 
 
 def write(path, text):

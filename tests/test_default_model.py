@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_cache import CACHE_KW
 
 import hopscotch_core as hc
 from hopscotch_core import loading
-from test_cache import CACHE_KW
 
 pytestmark = pytest.mark.slow
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_model
 
 import hopscotch_core as hc
 from hopscotch_core import loading
-from conftest import make_model
 
 
 def test_local_directory_round_trip(tmp_path, ids):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_model, make_tokenizer
 from safetensors.torch import load_file
 
 import hopscotch_core as hc
 from hopscotch_core import cli, pipeline
 from hopscotch_core.runs import RunError, RunStore, read_jsonl
-from conftest import make_model, make_tokenizer
 
 SMALL = ["--n-calib", "10", "--n-eval", "5", "--max-new-tokens", "10", "--gen-batch", "4", "--epochs", "2"]
 
@@ -101,7 +100,7 @@ def outcome(run_dir: Path) -> dict:
     base = json.loads((run_dir / "baselines.json").read_text())
     return {"selected": m["selected"], "results": m["results"], "scales": scales.tolist(),
             "baselines": {k: (v["attention"], v["eval_loss_trained"]) for k, v in base.items()},
-            "scores": [(s["round"], s["kind"], s["candidate"], s["loss"]) for s in read_jsonl(run_dir / "scores.jsonl")]}
+            "scores": [(r["round"], r["kind"], r["candidate"], r["loss"]) for r in read_jsonl(run_dir / "scores.jsonl")]}
 
 
 @pytest.mark.parametrize("when", [0.1, 0.3, 0.5, 0.7, 0.9])  # generation, selection, training, baselines

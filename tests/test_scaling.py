@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import N_LAYERS, make_model
 
 import hopscotch_core as hc
-from conftest import N_LAYERS, make_model
 
 
 @pytest.fixture

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_model, make_tokenizer
+from test_data import PROMPTS
 
 import hopscotch_core as hc
 from hopscotch_core import data, selection
-from conftest import make_model, make_tokenizer
-from test_data import PROMPTS
 
 REDUNDANT = 2
 

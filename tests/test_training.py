@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+from conftest import make_model
+from test_data import examples
 
 import hopscotch_core as hc
 from hopscotch_core import data, training
-from conftest import make_model
-from test_data import examples
 
 
 @pytest.fixture
