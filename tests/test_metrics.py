@@ -1,0 +1,94 @@
+"""Known-answer tests for the metrics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import hopscotch_core as hc
+from conftest import make_model
+from hopscotch_core import metrics
+
+
+def gaussian_mmd2(d: int, s1: float, s2: float, delta2: float, sigma: float) -> float:
+    """Closed form of MMD^2 between N(mu1, s1^2 I) and N(mu2, s2^2 I) for the RBF kernel of width sigma."""
+    v = sigma * sigma
+
+    def same(s):
+        return (1 + 2 * s * s / v) ** (-d / 2)
+
+    cross = (1 + (s1 * s1 + s2 * s2) / v) ** (-d / 2) * math.exp(-delta2 / (2 * (v + s1 * s1 + s2 * s2)))
+    return same(s1) + same(s2) - 2 * cross
+
+
+def test_mmd2_of_two_gaussians_matches_the_closed_form():
+    g = torch.Generator().manual_seed(0)
+    d, n = 4, 1500
+    x = torch.randn(n, d, generator=g)
+    y = 1.5 * torch.randn(n, d, generator=g) + torch.tensor([1.0, 0.0, 0.0, 0.0])
+    expected = gaussian_mmd2(d, 1.0, 1.5, 1.0, sigma=2.0)
+    assert metrics.mmd2(x, y, bandwidth=2.0) == pytest.approx(expected, abs=0.01)
+    assert expected > 0.05
+
+
+def test_mmd2_of_the_same_distribution_is_about_zero():
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(800, 8, generator=g), torch.randn(800, 8, generator=g)
+    assert abs(metrics.mmd2(x, y)) < 5e-3
+    assert metrics.mmd2(x, x + 3.0) > 0.5
+
+
+def test_median_heuristic_bandwidth():
+    x = torch.tensor([[0.0], [1.0]])
+    y = torch.tensor([[3.0], [7.0]])
+    # pooled pairwise distances 1, 3, 7, 2, 6, 4 -> median (3 + 4) / 2
+    assert metrics.median_distance(x, y) == 3.5
+    assert metrics.mmd2(x, y) == pytest.approx(metrics.mmd2(x, y, bandwidth=3.5))
+
+
+@pytest.mark.parametrize("x,y,match", [
+    (torch.zeros(1, 3), torch.zeros(5, 3), "at least 2"),
+    (torch.zeros(4, 3), torch.zeros(4, 2), "same d"),
+    (torch.zeros(4), torch.zeros(4), "same d"),
+])
+def test_mmd2_bad_input(x, y, match):
+    with pytest.raises(metrics.MetricError, match=match):
+        metrics.mmd2(x, y)
+
+
+def test_singular_values_known_answer():
+    model = make_model("llama")
+    torch.manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(32, 32))
+    with torch.no_grad():
+        model.model.layers[1].self_attn.q_proj.weight.copy_(q * 7.0)  # an orthogonal matrix times 7: sigma 7
+    df = metrics.singular_values(model)
+    assert list(df.columns) == ["layer", "matrix", "sigma_max"]
+    assert len(df) == 4 * 7 and set(df["matrix"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                      "up_proj", "down_proj"}
+    row = df[(df.layer == 1) & (df.matrix == "q_proj")]
+    assert float(row.sigma_max.iloc[0]) == pytest.approx(7.0, rel=1e-5)
+    w = model.model.layers[3].mlp.down_proj.weight
+    assert float(df[(df.layer == 3) & (df.matrix == "down_proj")].sigma_max.iloc[0]) == pytest.approx(
+        float(torch.linalg.svdvals(w)[0]), rel=1e-5)
+    spec = metrics.singular_values(model, top_k=3)
+    assert all(len(s) == 3 and s[0] >= s[1] >= s[2] for s in spec["spectrum"])
+
+
+def test_singular_values_cache_sees_weight_changes():
+    model = make_model("qwen2")
+    a = metrics.singular_values(model)
+    with torch.no_grad():
+        model.model.layers[0].self_attn.o_proj.weight.mul_(2)
+    b = metrics.singular_values(model)
+    i = (a.layer == 0) & (a.matrix == "o_proj")
+    assert float(b[i].sigma_max.iloc[0]) == pytest.approx(2 * float(a[i].sigma_max.iloc[0]), rel=1e-5)
+
+
+def test_singular_values_skip_removed_blocks():
+    model = make_model("llama")
+    small = hc.attach(model).skip([2]).compact()
+    df = metrics.singular_values(small)
+    assert len(df) == 4 * 7 - 4 and not ((df.layer == 2) & (df.matrix == "q_proj")).any()
