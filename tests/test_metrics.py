@@ -70,7 +70,7 @@ def test_singular_values_known_answer():
                                                       "up_proj", "down_proj"}
     row = df[(df.layer == 1) & (df.matrix == "q_proj")]
     assert float(row.sigma_max.iloc[0]) == pytest.approx(7.0, rel=1e-5)
-    w = model.model.layers[3].mlp.down_proj.weight
+    w = model.model.layers[3].mlp.down_proj.weight.detach()
     assert float(df[(df.layer == 3) & (df.matrix == "down_proj")].sigma_max.iloc[0]) == pytest.approx(
         float(torch.linalg.svdvals(w)[0]), rel=1e-5)
     spec = metrics.singular_values(model, top_k=3)
