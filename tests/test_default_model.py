@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from test_cache import CACHE_KW
@@ -69,3 +71,20 @@ def test_safetensors_cache_matches_the_gguf(default_model):
     ids = tok("Hopscotch skips attention blocks.", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert torch.equal(model(ids).logits, gguf_model(ids).logits)
+
+
+def test_one_round_of_fast_selection_on_the_default_model(default_model, tmp_path):
+    from hopscotch_core import pipeline
+
+    model, tok = default_model
+    s = pipeline.RunSettings(model="default", n_calib=4, n_eval=2, max_new_tokens=24, k=1, mode="fast",
+                             shortlist=2, epochs=1, device="cpu")
+    run = pipeline.run_pipeline(s, tmp_path, "r", model=model, tok=tok)
+    m = run.manifest
+    assert m["state"] == "done" and len(m["selected"]) == 1 and 0 <= m["selected"][0] < 30
+    scores = [json.loads(line) for line in (run.dir / "scores.jsonl").read_text().splitlines()]
+    assert sum(r["kind"] == "shortlist" for r in scores) == 30 and sum(r["kind"] == "paper" for r in scores) == 2
+    r = m["results"]
+    assert 0 < r["eval_loss_original"] < r["eval_loss_unscaled"] and r["train_status"] == "done"
+    assert abs(r["eval_loss_trained"] - r["eval_loss_unscaled"]) < 0.2  # one short epoch moves it only a little
+    assert hc.handle_of(model) is None  # the shared model is left as it was
