@@ -162,7 +162,7 @@ class Pipeline:
         return self.should_stop()
 
     def _timed(self, stage: str, fn: Callable[[], Any]) -> Any:
-        self.run.update(state="running", stage=stage)
+        self.run.update(state="running", stage=stage, pid=os.getpid())
         self.run.log(f"stage {stage}: start")
         t = time.perf_counter()
         out = fn()

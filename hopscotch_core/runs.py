@@ -79,6 +79,18 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
         raise RunError(f"run name {name!r} is not allowed: use letters, digits, '.', '_' and '-' "
@@ -121,9 +133,12 @@ class RunStore:
         for d in sorted(self.root.iterdir()):
             if (d / MANIFEST).is_file():
                 try:
-                    out.append(read_json(d / MANIFEST))
+                    m = read_json(d / MANIFEST)
                 except RunError:
-                    out.append({"name": d.name, "state": "corrupt"})
+                    m = {"name": d.name, "state": "corrupt"}
+                if m.get("state") == "running" and not _alive(m.get("pid")):
+                    m["state"] = "interrupted"  # its process is gone (killed, crashed machine): resumable
+                out.append(m)
         return out
 
     def delete(self, name: str) -> None:

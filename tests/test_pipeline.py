@@ -131,6 +131,8 @@ def test_kill_9_at_any_moment_then_resume(model_dir, data_file, tmp_path):
     time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    listed = {m["name"]: m["state"] for m in RunStore(tmp_path / "runs").list()}
+    assert listed["r"] in ("interrupted", "created", "done")  # never "running": its process is gone
     assert cli.main(args) == 0
     got, ref = tmp_path / "runs" / "r", tmp_path / "ref" / "r"
     m, mr = (json.loads((d / "manifest.json").read_text()) for d in (got, ref))
