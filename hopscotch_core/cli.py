@@ -197,7 +197,7 @@ def cmd_pipeline(args) -> int:
         print(f"  {key}: {val:.4f}" if isinstance(val, float) else f"  {key}: {val}")
     if m.get("timings"):
         print("  timings (s): " + ", ".join(f"{k} {v}" for k, v in m["timings"].items()))
-    return 0 if m["state"] in ("done", "generated", "prompts") else 3
+    return 0 if m["state"] in ("done", "selected", "generated", "prompts") else 3
 
 
 def cmd_runs(args) -> int:

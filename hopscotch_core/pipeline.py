@@ -314,6 +314,8 @@ class Pipeline:
                 sel = self._timed("select", lambda: self.select(hs, rows))
                 if self._stopped():
                     return self._finish("stopped")
+                if "train" not in stages:
+                    return self._finish("selected")
                 if "train" in stages:
                     tr = self._timed("train", lambda: self.train(hs, sel.selected, rows, eval_rows))
                     if tr["status"] == "stopped":

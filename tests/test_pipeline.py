@@ -226,3 +226,11 @@ def test_runs_lists_runs(model_dir, data_file, tmp_path, capsys):
     assert cli.main(["runs", "--runs-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "g" in out and "generated" in out
+
+
+def test_select_stops_after_selection(model_dir, data_file, tmp_path):
+    assert cli.main(["select", "--model", str(model_dir), "--data", str(data_file), "--k", "1", "--runs-dir",
+                     str(tmp_path), "--name", "s", "--device", "cpu", *SMALL]) == 0
+    m = RunStore(tmp_path).open("s").manifest
+    assert m["state"] == "selected" and len(m["selected"]) == 1 and not m["results"]
+    assert not (tmp_path / "s" / "scales").exists()
