@@ -316,14 +316,13 @@ class Pipeline:
                     return self._finish("stopped")
                 if "train" not in stages:
                     return self._finish("selected")
-                if "train" in stages:
-                    tr = self._timed("train", lambda: self.train(hs, sel.selected, rows, eval_rows))
-                    if tr["status"] == "stopped":
-                        return self._finish("stopped")
-                    results = self._timed("evaluate", lambda: self.evaluate(hs, sel.selected, eval_rows))
-                    results["train_status"] = tr["status"]
-                    run.update(results=results)
-                    hs.save(run.file("adapter"))
+                tr = self._timed("train", lambda: self.train(hs, sel.selected, rows, eval_rows))
+                if tr["status"] == "stopped":
+                    return self._finish("stopped")
+                results = self._timed("evaluate", lambda: self.evaluate(hs, sel.selected, eval_rows))
+                results["train_status"] = tr["status"]
+                run.update(results=results)
+                hs.save(run.file("adapter"))
                 if "baselines" in stages and s.baselines:
                     self._timed("baselines", lambda: self.baselines(hs, rows, eval_rows))
                     if self._stopped():
