@@ -15,6 +15,7 @@ given, else the median Euclidean distance between distinct points of the pooled 
 
 from __future__ import annotations
 
+import re
 import weakref
 
 import numpy as np
@@ -94,3 +95,105 @@ def singular_values(model: nn.Module, top_k: int | None = None):
     df = pd.DataFrame(rows)
     _SV_CACHE[model] = (key, df)
     return df.copy()
+
+
+# ------------------------------------------------------------------------------------------------- fidelity
+def _positions_logits(model, row) -> torch.Tensor:
+    dev = model.device
+    out = model(input_ids=row.input_ids.to(dev), position_ids=row.position_ids.to(dev), use_cache=False,
+                logits_to_keep=row.positions.to(dev))
+    return out.logits[0].float()  # (N, V)
+
+
+def _apply(hs, skipped, scales) -> None:
+    hs.reset()
+    if scales is not None:
+        hs.set_scales(scales)
+    hs.skip(list(skipped))
+
+
+def fidelity(hs, rows, skipped, scales=None) -> dict:
+    """Original vs modified model on packed rows of the original model's own answers (data.pack).
+
+    Returns per-token means over the response tokens: `nll` (and `ppl`) of the modified model on those answers,
+    `kl` = KL(original || modified) of the next-token distributions, and `agreement` = the share of positions
+    where both models' top-1 tokens agree (teacher-forced). The handle is left reset (all ones, nothing skipped).
+    """
+    tot = {"nll": 0.0, "kl": 0.0, "agree": 0.0}
+    n = 0
+    with torch.no_grad():
+        for row in rows:
+            hs.reset()
+            lo = _positions_logits(hs.model, row)
+            _apply(hs, skipped, scales)
+            lm = _positions_logits(hs.model, row)
+            lpo, lpm = torch.log_softmax(lo, -1), torch.log_softmax(lm, -1)
+            tgt = row.targets.to(lm.device)
+            tot["nll"] += float(torch.nn.functional.nll_loss(lpm, tgt, reduction="sum"))
+            tot["kl"] += float((lpo.exp() * (lpo - lpm)).sum())
+            tot["agree"] += float((lo.argmax(-1) == lm.argmax(-1)).sum())
+            n += row.n_tokens
+    hs.reset()
+    if n == 0:
+        raise MetricError("no response tokens to measure fidelity on")
+    nll = tot["nll"] / n
+    return {"nll": nll, "ppl": float(torch.exp(torch.tensor(nll))), "kl": tot["kl"] / n,
+            "agreement": tot["agree"] / n, "tokens": n}
+
+
+def layer_mmd(hs, rows, skipped, scales=None, max_tokens: int = 512, seed: int = 0) -> list[float]:
+    """Per layer, unbiased MMD^2 between the output hidden states of the original and the modified model.
+
+    Tokens: all positions of `rows`, of which the same `max_tokens` (seeded choice) are used on both sides;
+    bandwidth: the median heuristic, per layer. The handle is left reset.
+    """
+    n_layers = hs.num_layers
+
+    def states() -> list[torch.Tensor]:
+        got: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+
+        def probe(i, x, x1, out):
+            got[i].append(out[0].detach().float().cpu())  # (T, C)
+
+        with torch.no_grad(), hs.probe(probe):
+            for row in rows:
+                dev = hs.model.device
+                hs.model(input_ids=row.input_ids.to(dev), position_ids=row.position_ids.to(dev), use_cache=False,
+                         logits_to_keep=1)
+        return [torch.cat(g) for g in got]
+
+    hs.reset()
+    orig = states()
+    _apply(hs, skipped, scales)
+    mod = states()
+    hs.reset()
+    total = orig[0].shape[0]
+    if total < 4:
+        raise MetricError(f"layer_mmd needs at least 4 tokens; the rows hold {total}")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(total, generator=g)[:max_tokens]
+    return [mmd2(o[idx], m[idx]) for o, m in zip(orig, mod)]
+
+
+# ------------------------------------------------------------------------------------------------- answers
+_STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
+_FLEX = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+
+
+def _clean(num: str) -> str:
+    return num.replace(",", "").replace("$", "").rstrip(".")
+
+
+def extract_strict(text: str) -> str | None:
+    """GSM8K strict-match: the number after '#### ' (lm-evaluation-harness 'strict-match' filter)."""
+    m = _STRICT.search(text)
+    return _clean(m.group(1)) if m else None
+
+
+def extract_flexible(text: str) -> str | None:
+    """GSM8K flexible-extract: the last number in the text (lm-evaluation-harness 'flexible-extract' filter)."""
+    found = _FLEX.findall(text)
+    if not found:
+        return None
+    last = found[-1]
+    return _clean(last[0] or last[1]) or None

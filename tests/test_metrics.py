@@ -92,3 +92,57 @@ def test_singular_values_skip_removed_blocks():
     small = hc.attach(model).skip([2]).compact()
     df = metrics.singular_values(small)
     assert len(df) == 4 * 7 - 4 and not ((df.layer == 2) & (df.matrix == "q_proj")).any()
+
+
+@pytest.fixture
+def rows_and_handle():
+    from hopscotch_core import data
+    from test_data import PROMPTS
+
+    from conftest import make_tokenizer
+
+    model = make_model("llama")
+    with torch.no_grad():
+        for layer in model.model.layers:  # attention that matters, so skipping it shows
+            layer.self_attn.o_proj.weight.mul_(6.0)
+    answers = data.generate_answers(model, make_tokenizer(), PROMPTS, max_new_tokens=10)
+    return data.pack(data.build_examples(answers), batch_tokens=64), hc.attach(model)
+
+
+def test_fidelity_of_identical_models(rows_and_handle):
+    from hopscotch_core import data
+
+    rows, hs = rows_and_handle
+    f = metrics.fidelity(hs, rows, skipped=[])
+    assert f["kl"] == pytest.approx(0.0, abs=1e-6) and f["agreement"] == 1.0
+    assert f["nll"] == pytest.approx(data.dataset_loss(hs.model, rows), rel=1e-6)
+    assert f["ppl"] == pytest.approx(math.exp(f["nll"]), rel=1e-6)
+    assert f["tokens"] == sum(r.n_tokens for r in rows)
+
+
+def test_fidelity_of_a_skipped_model(rows_and_handle):
+    rows, hs = rows_and_handle
+    f = metrics.fidelity(hs, rows, skipped=[0, 1])
+    assert f["kl"] > 1e-4 and 0 <= f["agreement"] <= 1
+    assert hs.skipped == ()  # left reset
+
+
+def test_layer_mmd_is_zero_before_the_first_skipped_block(rows_and_handle):
+    rows, hs = rows_and_handle
+    per_layer = metrics.layer_mmd(hs, rows, skipped=[2])
+    assert len(per_layer) == 4
+    # identical states: the unbiased estimate is ~ -2/n (slightly negative), n = 136 tokens here
+    assert abs(per_layer[0]) < 0.02 and abs(per_layer[1]) < 0.02
+    assert per_layer[2] > 0.03 and per_layer[3] > 0.03
+
+
+@pytest.mark.parametrize("text,strict,flex", [
+    ("She makes 9 * 2 = $18 every day.\\n#### 18", "18", "18"),
+    ("The answer is 1,234.", None, "1234"),
+    ("#### -5\\nso -5 it is, or maybe 7", "-5", "7"),
+    ("no numbers here", None, None),
+    ("costs $3.50.", None, "3.50"),
+])
+def test_answer_extraction(text, strict, flex):
+    assert metrics.extract_strict(text) == strict
+    assert metrics.extract_flexible(text) == flex
