@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from conftest import make_model
 
 import hopscotch_core as hc
-from conftest import make_model
 from hopscotch_core import metrics
 
 
@@ -96,10 +96,10 @@ def test_singular_values_skip_removed_blocks():
 
 @pytest.fixture
 def rows_and_handle():
-    from hopscotch_core import data
+    from conftest import make_tokenizer
     from test_data import PROMPTS
 
-    from conftest import make_tokenizer
+    from hopscotch_core import data
 
     model = make_model("llama")
     with torch.no_grad():
