@@ -181,11 +181,19 @@ def cmd_pipeline(args) -> int:
 
     upto = {"generate": 2, "select": 3, "train": 5, "run": len(STAGES)}[args.command]
     stages = STAGES[:upto]
-    settings = _settings(args)
+    name = args.name
+    if args.resume:  # the settings come from the run itself
+        from .pipeline import RunSettings
+        from .runs import RunStore
+
+        settings = RunSettings(**RunStore(args.runs_dir).open(args.resume).manifest["settings"])
+        name = args.resume
+    else:
+        settings = _settings(args)
     settings.validate()
     bars = _Bars()
     try:
-        run = run_pipeline(settings, args.runs_dir, args.name, stages=stages, on_progress=bars,
+        run = run_pipeline(settings, args.runs_dir, name, stages=stages, on_progress=bars,
                            should_stop=_stop_flag())
     finally:
         bars.close()
@@ -282,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--runs-dir", default="runs")
         s.add_argument("--name", default=None, help="run name; an existing run of that name is resumed")
+        s.add_argument("--resume", default=None, metavar="NAME",
+                       help="resume run NAME with its own settings (other setting flags are ignored)")
         s.set_defaults(func=cmd_pipeline)
 
     s = sub.add_parser("runs", help="list runs")

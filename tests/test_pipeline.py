@@ -234,3 +234,12 @@ def test_select_stops_after_selection(model_dir, data_file, tmp_path):
     m = RunStore(tmp_path).open("s").manifest
     assert m["state"] == "selected" and len(m["selected"]) == 1 and not m["results"]
     assert not (tmp_path / "s" / "scales").exists()
+
+
+def test_resume_by_name_uses_the_runs_own_settings(model_dir, data_file, tmp_path):
+    assert cli.main(["generate", "--model", str(model_dir), "--data", str(data_file), "--k", "1", "--runs-dir",
+                     str(tmp_path), "--name", "x", "--device", "cpu", *SMALL]) == 0
+    assert cli.main(["run", "--resume", "x", "--runs-dir", str(tmp_path)]) == 0
+    m = RunStore(tmp_path).open("x").manifest
+    assert m["state"] == "done" and len(m["selected"]) == 1 and m["settings"]["n_calib"] == 10
+    assert cli.main(["run", "--resume", "nope", "--runs-dir", str(tmp_path)]) == 2
