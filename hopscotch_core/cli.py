@@ -75,7 +75,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_ask(args) -> int:
-    from .generation import build_prompt, generate_text
+    from .generation import generate_text
     from .scaling import compact_info
 
     model, tok = _load(args)
@@ -85,13 +85,7 @@ def cmd_ask(args) -> int:
     if info is not None:
         if args.skip or args.adapter:
             raise HopscotchError(f"{args.model} is a compact model; --skip/--adapter apply to an original model")
-        import torch
-
-        enc = tok(build_prompt(tok, args.prompt, not args.raw), return_tensors="pt").to(model.device)
-        with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=args.max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id)
-        text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        text = generate_text(model, tok, args.prompt, max_new_tokens=args.max_new_tokens, chat=not args.raw)
         print(f"--- compact model (attention removed from blocks {list(info.skipped)})\n{text}")
         return 0
     with _attach(model, args) as hs:  # validates --skip/--adapter before any generation

@@ -298,13 +298,27 @@ def pack(examples: Sequence[Example], batch_tokens: int = 1024) -> list[Row]:
     return [_make_row([examples[i] for i in b], b) for b in bins]
 
 
-def row_loss(model, row: Row, reduction: str = "sum") -> torch.Tensor:
-    """Cross-entropy of the response tokens in `row` (sum, or mean per token); differentiable."""
+def row_logits(model, row: Row) -> torch.Tensor:
+    """Float32 logits (N, V) at the positions that predict `row`'s response tokens; differentiable."""
     dev = model.device
     out = model(input_ids=row.input_ids.to(dev), position_ids=row.position_ids.to(dev), use_cache=False,
                 logits_to_keep=row.positions.to(dev))
-    logits = out.logits[0].float()  # (N, V)
-    return torch.nn.functional.cross_entropy(logits, row.targets.to(dev), reduction=reduction)
+    return out.logits[0].float()
+
+
+def forward_rows(model, rows: Sequence[Row]) -> None:
+    """Run the model over rows without computing logits (for probes that read hidden states)."""
+    with torch.no_grad():
+        for row in rows:
+            dev = model.device
+            model(input_ids=row.input_ids.to(dev), position_ids=row.position_ids.to(dev), use_cache=False,
+                  logits_to_keep=1)
+
+
+def row_loss(model, row: Row, reduction: str = "sum") -> torch.Tensor:
+    """Cross-entropy of the response tokens in `row` (sum, or mean per token); differentiable."""
+    logits = row_logits(model, row)  # (N, V)
+    return torch.nn.functional.cross_entropy(logits, row.targets.to(logits.device), reduction=reduction)
 
 
 def dataset_loss(model, rows: Sequence[Row]) -> float:

@@ -34,16 +34,20 @@ def generate_text(
     chat: bool = True,
     lock: threading.Lock | None = None,
 ) -> str:
-    """Greedy answer to `prompt` with `skipped` attention blocks (and optional [L, 4] scales) applied."""
+    """Greedy answer to `prompt` with `skipped` attention blocks (and optional [L, 4] scales) applied.
+
+    With neither, the model runs as it is (a compact model included) and nothing is attached.
+    """
     enc = tok(build_prompt(tok, prompt, chat), return_tensors="pt").to(model.device)
     skipped = list(skipped)
     with lock or contextlib.nullcontext():
         if handle_of(model) is not None:
             raise RuntimeError("generate_text needs a model without an attached Hopscotch handle")
-        with attach(model) as hs:
-            if scales is not None:
-                hs.set_scales(scales)
-            hs.skip(skipped)
+        with attach(model) if (skipped or scales is not None) else contextlib.nullcontext() as hs:
+            if hs is not None:
+                if scales is not None:
+                    hs.set_scales(scales)
+                hs.skip(skipped)
             with torch.no_grad():
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                      pad_token_id=tok.pad_token_id)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .adapters import get_adapter
+from .data import forward_rows, row_logits
 from .errors import HopscotchError
 
 
@@ -98,13 +99,6 @@ def singular_values(model: nn.Module, top_k: int | None = None):
 
 
 # ------------------------------------------------------------------------------------------------- fidelity
-def _positions_logits(model, row) -> torch.Tensor:
-    dev = model.device
-    out = model(input_ids=row.input_ids.to(dev), position_ids=row.position_ids.to(dev), use_cache=False,
-                logits_to_keep=row.positions.to(dev))
-    return out.logits[0].float()  # (N, V)
-
-
 def _apply(hs, skipped, scales) -> None:
     hs.reset()
     if scales is not None:
@@ -124,9 +118,9 @@ def fidelity(hs, rows, skipped, scales=None) -> dict:
     with torch.no_grad():
         for row in rows:
             hs.reset()
-            lo = _positions_logits(hs.model, row)
+            lo = row_logits(hs.model, row)
             _apply(hs, skipped, scales)
-            lm = _positions_logits(hs.model, row)
+            lm = row_logits(hs.model, row)
             lpo, lpm = torch.log_softmax(lo, -1), torch.log_softmax(lm, -1)
             tgt = row.targets.to(lm.device)
             tot["nll"] += float(torch.nn.functional.nll_loss(lpm, tgt, reduction="sum"))
@@ -155,11 +149,8 @@ def layer_mmd(hs, rows, skipped, scales=None, max_tokens: int = 512, seed: int =
         def probe(i, x, x1, out):
             got[i].append(out[0].detach().float().cpu())  # (T, C)
 
-        with torch.no_grad(), hs.probe(probe):
-            for row in rows:
-                dev = hs.model.device
-                hs.model(input_ids=row.input_ids.to(dev), position_ids=row.position_ids.to(dev), use_cache=False,
-                         logits_to_keep=1)
+        with hs.probe(probe):
+            forward_rows(hs.model, rows)
         return [torch.cat(g) for g in got]
 
     hs.reset()

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .data import Row, dataset_loss
+from .data import Row, dataset_loss, forward_rows
 from .errors import HopscotchError
 from .scaling import Hopscotch
 from .training import score_candidate
@@ -159,7 +159,6 @@ def block_influence(hs: Hopscotch, rows: Sequence[Row], skipped: Sequence[int] =
     n = hs.num_layers
     att = torch.zeros(n, dtype=torch.float64)
     lay = torch.zeros(n, dtype=torch.float64)
-    count = 0
 
     def probe(i: int, x: torch.Tensor, x1: torch.Tensor, out: torch.Tensor) -> None:
         a, b, c = x[0].float(), x1[0].float(), out[0].float()  # (T, C)
@@ -169,14 +168,11 @@ def block_influence(hs: Hopscotch, rows: Sequence[Row], skipped: Sequence[int] =
     hs.reset()
     hs.skip(list(skipped))
     try:
-        with torch.no_grad(), hs.probe(probe):
-            for row in rows:
-                dev = hs.model.device
-                hs.model(input_ids=row.input_ids.to(dev), position_ids=row.position_ids.to(dev), use_cache=False,
-                         logits_to_keep=1)
-                count += row.input_ids.shape[1]
+        with hs.probe(probe):
+            forward_rows(hs.model, rows)
     finally:
         hs.reset()
+    count = sum(row.input_ids.shape[1] for row in rows)
     return (att / count).tolist(), (lay / count).tolist()
 
 
