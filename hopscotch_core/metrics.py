@@ -99,14 +99,14 @@ def singular_values(model: nn.Module, top_k: int | None = None):
 
 
 # ------------------------------------------------------------------------------------------------- fidelity
-def _apply(hs, skipped, scales) -> None:
+def _apply(hs, skipped, scales, skipped_mlp=()) -> None:
     hs.reset()
+    hs.skip(list(skipped)).skip_mlp(list(skipped_mlp))
     if scales is not None:
         hs.set_scales(scales)
-    hs.skip(list(skipped))
 
 
-def fidelity(hs, rows, skipped, scales=None) -> dict:
+def fidelity(hs, rows, skipped, scales=None, skipped_mlp=()) -> dict:
     """Original vs modified model on packed rows of the original model's own answers (data.pack).
 
     Returns per-token means over the response tokens: `nll` (and `ppl`) of the modified model on those answers,
@@ -119,7 +119,7 @@ def fidelity(hs, rows, skipped, scales=None) -> dict:
         for row in rows:
             hs.reset()
             lo = row_logits(hs.model, row)
-            _apply(hs, skipped, scales)
+            _apply(hs, skipped, scales, skipped_mlp)
             lm = row_logits(hs.model, row)
             lpo, lpm = torch.log_softmax(lo, -1), torch.log_softmax(lm, -1)
             tgt = row.targets.to(lm.device)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import __version__, data, selection, training
+from . import __version__, data, metrics, selection, training
 from .artifacts import model_identity
 from .errors import HopscotchError
 from .runs import Run, RunError, RunStore, append_jsonl, read_json, read_jsonl, write_json
@@ -256,14 +256,18 @@ class Pipeline:
         return {"status": res.status, "epochs": epochs}
 
     def evaluate(self, hs, blocks: list[int], eval_rows, mlp: list[int] = ()) -> dict:
+        """Held-out NLL of the original / unscaled / trained model, and KL(original || modified) and top-1
+        agreement for the last two (NLL alone rewards scalars that sharpen the model's own answers)."""
         trained = hs.effective_scales()
         hs.reset()
-        original = data.dataset_loss(self.model, eval_rows)
+        out = {"eval_loss_original": data.dataset_loss(self.model, eval_rows)}
+        for tag, scales in (("unscaled", None), ("trained", trained)):
+            f = metrics.fidelity(hs, eval_rows, blocks, scales, skipped_mlp=mlp)
+            out.update({f"eval_loss_{tag}": f["nll"], f"eval_kl_{tag}": f["kl"],
+                        f"eval_agreement_{tag}": f["agreement"]})
         hs.skip(blocks).skip_mlp(list(mlp))
-        unscaled = data.dataset_loss(self.model, eval_rows)
-        hs.set_scales(trained)
-        return {"eval_loss_original": original, "eval_loss_unscaled": unscaled,
-                "eval_loss_trained": data.dataset_loss(self.model, eval_rows)}
+        hs.set_scales(trained)  # leave the trained state applied (the adapter is saved from it)
+        return out
 
     def baselines(self, hs, rows, eval_rows) -> dict:
         path = self.run.file("baselines.json")
