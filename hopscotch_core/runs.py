@@ -36,7 +36,8 @@ class RunError(HopscotchError, ValueError):
     """A run name, runs root or resume that cannot be used."""
 
 
-def write_json(path: Path, obj: Any) -> None:
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2)
@@ -45,7 +46,8 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def read_json(path: Path, default: Any = None) -> Any:
+def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    path = Path(path)
     if not path.is_file():
         return default
     try:
@@ -54,7 +56,8 @@ def read_json(path: Path, default: Any = None) -> Any:
         raise RunError(f"{path} is corrupt ({e.msg}); delete the run or restore the file") from None
 
 
-def append_jsonl(path: Path, records: Iterable[dict]) -> None:
+def append_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
+    path = Path(path)
     with path.open("a", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
@@ -62,7 +65,8 @@ def append_jsonl(path: Path, records: Iterable[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    path = Path(path)
     if not path.is_file():
         return []
     out = []
