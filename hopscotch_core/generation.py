@@ -13,15 +13,8 @@ from collections.abc import Iterable
 
 import torch
 
+from .data import encode_prompt
 from .scaling import attach, handle_of
-
-
-def build_prompt(tok, text: str, chat: bool = True) -> str:
-    """The chat template around `text` when the tokenizer has one (and `chat`), else `text` itself."""
-    if chat and getattr(tok, "chat_template", None):
-        return tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                       add_generation_prompt=True)
-    return text
 
 
 def generate_text(
@@ -38,7 +31,7 @@ def generate_text(
 
     With neither, the model runs as it is (a compact model included) and nothing is attached.
     """
-    enc = tok(build_prompt(tok, prompt, chat), return_tensors="pt").to(model.device)
+    ids = torch.tensor([encode_prompt(tok, prompt, chat)], device=model.device)  # (1, T): the tokens data.py uses
     skipped = list(skipped)
     with lock or contextlib.nullcontext():
         if handle_of(model) is not None:
@@ -49,6 +42,6 @@ def generate_text(
                     hs.set_scales(scales)
                 hs.skip(skipped)
             with torch.no_grad():
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tok.pad_token_id)
-    return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                     max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()

@@ -15,6 +15,7 @@ given, else the median Euclidean distance between distinct points of the pooled 
 
 from __future__ import annotations
 
+import math
 import re
 import weakref
 
@@ -99,40 +100,48 @@ def singular_values(model: nn.Module, top_k: int | None = None):
 
 
 # ------------------------------------------------------------------------------------------------- fidelity
-def _apply(hs, skipped, scales, skipped_mlp=()) -> None:
-    hs.reset()
-    hs.skip(list(skipped)).skip_mlp(list(skipped_mlp))
-    if scales is not None:
-        hs.set_scales(scales)
+def compare(hs, rows, variants: dict[str, dict]) -> dict[str, dict]:
+    """The original model against several modified ones, on packed rows of its own answers (data.pack).
 
-
-def fidelity(hs, rows, skipped, scales=None, skipped_mlp=()) -> dict:
-    """Original vs modified model on packed rows of the original model's own answers (data.pack).
-
-    Returns per-token means over the response tokens: `nll` (and `ppl`) of the modified model on those answers,
-    `kl` = KL(original || modified) of the next-token distributions, and `agreement` = the share of positions
-    where both models' top-1 tokens agree (teacher-forced). The handle is left reset (all ones, nothing skipped).
+    `variants` maps a name to configure() arguments ({"skipped": [...], "scales": ..., "skipped_mlp": [...]}).
+    Per variant, per-token means over the response tokens: `nll` (and `ppl`) on those answers, `kl` =
+    KL(original || modified) of the next-token distributions, `agreement` = share of positions where both top-1
+    tokens agree (teacher-forced). "original" holds the original model's own nll/ppl. The original logits are
+    computed once per row for all variants; the handle is left reset (all ones, nothing skipped).
     """
-    tot = {"nll": 0.0, "kl": 0.0, "agree": 0.0}
+    zero = {"nll": 0.0, "kl": 0.0, "agree": 0.0}
+    tot = {name: dict(zero) for name in ["original", *variants]}
     n = 0
     with torch.no_grad():
         for row in rows:
             hs.reset()
             lo = row_logits(hs.model, row)
-            _apply(hs, skipped, scales, skipped_mlp)
-            lm = row_logits(hs.model, row)
-            lpo, lpm = torch.log_softmax(lo, -1), torch.log_softmax(lm, -1)
-            tgt = row.targets.to(lm.device)
-            tot["nll"] += float(torch.nn.functional.nll_loss(lpm, tgt, reduction="sum"))
-            tot["kl"] += float((lpo.exp() * (lpo - lpm)).sum())
-            tot["agree"] += float((lo.argmax(-1) == lm.argmax(-1)).sum())
+            lpo = torch.log_softmax(lo, -1)
+            tgt = row.targets.to(lo.device)
+            tot["original"]["nll"] += float(torch.nn.functional.nll_loss(lpo, tgt, reduction="sum"))
+            for name, v in variants.items():
+                hs.configure(v.get("skipped", ()), v.get("scales"), v.get("skipped_mlp", ()))
+                lm = row_logits(hs.model, row)
+                lpm = torch.log_softmax(lm, -1)
+                tot[name]["nll"] += float(torch.nn.functional.nll_loss(lpm, tgt, reduction="sum"))
+                tot[name]["kl"] += float((lpo.exp() * (lpo - lpm)).sum())
+                tot[name]["agree"] += float((lo.argmax(-1) == lm.argmax(-1)).sum())
             n += row.n_tokens
     hs.reset()
     if n == 0:
         raise MetricError("no response tokens to measure fidelity on")
-    nll = tot["nll"] / n
-    return {"nll": nll, "ppl": float(torch.exp(torch.tensor(nll))), "kl": tot["kl"] / n,
-            "agreement": tot["agree"] / n, "tokens": n}
+    out = {}
+    for name, t in tot.items():
+        nll = t["nll"] / n
+        out[name] = {"nll": nll, "ppl": math.exp(nll), "tokens": n}
+        if name != "original":
+            out[name].update(kl=t["kl"] / n, agreement=t["agree"] / n)
+    return out
+
+
+def fidelity(hs, rows, skipped, scales=None, skipped_mlp=()) -> dict:
+    """`compare` for one modified model: {"nll", "ppl", "kl", "agreement", "tokens"}."""
+    return compare(hs, rows, {"m": {"skipped": skipped, "scales": scales, "skipped_mlp": skipped_mlp}})["m"]
 
 
 def layer_mmd(hs, rows, skipped, scales=None, max_tokens: int = 512, seed: int = 0) -> list[float]:
@@ -155,9 +164,8 @@ def layer_mmd(hs, rows, skipped, scales=None, max_tokens: int = 512, seed: int =
 
     hs.reset()
     orig = states()
-    _apply(hs, skipped, scales)
-    mod = states()
-    hs.reset()
+    with hs.applied(skipped, scales):
+        mod = states()
     total = orig[0].shape[0]
     if total < 4:
         raise MetricError(f"layer_mmd needs at least 4 tokens; the rows hold {total}")

@@ -226,8 +226,7 @@ class Pipeline:
         """Train scales with `blocks` skipped; resumable per epoch. Returns the metrics of the last epoch."""
         folder = self.run.file(f"scales{tag}")
         folder.mkdir(exist_ok=True)
-        hs.reset()
-        hs.skip(blocks).skip_mlp(list(mlp))
+        hs.configure(blocks, skipped_mlp=mlp)
         done = sorted(folder.glob("epoch_*.safetensors"))
         start, opt_state = 0, None
         metrics_path = self.run.file("metrics.jsonl")
@@ -259,14 +258,14 @@ class Pipeline:
         """Held-out NLL of the original / unscaled / trained model, and KL(original || modified) and top-1
         agreement for the last two (NLL alone rewards scalars that sharpen the model's own answers)."""
         trained = hs.effective_scales()
-        hs.reset()
-        out = {"eval_loss_original": data.dataset_loss(self.model, eval_rows)}
-        for tag, scales in (("unscaled", None), ("trained", trained)):
-            f = metrics.fidelity(hs, eval_rows, blocks, scales, skipped_mlp=mlp)
-            out.update({f"eval_loss_{tag}": f["nll"], f"eval_kl_{tag}": f["kl"],
-                        f"eval_agreement_{tag}": f["agreement"]})
-        hs.skip(blocks).skip_mlp(list(mlp))
-        hs.set_scales(trained)  # leave the trained state applied (the adapter is saved from it)
+        variants = {tag: {"skipped": blocks, "scales": scales, "skipped_mlp": mlp}
+                    for tag, scales in (("unscaled", None), ("trained", trained))}
+        res = metrics.compare(hs, eval_rows, variants)  # the original model runs once for both
+        out = {"eval_loss_original": res["original"]["nll"]}
+        for tag in variants:
+            out.update({f"eval_loss_{tag}": res[tag]["nll"], f"eval_kl_{tag}": res[tag]["kl"],
+                        f"eval_agreement_{tag}": res[tag]["agreement"]})
+        hs.configure(blocks, trained, mlp)  # leave the trained state applied (the adapter is saved from it)
         return out
 
     def baselines(self, hs, rows, eval_rows) -> dict:

@@ -276,6 +276,25 @@ class Hopscotch:
             self.scales.fill_(1.0)
         return self
 
+    def configure(self, skipped: Iterable[int] = (), scales: torch.Tensor | None = None,
+                  skipped_mlp: Iterable[int] = ()) -> "Hopscotch":
+        """Reset, then apply exactly this state: skipped attention (and MLP) blocks and optional [L, 4] scales."""
+        self.reset()
+        self.skip(list(skipped)).skip_mlp(list(skipped_mlp))
+        if scales is not None:
+            self.set_scales(scales)
+        return self
+
+    @contextmanager
+    def applied(self, skipped: Iterable[int] = (), scales: torch.Tensor | None = None,
+                skipped_mlp: Iterable[int] = ()) -> Iterator["Hopscotch"]:
+        """Within: `configure(...)`; afterwards the handle is reset (all ones, nothing skipped)."""
+        self.configure(skipped, scales, skipped_mlp)
+        try:
+            yield self
+        finally:
+            self.reset()
+
     def effective_scales(self) -> torch.Tensor:
         """A float32 CPU copy of the scalars as they act (b = 0 on skipped blocks)."""
         s = self.scales.detach().float().cpu().clone()

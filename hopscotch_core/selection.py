@@ -76,12 +76,8 @@ def check_config(cfg: SelectConfig, num_layers: int) -> None:
 
 def skipped_loss(hs: Hopscotch, rows: Sequence[Row], skipped: Sequence[int]) -> float:
     """Held-out style loss with `skipped` attention blocks and all-ones scalars (forward only)."""
-    hs.reset()
-    hs.skip(list(skipped))
-    try:
+    with hs.applied(skipped):
         return dataset_loss(hs.model, rows)
-    finally:
-        hs.reset()
 
 
 def greedy_select(
@@ -165,13 +161,8 @@ def block_influence(hs: Hopscotch, rows: Sequence[Row], skipped: Sequence[int] =
         att[i] += (1 - torch.nn.functional.cosine_similarity(a, b, dim=-1)).sum().item()
         lay[i] += (1 - torch.nn.functional.cosine_similarity(a, c, dim=-1)).sum().item()
 
-    hs.reset()
-    hs.skip(list(skipped))
-    try:
-        with hs.probe(probe):
-            forward_rows(hs.model, rows)
-    finally:
-        hs.reset()
+    with hs.applied(skipped), hs.probe(probe):
+        forward_rows(hs.model, rows)
     count = sum(row.input_ids.shape[1] for row in rows)
     return (att / count).tolist(), (lay / count).tolist()
 

@@ -146,3 +146,15 @@ def test_layer_mmd_is_zero_before_the_first_skipped_block(rows_and_handle):
 def test_answer_extraction(text, strict, flex):
     assert metrics.extract_strict(text) == strict
     assert metrics.extract_flexible(text) == flex
+
+
+def test_compare_runs_several_variants_against_one_original(rows_and_handle):
+    from hopscotch_core import data
+
+    rows, hs = rows_and_handle
+    scales = torch.full((4, 4), 0.9)
+    res = metrics.compare(hs, rows, {"a": {"skipped": [1]}, "b": {"skipped": [1], "scales": scales}})
+    assert res["original"]["nll"] == pytest.approx(data.dataset_loss(hs.model, rows), rel=1e-6)
+    assert res["a"] == metrics.fidelity(hs, rows, [1])
+    assert res["b"] == metrics.fidelity(hs, rows, [1], scales)
+    assert res["a"]["kl"] != res["b"]["kl"] and hs.skipped == ()

@@ -209,3 +209,13 @@ def test_probe_sees_every_layer(llama, ids):
     with torch.no_grad(), hs.probe(lambda i, x, x1, out: seen.append((i, x.shape, out.shape))):
         llama(ids)
     assert [s[0] for s in seen] == list(range(N_LAYERS)) and seen[0][1] == (2, 12, 32)
+
+
+def test_configure_and_applied(llama):
+    hs = hc.attach(llama).skip([3])
+    s = torch.full((N_LAYERS, 4), 0.5)
+    hs.configure([1], s, skipped_mlp=[2])
+    assert hs.skipped == (1,) and hs.skipped_mlp == (2,) and hs.scales[0, 0] == 0.5 and hs.scales[1, 0] == 0
+    with hs.applied([0, 2]):
+        assert hs.skipped == (0, 2) and hs.skipped_mlp == () and hs.scales[3, 3] == 1
+    assert hs.skipped == () and torch.equal(hs.scales.detach(), torch.ones(N_LAYERS, 4))
