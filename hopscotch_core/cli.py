@@ -126,11 +126,13 @@ def _settings(args):
 
 
 class _Bars:
-    """tqdm bars for on_progress, one per stage."""
+    """tqdm bars for on_progress, one per stage; with `progress`, also that JSON file (step, total, stage, info,
+    time), replaced atomically at most twice a second, for the app's live view (hopscotch_core.jobs)."""
 
-    def __init__(self) -> None:
+    def __init__(self, progress: Path | None = None) -> None:
         self.bar = None
         self.stage = None
+        self.progress, self._pending, self._written = progress, None, 0.0
 
     def __call__(self, step: int, total: int, info: dict) -> None:
         from tqdm import tqdm
@@ -145,11 +147,31 @@ class _Bars:
         post = {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in info.items() if k != "stage"}
         self.bar.set_postfix(post, refresh=False)
         self.bar.refresh()
+        if self.progress is not None:
+            import time
+
+            self._pending = {"step": step, "total": total, "stage": stage, "info": info, "time": time.time()}
+            if time.monotonic() - self._written >= 0.5:
+                self._write()
+
+    def _write(self) -> None:
+        import time
+
+        from .runs import write_json
+
+        if self._pending is not None and self.progress.parent.is_dir():
+            try:
+                write_json(self.progress, self._pending)
+            except (OSError, TypeError, ValueError):
+                pass  # progress is a convenience; never fail a run over it
+            self._pending, self._written = None, time.monotonic()
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if self.progress is not None:
+            self._write()
 
 
 def _stop_flag():
@@ -185,7 +207,7 @@ def cmd_pipeline(args) -> int:
     else:
         settings = _settings(args)
     settings.validate()
-    bars = _Bars()
+    bars = _Bars(Path(args.runs_dir) / name / "progress.json" if name else None)
     try:
         run = run_pipeline(settings, args.runs_dir, name, stages=stages, on_progress=bars,
                            should_stop=_stop_flag())
