@@ -6,6 +6,9 @@
     hopscotch info   --model default                       architecture summary, attention share
     hopscotch ask    --model default --skip 4,17 --prompt "What is 12 * 3?"   original vs skipped answer
     hopscotch export --model default --skip 4,17 --out small/   compact model (reload: hc.load_model("small/"))
+    hopscotch eval   --run NAME                            every variant of a finished run vs the original:
+                                                           NLL, KL, agreement, generations, GSM8K, layer MMD
+    hopscotch bench  --run NAME --contexts 128,512,2048    speed and memory: original vs skipped vs compact
     hopscotch app                                          the Streamlit app on the default model
 
 Errors print one line ("error: ...") and exit with status 2; nothing prints a traceback unless HOPSCOTCH_DEBUG=1.
@@ -241,6 +244,103 @@ def cmd_runs(args) -> int:
     return 0
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        vals = [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 128,512; got {text!r}")
+    if not vals:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return vals
+
+
+EVAL_TASKS = ("fidelity", "generation")
+
+
+def _run_model(args, run):
+    """Load the model a run was made with (device/dtype flags override the run's) and check it is that model."""
+    from .artifacts import model_identity
+    from .loading import load_model
+
+    s = run.manifest["settings"]
+    source = args.model or s["model"]
+    print(f"loading {source} ...", file=sys.stderr)
+    model, tok = load_model(source, device=args.device or s["device"], dtype=args.dtype or s["dtype"])
+    want, got = run.manifest.get("model") or {}, model_identity(model)
+    if want and (want.get("config_hash"), want.get("num_layers")) != (got["config_hash"], got["num_layers"]):
+        raise HopscotchError(f"run {run.name!r} was made with {want.get('source')}; {source} is another model")
+    return model, tok
+
+
+def cmd_eval(args) -> int:
+    from .evaluation import EvalError, evaluate_run, format_table, variants_of
+    from .runs import RunStore
+
+    tasks = [t for t in args.tasks.replace(" ", "").split(",") if t]
+    bad = [t for t in tasks if t not in EVAL_TASKS]
+    if bad or not tasks:
+        raise EvalError(f"unknown task(s) {bad or tasks}; use any of {', '.join(EVAL_TASKS)} "
+                        "(GSM8K accuracy is part of 'generation'; lm-eval tasks: see README)")
+    run = RunStore(args.runs_dir).open(args.run)
+    variants_of(run)  # refuses a run without a finished training before the model loads
+    model, tok = _run_model(args, run)
+    bars = _Bars()
+    try:
+        res = evaluate_run(run, model, tok, max_new_tokens=args.max_new_tokens, gen_batch=args.gen_batch,
+                           generate="generation" in tasks, mmd="fidelity" in tasks, on_progress=bars,
+                           should_stop=_stop_flag())
+    finally:
+        bars.close()
+    if res.get("status") != "done":
+        print("stopped; rerun the same command to continue (generated answers are kept)")
+        return 3
+    print(format_table(res))
+    print(f"wrote {run.file('eval.json')} and eval.csv ({res['prompts']} held-out prompts, {res['tokens']} "
+          f"answer tokens, answers <= {res['max_new_tokens']} tokens)")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from . import speed
+    from .evaluation import last_scales, write_csv
+    from .runs import RunStore, write_json
+
+    run = None
+    if args.run:
+        run = RunStore(args.runs_dir).open(args.run)
+        if not run.manifest.get("selected"):
+            raise HopscotchError(f"run {args.run!r} has no selected blocks yet (state: {run.manifest.get('state')})")
+        model, _ = _run_model(args, run)
+        sets = [(run.manifest["selected"], last_scales(run.file("scales")))]
+    else:
+        if not args.skip:
+            raise HopscotchError("give --run NAME, or --model and --skip with the blocks to measure")
+        args.model, args.device = args.model or "default", args.device or "auto"
+        model, _ = _load(args)
+        sets = [(args.skip, None)]
+    for extra in args.also_k:
+        if extra > len(sets[0][0]):
+            raise HopscotchError(f"--also-k {extra}: the skip set has only {len(sets[0][0])} blocks")
+        sets.append((list(sets[0][0])[:extra], None))
+    bars = _Bars()
+    try:
+        rows = speed.measure(model, contexts=args.contexts, batch_sizes=args.batch_sizes,
+                             decode_tokens=args.decode_tokens, rounds=args.rounds, skip_sets=sets,
+                             on_progress=bars, should_stop=_stop_flag())
+    finally:
+        bars.close()
+    print(speed.format_table(rows))
+    out = run.dir if run is not None else (Path(args.out) if args.out else None)
+    if out is not None and rows:
+        out.mkdir(parents=True, exist_ok=True)
+        dev = next(model.parameters()).device
+        write_json(out / "bench.json", {"format_version": 1, "device": str(dev), "dtype": str(model.dtype),
+                                        "threads": __import__("torch").get_num_threads(), "rows": rows})
+        write_csv(out / "bench.csv", rows)
+        print(f"wrote {out / 'bench.json'} and bench.csv")
+    return 0
+
+
 def cmd_app(args) -> int:
     app = Path(__file__).resolve().parent.parent / "app.py"
     if not app.is_file():
@@ -309,6 +409,34 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--resume", default=None, metavar="NAME",
                        help="resume run NAME with its own settings (other setting flags are ignored)")
         s.set_defaults(func=cmd_pipeline)
+
+    s = sub.add_parser("eval", help="evaluate every variant of a finished run against the original model")
+    s.add_argument("--run", required=True, help="run name (in --runs-dir)")
+    s.add_argument("--runs-dir", default="runs")
+    s.add_argument("--tasks", default="fidelity,generation",
+                   help="fidelity (teacher-forced NLL/KL/agreement + layer MMD), generation (exact match, "
+                        "final-answer agreement, GSM8K strict/flexible accuracy)")
+    s.add_argument("--max-new-tokens", type=int, default=None, help="answer length cap (default: the run's)")
+    s.add_argument("--gen-batch", type=int, default=None, help="prompts per generation batch (default: the run's)")
+    s.add_argument("--model", default=None, help="the run's model from another path (must be the same model)")
+    s.add_argument("--device", default=None)
+    s.add_argument("--dtype", default=None)
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("bench", help="speed and memory: original vs run-time skip vs compact model")
+    s.add_argument("--run", default=None, help="measure this run's selected blocks; results go into the run")
+    s.add_argument("--runs-dir", default="runs")
+    s.add_argument("--model", default=None, help="without --run: the model ('default', Hub id, dir, .gguf)")
+    s.add_argument("--skip", type=_blocks, default=[], help="without --run: blocks to skip, e.g. 4,17")
+    s.add_argument("--also-k", type=_ints, default=[], help="also measure the first K blocks of the set, e.g. 4")
+    s.add_argument("--contexts", type=_ints, default=[128, 512, 2048], help="prompt lengths, e.g. 128,512,2048")
+    s.add_argument("--batch-sizes", type=_ints, default=[1], help="batch sizes, e.g. 1,4")
+    s.add_argument("--decode-tokens", type=int, default=16)
+    s.add_argument("--rounds", type=int, default=3, help="timed rounds per variant (after one warm-up)")
+    s.add_argument("--out", default=None, help="without --run: directory for bench.json / bench.csv")
+    s.add_argument("--device", default=None)
+    s.add_argument("--dtype", default=None)
+    s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("runs", help="list runs")
     s.add_argument("--runs-dir", default="runs")

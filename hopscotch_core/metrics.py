@@ -144,37 +144,45 @@ def fidelity(hs, rows, skipped, scales=None, skipped_mlp=()) -> dict:
     return compare(hs, rows, {"m": {"skipped": skipped, "scales": scales, "skipped_mlp": skipped_mlp}})["m"]
 
 
-def layer_mmd(hs, rows, skipped, scales=None, max_tokens: int = 512, seed: int = 0) -> list[float]:
+def layer_mmd(hs, rows, skipped, scales=None, max_tokens: int = 512, seed: int = 0, skipped_mlp=(),
+              layers=None) -> list[float]:
     """Per layer, unbiased MMD^2 between the output hidden states of the original and the modified model.
 
     Tokens: all positions of `rows`, of which the same `max_tokens` (seeded choice) are used on both sides;
-    bandwidth: the median heuristic, per layer. The handle is left reset.
+    bandwidth: the median heuristic, per layer. `layers` picks some layers (default: all). The handle is left
+    reset.
     """
     n_layers = hs.num_layers
+    wanted = list(range(n_layers)) if layers is None else [int(i) for i in layers]
+    bad = [i for i in wanted if not 0 <= i < n_layers]
+    if bad:
+        raise MetricError(f"layer index out of range: {bad}; the model has {n_layers} layers (0..{n_layers - 1})")
+    if max_tokens < 4:
+        raise MetricError(f"max_tokens = {max_tokens}: MMD needs at least 4 tokens")
 
-    def states() -> list[torch.Tensor]:
-        got: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+    def states() -> dict[int, torch.Tensor]:
+        got: dict[int, list[torch.Tensor]] = {i: [] for i in wanted}
 
         def probe(i, x, x1, out):
-            got[i].append(out[0].detach().float().cpu())  # (T, C)
+            if i in got:
+                got[i].append(out[0].detach().float().cpu())  # (T, C)
 
         with hs.probe(probe):
             forward_rows(hs.model, rows)
-        return [torch.cat(g) for g in got]
+        return {i: torch.cat(g) for i, g in got.items()}
 
     hs.reset()
     orig = states()
-    with hs.applied(skipped, scales):
+    with hs.applied(skipped, scales, skipped_mlp):
         mod = states()
-    total = orig[0].shape[0]
+    total = orig[wanted[0]].shape[0] if wanted else 0
     if total < 4:
         raise MetricError(f"layer_mmd needs at least 4 tokens; the rows hold {total}")
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(total, generator=g)[:max_tokens]
-    return [mmd2(o[idx], m[idx]) for o, m in zip(orig, mod)]
+    return [mmd2(orig[i][idx], mod[i][idx]) for i in wanted]
 
 
-# ------------------------------------------------------------------------------------------------- answers
 _STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
 _FLEX = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 
