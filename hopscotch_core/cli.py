@@ -93,7 +93,7 @@ def cmd_ask(args) -> int:
         return 0
     with _attach(model, args) as hs:  # validates --skip/--adapter before any generation
         skipped, scales = list(hs.skipped), hs.effective_scales()
-    kw = dict(max_new_tokens=args.max_new_tokens, chat=not args.raw)
+    kw = {"max_new_tokens": args.max_new_tokens, "chat": not args.raw}
     print(f"--- original\n{generate_text(model, tok, args.prompt, **kw)}")
     print(f"--- skipped {skipped}\n{generate_text(model, tok, args.prompt, skipped, scales, **kw)}")
     return 0

@@ -206,8 +206,9 @@ def format_table(result: dict) -> str:
     def f(x: Any, spec: str) -> str:
         return "-" if x is None else format(x, spec)
 
-    lines = [f"{'variant':<22}{'blocks':<26}{'NLL':>7}{'KL':>7}{'top1':>7}{'EM':>6}{'ans':>6}{'flex':>6}"
-             f"{'strict':>7}"]
+    head = (f"{'variant':<22}{'blocks':<26}{'NLL':>7}{'KL':>7}{'top1':>7}{'EM':>6}{'ans':>6}{'flex':>6}"
+            f"{'strict':>7}")
+    lines = [head]
     for r in result["rows"]:
         blocks = " ".join(map(str, r["attention"])) + (" +MLP" if r["mlp"] else "")
         lines.append(f"{r['variant']:<22}{blocks:<26}{f(r['nll'], '.3f'):>7}{f(r['kl'], '.3f'):>7}"
