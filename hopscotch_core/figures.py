@@ -1,0 +1,227 @@
+"""Plotly figures for the app: pure functions from tables (pandas / lists / tensors) to `go.Figure`.
+
+    fig = singular_value_heatmap(metrics.singular_values(model), log_color=True)
+    fig = elbow(RunView(d).rounds(), RunView(d).overlay())
+    fig = candidate_heatmap(RunView(d).scores(), num_layers=30, rounds=RunView(d).rounds())
+
+No I/O and no model calls: what a figure shows is exactly its arguments (tests compare a figure's data with the
+table it was drawn from). Layers and blocks are 0-based, as everywhere in hopscotch_core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+SCALE_COLUMNS = ("b_att", "s_att", "b_mlp", "s_mlp")
+_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
+            "#bcbd22")
+_LAYOUT = {"margin": {"l": 50, "r": 20, "t": 50, "b": 45}, "template": "plotly_white",
+           "legend": {"orientation": "h", "y": -0.2}}
+
+
+def _color(i: int) -> str:
+    return _PALETTE[i % len(_PALETTE)]
+
+
+def _empty(title: str, message: str) -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
+                       font={"size": 14, "color": "#777"})
+    fig.update_layout(title=title, xaxis_visible=False, yaxis_visible=False, **{**_LAYOUT, "height": 300})
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------ model
+def singular_value_heatmap(df: pd.DataFrame, log_color: bool = False) -> go.Figure:
+    """Layers (rows) x weight matrices (columns), colour = largest singular value (sigma_max); with
+    `log_color`, the colour scale is log10 while the hover still shows the value itself."""
+    title = "Largest singular value of each weight matrix"
+    if df is None or not len(df):
+        return _empty(title, "no weight matrices")
+    matrices = list(dict.fromkeys(df["matrix"]))  # in model order (q, k, v, o, gate, up, down)
+    table = df.pivot_table(index="layer", columns="matrix", values="sigma_max", aggfunc="first")[matrices]
+    values = table.to_numpy(dtype=float)
+    z = np.log10(np.clip(values, 1e-12, None)) if log_color else values
+    fig = go.Figure(go.Heatmap(
+        z=z, x=matrices, y=list(table.index), customdata=values, colorscale="Viridis",
+        hovertemplate="layer %{y}, %{x}<br>sigma_max = %{customdata:.4g}<extra></extra>",
+        colorbar={"title": "log10 σ_max" if log_color else "σ_max"},
+    ))
+    fig.update_layout(title=title + (" (log colour)" if log_color else ""), xaxis_title="weight matrix",
+                      yaxis_title="layer", height=max(320, 18 * len(table) + 120),
+                      **{k: v for k, v in _LAYOUT.items() if k != "legend"})
+    fig.update_yaxes(autorange="reversed", dtick=1 if len(table) <= 32 else None)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------ selection
+def elbow(rounds: pd.DataFrame, overlay: pd.DataFrame | None = None, title: str | None = None) -> go.Figure:
+    """The elbow curve: x = attention blocks removed, y = the best candidate's loss in that selection round
+    (one epoch of scalar training on the calibration data). `overlay` adds held-out losses at k blocks
+    (hopscotch and each baseline, trained = filled marker, unscaled = open) and the original model's held-out
+    loss as a dashed line."""
+    title = title or "Elbow: best loss per removed block"
+    has_rounds = rounds is not None and len(rounds) > 0
+    has_overlay = overlay is not None and len(overlay) > 0
+    if not has_rounds and not has_overlay:
+        return _empty(title, "no selection rounds yet")
+    fig = go.Figure()
+    if has_rounds:
+        fig.add_trace(go.Scatter(
+            x=list(rounds["n_removed"]), y=list(rounds["loss"]), mode="lines+markers+text", name="selection "
+            "(calibration, best candidate)", text=[f"{int(b)}" for b in rounds["removed"]], textposition="top "
+            "center", customdata=list(rounds["removed"]), line={"color": _color(0), "width": 3},
+            hovertemplate="%{x} removed (last: block %{customdata})<br>loss %{y:.4f}<extra></extra>"))
+    if has_overlay:
+        orig = overlay[overlay["method"] == "original"]
+        if len(orig):
+            fig.add_hline(y=float(orig["loss"].iloc[0]), line_dash="dash", line_color="#555",
+                          annotation_text="original (held-out)", annotation_position="bottom right")
+        methods = [m for m in dict.fromkeys(overlay["method"]) if m != "original"]
+        for i, method in enumerate(methods):
+            for scaled in (True, False):
+                part = overlay[(overlay["method"] == method) & (overlay["scaled"] == scaled)]
+                if not len(part):
+                    continue
+                fig.add_trace(go.Scatter(
+                    x=list(part["k"]), y=list(part["loss"]), mode="markers",
+                    name=f"{method} {'trained' if scaled else 'unscaled'} (held-out)",
+                    marker={"size": 12, "color": _color(i + 1 if method != "hopscotch" else 0),
+                                "symbol": "circle" if scaled else "circle-open", "line": {"width": 2}},
+                    customdata=[", ".join(str(b) for b in bl) for bl in part["blocks"]],
+                    hovertemplate=f"{method} {'trained' if scaled else 'unscaled'}<br>k = %{{x}}, blocks "
+                                  "%{customdata}<br>held-out loss %{y:.4f}<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title="attention blocks removed", yaxis_title="loss (mean NLL per token)",
+                      height=420, **_LAYOUT)
+    fig.update_xaxes(dtick=1)
+    return fig
+
+
+def elbows(curves: Mapping[str, pd.DataFrame], title: str = "Elbow curves") -> go.Figure:
+    """Several runs' elbow curves (best loss per removed block) on one set of axes, one colour per run."""
+    curves = {k: v for k, v in curves.items() if v is not None and len(v)}
+    if not curves:
+        return _empty(title, "no selection rounds in these runs")
+    fig = go.Figure()
+    for i, (label, rounds) in enumerate(curves.items()):
+        fig.add_trace(go.Scatter(x=list(rounds["n_removed"]), y=list(rounds["loss"]), mode="lines+markers",
+                                 name=label, line={"color": _color(i)}, customdata=list(rounds["removed"]),
+                                 hovertemplate=label + "<br>%{x} removed (last: block %{customdata})<br>"
+                                 "loss %{y:.4f}<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title="attention blocks removed", yaxis_title="best candidate loss",
+                      height=400, **_LAYOUT)
+    fig.update_xaxes(dtick=1)
+    return fig
+
+
+def candidate_heatmap(scores: pd.DataFrame, num_layers: int, rounds: pd.DataFrame | None = None,
+                      kind: str = "paper") -> go.Figure:
+    """Selection round (rows) x attention block (columns), colour = that candidate's loss in that round (empty:
+    not scored, already removed or not shortlisted); the block chosen in each round is marked with a star."""
+    title = "Candidate loss per round and block (★ = removed)"
+    part = scores[scores["kind"] == kind] if scores is not None and len(scores) else pd.DataFrame()
+    if not len(part):
+        return _empty(title, "no candidate scores yet")
+    n_rounds = int(part["round"].max()) + 1
+    z = np.full((n_rounds, num_layers), np.nan)
+    for r in part.itertuples():
+        if 0 <= int(r.candidate) < num_layers:
+            z[int(r.round), int(r.candidate)] = float(r.loss)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(num_layers)), y=list(range(n_rounds)), colorscale="RdYlGn_r", hoverongaps=False,
+        colorbar={"title": "loss"}, hovertemplate="round %{y}, block %{x}<br>loss %{z:.4f}<extra></extra>"))
+    if rounds is not None and len(rounds):
+        fig.add_trace(go.Scatter(
+            x=[int(b) for b in rounds["removed"]], y=[int(r) for r in rounds["round"]], mode="markers",
+            name="removed", showlegend=False,
+            marker={"symbol": "star", "size": 16, "color": "white", "line": {"color": "black", "width": 1.5}},
+            hovertemplate="round %{y}: removed block %{x}<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title="attention block", yaxis_title="round",
+                      height=max(260, 34 * n_rounds + 160), **{k: v for k, v in _LAYOUT.items() if k != "legend"})
+    fig.update_yaxes(autorange="reversed", dtick=1)
+    fig.update_xaxes(dtick=1 if num_layers <= 32 else 2)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------ scaling
+def loss_curves(epochs: pd.DataFrame, title: str = "Scale training: loss per epoch") -> go.Figure:
+    """Per training (the selected set, each baseline): train loss (solid) and held-out loss (dashed) by epoch."""
+    if epochs is None or not len(epochs):
+        return _empty(title, "no finished epochs yet")
+    fig = go.Figure()
+    for i, (stage, g) in enumerate(epochs.groupby("stage", sort=False)):
+        g = g.sort_values("epoch")
+        label = "hopscotch" if stage == "train" else str(stage).removeprefix("train-")
+        x = [int(e) + 1 for e in g["epoch"]]
+        fig.add_trace(go.Scatter(x=x, y=list(g["train_loss"]), mode="lines+markers", name=f"{label} train",
+                                 line={"color": _color(i)}, legendgroup=label))
+        if g["eval_loss"].notna().any():
+            fig.add_trace(go.Scatter(x=x, y=list(g["eval_loss"]), mode="lines+markers", name=f"{label} held-out",
+                                     line={"color": _color(i), "dash": "dash"}, legendgroup=label))
+    fig.update_layout(title=title, xaxis_title="epoch", yaxis_title="loss (mean NLL per token)", height=380,
+                      **_LAYOUT)
+    fig.update_xaxes(dtick=1)
+    return fig
+
+
+def scalars(scales, skipped: Iterable[int] = (), title: str = "Learned scalars per layer") -> go.Figure:
+    """The four scalars of every layer (b_att, s_att, b_mlp, s_mlp) as four series; skipped blocks shaded."""
+    values = np.asarray(scales.tolist() if hasattr(scales, "tolist") else scales, dtype=float)
+    if values.ndim != 2 or values.shape[1] != 4:
+        return _empty(title, "no scalars")
+    layers = list(range(values.shape[0]))
+    fig = go.Figure()
+    for c, name in enumerate(SCALE_COLUMNS):
+        fig.add_trace(go.Scatter(x=layers, y=list(values[:, c]), mode="lines+markers", name=name,
+                                 line={"color": _color(c)},
+                                 hovertemplate=f"layer %{{x}}<br>{name} = %{{y:.4f}}<extra></extra>"))
+    for b in sorted({int(b) for b in skipped}):
+        fig.add_vrect(x0=b - 0.4, x1=b + 0.4, fillcolor="#d62728", opacity=0.12, line_width=0)
+    fig.add_hline(y=1.0, line_dash="dot", line_color="#999")
+    fig.update_layout(title=title + (" (shaded: skipped attention)" if skipped else ""), xaxis_title="layer",
+                      yaxis_title="value (1 = original model)", height=380, **_LAYOUT)
+    fig.update_xaxes(dtick=1 if len(layers) <= 32 else 2)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------ compare
+def layer_mmd(values: Sequence[float], skipped: Iterable[int] = (),
+              title: str = "How far each layer's output moves (MMD², original vs modified)") -> go.Figure:
+    """Per layer, MMD^2 between the original and modified model's hidden states (red bars: skipped blocks)."""
+    if not len(values):
+        return _empty(title, "nothing measured")
+    skipped = {int(b) for b in skipped}
+    layers = list(range(len(values)))
+    fig = go.Figure(go.Bar(x=layers, y=[float(v) for v in values],
+                           marker_color=["#d62728" if i in skipped else "#1f77b4" for i in layers],
+                           hovertemplate="layer %{x}<br>MMD² %{y:.4g}<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title="layer (red: attention skipped)", yaxis_title="MMD²", height=340,
+                      **{k: v for k, v in _LAYOUT.items() if k != "legend"})
+    fig.update_xaxes(dtick=1 if len(layers) <= 32 else 2)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------ runs
+def fidelity(table: pd.DataFrame, title: str = "Fidelity to the original model (held-out)") -> go.Figure:
+    """Side by side per run and variant: held-out NLL, KL(original || modified), top-1 agreement.
+
+    `table` has columns run, variant, nll, kl, agreement (one row per run and variant)."""
+    if table is None or not len(table):
+        return _empty(title, "no evaluated runs")
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("held-out NLL", "KL(original ‖ modified)",
+                                                        "top-1 agreement"))
+    variants = list(dict.fromkeys(table["variant"]))
+    for i, variant in enumerate(variants):
+        part = table[table["variant"] == variant]
+        for col, metric in enumerate(("nll", "kl", "agreement"), start=1):
+            fig.add_trace(go.Bar(x=list(part["run"]), y=list(part[metric]), name=variant, legendgroup=variant,
+                                 marker_color=_color(i), showlegend=col == 1,
+                                 hovertemplate=f"%{{x}}<br>{variant}<br>{metric} %{{y:.4f}}<extra></extra>"),
+                          row=1, col=col)
+    fig.update_layout(title=title, barmode="group", height=400, **_LAYOUT)
+    return fig
