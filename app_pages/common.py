@@ -1,0 +1,228 @@
+"""What every page shares: the runs directory, the current run and model, job panels, error messages.
+
+Streamlit glue only: all computing is in hopscotch_core (jobs, runview, figures, compare, explain).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import streamlit as st
+
+from hopscotch_core import jobs
+from hopscotch_core.explain import explain
+from hopscotch_core.runview import RunView, example_dirs
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE_ICON = {"done": "✅", "running": "⏳", "starting": "⏳", "stopping": "⏸️", "stopped": "⏹️",
+              "interrupted": "⚠️", "failed": "❌", "selected": "✅", "generated": "✅", "exited": "✅"}
+
+
+# ------------------------------------------------------------------------------------------------ places
+def runs_dir() -> Path:
+    return Path(os.environ.get("HOPSCOTCH_RUNS", "runs")).expanduser()
+
+
+def examples() -> list[Path]:
+    return example_dirs(os.environ.get("HOPSCOTCH_EXAMPLES") or ROOT / "assets")
+
+
+def is_example(path: str | Path) -> bool:
+    return any(Path(path).resolve() == e.resolve() for e in examples())
+
+
+# ------------------------------------------------------------------------------------------------ state
+def current_run() -> RunView | None:
+    path = st.session_state.get("run")
+    if not path:
+        return None
+    return RunView(path, example=is_example(path))
+
+
+def set_run(path: str | Path, rerun: bool = True) -> None:
+    """Make `path` the current run (the sidebar picker takes it on the next script run)."""
+    st.session_state["run_next"] = str(path)
+    if rerun:
+        st.rerun()
+
+
+def model_or_stop():
+    """(model, tokenizer, lock) of the sidebar's model; or an error with cause and fix, and the page stops."""
+    got = st.session_state.get("model")
+    if got is None:
+        st.error("The model could not be loaded.\n\n" + (st.session_state.get("model_error") or ""))
+        st.stop()
+    return got
+
+
+def model_key() -> tuple:
+    return tuple(st.session_state.get("model_key") or ())
+
+
+def run_model_problem(run: RunView, model) -> Exception | None:
+    """Why `run` does not belong to `model` (an AdapterMismatchError), or None when it does."""
+    from hopscotch_core.artifacts import check_identity
+
+    saved = run.manifest.get("model")
+    if not saved:
+        return None
+    try:
+        check_identity(saved, model, run.dir)
+    except Exception as e:  # noqa: BLE001 - AdapterMismatchError, shown with its fix
+        return e
+    return None
+
+
+def show_error(e: BaseException, doing: str = "") -> None:
+    st.error(explain(e, doing), icon="🚫")
+
+
+# ------------------------------------------------------------------------------------------------ jobs
+def status_of(run: RunView) -> dict:
+    """jobs.status for a run in the runs directory; the manifest's state for an example."""
+    if run.example:
+        return {"name": run.name, "state": run.manifest.get("state", "?"), "alive": False, "stage": None,
+                "fraction": None, "info": {}, "error": None, "log": "", "step": None, "total": None}
+    return jobs.status(run.dir.parent, run.name)
+
+
+def live(fn: Callable[[], None], active: bool, every: float = 2.0) -> None:
+    """Run `fn` once; while `active`, as a fragment that reruns itself every `every` seconds."""
+    if active:
+        st.fragment(run_every=every)(fn)()
+    else:
+        fn()
+
+
+def job_header(run: RunView, status: dict, key: str) -> None:
+    """State, live progress and the stop button of a run's job; a full rerun when the job ends."""
+    state = status["state"]
+    was = st.session_state.setdefault(f"_alive_{key}", status["alive"])
+    if was and not status["alive"]:
+        st.session_state[f"_alive_{key}"] = False
+        st.rerun()  # the job ended: refresh the whole page (buttons, run list)
+    st.session_state[f"_alive_{key}"] = status["alive"]
+    label = f"{STATE_ICON.get(state, '•')} **{run.name}** — {state}"
+    if run.example:
+        label += " · bundled example (read-only)"
+    st.markdown(label)
+    if status["alive"]:
+        info = status.get("info") or {}
+        detail = " · ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                            for k, v in info.items() if k != "stage")
+        step, total = status.get("step"), status.get("total")
+        text = f"{status.get('stage') or 'working'}" + (f": {step}/{total}" if total else "") + (
+            f" · {detail}" if detail else "")
+        st.progress(status.get("fraction") or 0.0, text=text)
+        c1, c2 = st.columns([1, 4])
+        if state != "stopping" and c1.button("Stop", key=f"stop_{key}", help="SIGTERM: finishes the current step, "
+                                             "saves the state; resume it later from the Runs page"):
+            jobs.stop(run.dir.parent, run.name)
+            st.rerun()
+        if state == "stopping":
+            c2.caption("Stopping after the current step (state is saved) ...")
+        if status.get("updated"):
+            c2.caption(f"updated {time.time() - status['updated']:.0f} s ago")
+    elif state == "failed":
+        err = status.get("error") or "unknown error"
+        st.error(f"**Cause:** the job failed: {err}\n\n**Fix:** correct the setting it names and start again, or "
+                 "resume it from the Runs page if it failed mid-way (finished steps are kept).", icon="🚫")
+        if status.get("log"):
+            with st.expander("Job log"):
+                st.code(status["log"], language=None)
+    elif state in ("stopped", "interrupted"):
+        st.info("This run was stopped before the end; resume it from the Runs page (finished steps are kept).")
+
+
+def start_job(args: list[str], name: str) -> None:
+    """Start a CLI job and make its run current; errors are shown, not raised."""
+    try:
+        jobs.start(args, runs_dir(), name)
+    except Exception as e:  # noqa: BLE001 - shown as cause + fix
+        show_error(e, "starting the job")
+        return
+    set_run(runs_dir() / name)
+
+
+def new_name(prefix: str) -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{prefix}"
+
+
+# ------------------------------------------------------------------------------------------------ data form
+def data_settings(key: str, defaults: dict | None = None) -> dict | None:
+    """Widgets for the data of a new run (source, size, answer length, seed). Returns RunSettings fields, or None
+    when the data cannot be used (the error, with its fix, is shown)."""
+    from hopscotch_core import data
+
+    d = defaults or {}
+    source_kinds = ("Bundled GSM8K problems", "Upload a file", "File path or hf:NAME")
+    start = 0 if d.get("data", "gsm8k") == "gsm8k" else 2
+    kind = st.radio("Prompts", source_kinds, index=start, key=f"{key}_src", horizontal=True,
+                    help="The model's own greedy answers to these prompts are the training and held-out data.")
+    source = "gsm8k"
+    if kind == source_kinds[1]:
+        up = st.file_uploader("Prompt file (.jsonl, .json, .csv)", type=["jsonl", "json", "csv"], key=f"{key}_up")
+        if up is None:
+            st.caption("Upload a file with one prompt per record.")
+            return None
+        folder = runs_dir() / ".uploads"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / Path(up.name).name
+        path.write_bytes(up.getvalue())
+        source = str(path.resolve())
+    elif kind == source_kinds[2]:
+        source = st.text_input("Path or hf:NAME[:SPLIT]", value="" if d.get("data", "gsm8k") == "gsm8k"
+                               else d["data"], key=f"{key}_path").strip()
+        if not source:
+            st.caption("Give a .jsonl/.json/.csv path, or hf:NAME[:SPLIT] when online.")
+            return None
+    column = st.text_input("Prompt column (empty: question/prompt/instruction/input/text)",
+                           value=d.get("column") or "", key=f"{key}_col").strip() or None
+    c1, c2, c3, c4 = st.columns(4)
+    n_calib = c1.number_input("Calibration prompts", 1, 2000, int(d.get("n_calib") or 32), key=f"{key}_nc")
+    n_eval = c2.number_input("Held-out prompts", 1, 2000, int(d.get("n_eval") or 16), key=f"{key}_ne")
+    max_new = c3.number_input("Answer length (tokens)", 4, 1024, int(d.get("max_new_tokens") or 96),
+                              key=f"{key}_mnt")
+    seed = c4.number_input("Seed", 0, 2**31 - 1, int(d.get("seed") or 0), key=f"{key}_seed")
+    try:
+        records = data.load_prompts(source, column)
+    except Exception as e:  # noqa: BLE001 - DataError and friends, shown with a fix
+        show_error(e, "reading the prompts")
+        return None
+    if n_calib + n_eval > len(records):
+        st.error(f"**Cause:** {n_calib} calibration + {n_eval} held-out prompts asked, but the data has "
+                 f"{len(records)} records.\n\n**Fix:** lower the two numbers or use a larger file.", icon="🚫")
+        return None
+    st.caption(f"{len(records)} prompts available; e.g. “{records[0]['prompt'][:120]}”")
+    return {"data": source, "column": column, "n_calib": int(n_calib), "n_eval": int(n_eval),
+            "max_new_tokens": int(max_new), "seed": int(seed)}
+
+
+def model_settings() -> dict:
+    """The sidebar's model as RunSettings fields (a job loads its own copy)."""
+    src, device, dtype = (list(model_key()) + ["default", "auto", "auto"])[:3]
+    return {"model": src, "device": device, "dtype": None if dtype == "auto" else dtype}
+
+
+# ------------------------------------------------------------------------------------------------ widgets
+def kept(key: str, default) -> dict:
+    """Widget kwargs that keep the widget's value when the user visits other pages (Streamlit forgets the state of
+    widgets that a script run does not draw): a shadow copy outlives the widget and seeds it on return."""
+    shadow = f"_kept_{key}"
+    if shadow not in st.session_state:
+        st.session_state[shadow] = default
+    st.session_state[key] = st.session_state[shadow]
+    return {"key": key, "on_change": _keep, "args": (key,)}
+
+
+def _keep(key: str) -> None:
+    st.session_state[f"_kept_{key}"] = st.session_state[key]
+
+
+def put(key: str, value) -> None:
+    """Set a kept widget's value (from a callback, or before the widget is drawn)."""
+    st.session_state[f"_kept_{key}"] = value
+    st.session_state[key] = value

@@ -1,0 +1,160 @@
+"""Compare page: toggle attention blocks, generate with the original and the modified model side by side
+(streamed, first diverging token marked), per-layer MMD for the current skip set, and its speed and memory."""
+
+import pandas as pd
+import streamlit as st
+
+from app_pages import common
+from hopscotch_core import compare, figures
+from hopscotch_core.explain import explain
+from hopscotch_core.scaling import compact_info
+
+st.title("Compare")
+st.caption("Click blocks to skip them, then generate: the original model (left) and the modified one (right) answer "
+           "the same prompt, greedily, token by token. Your choices only affect your own browser tab.")
+
+model, tok, lock = common.model_or_stop()
+if tok is None:
+    st.error("**Cause:** this model has no tokenizer.\n\n**Fix:** load a model directory that includes one.")
+    st.stop()
+if compact_info(model) is not None:
+    st.info("The loaded model is a compact model (its attention blocks are already removed). Load the original "
+            "model in the sidebar to compare the two.")
+    st.stop()
+
+n_layers = model.config.get_text_config().num_hidden_layers
+run = common.current_run()
+problem = common.run_model_problem(run, model) if run is not None else None
+run_blocks = [b for b in run.selected if 0 <= b < n_layers] if run is not None and problem is None else []
+adapter = run.adapter() if run is not None and problem is None else None
+
+source = str(run.dir) if run is not None else None
+if st.session_state.get("cmp_from") != source:  # a new current run: start from its blocks and scalars
+    st.session_state["cmp_from"] = source
+    common.put("cmp_skip", list(run_blocks))
+    common.put("cmp_scaled", adapter is not None)
+if problem is not None:
+    st.warning("The current run was made with another model, so its blocks and scalars are not applied here.\n\n"
+               + explain(problem))
+
+
+def _set_skip(blocks: list[int]) -> None:
+    common.put("cmp_skip", list(blocks))
+
+
+st.pills("Skipped attention blocks (click a block to toggle it)", list(range(n_layers)), selection_mode="multi",
+         **common.kept("cmp_skip", list(run_blocks)))
+c1, c2, c3 = st.columns([1, 1, 3])
+c1.button("Blocks of the run", on_click=_set_skip, args=(run_blocks,), disabled=not run_blocks, key="cmp_from_run",
+          help=f"The current run's selected blocks: {run_blocks}" if run_blocks else "No selected blocks in the run")
+c2.button("Skip none", on_click=_set_skip, args=([],), key="cmp_none")
+scaled = c3.toggle("Scaled: apply the run's trained scalars", disabled=adapter is None,
+                   **common.kept("cmp_scaled", adapter is not None),
+                   help="Off: the blocks are skipped with all other scalars at 1 (unscaled). On: the run's adapter.")
+skip = sorted(int(b) for b in (st.session_state.get("cmp_skip") or []))
+scales = adapter[0] if scaled and adapter is not None else None
+if scales is not None and sorted(adapter[1].get("skipped") or []) != skip:
+    st.caption(f"Note: these scalars were trained with blocks {sorted(adapter[1].get('skipped') or [])} skipped.")
+
+presets = list(compare.PRESET_PROMPTS) + (run.prompts("eval", 5) if run is not None else [])
+
+
+def _use_preset() -> None:
+    if st.session_state.get("cmp_preset"):
+        common.put("cmp_prompt", st.session_state["cmp_preset"])
+
+
+st.selectbox("Preset prompts", presets, index=None, key="cmp_preset", on_change=_use_preset,
+             placeholder="Pick a preset prompt (the last ones are the run's held-out prompts) ...")
+prompt = st.text_area("Prompt", height=90, **common.kept("cmp_prompt", compare.PRESET_PROMPTS[0]))
+max_new = st.slider("Max new tokens", 4, 256, **common.kept("cmp_max_new", 32))
+go = st.button("Generate side by side", type="primary", key="cmp_go", disabled=not prompt.strip())
+
+label = f"Skipped {skip}" if skip else "Nothing skipped"
+label += " · scaled" if scales is not None else (" · unscaled" if skip else "")
+left, right = st.columns(2)
+lp, rp = left.empty(), right.empty()
+note = st.empty()
+
+
+def render(a: list[int], b: list[int], title_b: str, done: bool) -> None:
+    at = compare.first_divergence(a, b)
+    lp.html(compare.highlight_html(tok, a, at, "Original"))
+    rp.html(compare.highlight_html(tok, b, at, title_b))
+    if at is None:
+        note.caption("Identical so far." if not done else "The two generations are identical.")
+    else:
+        note.caption(f"They part at token {at} (marked).")
+
+
+if go:
+    a: list[int] = []
+    b: list[int] = []
+    try:
+        for a, b in compare.stream_pair(model, tok, prompt, skip, scales, int(max_new), lock=lock):
+            render(a, b, label, False)
+        render(a, b, label, True)
+        st.session_state["cmp_result"] = {"a": a, "b": b, "label": label}
+    except Exception as e:  # noqa: BLE001 - shown with cause and fix
+        common.show_error(e, "generating")
+elif st.session_state.get("cmp_result"):
+    res = st.session_state["cmp_result"]
+    render(res["a"], res["b"], res["label"], True)
+
+st.subheader("Per-layer MMD")
+st.caption("How far each layer's output hidden states move away from the original model's (unbiased MMD² between "
+           "the two sets of token states; red: skipped blocks). Measured on the run's held-out answers, or on the "
+           "preset prompts.")
+if not skip and scales is None:
+    st.info("Skip at least one block to measure how the hidden states change.")
+else:
+    answers = run.answers("eval", 4) if run is not None and problem is None else []
+    key = (common.model_key(), tuple(skip), scales is not None, source if answers else None)
+    cache = st.session_state.setdefault("cmp_mmd", {})
+    if key not in cache:
+        try:
+            with st.spinner("Measuring per-layer MMD ..."):
+                cache[key] = compare.prompt_mmd(model, tok, compare.PRESET_PROMPTS, skip, scales, answers=answers,
+                                                lock=lock)
+            while len(cache) > 32:
+                cache.pop(next(iter(cache)))
+        except Exception as e:  # noqa: BLE001 - shown with cause and fix
+            common.show_error(e, "measuring MMD")
+    if key in cache:
+        st.plotly_chart(figures.layer_mmd(cache[key], skip), key="cmp_mmd_fig")
+
+st.subheader("Speed and memory")
+est = pd.DataFrame(compare.estimate(model, skip))
+st.dataframe(pd.DataFrame({
+    "context": est["context"], "FLOP-bound speed-up": est["flop_bound"].map("{:.3f}×".format),
+    "GFLOPs/token original": est["gflops_per_token_original"].map("{:.3f}".format),
+    "GFLOPs/token skipped": est["gflops_per_token_skipped"].map("{:.3f}".format),
+    "KV cache MB original": (est["kv_cache_bytes_original"] / 2**20).map("{:.2f}".format),
+    "KV cache MB skipped": (est["kv_cache_bytes_skipped"] / 2**20).map("{:.2f}".format),
+    "weights MB compact": (est["param_bytes_compact"] / 2**20).map("{:.1f}".format),
+}), hide_index=True)
+st.caption("Counted, not timed: the best speed-up if time were proportional to FLOPs, the KV cache of one sequence "
+           "of that length, and the weights of the compact model (original: "
+           f"{est['param_bytes_original'].iloc[0] / 2**20:.1f} MB).")
+try:
+    from hopscotch_core import speed
+except ImportError:  # the measurement module is optional
+    speed = None
+if speed is not None:
+    if st.button("Measure speed on this machine (3 rounds, 128-token prompt, 16 decoded tokens)", key="cmp_speed_go"):
+        try:
+            with st.spinner("Timing original, skipped and compact models in turn ..."):
+                rows = speed.measure(model, skipped=skip, scales=scales, contexts=(128,), batch_sizes=(1,),
+                                     decode_tokens=16, rounds=3, lock=lock,
+                                     variants=("original", "skipped", "compact") if skip else ("original",))
+            st.session_state["cmp_speed"] = {"skip": skip, "rows": rows}
+        except Exception as e:  # noqa: BLE001 - shown with cause and fix
+            common.show_error(e, "measuring speed")
+    res = st.session_state.get("cmp_speed")
+    if res:
+        df = pd.DataFrame(res["rows"])
+        cols = [c for c in ("variant", "k", "context", "batch", "prefill_s_median", "speedup_prefill",
+                            "decode_tok_s_median", "speedup_decode", "flop_bound", "kv_cache_bytes", "param_bytes")
+                if c in df]
+        st.dataframe(df[cols], hide_index=True)
+        st.caption(f"Measured for blocks {res['skip']}: medians over rounds; speed-ups against the original.")

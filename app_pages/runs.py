@@ -1,0 +1,141 @@
+"""Runs page: every run with its status and key numbers; open, resume, stop or delete one; compare several."""
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from app_pages import common
+from hopscotch_core import figures, jobs
+from hopscotch_core.runview import RunView, list_runs
+
+st.title("Runs")
+st.caption(f"Runs in `{common.runs_dir()}` (set HOPSCOTCH_RUNS to use another folder) and the bundled examples "
+           "(read-only). Jobs keep running when you leave the page or close the tab.")
+
+rows = list_runs(common.runs_dir(), common.examples())
+any_alive = any(r.get("state") in jobs.ACTIVE for r in rows)
+
+
+def _fmt(v):
+    return round(v, 4) if isinstance(v, float) else v
+
+
+def table() -> None:
+    fresh = list_runs(common.runs_dir(), common.examples())
+    if not fresh:
+        st.info("No runs yet: start one on the Selection or Scaling page.")
+        return
+    df = pd.DataFrame([{
+        "run": ("📘 " if r.get("example") else "") + r["name"],
+        "state": f"{common.STATE_ICON.get(r.get('state'), '•')} {r.get('state')}",
+        "stage": r.get("stage") or "", "mode": r.get("mode"), "k": r.get("k"),
+        "selected": " ".join(str(b) for b in r.get("selected") or []),
+        "loss original": _fmt(r.get("loss_original")), "loss unscaled": _fmt(r.get("loss_unscaled")),
+        "loss trained": _fmt(r.get("loss_trained")), "KL trained": _fmt(r.get("kl_trained")),
+        "agreement trained": _fmt(r.get("agreement_trained")), "minutes": r.get("minutes"),
+        "created": r.get("created"), "model": r.get("model"),
+    } for r in fresh])
+    st.dataframe(df, hide_index=True)
+    st.caption("Losses: mean NLL per token of the original model's own answers to held-out prompts; KL(original ‖ "
+               "modified) and top-1 agreement of the trained model against the original (the measurements issue's "
+               "`hopscotch eval` adds more in eval.json).")
+
+
+common.live(table, active=any_alive, every=3.0)
+if not rows:
+    st.stop()
+
+st.subheader("Open a run")
+paths = [r["path"] for r in rows]
+names = {r["path"]: ("📘 example · " if r.get("example") else "") + r["name"] for r in rows}
+cur = st.session_state.get("run")
+c1, c2 = st.columns([3, 1])
+chosen = c1.selectbox("Run", paths, index=paths.index(cur) if cur in paths else 0, format_func=names.get,
+                      key="runs_pick")
+if chosen != cur and c2.button("Make current", key="runs_open", help="Selection, Scaling and Compare show it"):
+    common.set_run(chosen)
+
+run = RunView(chosen, example=common.is_example(chosen))
+m = run.manifest
+status = common.status_of(run)
+common.job_header(run, status, "runs")
+
+c1, c2, c3 = st.columns(3)
+if not run.example:
+    resumable = not status["alive"] and m and status["state"] in ("stopped", "interrupted", "failed")
+    if c1.button("Resume", key="runs_resume", disabled=not resumable,
+                 help="Continue from the last saved step, with the run's own settings"):
+        rec = jobs.record(common.runs_dir(), run.name) or {}
+        command = (rec.get("command") or [jobs.command_of(m)])[0]
+        if command not in jobs.PIPELINE_COMMANDS:
+            command = jobs.command_of(m)
+        common.start_job([command, "--resume", run.name, "--runs-dir", str(common.runs_dir())], run.name)
+    confirm = c3.checkbox("Yes, delete it", key="runs_confirm", disabled=status["alive"])
+    if c2.button("Delete", key="runs_delete", disabled=status["alive"] or not confirm,
+                 help="Removes the run directory and its job files"):
+        try:
+            jobs.delete(common.runs_dir(), run.name)
+            st.session_state.pop("run", None)
+            st.rerun()
+        except Exception as e:  # noqa: BLE001 - shown with cause and fix
+            common.show_error(e, "deleting the run")
+else:
+    c1.caption("Bundled example: read-only (no resume or delete).")
+
+if m:
+    st.markdown("**Command that made it**")
+    st.code(jobs.command_line(m, None if run.example else str(common.runs_dir())), language="bash")
+    tabs = st.tabs(["Results", "Fidelity", "Speed", "Settings", "Log"])
+    with tabs[0]:
+        res = m.get("results") or {}
+        cols = st.columns(4)
+        cols[0].metric("Selected blocks", " ".join(str(b) for b in run.selected) or "—")
+        for col, key, label in ((cols[1], "eval_loss_original", "Held-out loss, original"),
+                                (cols[2], "eval_loss_unscaled", "… skipped, unscaled"),
+                                (cols[3], "eval_loss_trained", "… skipped, trained")):
+            v = res.get(key)
+            col.metric(label, f"{v:.4f}" if isinstance(v, float) else "—")
+        if m.get("timings"):
+            st.caption("Time per stage (s): " + ", ".join(f"{k} {v}" for k, v in m["timings"].items()))
+        rounds = run.rounds()
+        c1, c2 = st.columns(2)
+        c1.plotly_chart(figures.elbow(rounds, run.overlay()), key="runs_elbow")
+        c2.plotly_chart(figures.loss_curves(run.epochs()), key="runs_loss")
+    with tabs[1]:
+        fid = run.fidelity()
+        if len(fid):
+            st.dataframe(fid, hide_index=True)
+            st.caption("From eval.json (`hopscotch eval`) when present, else the run's own evaluation.")
+        else:
+            st.info("Not evaluated yet.")
+    with tabs[2]:
+        bench = run.bench()
+        if bench:
+            st.caption(f"`hopscotch bench` on {bench.get('device')} ({bench.get('dtype')}).")
+            st.dataframe(pd.DataFrame(bench["rows"]), hide_index=True)
+        else:
+            st.info("No speed measurements in this run (`hopscotch bench --run NAME` writes bench.json).")
+    with tabs[3]:
+        st.code(json.dumps({k: m.get(k) for k in ("settings", "model", "versions", "data", "created", "updated")},
+                           indent=2, default=str), language="json")
+    with tabs[4]:
+        st.code(run.log(40) or status.get("log") or "(empty)", language=None)
+
+st.subheader("Compare runs")
+picked = st.multiselect("Runs to compare", paths, default=paths[:min(2, len(paths))], format_func=names.get,
+                        key="runs_compare")
+if picked:
+    views = [RunView(p, example=common.is_example(p)) for p in picked]
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(figures.elbows({names[p]: v.rounds() for p, v in zip(picked, views)}), key="runs_elbows")
+    c1.caption("Each run's elbow curve: best candidate loss after each removal.")
+    fid = []
+    for v in views:
+        f = v.fidelity()
+        for r in f.to_dict("records"):
+            if r.get("variant") != "original":
+                fid.append({"run": v.name, "variant": r.get("variant"), "nll": r.get("nll"), "kl": r.get("kl"),
+                            "agreement": r.get("agreement")})
+    c2.plotly_chart(figures.fidelity(pd.DataFrame(fid)), key="runs_fidelity")
+    c2.caption("Held-out NLL, KL from the original and top-1 agreement, per run and variant.")

@@ -1,0 +1,119 @@
+"""Scaling page: train the scalars for a chosen skip set (a CLI job), live loss curves, the learned scalars per
+layer, and export (the adapter, or a compact model without the skipped weights)."""
+
+import streamlit as st
+
+from app_pages import common
+from hopscotch_core import figures, jobs
+from hopscotch_core.explain import explain
+
+st.title("Scaling")
+st.caption("With blocks skipped, the four scalars of every layer (b_att, s_att, b_mlp, s_mlp; all 1 = the original "
+           "model) are trained by self-distillation on the model's own answers; the model's weights stay frozen.")
+
+model = st.session_state.get("model")
+n_layers = model[0].config.get_text_config().num_hidden_layers if model else None
+run = common.current_run()
+
+with st.expander("Train scalars for a skip set", expanded=run is None):
+    if model is None:
+        st.warning("Load a model in the sidebar first.")
+    else:
+        base = (run.manifest.get("settings") or {}) if run is not None else {}
+        default_blocks = [b for b in (run.selected if run is not None else []) if b < n_layers]
+        blocks = st.multiselect("Attention blocks to skip", list(range(n_layers)), default=default_blocks,
+                                key="sc_blocks", help="Initialised from the current run's selected blocks.")
+        d = common.data_settings("sc", base)
+        c1, c2 = st.columns(2)
+        epochs = c1.number_input("Epochs", 1, 50, int(base.get("epochs") or 3), key="sc_epochs")
+        lr = c2.number_input("Learning rate", 1e-5, 1.0, float(base.get("lr") or 3e-3), format="%.4f", key="sc_lr")
+        name = st.text_input("Run name", value="", key="sc_name", placeholder="(automatic)").strip()
+        if not blocks:
+            st.caption("Choose at least one block to skip.")
+        elif d is not None:
+            settings = {**common.model_settings(), **d, "blocks": sorted(blocks), "epochs": int(epochs),
+                        "lr": float(lr)}
+            args = jobs.cli_args(settings, "train")
+            name = name or common.new_name("train-" + "-".join(str(b) for b in sorted(blocks)))
+            st.code("hopscotch " + " ".join(args) + f" --runs-dir {common.runs_dir()} --name {name}", language="bash")
+            if st.button("Start training job", type="primary", key="sc_start"):
+                common.start_job(args, name)
+
+
+def panel() -> None:
+    if run is None:
+        st.info("No run yet: train a skip set above, or start a selection.")
+        return
+    status = common.status_of(run)
+    common.job_header(run, status, "sc")
+    epochs = run.epochs()
+    st.plotly_chart(figures.loss_curves(epochs), key="sc_loss")
+    st.caption("Loss per epoch of scalar training: train (solid) and held-out (dashed), for the selected set "
+               "(hopscotch) and each trained baseline. Held-out below its first value = the scalars help.")
+
+
+common.live(panel, active=run is not None and common.status_of(run)["alive"])
+
+if run is not None:
+    st.subheader("Learned scalars")
+    sets = run.scale_sets() + (["adapter"] if run.adapter() is not None else [])
+    if not sets:
+        st.info("No trained scalars in this run yet.")
+    else:
+        c1, c2 = st.columns([1, 2])
+        folder = c1.selectbox("Scalars of", sets, key="sc_folder",
+                              format_func=lambda f: {"scales": "hopscotch (selected set)", "adapter":
+                                                     "final adapter"}.get(f, f.removeprefix("scales-")))
+        epoch = None
+        if folder != "adapter":
+            eps = run.scale_epochs(folder)
+            if len(eps) > 1:
+                epoch = c2.select_slider("After epoch", eps, value=eps[-1], key="sc_epoch",
+                                         format_func=lambda e: str(e + 1))
+        scales = run.scales(folder, epoch)
+        if scales is not None:
+            st.plotly_chart(figures.scalars(scales, run.scale_blocks(folder)), key="sc_scalars")
+            st.caption("The four scalars of each layer: b scales a block's output, s its residual path; 1 everywhere "
+                       "is the original model, b_att = 0 on skipped blocks (shaded).")
+
+    st.subheader("Export")
+    ad = run.adapter()
+    if ad is None:
+        st.info("The run has no final adapter yet (training not finished).")
+    else:
+        c1, c2 = st.columns(2)
+        c1.download_button("Download the adapter (.zip)", run.adapter_zip(), file_name=f"{run.name}-adapter.zip",
+                           key="sc_dl", help="scales.safetensors + hopscotch.json; load with "
+                           "hc.load_adapter(model, dir) on the same base model")
+        c1.caption(f"Skips blocks {ad[1].get('skipped')}; {ad[0].shape[0]} layers × 4 scalars.")
+        out = c2.text_input("Compact model directory", value=str(common.runs_dir() / "exports" / f"{run.name}-compact"),
+                            key="sc_out")
+        job = f"{run.name}.export"
+        exp = jobs.status(common.runs_dir(), job)
+        problem = common.run_model_problem(run, model[0]) if model else None
+        if problem is not None:
+            c2.warning("This run was made with another model than the one loaded, so it cannot be exported with "
+                       f"it.\n\n{explain(problem)}")
+        elif c2.button("Export compact model", key="sc_export", disabled=exp["alive"] or model is None,
+                       help="A copy without the skipped attention weights (scalars folded in); reload with "
+                            "hc.load_model(dir)"):
+            try:
+                jobs.start(["export", "--model", common.model_settings()["model"], "--adapter",
+                            str(run.dir / "adapter"), "--out", out], common.runs_dir(), job)
+                st.rerun()
+            except Exception as e:  # noqa: BLE001 - shown with cause and fix
+                common.show_error(e, "starting the export")
+
+        def export_panel() -> None:
+            s = jobs.status(common.runs_dir(), job)
+            if s["alive"]:
+                st.progress(0.5, text="Exporting the compact model ...")
+            elif s["state"] == "exited":
+                st.success(f"Compact model written: `{(s.get('command') or ['?'])[-1]}` — "
+                           f"{(s.get('log') or '').splitlines()[-1] if s.get('log') else ''}")
+            elif s["state"] == "failed":
+                st.error(f"**Cause:** the export failed: {s.get('error')}\n\n**Fix:** check the output directory "
+                         "and that the loaded model is the one the run was made with.", icon="🚫")
+
+        with c2:
+            common.live(export_panel, active=exp["alive"])

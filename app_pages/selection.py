@@ -1,0 +1,71 @@
+"""Selection page: start / stop a block-selection job; its live progress, elbow curve and candidate-loss map."""
+
+import streamlit as st
+
+from app_pages import common
+from hopscotch_core import figures, jobs, selection
+
+st.title("Selection")
+st.caption("Which attention blocks can go? Each round, every remaining block (fast mode: a shortlist) is scored by "
+           "skipping it and training the scalars for one epoch; the lowest loss is removed. Runs as a background "
+           "job: switching pages or closing the tab does not stop it.")
+
+model = st.session_state.get("model")
+n_layers = model[0].config.get_text_config().num_hidden_layers if model else None
+run = common.current_run()
+
+with st.expander("Start a new selection", expanded=run is None):
+    if model is None:
+        st.warning("Load a model in the sidebar first.")
+    else:
+        d = common.data_settings("sel", (run.manifest.get("settings") if run else None))
+        c1, c2, c3, c4 = st.columns(4)
+        k = c1.number_input("Blocks to remove (k)", 1, max(1, n_layers - 1), min(4, max(1, n_layers - 1)),
+                            key="sel_k")
+        mode = c2.segmented_control("Mode", ["fast", "paper"], default="fast", key="sel_mode",
+                                    help="paper: every remaining block trained each round (about an hour per "
+                                         "round for the default model on a 2-core CPU); fast: a cheap ranking "
+                                         "first, then only the shortlist is trained.") or "fast"
+        shortlist = c3.number_input("Shortlist (fast)", 1, n_layers, min(4, n_layers), key="sel_shortlist",
+                                    disabled=mode != "fast")
+        shortlist_by = c4.selectbox("Shortlist by (fast)", ["bi", "loss"], key="sel_shortlist_by",
+                                    disabled=mode != "fast", help="bi: attention block influence 1 - cos(x, x1), one "
+                                    "forward per round; loss: untrained loss with the block skipped")
+        c1, c2, c3 = st.columns([2, 1, 1])
+        baselines = c1.multiselect("Baselines", list(selection.BASELINES), default=[], key="sel_baselines",
+                                   help="attn-bi: lowest attention block influence; shortgpt: whole layers by block "
+                                        "influence; random; one-round: the paper's round-1 scores, k at once")
+        epochs = c2.number_input("Training epochs", 1, 50, 3, key="sel_epochs")
+        train_baselines = c3.checkbox("Train baselines' scalars", True, key="sel_train_bl")
+        name = st.text_input("Run name", value="", key="sel_name", placeholder="(automatic)").strip()
+        if d is not None:
+            settings = {**common.model_settings(), **d, "k": int(k), "mode": mode, "shortlist": int(shortlist),
+                        "shortlist_by": shortlist_by, "baselines": baselines, "epochs": int(epochs),
+                        "train_baselines": bool(train_baselines)}
+            args = jobs.cli_args(settings, "run")
+            name = name or common.new_name(f"{mode}-k{int(k)}")
+            st.code("hopscotch " + " ".join(args) + f" --runs-dir {common.runs_dir()} --name {name}", language="bash")
+            if st.button("Start selection job", type="primary", key="sel_start"):
+                common.start_job(args, name)
+
+
+def panel() -> None:
+    if run is None:
+        st.info("No run yet: start a selection above.")
+        return
+    status = common.status_of(run)
+    common.job_header(run, status, "sel")
+    layers = run.num_layers or n_layers or 0
+    rounds, scores = run.rounds(), run.scores()
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(figures.elbow(rounds, run.overlay()), key="sel_elbow")
+    c1.caption("Elbow: the loss after each removal (line; calibration data, scalars trained one epoch) and the "
+               "held-out loss at k of the selected set and each baseline (markers). A bend marks where removing "
+               "more starts to hurt.")
+    c2.plotly_chart(figures.candidate_heatmap(scores, layers, rounds), key="sel_heatmap")
+    c2.caption("Every candidate's loss in every round (green: cheap to remove); stars: the block removed that round.")
+    if len(rounds):
+        st.dataframe(rounds.rename(columns={"n_removed": "blocks removed"}), hide_index=True)
+
+
+common.live(panel, active=run is not None and common.status_of(run)["alive"])
