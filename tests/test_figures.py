@@ -1,0 +1,120 @@
+"""figures.py: each figure shows exactly the table it was drawn from."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from studio_world import build
+
+from hopscotch_core import figures, metrics
+from hopscotch_core.runview import RunView
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build(tmp_path_factory.getbasetemp() / "studio")
+
+
+@pytest.fixture(scope="module")
+def run(world):
+    return RunView(world.example, example=True)
+
+
+def test_singular_value_heatmap_z_is_the_table_and_log_colour_keeps_hover_values():
+    from conftest import make_model
+
+    df = metrics.singular_values(make_model("llama"))
+    table = df.pivot(index="layer", columns="matrix", values="sigma_max")
+    fig = figures.singular_value_heatmap(df)
+    hm = fig.data[0]
+    assert list(hm.x) == list(dict.fromkeys(df["matrix"]))  # model order: q, k, v, o, gate, up, down
+    assert list(hm.y) == [0, 1, 2, 3]
+    np.testing.assert_allclose(np.asarray(hm.z), table[list(hm.x)].to_numpy())
+    logfig = figures.singular_value_heatmap(df, log_color=True).data[0]
+    np.testing.assert_allclose(np.asarray(logfig.z), np.log10(table[list(hm.x)].to_numpy()))
+    np.testing.assert_allclose(np.asarray(logfig.customdata), table[list(hm.x)].to_numpy())  # hover: raw value
+    assert "customdata" in logfig.hovertemplate
+
+
+def test_elbow_points_are_the_round_losses_and_baselines_overlay(run):
+    rounds = run.rounds()
+    m = run.manifest
+    assert [r["loss"] for r in m["selection"]["rounds"]] == list(rounds["loss"])
+    fig = figures.elbow(rounds, run.overlay())
+    line = fig.data[0]
+    assert list(line.x) == [1, 2] and list(line.y) == list(rounds["loss"])
+    assert list(line.customdata) == m["selected"]  # each point names the block removed
+    names = [t.name for t in fig.data[1:]]
+    assert any(n.startswith("hopscotch trained") for n in names)
+    assert any(n.startswith("attn-bi unscaled") for n in names) and any(n.startswith("random trained") for n in names)
+    hs = next(t for t in fig.data if t.name.startswith("hopscotch trained"))
+    assert list(hs.x) == [2] and list(hs.y) == [m["results"]["eval_loss_trained"]]
+    orig = [s for s in fig.layout.shapes if s.type == "line"]
+    assert orig and orig[0].y0 == pytest.approx(m["results"]["eval_loss_original"])
+
+
+def test_candidate_heatmap_cells_are_scores_and_chosen_blocks_are_starred(run):
+    scores, rounds = run.scores(), run.rounds()
+    fig = figures.candidate_heatmap(scores, 4, rounds)
+    z = np.asarray(fig.data[0].z, dtype=float)
+    paper = scores[scores["kind"] == "paper"]
+    assert z.shape == (2, 4)
+    for r in paper.itertuples():
+        assert z[r.round, r.candidate] == pytest.approx(r.loss)
+    assert np.isnan(z).sum() == z.size - len(paper)  # not shortlisted / already removed: empty
+    stars = fig.data[1]
+    assert list(stars.x) == run.manifest["selected"] and list(stars.y) == [0, 1]
+    assert stars.marker.symbol == "star"
+
+
+def test_loss_curves_show_train_and_held_out_per_epoch(run):
+    ep = run.epochs()
+    fig = figures.loss_curves(ep)
+    by_name = {t.name: t for t in fig.data}
+    main = ep[ep["stage"] == "train"]
+    assert list(by_name["hopscotch train"].y) == list(main["train_loss"])
+    assert list(by_name["hopscotch held-out"].y) == list(main["eval_loss"])
+    assert list(by_name["hopscotch train"].x) == [1, 2]
+    assert "attn-bi held-out" in by_name and "random train" in by_name
+
+
+def test_scalars_four_series_and_skipped_blocks_shaded(run):
+    scales = run.scales("scales")
+    fig = figures.scalars(scales, run.selected)
+    assert [t.name for t in fig.data] == ["b_att", "s_att", "b_mlp", "s_mlp"]
+    for c, t in enumerate(fig.data):
+        np.testing.assert_allclose(list(t.y), scales[:, c].tolist())
+    assert len([s for s in fig.layout.shapes if s.type == "rect"]) == len(run.selected)
+    for b in run.selected:
+        assert fig.data[0].y[b] == 0.0  # b_att of a skipped block
+
+
+def test_layer_mmd_bars_and_fidelity_panels():
+    fig = figures.layer_mmd([0.0, 0.1, 0.3, 0.2], skipped=[1])
+    assert list(fig.data[0].y) == [0.0, 0.1, 0.3, 0.2]
+    assert fig.data[0].marker.color[1] != fig.data[0].marker.color[0]
+    table = pd.DataFrame([{"run": "a", "variant": "hopscotch", "nll": 1.0, "kl": 0.1, "agreement": 0.9},
+                          {"run": "b", "variant": "hopscotch", "nll": 1.2, "kl": 0.2, "agreement": 0.8}])
+    fig = figures.fidelity(table)
+    assert len(fig.data) == 3 and [list(t.y) for t in fig.data] == [[1.0, 1.2], [0.1, 0.2], [0.9, 0.8]]
+    el = figures.elbows({"a": pd.DataFrame({"n_removed": [1, 2], "loss": [1.0, 2.0], "removed": [3, 1]})})
+    assert list(el.data[0].y) == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: figures.singular_value_heatmap(pd.DataFrame(columns=["layer", "matrix", "sigma_max"])),
+    lambda: figures.elbow(pd.DataFrame(), None),
+    lambda: figures.candidate_heatmap(pd.DataFrame(columns=["round", "candidate", "kind", "loss"]), 4),
+    lambda: figures.loss_curves(pd.DataFrame()),
+    lambda: figures.scalars(torch.zeros(0)),
+    lambda: figures.layer_mmd([]),
+    lambda: figures.fidelity(pd.DataFrame()),
+    lambda: figures.elbows({}),
+])
+def test_empty_inputs_give_an_empty_figure_with_a_note(make):
+    fig = make()
+    assert not fig.data and fig.layout.annotations and not math.isnan(len(fig.layout.annotations))
