@@ -124,8 +124,8 @@ def _pid_of(runs_dir, name: str) -> tuple[int | None, str | None]:
     rec = record(runs_dir, name)
     if rec and rec.get("pid"):
         return rec["pid"], rec.get("proc_start")
-    m = _manifest(runs_dir, name)
-    return m.get("pid"), None
+    m = _manifest(runs_dir, name)  # a run started by hand: its pid counts while the run says it is running
+    return (m.get("pid"), None) if m.get("state") == "running" else (None, None)
 
 
 def is_alive(runs_dir: str | os.PathLike, name: str) -> bool:

@@ -1,32 +1,349 @@
-"""The Streamlit app, in-process (streamlit.testing), on a tiny model directory."""
+"""The Streamlit app in-process (streamlit.testing.AppTest) on a tiny model: every page, its widgets, state carried
+between pages, jobs started from the app, error paths, and two sessions that must not see each other's choices.
+
+The bundled example run is replaced by a tiny run made by the pipeline (HOPSCOTCH_EXAMPLES); runs go to a
+temporary HOPSCOTCH_RUNS.
+"""
 
 from __future__ import annotations
 
+import base64
+import json
+import re
+import shutil
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tomllib
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
+from studio_world import build
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
+import hopscotch_core as hc
+from hopscotch_core import compare, jobs
+from hopscotch_core.generation import generate_text
+from hopscotch_core.runs import read_json, write_json
+from hopscotch_core.runview import RunView, list_runs
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
 
 
-def test_model_page_shows_summary_and_generates(tiny_dir, monkeypatch):
-    monkeypatch.setenv("HOPSCOTCH_MODEL", str(tiny_dir))
-    at = AppTest.from_file(APP, default_timeout=60).run()
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build(tmp_path_factory.getbasetemp() / "studio")
+
+
+@pytest.fixture
+def runs(world, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOPSCOTCH_MODEL", str(world.model_dir))
+    monkeypatch.setenv("HOPSCOTCH_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("HOPSCOTCH_EXAMPLES", str(world.examples))
+    return tmp_path / "runs"
+
+
+def start() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=90).run()
     assert not at.exception, at.exception
+    return at
+
+
+def visit(at: AppTest, page: str) -> AppTest:
+    at.switch_page(f"app_pages/{page}.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _decode(obj):
+    """Plotly's JSON keeps numeric arrays as base64 typed arrays ({"dtype", "bdata", "shape"}): back to lists."""
+    if isinstance(obj, dict) and "bdata" in obj and "dtype" in obj:
+        arr = np.frombuffer(base64.b64decode(obj["bdata"]), dtype=obj["dtype"])
+        if obj.get("shape"):
+            arr = arr.reshape([int(n) for n in str(obj["shape"]).split(",")])
+        return arr.tolist()
+    if isinstance(obj, dict):
+        return {k: _decode(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode(v) for v in obj]
+    return obj
+
+
+def figure(at: AppTest, key: str) -> dict:
+    (el,) = [e for e in at.get("plotly_chart") if e.key == key]
+    return _decode(json.loads(el.proto.spec))
+
+
+def texts(at: AppTest) -> str:
+    return "\n".join(x.value for kind in ("markdown", "caption", "info", "warning", "error", "success")
+                     for x in getattr(at, kind))
+
+
+def wait_job(runs: Path, name: str, timeout: float = 180) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        s = jobs.status(runs, name)
+        if not s["alive"]:
+            return s
+        time.sleep(0.2)
+    raise AssertionError(f"job {name} still running: {jobs.status(runs, name)}")
+
+
+def generations(at: AppTest) -> list[str]:
+    return [h.value for h in at.html if "hopscotch-gen" in h.value]
+
+
+# ------------------------------------------------------------------------------------------------ first launch
+def test_first_launch_shows_the_example_run_on_every_page(runs, world):
+    ex = RunView(world.example)
+    at = start()
     assert [m.value for m in at.metric][:2] == ["4", "4 / 2"]
-    at.multiselect[0].set_value([0, 2]).run()
-    at.button[0].click().run()
+    assert "Example run loaded" in texts(at)
+    hm = figure(at, "sv_heatmap")["data"][0]
+    assert hm["type"] == "heatmap" and len(hm["z"]) == 4 and len(hm["z"][0]) == 7 and "customdata" in hm
+    at.toggle(key="sv_log").set_value(False).run()
+    assert figure(at, "sv_heatmap")["data"][0]["z"] == hm["customdata"]  # linear colour: z is the values
+
+    visit(at, "selection")
+    elbow = figure(at, "sel_elbow")["data"]
+    assert elbow[0]["y"] == list(ex.rounds()["loss"]) and elbow[0]["customdata"] == ex.selected
+    assert {t["name"].split(" (")[0] for t in elbow[1:]} >= {"hopscotch trained", "attn-bi unscaled", "random trained"}
+    stars = figure(at, "sel_heatmap")["data"][1]
+    assert stars["x"] == ex.selected
+    assert "example-run" in texts(at) and "done" in texts(at)
+
+    visit(at, "scaling")
+    loss = {t["name"]: t for t in figure(at, "sc_loss")["data"]}
+    assert loss["hopscotch held-out"]["y"] == list(ex.epochs().query("stage == 'train'")["eval_loss"])
+    assert [t["name"] for t in figure(at, "sc_scalars")["data"]] == ["b_att", "s_att", "b_mlp", "s_mlp"]
+    assert at.get("download_button")
+
+    visit(at, "compare")
+    assert at.button_group(key="cmp_skip").value == ex.selected  # initialised from the run
+    assert at.toggle(key="cmp_scaled").value is True
+    assert len(figure(at, "cmp_mmd_fig")["data"][0]["y"]) == 4
+    assert at.dataframe  # the speed / memory estimate
+
+    visit(at, "runs")
+    table = at.dataframe[0].value
+    assert table["run"].tolist() == ["📘 example-run"] and "done" in table["state"].iloc[0]
+    assert "read-only" in texts(at)
+    assert figure(at, "runs_elbows")["data"][0]["y"] == list(ex.rounds()["loss"])
+
+
+# ------------------------------------------------------------------------------------------------ compare
+def test_compare_streams_both_sides_and_marks_the_first_difference(runs, world):
+    model, tok = hc.load_model(world.model_dir, device="cpu")
+    at = visit(start(), "compare")
+    at.button_group(key="cmp_skip").set_value([0, 2]).run()
+    at.toggle(key="cmp_scaled").set_value(False).run()
+    at.text_area(key="cmp_prompt").input("what is 7 plus 5?").run()
+    at.slider(key="cmp_max_new").set_value(12).run()
+    at.button(key="cmp_go").click().run()
     assert not at.exception, at.exception
-    codes = [c.value for c in at.code]
-    assert len(codes) == 2 and all(isinstance(c, str) for c in codes)
-    assert "Skipped [0, 2]" in " ".join(m.value for m in at.markdown)
+    left, right = generations(at)
+    *_, (a_ids, b_ids) = compare.stream_pair(model, tok, "what is 7 plus 5?", [0, 2], max_new_tokens=12)
+    first = compare.first_divergence(a_ids, b_ids)
+    assert left == compare.highlight_html(tok, a_ids, first, "Original")
+    assert right == compare.highlight_html(tok, b_ids, first, "Skipped [0, 2] · unscaled")
+    assert tok.decode(a_ids, skip_special_tokens=True).strip() == generate_text(model, tok, "what is 7 plus 5?",
+                                                                                 max_new_tokens=12)
+    if first is not None:
+        assert "<mark" in left and "<mark" in right and f"They part at token {first}" in texts(at)
+    at.button(key="cmp_none").click().run()
+    assert at.button_group(key="cmp_skip").value == []
+    assert "Skip at least one block" in texts(at)
+    at.button(key="cmp_from_run").click().run()
+    assert at.button_group(key="cmp_skip").value == RunView(world.example).selected
+    at.button(key="cmp_speed_go").click().run()
+    assert not at.exception, at.exception
+    speed = at.dataframe[-1].value
+    assert list(speed["variant"]) == ["original", "skipped", "compact"]
+    assert hc.handle_of(model) is None
 
 
-def test_bad_model_source_shows_an_error_not_a_traceback(tmp_path, monkeypatch):
+def test_two_sessions_do_not_share_toggles_or_generations(runs, world):
+    a, b = visit(start(), "compare"), visit(start(), "compare")
+    a.button_group(key="cmp_skip").set_value([1, 3]).run()
+    a.toggle(key="cmp_scaled").set_value(False).run()
+    b.button(key="cmp_none").click().run()
+    b.toggle(key="cmp_scaled").set_value(False).run()
+    for at in (a, b):
+        at.text_area(key="cmp_prompt").input("hello there").run()
+        at.slider(key="cmp_max_new").set_value(10).run()
+    b.button(key="cmp_go").click().run()
+    a.button(key="cmp_go").click().run()
+    b.run()  # b reruns after a's generation: still its own settings and results
+    assert a.button_group(key="cmp_skip").value == [1, 3] and b.button_group(key="cmp_skip").value == []
+    (a_orig, a_mod), (b_orig, b_mod) = generations(a), generations(b)
+    assert "Skipped [1, 3] · unscaled" in a_mod and "Nothing skipped<" in b_mod
+    assert b_orig.split("</div>", 1)[1] == b_mod.split("</div>", 1)[1]  # b: the original model on both sides
+    assert "<mark" not in b_mod
+    assert _text(a_orig) == _text(b_orig)  # the same original generation in both sessions
+    model, tok = a.session_state["model"][:2]
+    expected = compare.highlight_html(tok, *_ids(model, tok, [1, 3]), "Skipped [1, 3] · unscaled")
+    assert a_mod == expected
+    assert hc.handle_of(model) is None  # the shared model is left as loaded
+
+
+def _text(html: str) -> str:
+    body = html.split("</div>", 1)[1].replace("&#8709;", "")  # drop the title and the empty-token sign
+    return compare.html.unescape(re.sub(r"<[^>]+>", "", body))
+
+
+def _ids(model, tok, skip):
+    *_, (orig, mod) = compare.stream_pair(model, tok, "hello there", skip, max_new_tokens=10)
+    return mod, compare.first_divergence(orig, mod)
+
+
+# ------------------------------------------------------------------------------------------------ state, jobs
+def test_opening_a_run_carries_to_the_other_pages(runs, world):
+    mine = runs / "mine"
+    shutil.copytree(world.example, mine)
+    write_json(mine / "manifest.json", {**read_json(mine / "manifest.json"), "name": "mine", "selected": [1],
+                                        "selection": {"rounds": [{"round": 0, "removed": 1, "loss": 4.4}]}})
+    at = visit(start(), "runs")
+    assert at.dataframe[0].value["run"].tolist() == ["📘 example-run", "mine"]
+    at.selectbox(key="runs_pick").set_value(str(mine)).run()
+    at.button(key="runs_open").click().run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="run").value == str(mine)
+    visit(at, "compare")
+    assert at.button_group(key="cmp_skip").value == [1]
+    at.button_group(key="cmp_skip").set_value([1, 2]).run()
+    visit(at, "runs")
+    visit(at, "compare")
+    assert at.button_group(key="cmp_skip").value == [1, 2]  # kept while visiting another page
+    visit(at, "selection")
+    assert "mine" in texts(at)
+
+
+def test_selection_job_started_from_the_app(runs, world):
+    at = visit(start(), "selection")
+    at.radio(key="sel_src").set_value("File path or hf:NAME").run()
+    at.text_input(key="sel_path").input(str(world.data)).run()
+    for key, value in (("sel_nc", 8), ("sel_ne", 4), ("sel_mnt", 10), ("sel_k", 1), ("sel_epochs", 1)):
+        at.number_input(key=key).set_value(value).run()
+    at.text_input(key="sel_name").input("from-app").run()
+    cmd = at.code[0].value
+    assert cmd.startswith("hopscotch run --model ") and "--k 1" in cmd and "--name from-app" in cmd
+    at.button(key="sel_start").click().run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="run").value == str(runs / "from-app")  # the new run is the current one
+    assert jobs.record(runs, "from-app")["command"][0] == "run"
+    s = wait_job(runs, "from-app")
+    assert s["state"] == "done", s
+    at.run()
+    assert not at.exception, at.exception
+    assert len(figure(at, "sel_elbow")["data"][0]["y"]) == 1 and "from-app** — done" in texts(at)
+
+
+def test_scaling_trains_a_skip_set_and_exports_a_compact_model(runs, world, tmp_path):
+    at = visit(start(), "scaling")
+    assert at.multiselect(key="sc_blocks").value == RunView(world.example).selected
+    at.multiselect(key="sc_blocks").set_value([2]).run()
+    at.radio(key="sc_src").set_value("File path or hf:NAME").run()
+    at.text_input(key="sc_path").input(str(world.data)).run()
+    for key, value in (("sc_nc", 8), ("sc_ne", 4), ("sc_mnt", 10), ("sc_epochs", 2)):
+        at.number_input(key=key).set_value(value).run()
+    at.text_input(key="sc_name").input("train-2").run()
+    assert "hopscotch train " in at.code[0].value and "--skip 2" in at.code[0].value
+    at.button(key="sc_start").click().run()
+    assert not at.exception, at.exception
+    assert wait_job(runs, "train-2")["state"] == "done"
+    at.run()
+    assert [t["name"] for t in figure(at, "sc_loss")["data"]] == ["hopscotch train", "hopscotch held-out"]
+    scalars = figure(at, "sc_scalars")["data"]
+    assert scalars[0]["y"][2] == 0.0  # b_att of the skipped block
+    at.text_input(key="sc_out").input(str(tmp_path / "compact")).run()
+    at.button(key="sc_export").click().run()
+    assert not at.exception, at.exception
+    assert wait_job(runs, "train-2.export")["state"] == "exited"
+    at.run()
+    assert "Compact model written" in texts(at)
+    small, _ = hc.load_model(tmp_path / "compact", device="cpu")
+    assert hc.compact_info(small).skipped == (2,)
+    assert [r["name"] for r in list_runs(runs)] == ["train-2"]  # the export job is not a run
+
+
+def test_runs_page_resumes_and_deletes(runs, world):
+    stopped = runs / "halted"
+    shutil.copytree(world.example, stopped)
+    write_json(stopped / "manifest.json", {**read_json(stopped / "manifest.json"), "name": "halted",
+                                           "state": "stopped"})
+    at = visit(start(), "runs")
+    at.selectbox(key="runs_pick").set_value(str(stopped)).run()
+    assert "resume it from the Runs page" in texts(at)
+    at.button(key="runs_resume").click().run()
+    assert not at.exception, at.exception
+    assert jobs.record(runs, "halted")["command"][:3] == ["run", "--resume", "halted"]
+    assert wait_job(runs, "halted")["state"] == "done"
+    at.run()
+    at.selectbox(key="runs_pick").set_value(str(stopped)).run()
+    assert at.button(key="runs_delete").disabled  # not before confirming
+    at.checkbox(key="runs_confirm").check().run()
+    at.button(key="runs_delete").click().run()
+    assert not at.exception, at.exception
+    assert not stopped.exists() and jobs.record(runs, "halted") is None
+    at.selectbox(key="runs_pick").set_value(str(world.example)).run()
+    assert not [b for b in at.button if b.key in ("runs_delete", "runs_resume")]  # the example is read-only
+
+
+# ------------------------------------------------------------------------------------------------ errors
+def test_a_model_that_cannot_load_gives_cause_and_fix_on_every_page(runs, tmp_path, monkeypatch):
     monkeypatch.setenv("HOPSCOTCH_MODEL", str(tmp_path / "missing"))
-    at = AppTest.from_file(APP, default_timeout=60).run()
-    assert not at.exception
-    assert at.error and "could not be loaded" in at.error[0].value and "no model directory" in at.error[0].value
+    at = start()
+    for page in ("model", "selection", "scaling", "compare", "runs"):
+        visit(at, page)
+        assert not at.exception
+    visit(at, "model")
+    err = at.error[0].value
+    assert "could not be loaded" in err and "**Cause:**" in err and "**Fix:**" in err and "no model directory" in err
+    visit(at, "selection")
+    assert "Load a model in the sidebar first" in texts(at)
+
+
+def test_bad_data_and_a_run_of_another_model_are_explained(runs, world, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "ok"}\nnot json\n')
+    at = visit(start(), "selection")
+    at.radio(key="sel_src").set_value("File path or hf:NAME").run()
+    at.text_input(key="sel_path").input(str(bad)).run()
+    err = at.error[0].value
+    assert "the data cannot be used" in err and "line 2" in err and "**Fix:**" in err
+    assert not [b for b in at.button if b.key == "sel_start"]
+    at.text_input(key="sel_path").input(str(world.data)).run()
+    at.number_input(key="sel_nc").set_value(30).run()
+    assert "the data has 24 records" in at.error[0].value
+
+    shutil.copytree(world.other_run, runs / "qwen2-k1")
+    at = start()
+    at.selectbox(key="run").set_value(str(runs / "qwen2-k1")).run()
+    visit(at, "compare")
+    warn = at.warning[0].value
+    assert "another model" in warn and "**Cause:**" in warn and "**Fix:**" in warn
+    assert at.button_group(key="cmp_skip").value == [] and at.toggle(key="cmp_scaled").disabled
+    visit(at, "scaling")
+    assert "cannot be exported" in texts(at)
+
+
+def test_a_failed_job_shows_its_cause(runs, world):
+    jobs.start(["run", "--model", str(world.model_dir), "--data", str(world.data), "--k", "9"], runs, "k9")
+    assert wait_job(runs, "k9")["state"] == "failed"
+    at = start()
+    at.selectbox(key="run").set_value(str(runs / "k9")).run()
+    visit(at, "selection")
+    err = at.error[0].value
+    assert "the job failed" in err and "k = 9" in err and "**Fix:**" in err
+
+
+def test_the_app_binds_to_localhost_and_never_trusts_remote_code():
+    cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert cfg["server"]["address"] == "localhost" and cfg["client"]["showErrorDetails"] == "none"
+    from hopscotch_core import cli
+
+    assert cli.build_parser().parse_args(["app"]).address == "localhost"
+    sources = [*(ROOT / "hopscotch_core").glob("*.py"), ROOT / "app.py", *(ROOT / "app_pages").glob("*.py")]
+    assert not [p.name for p in sources if "trust_remote_code=True" in p.read_text()]
