@@ -1,0 +1,161 @@
+"""The app in a real browser: `streamlit run` on a free port, Debian chromium driven by Playwright.
+
+Visits every page on a tiny model with a tiny example run, toggles a block, runs a short side-by-side generation,
+saves a screenshot of each page (always under pytest's tmp dir; also to $HOPSCOTCH_SCREENSHOTS when set, e.g.
+`HOPSCOTCH_SCREENSHOTS=docs/screenshots`), and fails on any exception box, error box or JavaScript error.
+
+Needs /usr/bin/chromium (`apt-get install chromium`; .ci/run installs it) and the `playwright` package (dev extra).
+Playwright's own browser download is never used. Skipped only when chromium is absent, and not even then when
+HOPSCOTCH_REQUIRE_BROWSER=1 (.ci/run sets it).
+
+README screenshots on the real model and example run:
+    HOPSCOTCH_SCREENSHOTS=docs/screenshots HOPSCOTCH_BROWSER_MODEL=default \
+    HOPSCOTCH_BROWSER_EXAMPLES=assets .venv/bin/python -m pytest tests/test_browser.py
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from studio_world import build
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("HOPSCOTCH_CHROMIUM", "/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+PAGES = [("model", "Model"), ("selection", "Selection"), ("scaling", "Scaling"), ("compare", "Compare"),
+         ("runs", "Runs")]
+
+REQUIRED = os.environ.get("HOPSCOTCH_REQUIRE_BROWSER") == "1"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file() and not REQUIRED,
+                                reason=f"chromium not found at {CHROMIUM}: apt-get install chromium (.ci/run does)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"HOPSCOTCH_REQUIRE_BROWSER=1 but chromium is not at {CHROMIUM}: apt-get install chromium")
+    world = build(tmp_path_factory.getbasetemp() / "studio")
+    tmp = tmp_path_factory.mktemp("browser")
+    port = free_port()
+    env = {**os.environ, "HOPSCOTCH_MODEL": os.environ.get("HOPSCOTCH_BROWSER_MODEL") or str(world.model_dir),
+           "HOPSCOTCH_EXAMPLES": os.environ.get("HOPSCOTCH_BROWSER_EXAMPLES") or str(world.examples),
+           "HOPSCOTCH_RUNS": str(tmp / "runs"), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    log = (tmp / "streamlit.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless",
+                             "true", "--server.port", str(port), "--browser.gatherUsageStats", "false",
+                             "--server.fileWatcherType", "none"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://localhost:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise AssertionError("streamlit did not come up:\n" + (tmp / "streamlit.log").read_text()[-3000:])
+        time.sleep(0.3)
+    yield url, tmp / "streamlit.log"
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def idle(page, timeout: float = 90_000) -> None:
+    """Wait until the app's script run has finished (the app root says notRunning) and the DOM settled."""
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)
+    page.wait_for_timeout(400)
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)
+
+
+def check(page, where: str, js_errors: list[str], server_log: Path) -> None:
+    boxes = page.locator('[data-testid="stException"]')
+    errors = page.locator('[data-testid="stAlertContentError"]')
+    problems = [f"exception box: {t}" for t in boxes.all_inner_texts()]
+    problems += [f"error box: {t}" for t in errors.all_inner_texts()]
+    problems += [f"javascript error: {e}" for e in js_errors]
+    assert not problems, f"on {where}: {problems}\nserver log:\n{server_log.read_text()[-3000:]}"
+
+
+def test_every_page_in_a_real_browser(server, tmp_path):
+    # the dev extra; never `playwright install`: the browser is Debian's chromium
+    from playwright.sync_api import sync_playwright
+
+    url, server_log = server
+    outs = [tmp_path / "screenshots"]
+    if os.environ.get("HOPSCOTCH_SCREENSHOTS"):
+        outs.append(Path(os.environ["HOPSCOTCH_SCREENSHOTS"]))
+    for d in outs:
+        d.mkdir(parents=True, exist_ok=True)
+    js_errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1360, "height": 900})
+            page.on("pageerror", lambda e: js_errors.append(str(e)))
+            page.goto(url)
+            page.wait_for_selector("text=Hopscotch Studio", timeout=90_000)
+            idle(page)
+            for slug, title in PAGES:
+                if slug != "model":
+                    page.locator('[data-testid="stSidebarNavLink"]', has_text=title).click()
+                    page.wait_for_url(re.compile(rf"/{slug}$"), timeout=30_000)
+                    page.wait_for_selector(f'h1:has-text("{title}")', timeout=60_000)
+                    idle(page)
+                if slug == "model":
+                    page.wait_for_selector('[data-testid="stPlotlyChart"]', timeout=60_000)
+                    assert "Example run loaded" in page.inner_text("body")
+                if slug == "selection":
+                    assert page.locator('[data-testid="stPlotlyChart"]').count() == 2  # elbow + candidate map
+                if slug == "compare":
+                    pill = page.locator('[data-testid="stButtonGroup"] button', has_text=re.compile(r"^1$"))
+                    was = pill.get_attribute("aria-pressed")
+                    pill.click()
+                    idle(page)
+                    assert pill.get_attribute("aria-pressed") != was  # toggled
+                    page.get_by_label("Prompt", exact=True).fill("what is 2 plus 3?")
+                    page.get_by_role("button", name="Generate side by side").click()
+                    page.wait_for_selector(".hopscotch-gen >> nth=1", timeout=60_000)
+                    idle(page)
+                    left, right = page.locator(".hopscotch-gen").all_inner_texts()
+                    assert left.startswith("Original") and right.startswith("Skipped [")
+                    assert "1" in right.split("]")[0]
+                check(page, slug, js_errors, server_log)
+                for d in outs:
+                    page.screenshot(path=str(d / f"{slug}.png"))
+        finally:
+            browser.close()
+    assert sorted(p.name for p in outs[0].iterdir()) == sorted(f"{s}.png" for s, _ in PAGES)
+    if len(outs) > 1:  # keep committed screenshots small: 8-bit palette PNGs when Pillow is there
+        _shrink(outs[1])
+
+
+def _shrink(folder: Path) -> None:
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    for f in folder.glob("*.png"):
+        img = Image.open(f).convert("RGB")
+        img.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(f, optimize=True)
