@@ -24,7 +24,7 @@ from app_pages import common
 from hopscotch_core.explain import explain
 from hopscotch_core.runview import list_runs
 
-st.set_page_config(page_title="Hopscotch Studio", page_icon="🦘", layout="wide")
+st.set_page_config(page_title="Hopscotch Studio", page_icon=":material/grid_view:", layout="wide")
 
 
 @st.cache_resource(show_spinner="Loading the model (the first load of the default model converts it: ~30 s) ...",
@@ -54,7 +54,7 @@ st.session_state["model_key"] = (source.strip(), device, dtype)
 
 runs = list_runs(common.runs_dir(), common.examples())
 paths = [r["path"] for r in runs]
-labels = {r["path"]: ("📘 example · " if r.get("example") else "") + f"{r['name']} · {r.get('state', '?')}"
+labels = {r["path"]: ("example · " if r.get("example") else "") + f"{r['name']} · {r.get('state', '?')}"
           for r in runs}
 if "run_next" in st.session_state:  # a page asked for another current run (set before the widget exists)
     st.session_state["run"] = st.session_state.pop("run_next")

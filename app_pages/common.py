@@ -17,8 +17,12 @@ from hopscotch_core.explain import explain
 from hopscotch_core.runview import RunView, example_dirs
 
 ROOT = Path(__file__).resolve().parent.parent
-STATE_ICON = {"done": "✅", "running": "⏳", "starting": "⏳", "stopping": "⏸️", "stopped": "⏹️",
-              "interrupted": "⚠️", "failed": "❌", "selected": "✅", "generated": "✅", "exited": "✅"}
+STATE_ICON = {"done": ":material/check_circle:", "running": ":material/progress_activity:",
+              "starting": ":material/hourglass_top:", "stopping": ":material/pause_circle:",
+              "stopped": ":material/stop_circle:", "interrupted": ":material/warning:", "failed": ":material/error:",
+              "selected": ":material/check_circle:", "generated": ":material/check_circle:",
+              "exited": ":material/check_circle:"}
+ERROR_ICON = ":material/error:"
 
 
 # ------------------------------------------------------------------------------------------------ places
@@ -77,7 +81,7 @@ def run_model_problem(run: RunView, model) -> Exception | None:
 
 
 def show_error(e: BaseException, doing: str = "") -> None:
-    st.error(explain(e, doing), icon="🚫")
+    st.error(explain(e, doing), icon=ERROR_ICON)
 
 
 # ------------------------------------------------------------------------------------------------ jobs
@@ -105,7 +109,7 @@ def job_header(run: RunView, status: dict, key: str) -> None:
         st.session_state[f"_alive_{key}"] = False
         st.rerun()  # the job ended: refresh the whole page (buttons, run list)
     st.session_state[f"_alive_{key}"] = status["alive"]
-    label = f"{STATE_ICON.get(state, '•')} **{run.name}** — {state}"
+    label = f"{STATE_ICON.get(state, ':material/circle:')} **{run.name}** — {state}"
     if run.example:
         label += " · bundled example (read-only)"
     st.markdown(label)
@@ -129,7 +133,7 @@ def job_header(run: RunView, status: dict, key: str) -> None:
     elif state == "failed":
         err = status.get("error") or "unknown error"
         st.error(f"**Cause:** the job failed: {err}\n\n**Fix:** correct the setting it names and start again, or "
-                 "resume it from the Runs page if it failed mid-way (finished steps are kept).", icon="🚫")
+                 "resume it from the Runs page if it failed mid-way (finished steps are kept).", icon=ERROR_ICON)
         if status.get("log"):
             with st.expander("Job log"):
                 st.code(status["log"], language=None)
@@ -194,7 +198,7 @@ def data_settings(key: str, defaults: dict | None = None) -> dict | None:
         return None
     if n_calib + n_eval > len(records):
         st.error(f"**Cause:** {n_calib} calibration + {n_eval} held-out prompts asked, but the data has "
-                 f"{len(records)} records.\n\n**Fix:** lower the two numbers or use a larger file.", icon="🚫")
+                 f"{len(records)} records.\n\n**Fix:** lower the two numbers or use a larger file.", icon=ERROR_ICON)
         return None
     st.caption(f"{len(records)} prompts available; e.g. “{records[0]['prompt'][:120]}”")
     return {"data": source, "column": column, "n_calib": int(n_calib), "n_eval": int(n_eval),

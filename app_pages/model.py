@@ -18,7 +18,7 @@ if run is not None and run.example:
     st.info(f"**Example run loaded:** `{run.name}` — a finished run of the project's own pipeline "
             f"(`{run.manifest.get('settings', {}).get('model', '?')}` model). Every page shows it until you start "
             "your own: **Selection** (which blocks and why), **Scaling** (the learned scalars), **Compare** "
-            "(generate side by side), **Runs** (all runs, fidelity and speed).", icon="📘")
+            "(generate side by side), **Runs** (all runs, fidelity and speed).", icon=":material/menu_book:")
     cols = st.columns(4)
     for col, (page, label) in zip(cols, [("app_pages/selection.py", "Selection"), ("app_pages/scaling.py", "Scaling"),
                                          ("app_pages/compare.py", "Compare"), ("app_pages/runs.py", "Runs")]):
@@ -30,7 +30,8 @@ st.subheader(f"Architecture · {info['family']}")
 cols = st.columns(5)
 cols[0].metric("Layers", info["layers"])
 cols[1].metric("Heads / KV heads", f"{info['heads']} / {info['kv_heads']}")
-cols[2].metric("Parameters", f"{info['parameters'] / 1e6:.1f} M")
+n_params = info["parameters"]
+cols[2].metric("Parameters", f"{n_params / 1e6:.1f} M" if n_params >= 1e5 else f"{n_params:,}")
 cols[3].metric("Attention share of parameters", f"{100 * info['attention_parameter_share']:.1f} %")
 cols[4].metric("Attention share of FLOPs (512 ctx)", f"{100 * info['attention_flop_share_ctx512']:.1f} %",
                help="FLOPs per token at 512 tokens of context: the most that skipping every attention block saves.")

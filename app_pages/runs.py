@@ -27,8 +27,8 @@ def table() -> None:
         st.info("No runs yet: start one on the Selection or Scaling page.")
         return
     df = pd.DataFrame([{
-        "run": ("📘 " if r.get("example") else "") + r["name"],
-        "state": f"{common.STATE_ICON.get(r.get('state'), '•')} {r.get('state')}",
+        "run": ("example · " if r.get("example") else "") + r["name"],
+        "state": r.get("state"),
         "stage": r.get("stage") or "", "mode": r.get("mode"), "k": r.get("k"),
         "selected": " ".join(str(b) for b in r.get("selected") or []),
         "loss original": _fmt(r.get("loss_original")), "loss unscaled": _fmt(r.get("loss_unscaled")),
@@ -48,7 +48,7 @@ if not rows:
 
 st.subheader("Open a run")
 paths = [r["path"] for r in rows]
-names = {r["path"]: ("📘 example · " if r.get("example") else "") + r["name"] for r in rows}
+names = {r["path"]: ("example · " if r.get("example") else "") + r["name"] for r in rows}
 cur = st.session_state.get("run")
 c1, c2 = st.columns([3, 1])
 chosen = c1.selectbox("Run", paths, index=paths.index(cur) if cur in paths else 0, format_func=names.get,

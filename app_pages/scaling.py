@@ -113,7 +113,7 @@ if run is not None:
                            f"{(s.get('log') or '').splitlines()[-1] if s.get('log') else ''}")
             elif s["state"] == "failed":
                 st.error(f"**Cause:** the export failed: {s.get('error')}\n\n**Fix:** check the output directory "
-                         "and that the loaded model is the one the run was made with.", icon="🚫")
+                         "and that the loaded model is the one the run was made with.", icon=common.ERROR_ICON)
 
         with c2:
             common.live(export_panel, active=exp["alive"])

@@ -21,7 +21,7 @@ SCALE_COLUMNS = ("b_att", "s_att", "b_mlp", "s_mlp")
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
             "#bcbd22")
 _LAYOUT = {"margin": {"l": 50, "r": 20, "t": 50, "b": 45}, "template": "plotly_white",
-           "legend": {"orientation": "h", "y": -0.2}}
+           "legend": {"orientation": "h", "yanchor": "top", "y": -0.25}}
 
 
 def _color(i: int) -> str:

@@ -128,7 +128,7 @@ def test_first_launch_shows_the_example_run_on_every_page(runs, world):
 
     visit(at, "runs")
     table = at.dataframe[0].value
-    assert table["run"].tolist() == ["📘 example-run"] and "done" in table["state"].iloc[0]
+    assert table["run"].tolist() == ["example · example-run"] and table["state"].iloc[0] == "done"
     assert "read-only" in texts(at)
     assert figure(at, "runs_elbows")["data"][0]["y"] == list(ex.rounds()["loss"])
 
@@ -205,7 +205,7 @@ def test_opening_a_run_carries_to_the_other_pages(runs, world):
     write_json(mine / "manifest.json", {**read_json(mine / "manifest.json"), "name": "mine", "selected": [1],
                                         "selection": {"rounds": [{"round": 0, "removed": 1, "loss": 4.4}]}})
     at = visit(start(), "runs")
-    assert at.dataframe[0].value["run"].tolist() == ["📘 example-run", "mine"]
+    assert at.dataframe[0].value["run"].tolist() == ["example · example-run", "mine"]
     at.selectbox(key="runs_pick").set_value(str(mine)).run()
     at.button(key="runs_open").click().run()
     assert not at.exception, at.exception
