@@ -62,8 +62,18 @@ def panel() -> None:
     c1.caption("Elbow: the loss after each removal (line; calibration data, scalars trained one epoch) and the "
                "held-out loss at k of the selected set and each baseline (markers). A bend marks where removing "
                "more starts to hurt.")
-    c2.plotly_chart(figures.candidate_heatmap(scores, layers, rounds), key="sel_heatmap")
-    c2.caption("Every candidate's loss in every round (green: cheap to remove); stars: the block removed that round.")
+    kind, label = "paper", "loss"
+    if len(scores) and (scores["kind"] == "shortlist").any():
+        by = (run.manifest.get("settings") or {}).get("shortlist_by", "bi")
+        short = "block influence" if by == "bi" else "untrained loss"
+        kind = c2.segmented_control("Scores", ["paper", "shortlist"], default="paper", key="sel_kind",
+                                    format_func=lambda k: "trained loss" if k == "paper" else f"shortlist: {short}",
+                                    help="Fast mode ranks every block cheaply first and trains only the shortlist"
+                                    ) or "paper"
+        label = "loss" if kind == "paper" else short
+    c2.plotly_chart(figures.candidate_heatmap(scores, layers, rounds, kind, label), key="sel_heatmap")
+    c2.caption("Every scored candidate in every round (green: cheap to remove; empty: not scored or already "
+               "removed); stars: the block removed that round.")
     if len(rounds):
         st.dataframe(rounds.rename(columns={"n_removed": "blocks removed"}), hide_index=True)
 

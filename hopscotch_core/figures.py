@@ -120,10 +120,11 @@ def elbows(curves: Mapping[str, pd.DataFrame], title: str = "Elbow curves") -> g
 
 
 def candidate_heatmap(scores: pd.DataFrame, num_layers: int, rounds: pd.DataFrame | None = None,
-                      kind: str = "paper") -> go.Figure:
-    """Selection round (rows) x attention block (columns), colour = that candidate's loss in that round (empty:
-    not scored, already removed or not shortlisted); the block chosen in each round is marked with a star."""
-    title = "Candidate loss per round and block (★ = removed)"
+                      kind: str = "paper", label: str = "loss") -> go.Figure:
+    """Selection round (rows) x attention block (columns), colour = that candidate's score of `kind` in that
+    round (paper: loss after one epoch of scalar training; shortlist: fast mode's cheap ranking) (empty: not
+    scored, already removed or not shortlisted); the block chosen in each round is marked with a star."""
+    title = f"Candidate {label} per round and block (★ = removed)"
     part = scores[scores["kind"] == kind] if scores is not None and len(scores) else pd.DataFrame()
     if not len(part):
         return _empty(title, "no candidate scores yet")
@@ -134,7 +135,7 @@ def candidate_heatmap(scores: pd.DataFrame, num_layers: int, rounds: pd.DataFram
             z[int(r.round), int(r.candidate)] = float(r.loss)
     fig = go.Figure(go.Heatmap(
         z=z, x=list(range(num_layers)), y=list(range(n_rounds)), colorscale="RdYlGn_r", hoverongaps=False,
-        colorbar={"title": "loss"}, hovertemplate="round %{y}, block %{x}<br>loss %{z:.4f}<extra></extra>"))
+        colorbar={"title": label}, hovertemplate=f"round %{{y}}, block %{{x}}<br>{label} %{{z:.4f}}<extra></extra>"))
     if rounds is not None and len(rounds):
         fig.add_trace(go.Scatter(
             x=[int(b) for b in rounds["removed"]], y=[int(r) for r in rounds["round"]], mode="markers",
