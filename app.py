@@ -54,16 +54,18 @@ st.session_state["model_key"] = (source.strip(), device, dtype)
 
 runs = list_runs(common.runs_dir(), common.examples())
 paths = [r["path"] for r in runs]
-labels = {r["path"]: ("example · " if r.get("example") else "") + f"{r['name']} · {r.get('state', '?')}"
-          for r in runs}
-if "run_next" in st.session_state:  # a page asked for another current run (set before the widget exists)
-    st.session_state["run"] = st.session_state.pop("run_next")
-if st.session_state.get("run") not in paths:
-    st.session_state["run"] = paths[0] if paths else None
+labels = {r["path"]: ("example · " if r.get("example") else "") + r["name"] for r in runs}
+# The current run is kept in a shadow key: the picker's options change as runs come and go (which makes Streamlit
+# treat it as a new widget), and a page may ask for another run ("run_next", set before the widget exists).
+current = st.session_state.pop("run_next", None) or st.session_state.get("_kept_run")
+if current not in paths:
+    current = paths[0] if paths else None
+common.put("run", current)
 with st.sidebar:
     st.markdown("### Run")
     if paths:
         st.selectbox("Current run", paths, key="run", format_func=lambda p: labels.get(p, Path(p).name),
+                     on_change=common.keep, args=("run",),
                      help="Shown on Selection, Scaling and Compare. Runs live in the runs directory "
                           "(HOPSCOTCH_RUNS); examples are bundled and read-only.")
     else:

@@ -40,7 +40,7 @@ def is_example(path: str | Path) -> bool:
 
 # ------------------------------------------------------------------------------------------------ state
 def current_run() -> RunView | None:
-    path = st.session_state.get("run")
+    path = st.session_state.get("_kept_run") or st.session_state.get("run")
     if not path:
         return None
     return RunView(path, example=is_example(path))
@@ -155,6 +155,18 @@ def new_name(prefix: str) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{prefix}"
 
 
+def auto_name(key: str, prefix: str) -> str:
+    """A run name that stays the same between the command preview and the click (new when `prefix` changes)."""
+    name = st.session_state.get(f"_auto_{key}")
+    if not name or not name.endswith(f"-{prefix}"):
+        name = st.session_state[f"_auto_{key}"] = new_name(prefix)
+    return name
+
+
+def forget_auto_name(key: str) -> None:
+    st.session_state.pop(f"_auto_{key}", None)
+
+
 # ------------------------------------------------------------------------------------------------ data form
 def data_settings(key: str, defaults: dict | None = None) -> dict | None:
     """Widgets for the data of a new run (source, size, answer length, seed). Returns RunSettings fields, or None
@@ -219,10 +231,11 @@ def kept(key: str, default) -> dict:
     if shadow not in st.session_state:
         st.session_state[shadow] = default
     st.session_state[key] = st.session_state[shadow]
-    return {"key": key, "on_change": _keep, "args": (key,)}
+    return {"key": key, "on_change": keep, "args": (key,)}
 
 
-def _keep(key: str) -> None:
+def keep(key: str) -> None:
+    """on_change callback of a kept widget: remember its new value."""
     st.session_state[f"_kept_{key}"] = st.session_state[key]
 
 

@@ -76,7 +76,7 @@ if not run.example:
                  help="Removes the run directory and its job files"):
         try:
             jobs.delete(common.runs_dir(), run.name)
-            st.session_state.pop("run", None)
+            st.session_state.pop("_kept_run", None)
             st.rerun()
         except Exception as e:  # noqa: BLE001 - shown with cause and fix
             common.show_error(e, "deleting the run")

@@ -25,7 +25,7 @@ with st.expander("Train scalars for a skip set", expanded=run is None):
                                 key="sc_blocks", help="Initialised from the current run's selected blocks.")
         d = common.data_settings("sc", base)
         c1, c2 = st.columns(2)
-        epochs = c1.number_input("Epochs", 1, 50, int(base.get("epochs") or 3), key="sc_epochs")
+        epochs = c1.number_input("Epochs", 1, 200, int(base.get("epochs") or 3), key="sc_epochs")
         lr = c2.number_input("Learning rate", 1e-5, 1.0, float(base.get("lr") or 3e-3), format="%.4f", key="sc_lr")
         name = st.text_input("Run name", value="", key="sc_name", placeholder="(automatic)").strip()
         if not blocks:
@@ -34,9 +34,10 @@ with st.expander("Train scalars for a skip set", expanded=run is None):
             settings = {**common.model_settings(), **d, "blocks": sorted(blocks), "epochs": int(epochs),
                         "lr": float(lr)}
             args = jobs.cli_args(settings, "train")
-            name = name or common.new_name("train-" + "-".join(str(b) for b in sorted(blocks)))
+            name = name or common.auto_name("sc", "train-" + "-".join(str(b) for b in sorted(blocks)))
             st.code("hopscotch " + " ".join(args) + f" --runs-dir {common.runs_dir()} --name {name}", language="bash")
             if st.button("Start training job", type="primary", key="sc_start"):
+                common.forget_auto_name("sc")
                 common.start_job(args, name)
 
 

@@ -35,7 +35,7 @@ with st.expander("Start a new selection", expanded=run is None):
         baselines = c1.multiselect("Baselines", list(selection.BASELINES), default=[], key="sel_baselines",
                                    help="attn-bi: lowest attention block influence; shortgpt: whole layers by block "
                                         "influence; random; one-round: the paper's round-1 scores, k at once")
-        epochs = c2.number_input("Training epochs", 1, 50, 3, key="sel_epochs")
+        epochs = c2.number_input("Training epochs", 1, 200, 3, key="sel_epochs")
         train_baselines = c3.checkbox("Train baselines' scalars", True, key="sel_train_bl")
         name = st.text_input("Run name", value="", key="sel_name", placeholder="(automatic)").strip()
         if d is not None:
@@ -43,9 +43,10 @@ with st.expander("Start a new selection", expanded=run is None):
                         "shortlist_by": shortlist_by, "baselines": baselines, "epochs": int(epochs),
                         "train_baselines": bool(train_baselines)}
             args = jobs.cli_args(settings, "run")
-            name = name or common.new_name(f"{mode}-k{int(k)}")
+            name = name or common.auto_name("sel", f"{mode}-k{int(k)}")
             st.code("hopscotch " + " ".join(args) + f" --runs-dir {common.runs_dir()} --name {name}", language="bash")
             if st.button("Start selection job", type="primary", key="sel_start"):
+                common.forget_auto_name("sel")
                 common.start_job(args, name)
 
 
