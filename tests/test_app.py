@@ -330,8 +330,13 @@ def test_bad_data_and_a_run_of_another_model_are_explained(runs, world, tmp_path
 
 
 def test_a_failed_job_shows_its_cause(runs, world):
-    jobs.start(["run", "--model", str(world.model_dir), "--data", str(world.data), "--k", "9"], runs, "k9")
-    assert wait_job(runs, "k9")["state"] == "failed"
+    # what a job that failed before creating its run leaves behind (tests/test_studio_core.py runs real ones)
+    jobs.job_file(runs, "k9").parent.mkdir(parents=True)
+    write_json(jobs.job_file(runs, "k9"), {"name": "k9", "command": ["run", "--k", "9"], "pid": None,
+                                           "returncode": 2, "error": None, "stop_requested": None})
+    jobs.log_file(runs, "k9").write_text("loading ...\nerror: k = 9: this model has 4 attention blocks; choose 1 <= "
+                                         "k < 4\n")
+    assert jobs.status(runs, "k9")["state"] == "failed"
     at = start()
     at.selectbox(key="run").set_value(str(runs / "k9")).run()
     visit(at, "selection")
