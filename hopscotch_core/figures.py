@@ -80,8 +80,11 @@ def elbow(rounds: pd.DataFrame, overlay: pd.DataFrame | None = None, title: str 
     if has_overlay:
         orig = overlay[overlay["method"] == "original"]
         if len(orig):
-            fig.add_hline(y=float(orig["loss"].iloc[0]), line_dash="dash", line_color="#555",
-                          annotation_text="original (held-out)", annotation_position="bottom right")
+            right = max([*overlay["k"], *(rounds["n_removed"] if has_rounds else []), 1]) + 0.3
+            y0 = float(orig["loss"].iloc[0])
+            fig.add_trace(go.Scatter(x=[0.7, right], y=[y0, y0], mode="lines", name="original (held-out)",
+                                     line={"color": "#555", "dash": "dash"},
+                                     hovertemplate="original model<br>held-out loss %{y:.4f}<extra></extra>"))
         methods = [m for m in dict.fromkeys(overlay["method"]) if m != "original"]
         for i, method in enumerate(methods):
             for scaled in (True, False):
@@ -99,6 +102,12 @@ def elbow(rounds: pd.DataFrame, overlay: pd.DataFrame | None = None, title: str 
     fig.update_layout(title=title, xaxis_title="attention blocks removed", yaxis_title="loss (mean NLL per token)",
                       height=420, **_LAYOUT)
     fig.update_xaxes(dtick=1)
+    losses = [float(v) for t in fig.data for v in t.y]
+    lo, hi = (min(losses), max(losses)) if losses else (0.0, 0.0)
+    if lo > 0 and hi / lo > 4:  # a far-off baseline would flatten the rest: log scale, with plain tick labels
+        ticks = [m * 10**e for e in range(-3, 4) for m in (1, 2, 3, 5) if lo / 1.5 <= m * 10**e <= hi * 1.5]
+        fig.update_yaxes(type="log", title="loss (mean NLL per token, log scale)", tickvals=ticks,
+                         ticktext=[f"{t:g}" for t in ticks], minor={"showgrid": False})
     return fig
 
 
@@ -145,7 +154,7 @@ def candidate_heatmap(scores: pd.DataFrame, num_layers: int, rounds: pd.DataFram
     fig.update_layout(title=title, xaxis_title="attention block", yaxis_title="round",
                       height=max(260, 34 * n_rounds + 160), **{k: v for k, v in _LAYOUT.items() if k != "legend"})
     fig.update_yaxes(autorange="reversed", dtick=1)
-    fig.update_xaxes(dtick=1 if num_layers <= 32 else 2)
+    fig.update_xaxes(dtick=1 if num_layers <= 12 else max(2, round(num_layers / 10)))
     return fig
 
 
@@ -186,7 +195,7 @@ def scalars(scales, skipped: Iterable[int] = (), title: str = "Learned scalars p
     fig.add_hline(y=1.0, line_dash="dot", line_color="#999")
     fig.update_layout(title=title + (" (shaded: skipped attention)" if skipped else ""), xaxis_title="layer",
                       yaxis_title="value (1 = original model)", height=380, **_LAYOUT)
-    fig.update_xaxes(dtick=1 if len(layers) <= 32 else 2)
+    fig.update_xaxes(dtick=1 if len(layers) <= 32 else 2, range=[-0.5, len(layers) - 0.5])
     return fig
 
 

@@ -49,12 +49,12 @@ def test_elbow_points_are_the_round_losses_and_baselines_overlay(run):
     assert list(line.x) == [1, 2] and list(line.y) == list(rounds["loss"])
     assert list(line.customdata) == m["selected"]  # each point names the block removed
     names = [t.name for t in fig.data[1:]]
+    orig = next(t for t in fig.data if t.name == "original (held-out)")
+    assert set(orig.y) == {m["results"]["eval_loss_original"]}
     assert any(n.startswith("hopscotch trained") for n in names)
     assert any(n.startswith("attn-bi unscaled") for n in names) and any(n.startswith("random trained") for n in names)
     hs = next(t for t in fig.data if t.name.startswith("hopscotch trained"))
     assert list(hs.x) == [2] and list(hs.y) == [m["results"]["eval_loss_trained"]]
-    orig = [s for s in fig.layout.shapes if s.type == "line"]
-    assert orig and orig[0].y0 == pytest.approx(m["results"]["eval_loss_original"])
 
 
 def test_candidate_heatmap_cells_are_scores_and_chosen_blocks_are_starred(run):
@@ -118,3 +118,10 @@ def test_layer_mmd_bars_and_fidelity_panels():
 def test_empty_inputs_give_an_empty_figure_with_a_note(make):
     fig = make()
     assert not fig.data and fig.layout.annotations and not math.isnan(len(fig.layout.annotations))
+
+
+def test_elbow_switches_to_a_log_axis_when_a_baseline_is_far_off(run):
+    assert figures.elbow(run.rounds(), run.overlay()).layout.yaxis.type != "log"
+    far = pd.concat([run.overlay(), pd.DataFrame([{"label": "random", "method": "random", "scaled": True, "k": 2,
+                                                    "loss": 100.0, "blocks": [0, 1]}])], ignore_index=True)
+    assert figures.elbow(run.rounds(), far).layout.yaxis.type == "log"
