@@ -109,7 +109,8 @@ def job_header(run: RunView, status: dict, key: str) -> None:
         st.session_state[f"_alive_{key}"] = False
         st.rerun()  # the job ended: refresh the whole page (buttons, run list)
     st.session_state[f"_alive_{key}"] = status["alive"]
-    label = f"{STATE_ICON.get(state, ':material/circle:')} **{run.name}** — {state}"
+    shown = (run.manifest.get("name") or run.name) if run.example else run.name
+    label = f"{STATE_ICON.get(state, ':material/circle:')} **{shown}** — {state}"
     if run.example:
         label += " · bundled example (read-only)"
     st.markdown(label)

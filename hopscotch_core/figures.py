@@ -102,13 +102,19 @@ def elbow(rounds: pd.DataFrame, overlay: pd.DataFrame | None = None, title: str 
     fig.update_layout(title=title, xaxis_title="attention blocks removed", yaxis_title="loss (mean NLL per token)",
                       height=420, **_LAYOUT)
     fig.update_xaxes(dtick=1)
-    losses = [float(v) for t in fig.data for v in t.y]
-    lo, hi = (min(losses), max(losses)) if losses else (0.0, 0.0)
-    if lo > 0 and hi / lo > 4:  # a far-off baseline would flatten the rest: log scale, with plain tick labels
-        ticks = [m * 10**e for e in range(-3, 4) for m in (1, 2, 3, 5) if lo / 1.5 <= m * 10**e <= hi * 1.5]
-        fig.update_yaxes(type="log", title="loss (mean NLL per token, log scale)", tickvals=ticks,
-                         ticktext=[f"{t:g}" for t in ticks], minor={"showgrid": False})
+    _log_if_spread(fig, "loss (mean NLL per token, log scale)")
     return fig
+
+
+def _log_if_spread(fig: go.Figure, title: str) -> None:
+    """A log y-axis (plain tick labels) when the values span more than 4x: a far-off baseline would otherwise
+    flatten every other curve."""
+    values = [float(v) for t in fig.data for v in t.y if v is not None and np.isfinite(float(v))]
+    lo, hi = (min(values), max(values)) if values else (0.0, 0.0)
+    if lo > 0 and hi / lo > 4:
+        ticks = [m * 10**e for e in range(-3, 4) for m in (1, 2, 3, 5) if lo / 1.5 <= m * 10**e <= hi * 1.5]
+        fig.update_yaxes(type="log", title=title, tickvals=ticks, ticktext=[f"{t:g}" for t in ticks],
+                         minor={"showgrid": False})
 
 
 def elbows(curves: Mapping[str, pd.DataFrame], title: str = "Elbow curves") -> go.Figure:
@@ -176,6 +182,7 @@ def loss_curves(epochs: pd.DataFrame, title: str = "Scale training: loss per epo
     fig.update_layout(title=title, xaxis_title="epoch", yaxis_title="loss (mean NLL per token)", height=380,
                       **_LAYOUT)
     fig.update_xaxes(dtick=1)
+    _log_if_spread(fig, "loss (mean NLL per token, log scale)")
     return fig
 
 
