@@ -107,6 +107,12 @@ if m:
         if len(fid):
             st.dataframe(fid, hide_index=True)
             st.caption("From eval.json (`hopscotch eval`) when present, else the run's own evaluation.")
+            mmd = run.eval_layer_mmd()
+            if mmd:
+                variant = st.selectbox("Per-layer MMD of", list(mmd), key="runs_mmd_variant")
+                blocks = next((r.get("attention") or [] for r in run.eval_rows() or []
+                               if r.get("variant") == variant), [])
+                st.plotly_chart(figures.layer_mmd(mmd[variant], blocks), key="runs_mmd")
         else:
             st.info("Not evaluated yet.")
     with tabs[2]:

@@ -212,6 +212,15 @@ class RunView:
     def eval_rows(self) -> list[dict] | None:
         return _rows(self._json("eval.json"))
 
+    def eval_layer_mmd(self) -> dict[str, list[float]]:
+        """Per variant, eval.json's per-layer MMD^2 (hopscotch eval), or {} when absent."""
+        obj = self._json("eval.json") or {}
+        mmd = obj.get("layer_mmd") if _rows(obj) is not None else None
+        if not isinstance(mmd, dict):
+            return {}
+        return {k: [float(x) for x in v] for k, v in mmd.items()
+                if isinstance(v, list) and all(isinstance(x, (int, float)) for x in v)}
+
     def bench(self) -> dict | None:
         obj = self._json("bench.json")
         return obj if _rows(obj) is not None else None

@@ -291,6 +291,29 @@ def test_runs_page_resumes_and_deletes(runs, world):
     assert not [b for b in at.button if b.key in ("runs_delete", "runs_resume")]  # the example is read-only
 
 
+def test_runs_page_shows_eval_and_bench_files_when_present(runs, world):
+    d = runs / "measured"
+    shutil.copytree(world.example, d)
+    write_json(d / "eval.json", {"format_version": 1, "layer_mmd": {"hopscotch": [0.0, 0.2, 0.4, 0.3]}, "rows": [
+        {"variant": "original", "method": "original", "scaled": False, "attention": [], "mlp": [], "k": 0,
+         "nll": 1.0, "ppl": 2.7, "kl": 0.0, "agreement": 1.0, "exact_match": 1.0},
+        {"variant": "hopscotch", "method": "hopscotch", "scaled": True, "attention": [1, 2], "mlp": [], "k": 2,
+         "nll": 1.5, "ppl": 4.5, "kl": 0.2, "agreement": 0.8, "exact_match": 0.25}]})
+    write_json(d / "bench.json", {"format_version": 1, "device": "cpu", "dtype": "float32", "rows": [
+        {"variant": "original", "k": 0, "context": 128, "speedup_decode": 1.0},
+        {"variant": "compact", "k": 2, "context": 128, "speedup_decode": 1.1}]})
+    at = visit(start(), "runs")
+    at.selectbox(key="runs_pick").set_value(str(d)).run()
+    assert not at.exception, at.exception
+    frames = [f.value for f in at.dataframe]
+    assert any("exact_match" in f.columns and list(f["variant"]) == ["original", "hopscotch"] for f in frames)
+    assert any("speedup_decode" in f.columns and list(f["variant"]) == ["original", "compact"] for f in frames)
+    assert figure(at, "runs_mmd")["data"][0]["y"] == [0.0, 0.2, 0.4, 0.3]
+    traces = {t["name"]: t["y"] for t in figure(at, "runs_elbow")["data"]}
+    assert traces["hopscotch trained (held-out)"] == [1.5]  # held-out markers come from eval.json
+    assert traces["original (held-out)"] == [1.0, 1.0]
+
+
 # ------------------------------------------------------------------------------------------------ errors
 def test_a_model_that_cannot_load_gives_cause_and_fix_on_every_page(runs, tmp_path, monkeypatch):
     monkeypatch.setenv("HOPSCOTCH_MODEL", str(tmp_path / "missing"))

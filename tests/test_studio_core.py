@@ -178,6 +178,9 @@ def test_runview_reads_a_live_run_and_optional_measurements(world, tmp_path):
          "nll": 1.5, "ppl": 4.5, "kl": 0.2, "agreement": 0.8, "exact_match": None}]})
     ov = v.overlay()
     assert list(ov["label"]) == ["original", "hopscotch"] and list(ov["loss"]) == [1.0, 1.5]
+    assert v.eval_layer_mmd() == {}
+    write_json(d / "eval.json", {**read_json(d / "eval.json"), "layer_mmd": {"hopscotch": [0.0, 0.5, 0.25, 0.1]}})
+    assert v.eval_layer_mmd() == {"hopscotch": [0.0, 0.5, 0.25, 0.1]}
     assert list(v.fidelity()["variant"]) == ["original", "hopscotch"]
     assert v.bench() is None
     (d / "bench.json").write_text(json.dumps({"format_version": 1, "device": "cpu", "dtype": "float32",
