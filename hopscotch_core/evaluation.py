@@ -150,9 +150,10 @@ def evaluate_run(run: Run, model, tok, max_new_tokens: int | None = None, gen_ba
                     append_jsonl(path, [{"variant": name, "max_new_tokens": max_new, "index": a.index,
                                          "text": tok.decode(a.response_ids, skip_special_tokens=True)} for a in b])
 
-                def prog(step: int, total: int, info: dict, j=j, name=name) -> None:
-                    progress(j * 1000 + int(1000 * step / max(total, 1)), 1000 * len(names),
-                             {"stage": "eval: generate", "variant": name})
+                base = j * len(prompts) + len(done)  # progress counts prompts answered, over all variants
+
+                def prog(step: int, total: int, info: dict, base=base, name=name) -> None:
+                    progress(base + step, len(names) * len(prompts), {"stage": "eval: generate", "variant": name})
 
                 if len(done) < len(prompts):
                     with hs.applied(v.get("skipped", ()), v.get("scales"), v.get("skipped_mlp", ())):
