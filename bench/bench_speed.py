@@ -61,14 +61,7 @@ def main() -> None:
           f"median over {args.rounds} alternating rounds (min-max); x = ratio of medians to the original")
     print(speed.format_table(rows))
     if args.out:
-        from hopscotch_core.evaluation import write_csv
-        from hopscotch_core.runs import write_json
-
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "bench.json", {"format_version": 1, "device": str(model.device), "dtype": str(model.dtype),
-                                        "threads": torch.get_num_threads(), "rows": rows})
-        write_csv(out / "bench.csv", rows)
+        speed.save(args.out, rows, model)
 
 
 if __name__ == "__main__":

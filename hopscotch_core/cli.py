@@ -302,8 +302,8 @@ def cmd_eval(args) -> int:
 
 def cmd_bench(args) -> int:
     from . import speed
-    from .evaluation import last_scales, write_csv
-    from .runs import RunStore, write_json
+    from .evaluation import last_scales
+    from .runs import RunStore
 
     run = None
     if args.run:
@@ -332,11 +332,7 @@ def cmd_bench(args) -> int:
     print(speed.format_table(rows))
     out = run.dir if run is not None else (Path(args.out) if args.out else None)
     if out is not None and rows:
-        out.mkdir(parents=True, exist_ok=True)
-        dev = next(model.parameters()).device
-        write_json(out / "bench.json", {"format_version": 1, "device": str(dev), "dtype": str(model.dtype),
-                                        "threads": __import__("torch").get_num_threads(), "rows": rows})
-        write_csv(out / "bench.csv", rows)
+        speed.save(out, rows, model)
         print(f"wrote {out / 'bench.json'} and bench.csv")
     return 0
 

@@ -20,8 +20,6 @@ Generated answers are appended per batch to `eval-answers.jsonl`, so an interrup
 
 from __future__ import annotations
 
-import csv
-import io
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +30,7 @@ from safetensors.torch import load_file
 
 from . import data, metrics
 from .errors import HopscotchError
-from .runs import Run, append_jsonl, read_json, read_jsonl, write_json
+from .runs import Run, append_jsonl, read_json, read_jsonl, write_csv, write_json
 from .scaling import attach
 
 Progress = Callable[[int, int, dict], None]
@@ -187,19 +185,6 @@ def evaluate_run(run: Run, model, tok, max_new_tokens: int | None = None, gen_ba
     write_json(run.file("eval.json"), result)
     write_csv(run.file("eval.csv"), out_rows, COLUMNS)
     return result
-
-
-def write_csv(path: Path, rows: list[dict], columns: tuple[str, ...] | None = None) -> None:
-    """Rows as CSV (lists joined by spaces), replaced atomically."""
-    columns = columns or (tuple(rows[0]) if rows else ())
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()})
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text(buf.getvalue(), encoding="utf-8")
-    tmp.replace(path)
 
 
 def format_table(result: dict) -> str:

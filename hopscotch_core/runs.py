@@ -17,6 +17,8 @@ record, and a torn last line (a kill in mid-write) is ignored when read back.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
@@ -43,6 +45,19 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         json.dump(obj, f, indent=2)
         f.flush()
         os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict], columns: tuple[str, ...] | None = None) -> None:
+    """Rows as CSV (lists joined by spaces), replaced atomically."""
+    columns = columns or (tuple(rows[0]) if rows else ())
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()})
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    tmp.write_text(buf.getvalue(), encoding="utf-8")
     os.replace(tmp, path)
 
 

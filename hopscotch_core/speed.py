@@ -19,10 +19,12 @@ every weight in memory; the compact copy does not).
 from __future__ import annotations
 
 import inspect
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +34,7 @@ from .adapters import get_adapter
 from .cache import cache_bytes
 from .errors import HopscotchError, InvalidBlocksError
 from .info import speedup_bound
+from .runs import write_csv, write_json
 from .scaling import attach, compact_info, handle_of
 
 VARIANTS = ("original", "skipped", "compact")
@@ -183,6 +186,16 @@ def measure(model: nn.Module, skipped: Iterable[int] = (), scales: torch.Tensor 
                     "rounds": rounds, "decode_tokens": decode_tokens,
                 })
     return rows
+
+
+def save(out: str | os.PathLike, rows: list[dict], model: nn.Module) -> Path:
+    """Write bench.json (rows + device, dtype, threads) and bench.csv into directory `out`; returns it."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "bench.json", {"format_version": 1, "device": str(next(model.parameters()).device),
+                                    "dtype": str(model.dtype), "threads": torch.get_num_threads(), "rows": rows})
+    write_csv(out / "bench.csv", rows)
+    return out
 
 
 def table(rows: list[dict]):
