@@ -30,7 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from .errors import HopscotchError
-from .runs import MANIFEST, RunError, RunStore, check_name, read_json, write_json
+from .runs import (
+    MANIFEST,
+    RunError,
+    RunStore,
+    check_name,
+    pid_exists,
+    read_json,
+    write_json,
+)
 
 JOBS_DIR = ".jobs"
 PIPELINE_COMMANDS = ("run", "generate", "select", "train")
@@ -109,12 +117,8 @@ def alive(pid: Any, proc_start: str | None = None) -> bool:
     reap()
     if pid in _CHILDREN:
         return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_exists(pid):
         return False
-    except PermissionError:
-        return True
     if _zombie(pid):
         return False
     return proc_start is None or _proc_start(pid) in (None, proc_start)

@@ -98,7 +98,8 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return out
 
 
-def _alive(pid: Any) -> bool:
+def pid_exists(pid: Any) -> bool:
+    """Whether a process with this pid exists (signal 0; a pid of another user counts as existing)."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
@@ -155,7 +156,7 @@ class RunStore:
                     m = read_json(d / MANIFEST)
                 except RunError:
                     m = {"name": d.name, "state": "corrupt"}
-                if m.get("state") == "running" and not _alive(m.get("pid")):
+                if m.get("state") == "running" and not pid_exists(m.get("pid")):
                     m["state"] = "interrupted"  # its process is gone (killed, crashed machine): resumable
                 out.append(m)
         return out
