@@ -152,6 +152,16 @@ def start_job(args: list[str], name: str) -> None:
     set_run(runs_dir() / name)
 
 
+def job_launcher(key: str, args: list[str], name: str, auto: str, label: str) -> None:
+    """The exact `hopscotch` command a form will run (named `name`, or an automatic name from `auto`) and the
+    button that starts it as a job."""
+    name = name or auto_name(key, auto)
+    st.code("hopscotch " + " ".join(args) + f" --runs-dir {runs_dir()} --name {name}", language="bash")
+    if st.button(label, type="primary", key=f"{key}_start"):
+        forget_auto_name(key)
+        start_job(args, name)
+
+
 def new_name(prefix: str) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{prefix}"
 

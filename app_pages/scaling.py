@@ -33,12 +33,8 @@ with st.expander("Train scalars for a skip set", expanded=run is None):
         elif d is not None:
             settings = {**common.model_settings(), **d, "blocks": sorted(blocks), "epochs": int(epochs),
                         "lr": float(lr)}
-            args = jobs.cli_args(settings, "train")
-            name = name or common.auto_name("sc", "train-" + "-".join(str(b) for b in sorted(blocks)))
-            st.code("hopscotch " + " ".join(args) + f" --runs-dir {common.runs_dir()} --name {name}", language="bash")
-            if st.button("Start training job", type="primary", key="sc_start"):
-                common.forget_auto_name("sc")
-                common.start_job(args, name)
+            common.job_launcher("sc", jobs.cli_args(settings, "train"), name,
+                                "train-" + "-".join(str(b) for b in sorted(blocks)), "Start training job")
 
 
 def panel() -> None:

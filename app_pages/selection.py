@@ -42,12 +42,8 @@ with st.expander("Start a new selection", expanded=run is None):
             settings = {**common.model_settings(), **d, "k": int(k), "mode": mode, "shortlist": int(shortlist),
                         "shortlist_by": shortlist_by, "baselines": baselines, "epochs": int(epochs),
                         "train_baselines": bool(train_baselines)}
-            args = jobs.cli_args(settings, "run")
-            name = name or common.auto_name("sel", f"{mode}-k{int(k)}")
-            st.code("hopscotch " + " ".join(args) + f" --runs-dir {common.runs_dir()} --name {name}", language="bash")
-            if st.button("Start selection job", type="primary", key="sel_start"):
-                common.forget_auto_name("sel")
-                common.start_job(args, name)
+            common.job_launcher("sel", jobs.cli_args(settings, "run"), name, f"{mode}-k{int(k)}",
+                                "Start selection job")
 
 
 def panel() -> None:
