@@ -259,16 +259,14 @@ EVAL_TASKS = ("fidelity", "generation")
 
 def _run_model(args, run):
     """Load the model a run was made with (device/dtype flags override the run's) and check it is that model."""
-    from .artifacts import model_identity
     from .loading import load_model
+    from .pipeline import check_run_model
 
     s = run.manifest["settings"]
     source = args.model or s["model"]
     print(f"loading {source} ...", file=sys.stderr)
     model, tok = load_model(source, device=args.device or s["device"], dtype=args.dtype or s["dtype"])
-    want, got = run.manifest.get("model") or {}, model_identity(model)
-    if want and (want.get("config_hash"), want.get("num_layers")) != (got["config_hash"], got["num_layers"]):
-        raise HopscotchError(f"run {run.name!r} was made with {want.get('source')}; {source} is another model")
+    check_run_model(run, model)
     return model, tok
 
 

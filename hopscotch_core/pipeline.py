@@ -132,6 +132,15 @@ def _version(pkg: str) -> str:
         return "?"
 
 
+def check_run_model(run: Run, model) -> dict:
+    """The model's identity, after checking it is the model the run was made with (if the run has one yet)."""
+    ident = model_identity(model)
+    old = run.manifest.get("model")
+    if old and (old["config_hash"], old["num_layers"]) != (ident["config_hash"], ident["num_layers"]):
+        raise RunError(f"run {run.name!r} was made with another model ({old.get('source')})")
+    return ident
+
+
 class Pipeline:
     """Runs the stages of one run on one model (see module docstring)."""
 
@@ -147,11 +156,7 @@ class Pipeline:
         n = get_adapter(model).num_layers
         selection.check_config(selection.SelectConfig(settings.k, settings.mode, settings.shortlist,
                                                       settings.shortlist_by), n)
-        ident = model_identity(model)
-        old = run.manifest.get("model")
-        if old and (old["config_hash"], old["num_layers"]) != (ident["config_hash"], ident["num_layers"]):
-            raise RunError(f"run {run.name!r} was made with another model ({old.get('source')})")
-        run.update(model=ident)
+        run.update(model=check_run_model(run, model))
 
     # ------------------------------------------------------------------------------------------------ helpers
     def _progress(self, step: int, total: int, info: dict) -> None:
