@@ -37,6 +37,11 @@ class LayerAdapter:
     # kind "rmsnorm_plus1": y = (1 + w) * n(x) -> w' = b (1 + w) - 1.
     attn_out: tuple[str, str] = ("self_attn.o_proj", "linear")
     mlp_out: tuple[str, str] = ("mlp.down_proj", "linear")
+    # (path, kind) of the norm through which each branch reads the residual stream, or None where the branch
+    # reads the raw stream (OLMo 2). A scale-invariant norm there lets a residual scale be folded (export.py).
+    attn_in_norm: tuple[str, str] | None = ("input_layernorm", "rmsnorm")
+    mlp_in_norm: tuple[str, str] | None = ("post_attention_layernorm", "rmsnorm")
+    final_norm_kind = "rmsnorm"  # the decoder's final norm (`model.model.norm`)
 
     def attention(self, layer: nn.Module, x: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
         out = layer.self_attn(hidden_states=layer.input_layernorm(x), **kwargs)[0]
@@ -77,6 +82,9 @@ class GemmaAdapter(LayerAdapter):
 
     attn_out = ("post_attention_layernorm", "rmsnorm_plus1")
     mlp_out = ("post_feedforward_layernorm", "rmsnorm_plus1")
+    attn_in_norm = ("input_layernorm", "rmsnorm_plus1")
+    mlp_in_norm = ("pre_feedforward_layernorm", "rmsnorm_plus1")
+    final_norm_kind = "rmsnorm_plus1"
 
     def attention(self, layer, x, kwargs):
         out = layer.self_attn(hidden_states=layer.input_layernorm(x), **kwargs)[0]
@@ -94,6 +102,8 @@ class Olmo2Adapter(LayerAdapter):
 
     attn_out = ("post_attention_layernorm", "rmsnorm")
     mlp_out = ("post_feedforward_layernorm", "rmsnorm")
+    attn_in_norm = None
+    mlp_in_norm = None
 
     def attention(self, layer, x, kwargs):
         return layer.post_attention_layernorm(layer.self_attn(hidden_states=x, **kwargs)[0])
@@ -191,6 +201,22 @@ def fold_scale(layer: nn.Module, target: tuple[str, str], scale: float) -> None:
             mod.weight.copy_((1.0 + mod.weight.float()) * scale - 1.0)
         else:  # pragma: no cover - adapters only declare the kinds above
             raise ValueError(kind)
+
+
+def negate_norm(module: nn.Module, kind: str) -> None:
+    """Make a norm's output the negative of what it was (fold a negative residual scale through it)."""
+    with torch.no_grad():
+        if kind == "rmsnorm":
+            module.weight.neg_()
+        elif kind == "rmsnorm_plus1":  # (1 + w') = -(1 + w)
+            module.weight.copy_(-2.0 - module.weight.float())
+        else:  # pragma: no cover
+            raise ValueError(kind)
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    """The decoder's norm before the output head."""
+    return _decoder(model).norm
 
 
 Forward = Callable[..., torch.Tensor]

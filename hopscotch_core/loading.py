@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import json
 import logging
 import os
 import re
@@ -169,13 +170,16 @@ def _load_dir(path: Path, dtype: torch.dtype):
     if not (path / "config.json").is_file():
         raise ModelNotAvailableError(f"{path} is a directory but holds no config.json: not a transformers model")
     compact = artifacts.is_artifact(path)
+    config = _compact_config(path) if compact else None
     with _quiet_transformers():
-        model, info = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, output_loading_info=True)
+        model, info = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, output_loading_info=True,
+                                                           **({"config": config} if config is not None else {}))
     if compact:
         _finish_compact(model, path, info.get("missing_keys") or [])
     elif info.get("missing_keys"):
         raise ArtifactError(f"{path} lacks weights: {sorted(info['missing_keys'])[:5]} ...")
-    tok = AutoTokenizer.from_pretrained(str(path)) if _has_tokenizer(path) else None
+    with _quiet_transformers():
+        tok = AutoTokenizer.from_pretrained(str(path)) if _has_tokenizer(path) else None
     return model, tok
 
 
@@ -294,4 +298,46 @@ def save_model(model, path: str | os.PathLike, tokenizer=None) -> Path:
                 "folded": info.folded, "base": info.base,
                 "columns": ["b_att", "s_att", "b_mlp", "s_mlp"]}
         artifacts.write_artifact(path, info.scales, meta)
+        _guard_compact_config(path)
     return path
+
+
+COMPACT_MODEL_TYPE = "hopscotch_compact"
+
+
+def _guard_compact_config(path: Path) -> None:
+    """Make stock transformers refuse a compact folder (it would load the removed blocks as random weights).
+
+    config.json gets model_type "hopscotch_compact", which AutoConfig does not know (a ValueError naming it);
+    the real config moves under "base_config", from which `load_model` rebuilds the model.
+    """
+    cfg_path = path / "config.json"
+    base = json.loads(cfg_path.read_text())
+    guarded = {
+        "model_type": COMPACT_MODEL_TYPE,
+        "architectures": ["HopscotchCompactForCausalLM"],
+        "hopscotch_note": "A Hopscotch compact model: the weights of skipped attention blocks are absent. Load it "
+                          "with hopscotch_core.load_model(DIR); for stock transformers export it with "
+                          "`hopscotch export --format hf`, for llama.cpp with `--format gguf`.",
+        "base_config": base,
+    }
+    tmp = cfg_path.with_name("config.json.tmp")
+    tmp.write_text(json.dumps(guarded, indent=2))
+    os.replace(tmp, cfg_path)
+
+
+def _compact_config(path: Path):
+    """The model config of a compact folder (guarded or, as written before the guard, plain), else None."""
+    try:
+        raw = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{path}/config.json cannot be read ({e})") from None
+    if raw.get("model_type") != COMPACT_MODEL_TYPE:
+        return None
+    from transformers import AutoConfig
+
+    base = dict(raw.get("base_config") or {})
+    model_type = base.pop("model_type", None)
+    if not model_type:
+        raise ArtifactError(f"{path}/config.json is a Hopscotch compact config without its base_config")
+    return AutoConfig.for_model(model_type, **base)
