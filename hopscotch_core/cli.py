@@ -6,6 +6,7 @@
     hopscotch info   --model default                       architecture summary, attention share
     hopscotch ask    --model default --skip 4,17 --prompt "What is 12 * 3?"   original vs skipped answer
     hopscotch export --model default --skip 4,17 --out small/   compact model (reload: hc.load_model("small/"))
+    hopscotch export --run NAME --format hf|gguf [--quant q8_0] --out DIR   stock checkpoint / llama.cpp GGUF
     hopscotch eval   --run NAME                            every variant of a finished run vs the original:
                                                            NLL, KL, agreement, generations, GSM8K, layer MMD
     hopscotch bench  --run NAME --contexts 128,512,2048    speed and memory: original vs skipped vs compact
@@ -100,18 +101,44 @@ def cmd_ask(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .loading import save_model
+    from .export import check_request, export, read_export
 
-    model, tok = _load(args)
-    hs = _attach(model, args)
-    if not hs.skipped:
-        raise HopscotchError("nothing to export: give --skip and/or --adapter with skipped blocks")
-    small = hs.compact(fold=not args.no_fold)
-    before = sum(p.numel() for p in model.parameters())
-    after = sum(p.numel() for p in small.parameters())
-    out = save_model(small, args.out, tokenizer=tok)
-    print(f"wrote {out}: skipped {list(hs.skipped)}, {before:,} -> {after:,} parameters "
-          f"({100 * (before - after) / before:.2f}% fewer)")
+    given = [flag for flag, on in (("--run", args.run), ("--adapter", args.adapter)) if on]
+    if args.run and (args.adapter or args.skip):
+        raise HopscotchError("--run exports that run's trained adapter; it does not combine with --adapter/--skip")
+    out, quant = check_request(args.out, args.format, args.quant, args.force)  # before any model is loaded
+    if args.run:
+        from .runs import RunStore
+
+        run = RunStore(args.runs_dir).open(args.run)
+        model = tok = None
+        if args.model_given:
+            model, tok = _load(args)
+        print(f"loading the model of run {run.name} ...", file=sys.stderr)
+        export(run.dir, out, format=args.format, quant=quant, force=args.force, model=model, tokenizer=tok,
+               tokenizer_gguf=args.tokenizer_gguf, verify=not args.no_verify, fold=not args.no_fold,
+               device=None if args.device == "auto" else args.device, dtype=args.dtype)
+    else:
+        model, tok = _load(args)
+        hs = _attach(model, args)
+        if args.format == "compact" and not (hs.skipped or hs.skipped_mlp):
+            raise HopscotchError("nothing to export: give --skip and/or --adapter with skipped blocks")
+        export(hs, out, format=args.format, quant=quant, force=args.force, tokenizer=tok,
+               tokenizer_gguf=args.tokenizer_gguf, verify=not args.no_verify, fold=not args.no_fold)
+        hs.detach()
+    rec = read_export(out)
+    check = rec.get("check") or {}
+    what = {"compact": "compact model (reload: hc.load_model(DIR))",
+            "hf": "stock checkpoint (AutoModelForCausalLM.from_pretrained(DIR))",
+            "gguf": f"llama.cpp GGUF {rec.get('file')} ({rec.get('quant')})"}[args.format]
+    print(f"wrote {out}: {what}; attention skipped {rec['skipped']}"
+          + (f", whole layers {rec['skipped_mlp']}" if rec["skipped_mlp"] else "") + (f" [{', '.join(given)}]" if given else ""))
+    if "max_abs_diff" in check:
+        print(f"check ({check['against']}): max |logit diff| {check['max_abs_diff']:.3g} of max |logit| "
+              f"{check['max_abs_logit']:.3g}, greedy tokens agree at {check['greedy_agree']:.0%} of "
+              f"{check['positions']} positions")
+    elif check.get("skipped"):
+        print(f"check skipped: {check['skipped']}")
     return 0
 
 
@@ -363,12 +390,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--raw", action="store_true", help="do not wrap the prompt in the chat template")
     s.set_defaults(func=cmd_ask)
 
-    s = sub.add_parser("export", help="save a compact model without the skipped attention weights")
+    s = sub.add_parser("export", help="write the compressed model: compact, stock checkpoint (hf) or llama.cpp GGUF")
     _model_args(s)
     s.add_argument("--skip", type=_blocks, default=[], help="attention blocks to remove, e.g. 4,17")
     s.add_argument("--adapter", default=None, help="adapter directory (scales + skip set) to apply")
-    s.add_argument("--out", required=True, help="output directory")
-    s.add_argument("--no-fold", action="store_true", help="keep b_att/b_mlp as constants instead of in weights")
+    s.add_argument("--run", default=None, help="export this run's trained adapter (on the run's model)")
+    s.add_argument("--runs-dir", default="runs")
+    s.add_argument("--format", default="compact", choices=["compact", "hf", "gguf"],
+                   help="compact: skipped weights absent, hc.load_model only; hf: scalars folded into a stock "
+                        "checkpoint; gguf: llama.cpp file with attention-free layers")
+    s.add_argument("--quant", default=None, help="gguf weight type: f32 (default), f16, q8_0, or through "
+                   "llama.cpp's quantizer q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_m, q4_k_s, q4_k_m, q5_k_m, q6_k")
+    s.add_argument("--out", required=True, help="output folder (must be new or empty unless --force)")
+    s.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    s.add_argument("--tokenizer-gguf", default=None, help="gguf: copy the tokenizer.* keys of this GGUF "
+                   "(default: the model's own GGUF, else built from its Hugging Face tokenizer)")
+    s.add_argument("--no-verify", action="store_true", help="skip the logit check of the written model")
+    s.add_argument("--no-fold", action="store_true", help="compact: keep b_att/b_mlp as constants, not in weights")
     s.set_defaults(func=cmd_export)
 
     for name, text in (("run", "the whole method: answers, selection, scale training, evaluation, baselines"),
@@ -446,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    given = argv if argv is not None else sys.argv[1:]
+    args.model_given = any(a == "--model" or a.startswith("--model=") for a in given)
     try:
         return args.func(args)
     except KeyboardInterrupt:

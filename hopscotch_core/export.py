@@ -96,7 +96,7 @@ def resolve_source(source, model=None, tokenizer=None, device=None, dtype=None):
     if isinstance(source, Hopscotch):
         source._check()
         return source, tokenizer, False
-    path = Path(os.path.expanduser(str(getattr(source, "path", source))))
+    path = Path(os.path.expanduser(str(getattr(source, "dir", source))))
     if (path / "manifest.json").is_file():
         hs, tok = _from_run(path, model, device, dtype)
         return hs, tokenizer or tok, True
@@ -225,6 +225,9 @@ def _gguf_name(hs, quant: str) -> str:
 
 
 def _move_into_place(tmp: Path, out: Path, force: bool) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private
     old = None
     if out.exists():
         if any(out.iterdir()) and not force:

@@ -64,13 +64,21 @@ class LlamaCppMissingError(HopscotchError, ImportError):
     """llama-cpp-python is not installed."""
 
 
+_QUIET_LOG = None
+
+
 def require_llama_cpp():
+    """The llama_cpp module (its own log lines silenced), or LlamaCppMissingError naming the extra."""
+    global _QUIET_LOG
     try:
         import llama_cpp
     except ImportError:
         raise LlamaCppMissingError(
             "llama-cpp-python is not installed; install the gguf extra: pip install 'hopscotch-studio[gguf]' "
             "(with CMAKE_ARGS=-DGGML_NATIVE=OFF it builds from source in a few minutes)") from None
+    if _QUIET_LOG is None:  # loader and quantizer notes go nowhere; failures still surface as return codes
+        _QUIET_LOG = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
+        llama_cpp.llama_log_set(_QUIET_LOG, None)
     return llama_cpp
 
 
