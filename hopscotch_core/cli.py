@@ -133,6 +133,9 @@ def cmd_export(args) -> int:
             "gguf": f"llama.cpp GGUF {rec.get('file')} ({rec.get('quant')})"}[args.format]
     print(f"wrote {out}: {what}; attention skipped {rec['skipped']}"
           + (f", whole layers {rec['skipped_mlp']}" if rec["skipped_mlp"] else "") + (f" [{', '.join(given)}]" if given else ""))
+    if rec.get("parameters"):
+        before, after = rec["parameters"]["before"], rec["parameters"]["after"]
+        print(f"{before:,} -> {after:,} parameters ({100 * (before - after) / before:.2f}% fewer)")
     if "max_abs_diff" in check:
         print(f"check ({check['against']}): max |logit diff| {check['max_abs_diff']:.3g} of max |logit| "
               f"{check['max_abs_logit']:.3g}, greedy tokens agree at {check['greedy_agree']:.0%} of "

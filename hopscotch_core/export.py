@@ -182,6 +182,8 @@ def _export(hs, tok, out: Path, format: str, q, force, tokenizer_gguf, verify, f
     try:
         if format == "compact":
             small = hs.compact(fold=fold)
+            record["parameters"] = {"before": sum(p.numel() for p in hs.model.parameters()),
+                                    "after": sum(p.numel() for p in small.parameters())}
             if verify:
                 record["check"] = {"against": "attached model, in memory", **compare_logits(ref, _logits(small, ids))}
             save_model(small, tmp, tokenizer=tok)

@@ -36,6 +36,7 @@ class LlamaCpp:
             logits_all=logits_all, n_batch=min(n_batch, n_ctx), verbose=False, seed=0,
         )
         self.path = path
+        self._lib = llama_cpp
 
     # ------------------------------------------------------------------------------------------ basics
     @property
@@ -52,6 +53,11 @@ class LlamaCpp:
     def eos(self) -> int:
         return self.llm.token_eos()
 
+    def _next(self) -> int:
+        """Greedy next token from the logits of the last evaluated position."""
+        ptr = self._lib.llama_get_logits_ith(self.llm.ctx, -1)
+        return int(np.argmax(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))))
+
     def logits(self, ids: list[int]) -> np.ndarray:
         """(len(ids), vocab) logits of a fresh evaluation of `ids` (needs logits_all=True)."""
         self.llm.reset()
@@ -65,7 +71,7 @@ class LlamaCpp:
         self.llm.reset()
         self.llm.eval(list(prompt_ids))
         for _ in range(max_new_tokens):
-            nxt = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+            nxt = self._next()
             if nxt in stop:
                 return
             yield nxt
@@ -84,7 +90,7 @@ class LlamaCpp:
         self.llm.eval(list(prompt_ids))
         t = time.perf_counter()
         for _ in range(n):
-            nxt = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+            nxt = self._next()
             self.llm.eval([nxt])
         return time.perf_counter() - t
 

