@@ -83,7 +83,13 @@ if run is not None:
                            key="sc_dl", help="scales.safetensors + hopscotch.json; load with "
                            "hc.load_adapter(model, dir) on the same base model")
         c1.caption(f"Skips blocks {ad[1].get('skipped')}; {ad[0].shape[0]} layers × 4 scalars.")
-        out = c2.text_input("Compact model directory", value=str(common.runs_dir() / "exports" / f"{run.name}-compact"),
+        fmt = c2.selectbox("Export format", ["compact", "hf", "gguf"], key="sc_format",
+                           format_func=lambda f: {"compact": "compact (skipped weights absent; hc.load_model)",
+                                                  "hf": "hf (scalars folded; stock transformers, vLLM)",
+                                                  "gguf": "gguf (llama.cpp, attention-free layers)"}[f])
+        quant = c2.selectbox("GGUF weights", ["f32", "f16", "q8_0", "q4_0", "q4_k_m"], key="sc_quant",
+                             disabled=fmt != "gguf", help="q4_0 / q4_k_m go through llama.cpp's own quantizer")
+        out = c2.text_input("Output directory", value=str(common.runs_dir() / "exports" / f"{run.name}-{fmt}"),
                             key="sc_out")
         job = f"{run.name}.export"
         exp = jobs.status(common.runs_dir(), job)
@@ -91,12 +97,13 @@ if run is not None:
         if problem is not None:
             c2.warning("This run was made with another model than the one loaded, so it cannot be exported with "
                        f"it.\n\n{explain(problem)}")
-        elif c2.button("Export compact model", key="sc_export", disabled=exp["alive"] or model is None,
-                       help="A copy without the skipped attention weights (scalars folded in); reload with "
-                            "hc.load_model(dir)"):
+        elif c2.button("Export model", key="sc_export", disabled=exp["alive"] or model is None,
+                       help="compact: without the skipped attention weights, reload with hc.load_model(dir); "
+                            "hf: a plain checkpoint any Hugging Face tool loads; gguf: one .gguf file for llama.cpp"):
             try:
+                extra = ["--quant", quant] if fmt == "gguf" else []
                 jobs.start(["export", "--model", common.model_settings()["model"], "--adapter",
-                            str(run.dir / "adapter"), "--out", out], common.runs_dir(), job)
+                            str(run.dir / "adapter"), "--format", fmt, *extra, "--out", out], common.runs_dir(), job)
                 st.rerun()
             except Exception as e:  # noqa: BLE001 - shown with cause and fix
                 common.show_error(e, "starting the export")
@@ -104,9 +111,9 @@ if run is not None:
         def export_panel() -> None:
             s = jobs.status(common.runs_dir(), job)
             if s["alive"]:
-                st.progress(0.5, text="Exporting the compact model ...")
+                st.progress(0.5, text="Exporting the model ...")
             elif s["state"] == "exited":
-                st.success(f"Compact model written: `{(s.get('command') or ['?'])[-1]}` — "
+                st.success(f"Model written: `{(s.get('command') or ['?'])[-1]}` — "
                            f"{(s.get('log') or '').splitlines()[-1] if s.get('log') else ''}")
             elif s["state"] == "failed":
                 st.error(f"**Cause:** the export failed: {s.get('error')}\n\n**Fix:** check the output directory "

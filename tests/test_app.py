@@ -262,10 +262,19 @@ def test_scaling_trains_a_skip_set_and_exports_a_compact_model(runs, world, tmp_
     assert not at.exception, at.exception
     assert wait_job(runs, "train-2.export")["state"] == "exited"
     at.run()
-    assert "Compact model written" in texts(at)
+    assert "Model written" in texts(at)
     small, _ = hc.load_model(tmp_path / "compact", device="cpu")
     assert hc.compact_info(small).skipped == (2,)
     assert [r["name"] for r in list_runs(runs)] == ["train-2"]  # the export job is not a run
+    at.selectbox(key="sc_format").set_value("hf").run()  # the stock-checkpoint format, as a job too
+    at.text_input(key="sc_out").input(str(tmp_path / "stock")).run()
+    at.button(key="sc_export").click().run()
+    assert not at.exception, at.exception
+    assert wait_job(runs, "train-2.export")["state"] == "exited"
+    import transformers
+
+    stock = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "stock")
+    assert float(stock.model.layers[2].self_attn.o_proj.weight.detach().abs().max()) == 0.0
 
 
 def test_runs_page_resumes_and_deletes(runs, world):
