@@ -103,9 +103,10 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 def fidelity(args) -> None:
     model, tok = hc.load_model("default", device="cpu")
     run = Path(args.run)
-    held = {p["index"] for p in read_json(run / "prompts.json")["eval"]}
-    seqs = [(r["prompt_ids"], r["response_ids"]) for r in read_jsonl(run / "answers.jsonl")
-            if r["index"] in held][: args.n_prompts]
+    n_calib = len(read_json(run / "prompts.json")["calib"])  # answers are indexed calib first, then held-out
+    seqs = [(r["prompt_ids"], r["response_ids"]) for r in sorted(read_jsonl(run / "answers.jsonl"),
+                                                                  key=lambda r: r["index"])
+            if r["index"] >= n_calib][: args.n_prompts]
     refs = []
     with torch.no_grad():
         for pi, ai in seqs:

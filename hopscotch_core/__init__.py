@@ -7,6 +7,7 @@
     hs.save("adapter/")            # scales.safetensors + hopscotch.json
     small = hs.compact()           # a copy without those attention weights
     hc.save_model(small, "small/") # reload with hc.load_model("small/")
+    hc.export(hs, "out/", format="hf")   # or "gguf" (llama.cpp) / "compact": see export.py
     hs.detach()                    # the model is exactly as loaded
 
 The core never imports streamlit; the app and the CLI drive it through plain functions and callbacks.
@@ -23,6 +24,7 @@ from .errors import (
     ModelNotAvailableError,
     UnsupportedArchitectureError,
 )
+from .export import export
 from .loading import load_model, save_model
 from .scaling import COLUMNS, Hopscotch, attach, compact_info, handle_of, load_adapter
 
@@ -42,6 +44,7 @@ __all__ = [
     "UnsupportedArchitectureError",
     "attach",
     "compact_info",
+    "export",
     "get_adapter",
     "handle_of",
     "load_adapter",
