@@ -5,7 +5,7 @@
 
 Speed: the default model exported by `hc.export(..., format="gguf")` with no block skipped and with the run's
 first k selected blocks skipped; prompt processing (one eval of ctx tokens, fresh cache) and generation (16
-single-token steps after a 128-token prompt... or after ctx tokens) in tokens/s. Variants alternate round by round
+single-token greedy steps after that ctx-token prompt) in tokens/s. Variants alternate round by round
 in one process, one warm-up each; medians with min-max; speed-up = ratio of medians; bound = the FLOP-model bound
 of hopscotch_core.info (prefill at mean context ctx/2, decode at ctx). Use --threads at most the free cores.
 
@@ -13,7 +13,7 @@ Fidelity (--fidelity): on the run's held-out prompts and the original model's ow
 (answers.jsonl), teacher-forced through llama.cpp: NLL of the answer tokens, KL(original || variant) and top-1
 agreement against the original model in transformers (fp32), for the shipped Q4_1 GGUF (the original, "quantize
 then Hopscotch" baseline) and for each exported variant (k, quant) with the run's trained scalars for those k
-blocks when k equals the run's k, else the blocks unscaled.
+blocks when k equals the run's k, else the blocks unscaled. Speed uses the same choice (scalars do not change it).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import hopscotch_core as hc  # noqa: E402
 from hopscotch_core.export import export, gguf_file  # noqa: E402
 from hopscotch_core.info import speedup_bound  # noqa: E402
 from hopscotch_core.llamacpp import LlamaCpp  # noqa: E402
-from hopscotch_core.runs import read_jsonl, read_json  # noqa: E402
+from hopscotch_core.runs import read_json, read_jsonl  # noqa: E402
 
 
 def _ints(t: str) -> list[int]:
@@ -68,7 +68,7 @@ def speed(args) -> None:
     lms = {name: LlamaCpp(path, n_ctx=max(args.contexts) + args.decode_tokens + 8, n_threads=args.threads)
            for name, (_, path) in variants.items()}
     g = torch.Generator().manual_seed(0)
-    print(f"| variant | k | ctx | prompt tok/s (min-max) | speed-up | bound | gen tok/s (min-max) | speed-up | bound |")
+    print("| variant | k | ctx | prompt tok/s (min-max) | speed-up | bound | gen tok/s (min-max) | speed-up | bound |")
     print("|---|---|---|---|---|---|---|---|---|")
     for ctx in args.contexts:
         ids = torch.randint(3, 49152, (ctx,), generator=g).tolist()
