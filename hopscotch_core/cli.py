@@ -46,8 +46,8 @@ def _baselines(text: str) -> list[str]:
     return names
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="default", help="'default', a Hub id, a model directory or a .gguf file")
+def _model_args(p: argparse.ArgumentParser, model: str | None = "default") -> None:
+    p.add_argument("--model", default=model, help="'default', a Hub id, a model directory or a .gguf file")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: fp32 on CPU, bf16 on CUDA)")
 
@@ -112,13 +112,14 @@ def cmd_export(args) -> int:
 
         run = RunStore(args.runs_dir).open(args.run)
         model = tok = None
-        if args.model_given:
+        if args.model is not None:  # the run's model from another path (checked to be the same model)
             model, tok = _load(args)
         print(f"loading the model of run {run.name} ...", file=sys.stderr)
         export(run.dir, out, format=args.format, quant=quant, force=args.force, model=model, tokenizer=tok,
                tokenizer_gguf=args.tokenizer_gguf, verify=not args.no_verify, fold=not args.no_fold,
                device=None if args.device == "auto" else args.device, dtype=args.dtype)
     else:
+        args.model = args.model or "default"
         model, tok = _load(args)
         hs = _attach(model, args)
         if args.format == "compact" and not (hs.skipped or hs.skipped_mlp):
@@ -394,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_ask)
 
     s = sub.add_parser("export", help="write the compressed model: compact, stock checkpoint (hf) or llama.cpp GGUF")
-    _model_args(s)
+    _model_args(s, model=None)  # None: 'default', or with --run the run's own model
     s.add_argument("--skip", type=_blocks, default=[], help="attention blocks to remove, e.g. 4,17")
     s.add_argument("--adapter", default=None, help="adapter directory (scales + skip set) to apply")
     s.add_argument("--run", default=None, help="export this run's trained adapter (on the run's model)")
@@ -487,8 +488,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    given = argv if argv is not None else sys.argv[1:]
-    args.model_given = any(a == "--model" or a.startswith("--model=") for a in given)
     try:
         return args.func(args)
     except KeyboardInterrupt:

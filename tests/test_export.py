@@ -135,18 +135,15 @@ def test_hf_fold_epsilon_effect_stays_within_the_stated_bound(tmp_path, ids):
 
 
 def test_fold_refuses_what_it_cannot_write_exactly(tmp_path):
-    hs = hc.attach(make_model("llama"))
-    s = torch.ones(4, 4)
-    s[2, 3] = 0.0
-    hs.set_scales(s)
-    with pytest.raises(FoldError, match="s_mlp = 0"):
-        export(hs, tmp_path / "a", format="hf")
-    hs2 = hc.attach(make_model("olmo2"))
-    s = torch.ones(4, 4)
-    s[1, 1] = 0.9
-    hs2.set_scales(s)
-    with pytest.raises(FoldError, match="olmo2.*without a norm"):
-        export(hs2, tmp_path / "b", format="hf")
+    # (family, scalar to change, its value, expected reason): an s of 0; s != 1 where no norm precedes a branch
+    for fam, (layer, col), value, match, out in (("llama", (2, 3), 0.0, "s_mlp = 0", "a"),
+                                                 ("olmo2", (1, 1), 0.9, "olmo2.*without a norm", "b")):
+        hs = hc.attach(make_model(fam))
+        s = torch.ones(4, 4)
+        s[layer, col] = value
+        hs.set_scales(s)
+        with pytest.raises(FoldError, match=match):
+            export(hs, tmp_path / out, format="hf")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     assert not list(tmp_path.iterdir())  # no temporary folder left behind either
 
