@@ -62,11 +62,15 @@ def check_request(out_dir: str | os.PathLike, format: str, quant: str | None, fo
     out = Path(os.path.expanduser(str(out_dir)))
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} is a file; give a folder (it is created)")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ExportError(f"--out {out} is not empty; choose a new folder or pass --force to replace it")
+    _refuse_nonempty(out, force)
     if not out.parent.exists():
         raise ExportError(f"the parent folder of --out, {out.parent}, does not exist")
     return out, q
+
+
+def _refuse_nonempty(out: Path, force: bool) -> None:
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ExportError(f"--out {out} is not empty; choose a new folder or pass --force to replace it")
 
 
 def _from_run(path: Path, model=None, device=None, dtype=None):
@@ -232,8 +236,7 @@ def _move_into_place(tmp: Path, out: Path, force: bool) -> None:
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private
     old = None
     if out.exists():
-        if any(out.iterdir()) and not force:
-            raise ExportError(f"--out {out} is not empty; choose a new folder or pass --force to replace it")
+        _refuse_nonempty(out, force)  # again at rename time: it may have filled up meanwhile
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)
     os.replace(tmp, out)
