@@ -79,8 +79,8 @@ note = st.empty()
 
 def render(a: list[int], b: list[int], title_b: str, done: bool) -> None:
     at = compare.first_divergence(a, b)
-    lp.html(compare.highlight_html(tok, a, at, "Original"))
-    rp.html(compare.highlight_html(tok, b, at, title_b))
+    lp.html(compare.highlight_html(tok, a, at, "Original", done))
+    rp.html(compare.highlight_html(tok, b, at, title_b, done))
     if at is None:
         note.caption("Identical so far." if not done else "The two generations are identical.")
     else:

@@ -136,8 +136,9 @@ def split_at(tok, ids: Sequence[int], at: int | None) -> tuple[str, str, str]:
     return head, _decode(tok, ids[at:at + 1]), _decode(tok, ids[at + 1:])
 
 
-def highlight_html(tok, ids: Sequence[int], at: int | None, title: str = "") -> str:
-    """HTML of the decoded text with token `at` marked (the first token where the two sides part)."""
+def highlight_html(tok, ids: Sequence[int], at: int | None, title: str = "", done: bool = True) -> str:
+    """HTML of the decoded text with token `at` marked (the first token where the two sides part). The outer div
+    carries `data-tokens` (len(ids)) and `data-done` ("1" once the generation ended) for timing and tests."""
     head, mark, tail = split_at(tok, ids, at)
 
     def esc(s: str) -> str:
@@ -147,7 +148,7 @@ def highlight_html(tok, ids: Sequence[int], at: int | None, title: str = "") -> 
               f'style="background:#ffd54f;padding:0 2px;border-radius:3px">{esc(mark) or "&#8709;"}</mark>'
               if at is not None else "")
     head_html = f"<div style='font-weight:600;margin-bottom:4px'>{esc(title)}</div>" if title else ""
-    return (f"<div class='hopscotch-gen'>{head_html}<div style='white-space:pre-wrap;font-family:monospace;"
+    return (f"<div class='hopscotch-gen' data-tokens='{len(ids)}' data-done='{int(done)}'>{head_html}<div style='white-space:pre-wrap;font-family:monospace;"
             f"font-size:0.9rem;line-height:1.45'>{esc(head)}{marked}{esc(tail)}</div></div>")
 
 

@@ -17,20 +17,12 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from appdriver import CHROMIUM, AppServer, idle, launch_browser
 from studio_world import build
 
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get("HOPSCOTCH_CHROMIUM", "/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
 PAGES = [("model", "Model"), ("selection", "Selection"), ("scaling", "Scaling"), ("compare", "Compare"),
          ("runs", "Runs")]
 
@@ -39,54 +31,18 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file() and not REQUIRED,
                                 reason=f"chromium not found at {CHROMIUM}: apt-get install chromium (.ci/run does)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     if not Path(CHROMIUM).is_file():
         pytest.fail(f"HOPSCOTCH_REQUIRE_BROWSER=1 but chromium is not at {CHROMIUM}: apt-get install chromium")
     world = build(tmp_path_factory.getbasetemp() / "studio")
     tmp = tmp_path_factory.mktemp("browser")
-    port = free_port()
-    env = {**os.environ, "HOPSCOTCH_MODEL": os.environ.get("HOPSCOTCH_BROWSER_MODEL") or str(world.model_dir),
+    env = {"HOPSCOTCH_MODEL": os.environ.get("HOPSCOTCH_BROWSER_MODEL") or str(world.model_dir),
            "HOPSCOTCH_EXAMPLES": os.environ.get("HOPSCOTCH_BROWSER_EXAMPLES") or str(world.examples),
-           "HOPSCOTCH_RUNS": str(tmp / "runs"), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    log = (tmp / "streamlit.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless",
-                             "true", "--server.port", str(port), "--browser.gatherUsageStats", "false",
-                             "--server.fileWatcherType", "none"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://localhost:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.read().strip() == b"ok":
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise AssertionError("streamlit did not come up:\n" + (tmp / "streamlit.log").read_text()[-3000:])
-        time.sleep(0.3)
-    yield url, tmp / "streamlit.log"
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
-
-
-def idle(page, timeout: float = 180_000) -> None:
-    """Wait until the app's script run has finished (the app root says notRunning) and the DOM settled."""
-    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)
-    page.wait_for_timeout(400)
-    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)
+           "HOPSCOTCH_RUNS": str(tmp / "runs")}
+    app = AppServer(env, tmp / "streamlit.log")
+    yield app.url, app.log
+    app.close()
 
 
 def check(page, where: str, js_errors: list[str], server_log: Path) -> None:
@@ -110,7 +66,7 @@ def test_every_page_in_a_real_browser(server, tmp_path):
         d.mkdir(parents=True, exist_ok=True)
     js_errors: list[str] = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        browser = launch_browser(p)
         try:
             page = browser.new_page(viewport={"width": 1360, "height": 900})
             page.on("pageerror", lambda e: js_errors.append(str(e)))
