@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 import weakref
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -144,43 +145,100 @@ def fidelity(hs, rows, skipped, scales=None, skipped_mlp=()) -> dict:
     return compare(hs, rows, {"m": {"skipped": skipped, "scales": scales, "skipped_mlp": skipped_mlp}})["m"]
 
 
-def layer_mmd(hs, rows, skipped, scales=None, max_tokens: int = 512, seed: int = 0, skipped_mlp=(),
-              layers=None) -> list[float]:
-    """Per layer, unbiased MMD^2 between the output hidden states of the original and the modified model.
+def sample_positions(total: int, max_tokens: int, seed: int = 0) -> torch.Tensor:
+    """At most `max_tokens` of the token positions 0..total-1 (rows laid end to end), a seeded random choice in
+    random order: (n,) int64, n = min(total, max_tokens)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(total, generator=g)[:max_tokens]
 
-    Tokens: all positions of `rows`, of which the same `max_tokens` (seeded choice) are used on both sides;
-    bandwidth: the median heuristic, per layer. `layers` picks some layers (default: all). The handle is left
-    reset.
+
+class _Stop(Exception):
+    """Raised inside a probe to abandon a forward pass when should_stop() turns true."""
+
+
+def sampled_states(hs, rows, layers: Sequence[int], positions: torch.Tensor,
+                   on_layer: Callable[[int], None] | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> dict[int, torch.Tensor] | None:
+    """One forward pass of the model as the handle is now configured; per layer in `layers`, the output hidden
+    states at `positions` (indices into all tokens of `rows` laid end to end), in the order of `positions`:
+    {layer: (n, C) float32 CPU}. Only those positions are kept (memory n x C per layer, whatever the length);
+    rows holding none of them are not run. `on_layer(i)` is called after each layer of each row run;
+    `should_stop()` is asked at each layer and, when true, abandons the pass (returns None).
     """
+    positions = torch.as_tensor(positions, dtype=torch.long).cpu()
+    order = torch.argsort(positions)
+    ordered = positions[order]
+    plan, off = [], 0
+    for row in rows:
+        t = int(row.input_ids.shape[1])
+        lo, hi = (int(torch.searchsorted(ordered, v)) for v in (off, off + t))
+        if hi > lo:
+            plan.append((row, ordered[lo:hi] - off))  # local positions in this row, ascending
+        off += t
+    if len(ordered) and int(ordered[-1]) >= off:
+        raise MetricError(f"position {int(ordered[-1])} is past the end of the rows ({off} tokens)")
+    got: dict[int, list[torch.Tensor]] = {int(i): [] for i in layers}
+    local: list[torch.Tensor] = []
+
+    def probe(i: int, x: torch.Tensor, x1: torch.Tensor, out: torch.Tensor) -> None:
+        if should_stop is not None and should_stop():
+            raise _Stop
+        if i in got:
+            got[i].append(out[0].detach().index_select(0, local[0].to(out.device)).float().cpu())  # (n_row, C)
+        if on_layer is not None:
+            on_layer(i)
+
+    try:
+        with hs.probe(probe):
+            for row, where in plan:
+                local[:] = [where]
+                forward_rows(hs.model, [row])
+    except _Stop:
+        return None
+    states = {}
+    for i, g in got.items():
+        cat = torch.cat(g)  # (n, C) at the positions in ascending order
+        states[i] = torch.empty_like(cat)
+        states[i][order] = cat  # back to the order of `positions`
+    return states
+
+
+def _layer_list(hs, layers) -> list[int]:
     n_layers = hs.num_layers
     wanted = list(range(n_layers)) if layers is None else [int(i) for i in layers]
     bad = [i for i in wanted if not 0 <= i < n_layers]
     if bad:
         raise MetricError(f"layer index out of range: {bad}; the model has {n_layers} layers (0..{n_layers - 1})")
+    if not wanted:
+        raise MetricError("no layers to measure")
+    return wanted
+
+
+def row_tokens(rows) -> int:
+    """All token positions of `rows` (packed rows laid end to end)."""
+    return sum(int(r.input_ids.shape[1]) for r in rows)
+
+
+def layer_mmd(hs, rows, skipped, scales=None, max_tokens: int = 512, seed: int = 0, skipped_mlp=(),
+              layers=None) -> list[float]:
+    """Per layer, unbiased MMD^2 between the output hidden states of the original and the modified model.
+
+    Tokens: all positions of `rows`, of which the same `max_tokens` (seeded choice, `sample_positions`) are used
+    on both sides; bandwidth: the median heuristic, per layer. `layers` picks some layers (default: all). The
+    handle is left reset. (drift.layer_drift gives the same values together with a PCA view of the states.)
+    """
+    wanted = _layer_list(hs, layers)
     if max_tokens < 4:
         raise MetricError(f"max_tokens = {max_tokens}: MMD needs at least 4 tokens")
-
-    def states() -> dict[int, torch.Tensor]:
-        got: dict[int, list[torch.Tensor]] = {i: [] for i in wanted}
-
-        def probe(i, x, x1, out):
-            if i in got:
-                got[i].append(out[0].detach().float().cpu())  # (T, C)
-
-        with hs.probe(probe):
-            forward_rows(hs.model, rows)
-        return {i: torch.cat(g) for i, g in got.items()}
-
-    hs.reset()
-    orig = states()
-    with hs.applied(skipped, scales, skipped_mlp):
-        mod = states()
-    total = orig[wanted[0]].shape[0] if wanted else 0
+    total = row_tokens(rows)
     if total < 4:
         raise MetricError(f"layer_mmd needs at least 4 tokens; the rows hold {total}")
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(total, generator=g)[:max_tokens]
-    return [mmd2(orig[i][idx], mod[i][idx]) for i in wanted]
+    idx = sample_positions(total, max_tokens, seed)
+    hs.reset()
+    orig = sampled_states(hs, rows, wanted, idx)
+    with hs.applied(skipped, scales, skipped_mlp):
+        mod = sampled_states(hs, rows, wanted, idx)
+    return [mmd2(orig[i], mod[i]) for i in wanted]
 
 
 _STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
