@@ -10,6 +10,7 @@
     hopscotch eval   --run NAME                            every variant of a finished run vs the original:
                                                            NLL, KL, agreement, generations, GSM8K, layer MMD
     hopscotch bench  --run NAME --contexts 128,512,2048    speed and memory: original vs skipped vs compact
+    hopscotch report --run NAME [--out FILE]               one self-contained HTML file: every figure and table
     hopscotch app                                          the Streamlit app on the default model
 
 Errors print one line ("error: ...") and exit with status 2; nothing prints a traceback unless HOPSCOTCH_DEBUG=1.
@@ -366,6 +367,22 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import write_report
+    from .runs import MANIFEST, RunStore
+
+    given = Path(args.run).expanduser()
+    if (given / MANIFEST).is_file():
+        run_dir = given
+    elif given.is_dir() or os.sep in args.run:
+        raise HopscotchError(f"{args.run} is not a run folder (no {MANIFEST} in it)")
+    else:  # refused before any work: no run of that name
+        run_dir = RunStore(args.runs_dir).open(args.run).dir
+    out = write_report(run_dir, args.out)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB; open it in any browser, no network needed)")
+    return 0
+
+
 def cmd_app(args) -> int:
     app = Path(__file__).resolve().parent.parent / "app.py"
     if not app.is_file():
@@ -473,6 +490,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None)
     s.add_argument("--dtype", default=None)
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("report", help="one self-contained HTML file with every figure and table of a run")
+    s.add_argument("--run", required=True, help="run name (in --runs-dir) or a run folder")
+    s.add_argument("--runs-dir", default="runs")
+    s.add_argument("--out", default=None, help="output .html file (default: RUN/report.html)")
+    s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("runs", help="list runs")
     s.add_argument("--runs-dir", default="runs")

@@ -37,3 +37,8 @@ class ModelNotAvailableError(HopscotchError, OSError):
 
 class DetachedError(HopscotchError, RuntimeError):
     """A Hopscotch handle used after `detach()`."""
+
+
+class FigureExportError(HopscotchError, RuntimeError):
+    """A static image (PNG/SVG) of a figure that cannot be made: kaleido or a Chrome/Chromium is missing, or the
+    browser that renders it failed."""
