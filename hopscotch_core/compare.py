@@ -19,6 +19,7 @@ import contextlib
 import html
 import inspect
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
@@ -69,11 +70,20 @@ def stream_pair(
     max_new_tokens: int = 48,
     chat: bool = True,
     lock: threading.Lock | None = None,
+    hold_s: float = 0.5,
+    parallel: str | None = None,
 ) -> Iterator[tuple[list[int], list[int]]]:
     """Greedy decoding of the original model and of the model with `skipped` blocks (and optional [L, 4]
     `scales`) side by side: after each step, yields (original ids, modified ids), each grown by one token until
-    it reaches an end-of-sequence token or `max_new_tokens`. Each side keeps its own KV cache; the lock is held
-    for one step (both sides), so other users interleave between steps. Token ids exclude the prompt and EOS.
+    it reaches an end-of-sequence token or `max_new_tokens`. Token ids exclude the prompt and EOS.
+
+    The two sides run at the same time, each with its own KV cache, so each decodes at about the model's own
+    single-sequence speed: `parallel="threads"` (the default on CPU) runs each side's step in its own thread with
+    half the intra-op threads (Hopscotch.in_thread: exactly the kernels of a single-configuration forward);
+    `parallel="batch"` (the default on GPU) runs both as the two rows of one batched forward (Hopscotch.per_row;
+    equal up to the rounding of batched matmuls). The lock is held, and the handle attached, for up to `hold_s`
+    seconds of steps at a time, so other users interleave without a re-attach per token; stopping the iteration
+    early releases both.
     """
     if compact_info(model) is not None:
         raise HopscotchError("this is a compact model (attention already removed); load the original model to "
@@ -82,32 +92,68 @@ def stream_pair(
     ids = encode_prompt(tok, prompt, chat)
     if not ids:
         raise HopscotchError("the prompt is empty")
-    eos = _eos(model, tok)
     dev = model.device
-    sides = [{"skipped": [], "scales": None, "cache": None, "out": [], "done": False},
-             {"skipped": skipped, "scales": scales, "cache": None, "out": [], "done": False}]
-    modified = bool(skipped) or scales is not None
+    parallel = parallel or ("threads" if dev.type == "cpu" else "batch")
+    if parallel not in ("threads", "batch"):
+        raise HopscotchError(f"parallel must be 'threads' or 'batch', not {parallel!r}")
+    eos = _eos(model, tok)
+    configs = [((), None), (skipped, scales)]
+    outs: list[list[int]] = [[], []]
+    done = [False, False]
+    caches: list = [None, None]
+    feeds = [ids, ids]
     # transformers >= 5.24 names the cache argument `cache`; earlier 5.x `past_key_values`
     cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    for _ in range(max_new_tokens):
-        with _borrowed(model, lock, modified) as hs, torch.no_grad():
-            for side in sides:
-                if side["done"]:
-                    continue
-                if hs is not None:
-                    hs.configure(side["skipped"], side["scales"])
-                feed = ids if side["cache"] is None else side["out"][-1:]
-                out = model(input_ids=torch.tensor([feed], device=dev), use_cache=True, logits_to_keep=1,
-                            **{cache_kw: side["cache"]})
-                side["cache"] = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-                nxt = int(out.logits[0, -1].argmax())
-                if nxt in eos:
-                    side["done"] = True
-                else:
-                    side["out"].append(nxt)
-        yield list(sides[0]["out"]), list(sides[1]["out"])
-        if all(s["done"] for s in sides):
-            break
+
+    def forward(input_ids: list[list[int]], cache):
+        out = model(input_ids=torch.tensor(input_ids, device=dev), use_cache=True, logits_to_keep=1,
+                    **{cache_kw: cache})
+        return out.logits[:, -1].argmax(-1).tolist(), getattr(out, "cache", None) or getattr(
+            out, "past_key_values", None)
+
+    def take(side: int, tok_id: int) -> None:
+        feeds[side] = [tok_id]
+        if done[side]:
+            return
+        if tok_id in eos:
+            done[side] = True
+        else:
+            outs[side].append(tok_id)
+
+    def side_step(hs, side: int) -> tuple[list[int], object]:  # runs in a worker thread
+        with hs.in_thread(*configs[side]), torch.no_grad():
+            return forward([feeds[side]], caches[side])
+
+    pool = None
+    if parallel == "threads":
+        from concurrent.futures import ThreadPoolExecutor
+
+        each = max(1, torch.get_num_threads() // 2)
+        pool = ThreadPoolExecutor(2, thread_name_prefix="stream_pair", initializer=torch.set_num_threads,
+                                  initargs=(each,))
+    step = 0
+    try:
+        while step < max_new_tokens and not all(done):
+            with _borrowed(model, lock, True) as hs, torch.no_grad():
+                until = time.perf_counter() + hold_s
+                while step < max_new_tokens and not all(done):
+                    if pool is not None:
+                        jobs = {side: pool.submit(side_step, hs, side) for side in (0, 1) if not done[side]}
+                        for side, job in jobs.items():
+                            (nxt,), caches[side] = job.result()
+                            take(side, nxt)
+                    else:
+                        with hs.per_row(configs):
+                            nxt, caches[0] = forward([feeds[0], feeds[1]], caches[0])
+                        for side in (0, 1):
+                            take(side, nxt[side])
+                    step += 1
+                    yield list(outs[0]), list(outs[1])
+                    if time.perf_counter() > until:
+                        break
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:

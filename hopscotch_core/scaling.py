@@ -22,7 +22,8 @@ from __future__ import annotations
 import copy
 import inspect
 import operator
-from collections.abc import Callable, Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,14 @@ from .errors import DetachedError, HopscotchError, InvalidBlocksError, InvalidSc
 COLUMNS = ("b_att", "s_att", "b_mlp", "s_mlp")
 _HANDLE_ATTR = "_hopscotch"
 _COMPACT_ATTR = "_hopscotch_compact"
+# Hopscotch.in_thread(): per thread, {id(handle): (skipped set, per-layer python floats)} (module level: a handle
+# stays deep-copyable)
+_THREAD = threading.local()
+
+
+def _mine(handle) -> tuple[frozenset[int], list] | None:
+    got = getattr(_THREAD, "cfg", None)
+    return got.get(id(handle)) if got else None
 
 
 class RemovedBlock(nn.Module):
@@ -169,6 +178,10 @@ class Hopscotch:
         # Without autograd, each forward reads the scalars once as python floats (one device sync per forward,
         # not per layer) so that layers run plain scalar kernels: exactly the stock ones at all ones.
         self._snapshot: list[tuple[float, float, float, float]] | None = None
+        # per_row(): [B, L, 4] scalars, one configuration per batch row, and the blocks skipped in every row
+        self._rows: torch.Tensor | None = None
+        self._rows_on: dict[tuple, torch.Tensor] = {}
+        self._rows_skipped: frozenset[int] = frozenset()
         decoder = model.get_decoder()
         self._snap_hooks = (decoder.register_forward_pre_hook(self._take_snapshot),
                             decoder.register_forward_hook(self._drop_snapshot))
@@ -178,10 +191,15 @@ class Hopscotch:
 
     # ----------------------------------------------------------------------------------------- internals
     def _is_skipped(self, idx: int) -> bool:
+        mine = _mine(self)
+        if mine is not None:
+            return idx in mine[0]
+        if self._rows is not None:
+            return idx in self._rows_skipped
         return idx in self._skips[0]
 
     def _mlp_skipped(self, idx: int) -> bool:
-        return idx in self._skips[2]
+        return self._rows is None and _mine(self) is None and idx in self._skips[2]
 
     def _take_snapshot(self, *_: Any) -> None:
         if torch.is_grad_enabled():
@@ -193,6 +211,17 @@ class Hopscotch:
         self._snapshot = None
 
     def _scales_on(self, x: torch.Tensor):
+        mine = _mine(self)
+        if mine is not None:
+            return mine[1]
+        if self._rows is not None:
+            if x.shape[0] != self._rows.shape[0]:
+                raise HopscotchError(f"per_row() was given {self._rows.shape[0]} configurations but the batch has "
+                                     f"{x.shape[0]} rows")
+            key = (x.device, x.dtype)
+            if key not in self._rows_on:  # (L, 4, B, 1, 1): sc[idx, col] broadcasts over (B, T, C)
+                self._rows_on[key] = self._rows.permute(1, 2, 0)[..., None, None].to(device=x.device, dtype=x.dtype)
+            return self._rows_on[key]
         if self._snapshot is not None and not torch.is_grad_enabled():
             return self._snapshot
         s = self.scales
@@ -294,6 +323,59 @@ class Hopscotch:
             yield self
         finally:
             self.reset()
+
+    def _effective(self, skipped: Iterable[int], scales) -> tuple[list[int], torch.Tensor]:
+        """(validated blocks, float32 [L, 4] CPU scalars with b_att = 0 on them) of one configuration."""
+        blocks = _as_blocks(list(skipped), self.num_layers)
+        eff = torch.ones(self.num_layers, 4, dtype=torch.float32)
+        if scales is not None:
+            sc = torch.as_tensor(scales, dtype=torch.float32).detach().cpu()
+            if tuple(sc.shape) != (self.num_layers, 4) or not torch.isfinite(sc).all():
+                raise InvalidScalesError(f"scales must be a finite [{self.num_layers}, 4] tensor, got "
+                                         f"{tuple(sc.shape)}")
+            eff = sc.clone()
+        eff[blocks, 0] = 0.0
+        return blocks, eff
+
+    @contextmanager
+    def in_thread(self, skipped: Iterable[int] = (), scales: torch.Tensor | None = None) -> Iterator["Hopscotch"]:
+        """Within, and only in the calling thread: forwards run with `skipped` attention blocks and optional
+        [L, 4] `scales`; other threads keep seeing the handle's own configuration. Several threads can so run
+        different skip sets on one model at the same time, each computing exactly what configure() would (the
+        same inference kernels). Inference only: no gradients reach `scales`."""
+        self._check()
+        blocks, eff = self._effective(skipped, scales)
+        if not hasattr(_THREAD, "cfg"):
+            _THREAD.cfg = {}
+        _THREAD.cfg[id(self)] = (frozenset(blocks), [tuple(row) for row in eff.tolist()])
+        try:
+            yield self
+        finally:
+            _THREAD.cfg.pop(id(self), None)
+
+    @contextmanager
+    def per_row(self, configs: Sequence[tuple[Iterable[int], torch.Tensor | None]]) -> Iterator["Hopscotch"]:
+        """Within: batch row r runs configuration configs[r] = (skipped attention blocks, [L, 4] scales or None),
+        so one batched forward computes several skip sets side by side (the batch must have len(configs) rows).
+
+        A block skipped in every row is not computed; one skipped in some rows only is computed for the batch and
+        multiplied by b = 0 in those rows, which gives exactly s * x there (0 * a finite branch is 0). The scalars
+        act in the activations' dtype. Inference only (no gradients reach `scales`); MLP skips are not supported.
+        Outputs equal the rows' own single-configuration forwards up to the float rounding of batched matmuls.
+        """
+        self._check()
+        rows, common = [], None
+        for skipped, scales in configs:
+            blocks, eff = self._effective(skipped, scales)
+            rows.append(eff)
+            common = set(blocks) if common is None else common & set(blocks)
+        if not rows:
+            raise HopscotchError("per_row() needs at least one configuration")
+        self._rows, self._rows_on, self._rows_skipped = torch.stack(rows), {}, frozenset(common or ())
+        try:
+            yield self
+        finally:
+            self._rows, self._rows_on, self._rows_skipped = None, {}, frozenset()
 
     def effective_scales(self) -> torch.Tensor:
         """A float32 CPU copy of the scalars as they act (b = 0 on skipped blocks)."""

@@ -159,6 +159,7 @@ def test_compare_streams_both_sides_and_marks_the_first_difference(runs, world):
     assert at.button_group(key="cmp_skip").value == RunView(world.example).selected
     at.button(key="cmp_speed_go").click().run()
     assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
     speed = at.dataframe[-1].value
     assert list(speed["variant"]) == ["original", "skipped", "compact"]
     assert hc.handle_of(model) is None

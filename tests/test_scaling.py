@@ -219,3 +219,88 @@ def test_configure_and_applied(llama):
     with hs.applied([0, 2]):
         assert hs.skipped == (0, 2) and hs.skipped_mlp == () and hs.scales[3, 3] == 1
     assert hs.skipped == () and torch.equal(hs.scales.detach(), torch.ones(N_LAYERS, 4))
+
+
+# ----------------------------------------------------------------------------------------------- per_row
+def _row_logits(model, ids, skipped, scales):
+    """Logits of one configuration on its own: the single-configuration handle (checked against the reference
+    formula in test_adapters.py)."""
+    with hc.attach(model) as hs, hs.applied(skipped, scales), torch.no_grad():
+        return model(ids, use_cache=False).logits
+
+
+def test_per_row_runs_each_rows_configuration(tiny, ids):
+    g = torch.Generator().manual_seed(3)
+    scales = 1 + 0.3 * torch.randn(N_LAYERS, 4, generator=g)
+    configs = [((), None), ([1, 2], scales), ([2], None)]
+    batch = ids[:1].expand(len(configs), -1)
+    want = [_row_logits(tiny, ids[:1], s, sc) for s, sc in configs]
+    with hc.attach(tiny) as hs, hs.per_row(configs), torch.no_grad():
+        got = tiny(batch, use_cache=False).logits
+    for r, w in enumerate(want):
+        torch.testing.assert_close(got[r:r + 1], w, atol=1e-5, rtol=1e-5)
+    assert hc.handle_of(tiny) is None
+
+
+def test_per_row_computes_a_block_once_unless_every_row_skips_it(llama, ids):
+    calls = [0] * N_LAYERS
+    for i, layer in enumerate(llama.model.layers):
+        layer.self_attn.register_forward_hook(lambda *a, i=i: calls.__setitem__(i, calls[i] + 1))
+    with hc.attach(llama) as hs, hs.per_row([([0, 1], None), ([0, 3], None)]), torch.no_grad():
+        llama(ids[:1].expand(2, -1))
+    assert calls == [0, 1, 1, 1]
+
+
+def test_per_row_decodes_with_the_kv_cache_like_a_full_forward(llama, ids):
+    configs = [((), None), ([0, 2], None)]
+    seq = ids[:1].expand(2, -1)
+    with hc.attach(llama) as hs, hs.per_row(configs), torch.no_grad():
+        full = llama(seq, use_cache=False).logits[:, -1]
+        out = llama(seq[:, :-3], use_cache=True)
+        cache = out.past_key_values
+        for t in range(seq.shape[1] - 3, seq.shape[1]):
+            out = llama(seq[:, t:t + 1], past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+    torch.testing.assert_close(out.logits[:, -1], full, atol=1e-5, rtol=1e-5)
+
+
+def test_per_row_refuses_a_batch_of_another_size_and_bad_configurations(llama, ids):
+    with hc.attach(llama) as hs:
+        with hs.per_row([((), None), ([1], None)]), pytest.raises(hc.HopscotchError, match="2 configurations"):
+            llama(ids[:1])
+        with pytest.raises(hc.InvalidBlocksError):
+            with hs.per_row([([N_LAYERS], None)]):
+                pass
+        with pytest.raises(hc.InvalidScalesError):
+            with hs.per_row([((), torch.ones(N_LAYERS, 3))]):
+                pass
+        llama(ids[:1])  # back to the handle's own (all-ones) configuration
+
+
+def test_in_thread_configuration_is_seen_by_that_thread_only(tiny, ids):
+    import threading
+
+    scales = 1 + 0.3 * torch.randn(N_LAYERS, 4, generator=torch.Generator().manual_seed(5))
+    want_main = _row_logits(tiny, ids, [0], None)
+    want_worker = _row_logits(tiny, ids, [1, 3], scales)
+    got: dict[str, torch.Tensor] = {}
+    inside, release = threading.Event(), threading.Event()
+
+    def worker(hs):
+        with hs.in_thread([1, 3], scales), torch.no_grad():
+            inside.set()
+            release.wait(10)  # the main thread runs its own forward while this configuration is set
+            got["worker"] = tiny(ids, use_cache=False).logits
+
+    with hc.attach(tiny) as hs:
+        hs.skip([0])
+        t = threading.Thread(target=worker, args=(hs,))
+        t.start()
+        inside.wait(10)
+        with torch.no_grad():
+            got["main"] = tiny(ids, use_cache=False).logits
+        release.set()
+        t.join()
+        assert hs.skipped == (0,)
+    torch.testing.assert_close(got["main"], want_main, atol=0, rtol=0)
+    torch.testing.assert_close(got["worker"], want_worker, atol=0, rtol=0)

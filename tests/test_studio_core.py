@@ -17,6 +17,7 @@ from studio_world import build
 
 import hopscotch_core as hc
 from hopscotch_core import cli, compare, jobs
+from hopscotch_core.data import encode_prompt
 from hopscotch_core.errors import AdapterMismatchError, ModelNotAvailableError
 from hopscotch_core.explain import cause_and_fix, explain, is_oom
 from hopscotch_core.generation import generate_text
@@ -212,7 +213,8 @@ def test_two_users_interleaving_on_one_model_get_their_own_results(tiny):
     got = {}
 
     def user(skip):
-        got[skip] = list(compare.stream_pair(model, tok, "hello there", skip, max_new_tokens=10, lock=lock))[-1]
+        got[skip] = list(compare.stream_pair(model, tok, "hello there", skip, max_new_tokens=10, lock=lock,
+                                             hold_s=0))[-1]  # lock per step: the users interleave
 
     threads = [threading.Thread(target=user, args=(s,)) for s in ((1,), (3,))]
     for t in threads:
@@ -262,3 +264,27 @@ def test_explain_gives_cause_and_fix():
     assert is_oom(torch.OutOfMemoryError("CUDA out of memory")) and is_oom(MemoryError())
     assert "smaller dtype" in cause_and_fix(RuntimeError("DefaultCPUAllocator: not enough memory: out of memory"))[1]
     assert cause_and_fix(KeyError("x"), "doing it")[0].startswith("KeyError while doing it")
+
+
+@pytest.mark.parametrize("parallel", ["threads", "batch"])
+def test_stream_pair_both_parallel_modes_match_separate_greedy_decoding(tiny, parallel):
+    model, tok = tiny
+    scales = 1 + 0.2 * torch.randn(model.config.num_hidden_layers, 4, generator=torch.Generator().manual_seed(1))
+    *_, (a, b) = compare.stream_pair(model, tok, "what is 4 plus 4?", [1], scales, max_new_tokens=9,
+                                     parallel=parallel, hold_s=0)
+    ids = torch.tensor([encode_prompt(tok, "what is 4 plus 4?", True)])
+
+    def greedy(skip, sc):  # the plain loop: full forward per token, no cache, single configuration
+        seq = ids
+        with hc.attach(model) as hs, hs.applied(skip, sc), torch.no_grad():
+            for _ in range(9):
+                nxt = model(seq, use_cache=False).logits[0, -1].argmax().view(1, 1)
+                if int(nxt) in (tok.eos_token_id, model.config.eos_token_id):
+                    break
+                seq = torch.cat([seq, nxt], 1)
+        return seq[0, ids.shape[1]:].tolist()
+
+    assert a == greedy([], None) and b == greedy([1], scales)
+    assert hc.handle_of(model) is None and torch.get_num_threads() >= 1
+    with pytest.raises(hc.HopscotchError, match="parallel"):
+        next(compare.stream_pair(model, tok, "x", [1], parallel="gpu"))
