@@ -1,12 +1,14 @@
 """Runs page: every run with its status and key numbers; open, resume, stop or delete one; compare several."""
 
 import json
+from functools import partial
 
 import pandas as pd
 import streamlit as st
 
 from app_pages import common
 from hopscotch_core import figures, jobs
+from hopscotch_core.report import build_report
 from hopscotch_core.runview import RunView, list_runs
 
 st.title("Runs")
@@ -86,6 +88,11 @@ else:
 if m:
     st.markdown("**Command that made it**")
     st.code(jobs.command_line(m, None if run.example else str(common.runs_dir())), language="bash")
+    stem = m.get("name") or run.name
+    st.download_button("Download report (HTML)", partial(build_report, run.dir), file_name=f"{stem}-report.html",
+                       mime="text/html", key="runs_report", on_click="ignore", icon=":material/download:",
+                       help="One self-contained HTML file with every figure and table of this run, interactive, "
+                            "opens offline in any browser (also `hopscotch report --run NAME`). Made on click.")
     tabs = st.tabs(["Results", "Fidelity", "Speed", "Settings", "Log"])
     with tabs[0]:
         res = m.get("results") or {}
@@ -100,8 +107,8 @@ if m:
             st.caption("Time per stage (s): " + ", ".join(f"{k} {v}" for k, v in m["timings"].items()))
         rounds = run.rounds()
         c1, c2 = st.columns(2)
-        c1.plotly_chart(figures.elbow(rounds, run.overlay()), key="runs_elbow")
-        c2.plotly_chart(figures.loss_curves(run.epochs()), key="runs_loss")
+        common.chart(figures.elbow(rounds, run.overlay()), "runs_elbow", f"{stem}-elbow", container=c1)
+        common.chart(figures.loss_curves(run.epochs()), "runs_loss", f"{stem}-loss", container=c2)
     with tabs[1]:
         fid = run.fidelity()
         if len(fid):
@@ -112,7 +119,7 @@ if m:
                 variant = st.selectbox("Per-layer MMD of", list(mmd), key="runs_mmd_variant")
                 blocks = next((r.get("attention") or [] for r in run.eval_rows() or []
                                if r.get("variant") == variant), [])
-                st.plotly_chart(figures.layer_mmd(mmd[variant], blocks), key="runs_mmd")
+                common.chart(figures.layer_mmd(mmd[variant], blocks), "runs_mmd", f"{stem}-mmd-{variant}")
         else:
             st.info("Not evaluated yet.")
     with tabs[2]:
@@ -134,7 +141,8 @@ picked = st.multiselect("Runs to compare", paths, default=paths[:min(2, len(path
 if picked:
     views = [RunView(p, example=common.is_example(p)) for p in picked]
     c1, c2 = st.columns(2)
-    c1.plotly_chart(figures.elbows({names[p]: v.rounds() for p, v in zip(picked, views)}), key="runs_elbows")
+    common.chart(figures.elbows({names[p]: v.rounds() for p, v in zip(picked, views)}), "runs_elbows",
+                 "elbows", container=c1)
     c1.caption("Each run's elbow curve: best candidate loss after each removal.")
     fid = []
     for v in views:
@@ -143,5 +151,5 @@ if picked:
             if r.get("variant") != "original":
                 fid.append({"run": v.name, "variant": r.get("variant"), "nll": r.get("nll"), "kl": r.get("kl"),
                             "agreement": r.get("agreement")})
-    c2.plotly_chart(figures.fidelity(pd.DataFrame(fid)), key="runs_fidelity")
+    common.chart(figures.fidelity(pd.DataFrame(fid)), "runs_fidelity", "fidelity", container=c2)
     c2.caption("Held-out NLL, KL from the original and top-1 agreement, per run and variant.")

@@ -44,7 +44,7 @@ def panel() -> None:
     status = common.status_of(run)
     common.job_header(run, status, "sc")
     epochs = run.epochs()
-    st.plotly_chart(figures.loss_curves(epochs), key="sc_loss")
+    common.chart(figures.loss_curves(epochs), "sc_loss", f"{run.manifest.get('name') or run.name}-loss")
     st.caption("Loss per epoch of scalar training: train (solid) and held-out (dashed), for the selected set "
                "(hopscotch) and each trained baseline. Held-out below its first value = the scalars help.")
 
@@ -69,7 +69,8 @@ if run is not None:
                                          format_func=lambda e: str(e + 1))
         scales = run.scales(folder, epoch)
         if scales is not None:
-            st.plotly_chart(figures.scalars(scales, run.scale_blocks(folder)), key="sc_scalars")
+            stem = f"{run.manifest.get('name') or run.name}-{folder}" + ("" if epoch is None else f"-epoch{epoch + 1}")
+            common.chart(figures.scalars(scales, run.scale_blocks(folder)), "sc_scalars", stem)
             st.caption("The four scalars of each layer: b scales a block's output, s its residual path; 1 everywhere "
                        "is the original model, b_att = 0 on skipped blocks (shaded).")
 

@@ -55,7 +55,8 @@ def panel() -> None:
     layers = run.num_layers or n_layers or 0
     rounds, scores = run.rounds(), run.scores()
     c1, c2 = st.columns(2)
-    c1.plotly_chart(figures.elbow(rounds, run.overlay()), key="sel_elbow")
+    stem = run.manifest.get("name") or run.name
+    common.chart(figures.elbow(rounds, run.overlay()), "sel_elbow", f"{stem}-elbow", container=c1)
     c1.caption("Elbow: the loss after each removal (line; calibration data, scalars trained one epoch) and the "
                "held-out loss at k of the selected set and each baseline (markers). A bend marks where removing "
                "more starts to hurt.")
@@ -68,7 +69,8 @@ def panel() -> None:
                                     help="Fast mode ranks every block cheaply first and trains only the shortlist"
                                     ) or "paper"
         label = "loss" if kind == "paper" else short
-    c2.plotly_chart(figures.candidate_heatmap(scores, layers, rounds, kind, label), key="sel_heatmap")
+    common.chart(figures.candidate_heatmap(scores, layers, rounds, kind, label), "sel_heatmap",
+                 f"{stem}-candidates-{kind}", container=c2)
     c2.caption("Every scored candidate in every round (green: cheap to remove; empty: not scored or already "
                "removed); stars: the block removed that round.")
     if len(rounds):
