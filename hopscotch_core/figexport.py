@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import importlib.util
+import logging
 import math
 import os
 import shutil
@@ -76,6 +77,13 @@ def image_export_problem() -> str | None:
     return None
 
 
+def _reason(e: BaseException) -> str:
+    """The first line of an error's first argument (choreographer's errors carry a tuple of advice lines, some of
+    which suggest downloading a Chrome: not our fix)."""
+    first = str(e.args[0]) if e.args else ""
+    return f"{type(e).__name__}: {first.splitlines()[0]}" if first else type(e).__name__
+
+
 class _Renderer:
     """One kaleido browser on an asyncio loop in a daemon thread, shared by every thread of the process."""
 
@@ -109,7 +117,7 @@ class _Renderer:
                     self._busy -= 1
                     self._last = time.monotonic()
                     self._schedule_idle_close()
-        reason = "timed out" if isinstance(last_error, FutureTimeout) else f"{type(last_error).__name__}: {last_error}"
+        reason = "timed out" if isinstance(last_error, FutureTimeout) else _reason(last_error)
         raise FigureExportError(f"the browser that renders static images failed ({reason}); "
                                 f"browser {browser_path()}. Fix: {FIX}; CSV export does not need it.")
 
@@ -120,6 +128,9 @@ class _Renderer:
         if problem:
             raise FigureExportError(problem[0].upper() + problem[1:])
         path = browser_path()
+        for name in ("choreographer", "kaleido", "browser_proc"):  # their warnings are ours to report, once
+            if logging.getLogger(name).level == logging.NOTSET:
+                logging.getLogger(name).setLevel(logging.ERROR)
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, daemon=True, name="hopscotch-kaleido")
         thread.start()
@@ -136,7 +147,7 @@ class _Renderer:
         except BaseException as e:  # noqa: BLE001 - reported with the fix
             loop.call_soon_threadsafe(loop.stop)
             thread.join(5)
-            reason = "timed out" if isinstance(e, FutureTimeout) else f"{type(e).__name__}: {e}".split("\n")[0]
+            reason = "timed out" if isinstance(e, FutureTimeout) else _reason(e)
             raise FigureExportError(f"could not start the browser {path} for static images ({reason}). "
                                     f"Fix: {FIX}.") from None
         self._loop, self._thread = loop, thread
