@@ -6,8 +6,11 @@ Streamlit glue only: all computing is in hopscotch_core (jobs, runview, figures,
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -126,6 +129,74 @@ def live(fn: Callable[[], None], active: bool, every: float = 2.0) -> None:
         st.fragment(run_every=every)(fn)()
     else:
         fn()
+
+
+# ------------------------------------------------------------------------------------------------ background
+class Task:
+    """One computation in a worker thread (no st.* call in it); `progress` is what its on_progress last said."""
+
+    def __init__(self, fn: Callable, args: tuple, kwargs: dict, progress: bool):
+        self.started = time.time()
+        self.progress: tuple[int, int, dict] | None = None
+        if progress:
+            kwargs = {**kwargs, "on_progress": self._on_progress}
+        self.future: Future = _POOL.submit(fn, *args, **kwargs)
+
+    def _on_progress(self, step: int, total: int, info: dict | None = None) -> None:
+        self.progress = (step, total, info or {})
+
+    def done(self) -> bool:
+        return self.future.done() and not self.future.cancelled()
+
+
+_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hopscotch-page")
+_TASKS: OrderedDict[tuple, Task] = OrderedDict()  # process-wide: a result depends only on its key
+_TASKS_LOCK = threading.Lock()
+
+
+def task(key: tuple, fn: Callable, *args, slot: str | None = None, progress: bool = False, **kwargs) -> Task:
+    """fn(*args, **kwargs) in a worker thread, once per `key` in this server process (the result is shared by
+    every session asking with the same key; keep the model, skip set and inputs in it). With `slot`, a task this
+    session started earlier in the same slot that has not begun yet is cancelled (a user clicking through skip
+    sets waits for the last one only). With `progress`, fn also gets on_progress(step, total, info)."""
+    with _TASKS_LOCK:
+        got = _TASKS.get(key)
+        if got is None or got.future.cancelled():
+            got = _TASKS[key] = Task(fn, args, kwargs, progress)
+            while len(_TASKS) > 64:
+                _TASKS.popitem(last=False)
+        _TASKS.move_to_end(key)
+    if slot is not None:
+        old = st.session_state.get(f"_task_{slot}")
+        if old is not None and old is not got:
+            old.future.cancel()
+        st.session_state[f"_task_{slot}"] = got
+    return got
+
+
+def when_ready(t: Task, draw: Callable[[object], None], label: str, doing: str, every: float = 0.4) -> None:
+    """draw(result) when `t` has finished (its error, with cause and fix, if it failed); until then a progress
+    line that polls as a fragment, and one full rerun when the result is in: the page stays interactive while the
+    figure fills in."""
+    if t.done():
+        err = t.future.exception()
+        if err is not None:
+            show_error(err, doing)
+        else:
+            draw(t.future.result())
+        return
+
+    def poll() -> None:
+        if t.done():
+            st.rerun()
+        step, total, _ = t.progress or (0, 0, {})
+        took = f"{time.time() - t.started:.0f} s"
+        if total:
+            st.progress(min(1.0, step / total), text=f"{label} {step}/{total} · {took}")
+        else:
+            st.progress(0.0, text=f"{label} · {took}")
+
+    st.fragment(run_every=every)(poll)()
 
 
 def job_header(run: RunView, status: dict, key: str) -> None:

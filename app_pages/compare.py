@@ -1,6 +1,8 @@
 """Compare page: toggle attention blocks, generate with the original and the modified model side by side
 (streamed, first diverging token marked), per-layer MMD for the current skip set, and its speed and memory."""
 
+import time
+
 import pandas as pd
 import streamlit as st
 
@@ -91,8 +93,11 @@ if go:
     a: list[int] = []
     b: list[int] = []
     try:
+        shown = 0.0
         for a, b in compare.stream_pair(model, tok, prompt, skip, scales, int(max_new), lock=lock):
-            render(a, b, label, False)
+            if time.perf_counter() - shown > 0.08:  # at most ~12 redraws a second: decoding never waits on them
+                render(a, b, label, False)
+                shown = time.perf_counter()
         render(a, b, label, True)
         st.session_state["cmp_result"] = {"a": a, "b": b, "label": label}
     except Exception as e:  # noqa: BLE001 - shown with cause and fix
@@ -109,19 +114,11 @@ if not skip and scales is None:
     st.info("Skip at least one block to measure how the hidden states change.")
 else:
     answers = run.answers("eval", 4) if run is not None and problem is None else []
-    key = (common.model_key(), tuple(skip), scales is not None, source if answers else None)
-    cache = st.session_state.setdefault("cmp_mmd", {})
-    if key not in cache:
-        try:
-            with st.spinner("Measuring per-layer MMD ..."):
-                cache[key] = compare.prompt_mmd(model, tok, compare.PRESET_PROMPTS, skip, scales, answers=answers,
-                                                lock=lock)
-            while len(cache) > 32:
-                cache.pop(next(iter(cache)))
-        except Exception as e:  # noqa: BLE001 - shown with cause and fix
-            common.show_error(e, "measuring MMD")
-    if key in cache:
-        st.plotly_chart(figures.layer_mmd(cache[key], skip), key="cmp_mmd_fig")
+    key = ("mmd", common.model_key(), tuple(skip), scales is not None, source if answers else None)
+    job = common.task(key, compare.prompt_mmd, model, tok, compare.PRESET_PROMPTS, skip, scales, answers=answers,
+                      lock=lock, slot="cmp_mmd")
+    common.when_ready(job, lambda mmd: common.chart(figures.layer_mmd(mmd, skip), "cmp_mmd_fig", "layer-mmd"),
+                      "Measuring per-layer MMD", "measuring MMD")
 
 st.subheader("Speed and memory")
 est = pd.DataFrame(compare.estimate(model, skip))

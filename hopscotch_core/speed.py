@@ -95,11 +95,12 @@ def measure(model: nn.Module, skipped: Iterable[int] = (), scales: torch.Tensor 
     """
     sets = [(sorted({int(b) for b in blocks}), sc) for blocks, sc in (skip_sets or [(skipped, scales)])]
     kinds = [v for v in VARIANTS[1:] if v in variants]
-    for blocks, _ in sets:
-        _check(model, blocks, contexts, batch_sizes, decode_tokens, rounds, variants)
+    guard = lock if lock is not None else nullcontext()
+    with guard:  # another holder of the lock may have a handle attached for the moment
+        for blocks, _ in sets:
+            _check(model, blocks, contexts, batch_sizes, decode_tokens, rounds, variants)
     dev = next(model.parameters()).device
     vocab = model.get_input_embeddings().weight.shape[0]
-    guard = lock if lock is not None else nullcontext()
 
     # every timed variant: (kind, blocks, scales, compact model or None)
     todo: list[tuple[str, list[int], Any, nn.Module | None]] = [("original", [], None, None)]

@@ -91,6 +91,19 @@ def wait_job(runs: Path, name: str, timeout: float = 180) -> dict:
     raise AssertionError(f"job {name} still running: {jobs.status(runs, name)}")
 
 
+def settle(at: AppTest, timeout: float = 120) -> AppTest:
+    """Wait for the page's background computations (common.task), then rerun: their figures are drawn."""
+    from app_pages import common
+
+    deadline = time.time() + timeout
+    while any(not t.future.done() for t in list(common._TASKS.values())):
+        assert time.time() < deadline, "background computations still running"
+        time.sleep(0.05)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
 def generations(at: AppTest) -> list[str]:
     return [h.value for h in at.html if "hopscotch-gen" in h.value]
 
@@ -123,6 +136,7 @@ def test_first_launch_shows_the_example_run_on_every_page(runs, world):
     visit(at, "compare")
     assert at.button_group(key="cmp_skip").value == ex.selected  # initialised from the run
     assert at.toggle(key="cmp_scaled").value is True
+    settle(at)
     assert len(figure(at, "cmp_mmd_fig")["data"][0]["y"]) == 4
     assert at.dataframe  # the speed / memory estimate
 
