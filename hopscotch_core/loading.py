@@ -16,6 +16,7 @@ No model code is ever run from the checkpoint (trust_remote_code is off).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
 import json
 import logging
@@ -234,9 +235,39 @@ def load_model(
     model.to(dev)
     model.eval()
     model._hopscotch_source = name
+    model._hopscotch_stamp = (_files_stamp(src, expanded, model), _version_sum(model))
     if tok is not None and tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
     return model, tok
+
+
+def _version_sum(model) -> int:
+    return sum(int(p._version) for p in model.parameters())
+
+
+def _files_stamp(src: str, expanded: Path, model) -> str | None:
+    """What the weights were loaded from: file names, sizes and modification times (local), or the Hub commit."""
+    if src == "default" or expanded.exists():
+        path = ensure_default_cached(progress=False) if src == "default" else expanded.resolve()
+        files = sorted(path.glob("*")) if path.is_dir() else [path]
+        parts = [str(path)] + [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.is_file()]
+    else:
+        commit = getattr(model.config, "_commit_hash", None)
+        if not commit:
+            return None
+        parts = [src, commit]
+    dev = next(model.parameters()).device
+    parts += [str(next(model.parameters()).dtype), dev.type]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+
+def weights_stamp(model) -> str | None:
+    """A key for the model's weights that stays the same across processes (for on-disk caches of things computed
+    from the weights alone): None when unknown, or when a weight changed in memory since load_model."""
+    stamp = getattr(model, "_hopscotch_stamp", None)
+    if not stamp or stamp[0] is None or _version_sum(model) != stamp[1]:
+        return None
+    return stamp[0]
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

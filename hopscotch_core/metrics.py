@@ -15,6 +15,7 @@ given, else the median Euclidean distance between distinct points of the pooled 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import weakref
@@ -27,6 +28,8 @@ from torch import nn
 from .adapters import get_adapter
 from .data import forward_rows, row_logits
 from .errors import HopscotchError
+from .loading import cache_dir, weights_stamp
+from .runs import write_json
 
 
 class MetricError(HopscotchError, ValueError):
@@ -79,7 +82,9 @@ def singular_values(model: nn.Module, top_k: int | None = None):
     """DataFrame (layer, matrix, sigma_max[, spectrum]): the largest singular value of every weight matrix.
 
     sigma_max is the matrix 2-norm (torch.linalg.matrix_norm(ord=2), on the weight's device, in float32);
-    with top_k, a `spectrum` column holds the top_k singular values. Cached per model object and top_k.
+    with top_k, a `spectrum` column holds the top_k singular values. Cached per model object and top_k, and on
+    disk (HOPSCOTCH_CACHE/derived) for a model as load_model loaded it (loading.weights_stamp), so a restarted app
+    draws it at once.
     """
     import pandas as pd
 
@@ -87,14 +92,29 @@ def singular_values(model: nn.Module, top_k: int | None = None):
     cached = _SV_CACHE.get(model)
     if cached is not None and cached[0] == key:
         return cached[1].copy()
-    rows = []
-    with torch.no_grad():
-        for layer, name, w in _weights(model):
-            w32 = w.float()
-            row = {"layer": layer, "matrix": name, "sigma_max": float(torch.linalg.matrix_norm(w32, ord=2))}
-            if top_k:
-                row["spectrum"] = torch.linalg.svdvals(w32)[:top_k].cpu().tolist()
-            rows.append(row)
+    stamp = weights_stamp(model)
+    on_disk = cache_dir() / "derived" / f"singular-values-{stamp}-{top_k or 0}.json" if stamp else None
+    rows = None
+    if on_disk is not None and on_disk.is_file():
+        try:
+            rows = json.loads(on_disk.read_text())["rows"]
+        except (OSError, ValueError, KeyError):
+            rows = None  # a damaged cache file is recomputed
+    if rows is None:
+        rows = []
+        with torch.no_grad():
+            for layer, name, w in _weights(model):
+                w32 = w.float()
+                row = {"layer": layer, "matrix": name, "sigma_max": float(torch.linalg.matrix_norm(w32, ord=2))}
+                if top_k:
+                    row["spectrum"] = torch.linalg.svdvals(w32)[:top_k].cpu().tolist()
+                rows.append(row)
+        if on_disk is not None:
+            try:
+                on_disk.parent.mkdir(parents=True, exist_ok=True)
+                write_json(on_disk, {"rows": rows})
+            except OSError:
+                pass  # a read-only cache only costs the recomputation next time
     df = pd.DataFrame(rows)
     _SV_CACHE[model] = (key, df)
     return df.copy()
@@ -203,7 +223,8 @@ def sampled_states(hs, rows, layers: Sequence[int], positions: torch.Tensor,
     return states
 
 
-def _layer_list(hs, layers) -> list[int]:
+def layer_indices(hs, layers) -> list[int]:
+    """`layers` (default: all of the handle's layers) as a checked list of layer indices."""
     n_layers = hs.num_layers
     wanted = list(range(n_layers)) if layers is None else [int(i) for i in layers]
     bad = [i for i in wanted if not 0 <= i < n_layers]
@@ -227,7 +248,7 @@ def layer_mmd(hs, rows, skipped, scales=None, max_tokens: int = 512, seed: int =
     on both sides; bandwidth: the median heuristic, per layer. `layers` picks some layers (default: all). The
     handle is left reset. (drift.layer_drift gives the same values together with a PCA view of the states.)
     """
-    wanted = _layer_list(hs, layers)
+    wanted = layer_indices(hs, layers)
     if max_tokens < 4:
         raise MetricError(f"max_tokens = {max_tokens}: MMD needs at least 4 tokens")
     total = row_tokens(rows)

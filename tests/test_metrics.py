@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from conftest import make_model
 
 import hopscotch_core as hc
-from hopscotch_core import metrics
+from hopscotch_core import loading, metrics
 
 
 def gaussian_mmd2(d: int, s1: float, s2: float, delta2: float, sigma: float) -> float:
@@ -158,3 +159,29 @@ def test_compare_runs_several_variants_against_one_original(rows_and_handle):
     assert res["a"] == metrics.fidelity(hs, rows, [1])
     assert res["b"] == metrics.fidelity(hs, rows, [1], scales)
     assert res["a"]["kl"] != res["b"]["kl"] and hs.skipped == ()
+
+
+def test_singular_values_are_kept_on_disk_for_the_same_weights_only(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOPSCOTCH_CACHE", str(tmp_path / "cache"))
+    model, _ = hc.load_model(tiny_dir, device="cpu")
+    want = metrics.singular_values(model)
+    (file,) = (tmp_path / "cache" / "derived").glob("singular-values-*.json")
+    # a new process loading the same files reads the file: poison it to see that it is used
+    again, _ = hc.load_model(tiny_dir, device="cpu")
+    rows = [dict(r, sigma_max=-1.0) for r in want.to_dict("records")]
+    file.write_text(json.dumps({"rows": rows}))
+    assert (metrics.singular_values(again).sigma_max == -1.0).all()
+    # weights changed in memory since the load: not the file's weights any more, computed afresh
+    with torch.no_grad():
+        again.model.layers[0].mlp.up_proj.weight.mul_(3)
+    got = metrics.singular_values(again)
+    i = (got.layer == 0) & (got.matrix == "up_proj")
+    assert float(got[i].sigma_max.iloc[0]) == pytest.approx(3 * float(want[i].sigma_max.iloc[0]), rel=1e-5)
+    # other files (a re-saved model) have another stamp; a damaged cache file is recomputed, not fatal
+    model.save_pretrained(tmp_path / "other")
+    third, _ = hc.load_model(tmp_path / "other", device="cpu")
+    assert loading.weights_stamp(third) != loading.weights_stamp(model)
+    file.write_text("{not json")
+    fresh, _ = hc.load_model(tiny_dir, device="cpu")
+    torch.testing.assert_close(torch.tensor(metrics.singular_values(fresh).sigma_max.values),
+                               torch.tensor(want.sigma_max.values))
