@@ -116,3 +116,59 @@ def _shrink(folder: Path) -> None:
     for f in folder.glob("*.png"):
         img = Image.open(f).convert("RGB")
         img.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(f, optimize=True)
+
+
+# ------------------------------------------------------------------------------------------------ take-away files
+def test_downloads_and_the_run_report_in_a_real_browser(server, tmp_path_factory, tmp_path):
+    """On the Runs page: the elbow's CSV and PNG download buttons give the plotted numbers and a PNG; the open
+    run's report downloads, then opens in chromium without JavaScript errors and with every figure drawn."""
+    import csv
+    import io
+
+    from playwright.sync_api import sync_playwright
+
+    from hopscotch_core import figexport
+    from hopscotch_core.report import report_figures
+    from hopscotch_core.runview import RunView, example_dirs
+
+    url, server_log = server
+    world = build(tmp_path_factory.getbasetemp() / "studio")
+    run = example_dirs(os.environ.get("HOPSCOTCH_BROWSER_EXAMPLES") or world.examples)[0]  # the Runs page opens it
+    js_errors: list[str] = []
+    with sync_playwright() as p:
+        browser = launch_browser(p)
+        try:
+            page = browser.new_page(viewport={"width": 1360, "height": 900}, accept_downloads=True)
+            page.on("pageerror", lambda e: js_errors.append(str(e)))
+            page.goto(url)
+            page.wait_for_selector("text=Hopscotch Studio", timeout=90_000)
+            idle(page)
+            page.locator('[data-testid="stSidebarNavLink"]', has_text="Runs").click()
+            page.wait_for_selector('h1:has-text("Runs")', timeout=60_000)
+            idle(page)
+
+            def download(key: str) -> bytes:  # Streamlit draws a hidden copy of each button: click the first
+                with page.expect_download(timeout=60_000) as d:
+                    page.locator(f".st-key-{key} button").first.click()
+                return Path(d.value.path()).read_bytes()
+
+            rows = list(csv.DictReader(io.StringIO(download("runs_elbow_csv").decode())))
+            line = [float(r["y"]) for r in rows if r["trace"].startswith("selection")]
+            assert line == list(RunView(run).rounds()["loss"])
+            if figexport.image_export_problem() is None:
+                assert download("runs_elbow_png")[:8] == b"\x89PNG\r\n\x1a\n"
+            report = tmp_path / "report.html"
+            report.write_bytes(download("runs_report"))
+            check(page, "runs (downloads)", js_errors, server_log)
+
+            keys = list(report_figures(run))
+            view = browser.new_page(viewport={"width": 1360, "height": 900})
+            view.on("pageerror", lambda e: js_errors.append(f"report: {e}"))
+            view.goto(report.as_uri(), wait_until="load")
+            view.wait_for_function(f"document.querySelectorAll('.plotly-graph-div .main-svg').length >= {len(keys)}")
+            drawn = view.evaluate("""Array.from(document.querySelectorAll('figure.hs-figure')).map(
+                f => [f.dataset.key, f.querySelectorAll('.plotly-graph-div svg.main-svg').length])""")
+            assert [k for k, _ in drawn] == keys and all(n >= 1 for _, n in drawn), drawn
+        finally:
+            browser.close()
+    assert not js_errors, js_errors
