@@ -5,12 +5,14 @@ Streamlit glue only: all computing is in hopscotch_core (jobs, runview, figures,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
 from pathlib import Path
 
@@ -154,11 +156,13 @@ _TASKS: OrderedDict[tuple, Task] = OrderedDict()  # process-wide: a result depen
 _TASKS_LOCK = threading.Lock()
 
 
-def task(key: tuple, fn: Callable, *args, slot: str | None = None, progress: bool = False, **kwargs) -> Task:
+def task(key: tuple, fn: Callable, *args, slot: str | None = None, progress: bool = False, wait: float = 0.15,
+         **kwargs) -> Task:
     """fn(*args, **kwargs) in a worker thread, once per `key` in this server process (the result is shared by
     every session asking with the same key; keep the model, skip set and inputs in it). With `slot`, a task this
     session started earlier in the same slot that has not begun yet is cancelled (a user clicking through skip
-    sets waits for the last one only). With `progress`, fn also gets on_progress(step, total, info)."""
+    sets waits for the last one only). With `progress`, fn also gets on_progress(step, total, info). Waits up to
+    `wait` seconds, so that a quick result (a cache hit) is drawn in this run without a progress line."""
     with _TASKS_LOCK:
         got = _TASKS.get(key)
         if got is None or got.future.cancelled():
@@ -171,6 +175,9 @@ def task(key: tuple, fn: Callable, *args, slot: str | None = None, progress: boo
         if old is not None and old is not got:
             old.future.cancel()
         st.session_state[f"_task_{slot}"] = got
+    if wait > 0:
+        with contextlib.suppress(FutureTimeout, CancelledError):
+            got.future.result(timeout=wait)
     return got
 
 

@@ -44,9 +44,7 @@ st.subheader("Singular values")
 st.caption("Largest singular value (spectral norm) of every weight matrix in every layer: how strongly each matrix "
            "can amplify its input. Hover a cell for its value.")
 log_color = st.toggle("Log colour scale", value=True, key="sv_log")
-try:
-    with st.spinner("Computing singular values ..."):
-        sv = metrics.singular_values(model)
-    st.plotly_chart(figures.singular_value_heatmap(sv, log_color=log_color), key="sv_heatmap")
-except Exception as e:  # noqa: BLE001 - shown with cause and fix
-    common.show_error(e, "computing singular values")
+job = common.task(("singular_values", common.model_key()), metrics.singular_values, model)
+common.when_ready(job, lambda sv: common.chart(figures.singular_value_heatmap(sv, log_color=log_color), "sv_heatmap",
+                                               "singular-values"),
+                  "Computing singular values (once per model: kept on disk)", "computing singular values")

@@ -111,7 +111,7 @@ def generations(at: AppTest) -> list[str]:
 # ------------------------------------------------------------------------------------------------ first launch
 def test_first_launch_shows_the_example_run_on_every_page(runs, world):
     ex = RunView(world.example)
-    at = start()
+    at = settle(start())
     assert [m.value for m in at.metric][:2] == ["4", "4 / 2"]
     assert "Example run loaded" in texts(at)
     hm = figure(at, "sv_heatmap")["data"][0]
