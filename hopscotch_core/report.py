@@ -28,8 +28,8 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from . import figures
-from .jobs import command_line
 from .figexport import figure_csv, file_stem
+from .jobs import command_line
 from .runs import MANIFEST, RunError
 from .runview import RunView
 
@@ -269,7 +269,8 @@ def build_report(run_dir: str | os.PathLike) -> str:
     parts = [f"<h1>Hopscotch run: {html.escape(name)}</h1>",
              f'<p class="meta">model <b>{html.escape(str(model))}</b> · {html.escape(mode)} · state '
              f'<b>{html.escape(str(m.get("state", "?")))}</b> · selected attention blocks '
-             f"<b>{html.escape(_blocks(run.selected) or '–')}</b> · created {html.escape(str(m.get('created', '?')))}"
+             f"<b>{html.escape(_blocks(run.selected) or '–')}</b> · created "
+             f"{html.escape(str(m.get('created', '?')))}"
              "</p>",
              f"<p>Made by <code>{html.escape(command_line(m))}</code></p>"]
     for sec in _sections(run):

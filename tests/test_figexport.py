@@ -114,7 +114,8 @@ def test_subplots_name_their_panel_and_scalars_and_losses_are_the_run_files(worl
     got = rows(figexport.figure_csv(figures.fidelity(table)))
     assert list(got[0]) == ["trace", "panel", "x", "y"]
     panel = {(r["panel"], r["trace"], r["x"]): float(r["y"]) for r in got}
-    assert panel[("held-out NLL", "hopscotch", "a")] == 1.25 and panel[("KL(original ‖ modified)", "random", "b")] == 2.0
+    assert panel[("held-out NLL", "hopscotch", "a")] == 1.25
+    assert panel[("KL(original ‖ modified)", "random", "b")] == 2.0
     assert panel[("top-1 agreement", "random", "b")] == 0.25 and len(got) == 6
 
     from safetensors.torch import load_file
