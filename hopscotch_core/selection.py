@@ -28,6 +28,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .data import Row, dataset_loss, forward_rows
@@ -146,6 +147,54 @@ def greedy_select(
         sel.rounds.append({"round": rnd, "removed": best, "loss": losses[best]})
     hs.reset()
     return sel
+
+
+# ------------------------------------------------------------------------------------------------- elbow
+KNEE_MIN_ROUNDS = 4
+
+
+def suggest_k(rounds, sensitivity: float = 1.0) -> tuple[int | None, str]:
+    """The knee of the elbow curve (loss of the best candidate vs blocks removed) by Kneedle (Satopää, Albrecht,
+    Irwin and Raghavan, 2011): (suggested k, a one-line reason), or (None, why not).
+
+    `rounds` has columns n_removed and loss (RunView.rounds()). The rule, for a loss that grows with k and grows
+    faster later (a convex, increasing curve): scale k and loss to [0, 1] (first to last round; loss min to max),
+    take the difference curve d = k_norm - loss_norm (how far the curve lies below the straight line from its
+    first to its last point), and find its local maxima. A local maximum at k_i becomes a knee when d falls below
+    d_i - sensitivity * mean(step of k_norm) before the next local maximum; the first knee wins (the kneed
+    package's default). Curves with fewer than KNEE_MIN_ROUNDS rounds, flat curves, curves that rise fastest at
+    the start and curves that rise about evenly give None: there is no bend to point at.
+    """
+    n = 0 if rounds is None else len(rounds)
+    if n < KNEE_MIN_ROUNDS:
+        return None, (f"no suggested k: {n} round{'s' if n != 1 else ''} so far; the knee rule (Kneedle) needs at "
+                      f"least {KNEE_MIN_ROUNDS}")
+    df = rounds.sort_values("n_removed")
+    x = np.asarray(df["n_removed"], dtype=float)
+    y = np.asarray(df["loss"], dtype=float)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()) or x[-1] <= x[0]:
+        return None, "no suggested k: the curve has missing or non-finite values"
+    if y.max() - y.min() <= 1e-12 * max(1.0, abs(y.max())):
+        return None, "no suggested k: the loss does not change with k"
+    xn = (x - x[0]) / (x[-1] - x[0])
+    yn = (y - y.min()) / (y.max() - y.min())
+    d = xn - yn  # (n,) the curve's distance below its chord (convex, increasing)
+    thr_step = sensitivity * float(np.mean(np.diff(xn)))
+    peaks = [i for i in range(1, n - 1) if d[i] >= d[i - 1] and d[i] > d[i + 1]]
+    knee = None
+    for a, i in enumerate(peaks):
+        nxt = peaks[a + 1] if a + 1 < len(peaks) else n
+        if any(d[j] < d[i] - thr_step for j in range(i + 1, min(nxt + 1, n))):
+            knee = i
+            break
+    if knee is None:
+        shape = "rises fastest at the start" if d[1:-1].mean() < -0.05 else "rises about evenly"
+        return None, f"no suggested k: the loss {shape}, with no bend sharp enough for the knee rule (Kneedle)"
+    k = int(x[knee])
+    before = (y[knee] - y[0]) / (x[knee] - x[0])
+    after = (y[-1] - y[knee]) / (x[-1] - x[knee])
+    return k, (f"suggested k = {k}, the knee of the elbow curve (Kneedle): from k = {int(x[0])} to {k} the loss "
+               f"rises {before:.3g} per removed block, after k = {k} {after:.3g} per block")
 
 
 # ------------------------------------------------------------------------------------------------- baselines

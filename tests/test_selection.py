@@ -85,3 +85,49 @@ def test_baselines(setup):
     assert one["attention"][0] == REDUNDANT and len(one["scores"]) == 6
     with pytest.raises(selection.SelectionError, match="unknown baseline"):
         selection.baseline_blocks("nope", hs, rows, k=2)
+
+
+# ------------------------------------------------------------------------------------------------- elbow knee
+def curve(loss):
+    import pandas as pd
+
+    return pd.DataFrame({"n_removed": range(1, len(loss) + 1), "loss": loss, "removed": range(len(loss))})
+
+
+def test_suggest_k_finds_a_known_elbow():
+    import numpy as np
+
+    x = np.arange(1, 9)
+    flat_then_steep = np.where(x <= 4, 0.5 + 0.01 * (x - 1), 0.53 + 0.1 * (x - 4))  # bends at k = 4
+    k, why = selection.suggest_k(curve(flat_then_steep))
+    assert k == 4 and "Kneedle" in why
+    assert "from k = 1 to 4 the loss rises 0.01 per removed block, after k = 4 0.1 per block" in why
+    k, _ = selection.suggest_k(curve(flat_then_steep)[::-1])  # row order does not matter
+    assert k == 4
+    # the Kneedle difference curve by hand for the example run's rounds: d = k_norm - loss_norm peaks at k = 3
+    from pathlib import Path
+
+    from hopscotch_core.runview import RunView
+
+    rounds = RunView(Path(__file__).resolve().parents[1] / "assets" / "example-run").rounds()  # the bundled run
+    y = rounds["loss"].to_numpy()
+    d = (np.arange(len(y)) / (len(y) - 1)) - (y - y.min()) / (y.max() - y.min())
+    assert selection.suggest_k(rounds)[0] == int(rounds["n_removed"].iloc[int(np.argmax(d))]) == 3
+
+
+def test_suggest_k_says_why_there_is_none():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = np.arange(1, 9)
+    cases = {
+        "3 rounds so far": [0.5, 0.6, 0.9],              # too short
+        "rises about evenly": 0.5 + 0.1 * x,             # a straight line
+        "about evenly ": 0.5 + 0.1 * x + rng.normal(0, 0.005, 8),  # and a noisy one
+        "rises fastest at the start": np.log(x),         # concave: the first removals hurt most
+        "does not change": np.full(8, 0.7),
+    }
+    for expected, loss in cases.items():
+        k, why = selection.suggest_k(curve(list(loss)))
+        assert k is None and expected.strip() in why and why.startswith("no suggested k")
+    assert selection.suggest_k(None)[0] is None and "0 rounds" in selection.suggest_k(curve([]))[1]
