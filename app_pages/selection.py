@@ -57,9 +57,10 @@ def panel() -> None:
     c1, c2 = st.columns(2)
     stem = run.manifest.get("name") or run.name
     common.chart(figures.elbow(rounds, run.overlay()), "sel_elbow", f"{stem}-elbow", container=c1)
+    knee, why = selection.suggest_k(rounds)
     c1.caption("Elbow: the loss after each removal (line; calibration data, scalars trained one epoch) and the "
                "held-out loss at k of the selected set and each baseline (markers). A bend marks where removing "
-               "more starts to hurt.")
+               f"more starts to hurt. {'★ ' if knee is not None else ''}{why[:1].upper() + why[1:]}.")
     kind, label = "paper", "loss"
     if len(scores) and (scores["kind"] == "shortlist").any():
         by = (run.manifest.get("settings") or {}).get("shortlist_by", "bi")

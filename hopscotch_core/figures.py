@@ -60,11 +60,13 @@ def singular_value_heatmap(df: pd.DataFrame, log_color: bool = False) -> go.Figu
 
 
 # ------------------------------------------------------------------------------------------------ selection
-def elbow(rounds: pd.DataFrame, overlay: pd.DataFrame | None = None, title: str | None = None) -> go.Figure:
+def elbow(rounds: pd.DataFrame, overlay: pd.DataFrame | None = None, title: str | None = None,
+          knee: bool = True) -> go.Figure:
     """The elbow curve: x = attention blocks removed, y = the best candidate's loss in that selection round
     (one epoch of scalar training on the calibration data). `overlay` adds held-out losses at k blocks
     (hopscotch and each baseline, trained = filled marker, unscaled = open) and the original model's held-out
-    loss as a dashed line."""
+    loss as a dashed line. With `knee`, the k that selection.suggest_k suggests (Kneedle) is marked: a star on
+    the curve named "suggested k = N" and a dashed vertical line (nothing when the curve has no knee)."""
     title = title or "Elbow: best loss per removed block"
     has_rounds = rounds is not None and len(rounds) > 0
     has_overlay = overlay is not None and len(overlay) > 0
@@ -99,6 +101,17 @@ def elbow(rounds: pd.DataFrame, overlay: pd.DataFrame | None = None, title: str 
                     customdata=[", ".join(str(b) for b in bl) for bl in part["blocks"]],
                     hovertemplate=f"{method} {'trained' if scaled else 'unscaled'}<br>k = %{{x}}, blocks "
                                   "%{customdata}<br>held-out loss %{y:.4f}<extra></extra>"))
+    if has_rounds and knee:
+        from .selection import suggest_k
+
+        k, reason = suggest_k(rounds)
+        at = rounds[rounds["n_removed"] == k] if k is not None else rounds.iloc[:0]
+        if len(at):
+            fig.add_vline(x=k, line_dash="dash", line_color="#666", line_width=1.5)
+            fig.add_trace(go.Scatter(
+                x=[k], y=[float(at["loss"].iloc[0])], mode="markers", name=f"suggested k = {k}",
+                marker={"symbol": "star", "size": 18, "color": "#ffd700", "line": {"color": "black", "width": 1}},
+                hovertext=[reason], hovertemplate="%{hovertext}<extra></extra>"))
     fig.update_layout(title=title, xaxis_title="attention blocks removed", yaxis_title="loss (mean NLL per token)",
                       height=420, **_LAYOUT)
     fig.update_xaxes(dtick=1)
@@ -220,6 +233,110 @@ def layer_mmd(values: Sequence[float], skipped: Iterable[int] = (),
     fig.update_layout(title=title, xaxis_title="layer (red: attention skipped)", yaxis_title="MMD²", height=340,
                       **{k: v for k, v in _LAYOUT.items() if k != "legend"})
     fig.update_xaxes(dtick=1 if len(layers) <= 32 else 2)
+    return fig
+
+
+DRIFT_ORIGINAL = "rgba(125, 125, 125, 0.45)"
+DRIFT_MODIFIED = "rgba(255, 127, 14, 0.75)"
+DRIFT_AXIS_QUANTILE = 0.01  # panel axes span the 1st..99th percentile of both clouds (plus a margin)
+
+
+def _robust_range(values: np.ndarray, q: float = DRIFT_AXIS_QUANTILE) -> list[float] | None:
+    """[lo, hi] covering values between quantiles q and 1 - q, widened by 8% each side (None: nothing finite)."""
+    v = values[np.isfinite(values)]
+    if not len(v):
+        return None
+    lo, hi = (float(t) for t in np.quantile(v, [q, 1 - q]))
+    pad = 0.08 * (hi - lo) if hi > lo else max(abs(lo), 1.0) * 0.1
+    return [lo - pad, hi + pad]
+
+
+def drift_panels(result, skipped: Iterable[int] = (), max_panels: int = 12) -> list[int]:
+    """Which layers get a scatter panel in `drift` when none are named: every measured layer when there are at
+    most `max_panels`; else the skipped ones and then those with the largest drift, `max_panels` in all (the
+    skipped ones first, largest drift first among them), in layer order."""
+    layers = [int(i) for i in result.layers]
+    if len(layers) <= max_panels:
+        return layers
+    sk = {int(b) for b in skipped}
+    by = sorted(range(len(layers)), key=lambda j: (layers[j] not in sk, -float(result.drift[j]), layers[j]))
+    return sorted(layers[j] for j in by[:max_panels])
+
+
+def drift(result, skipped: Iterable[int] | None = None, layers: Iterable[int] | None = None, max_panels: int = 12,
+          cols: int = 4, title: str | None = None) -> go.Figure:
+    """The hidden-state drift view of a drift.Drift result: on top, per layer, MMD^2 between the original and
+    modified states (bars; red: attention skipped; outlined: the layers shown below) and the drift (line, right
+    axis); below, small multiples, one panel per layer: the original's states (grey) and the modified model's
+    states of the same tokens (orange), both projected on the original's first two principal components.
+
+    Each panel has its own axes, fitted to both clouds (hidden-state scale grows with depth, so one range for
+    all layers would flatten the early ones); within a panel both clouds share the axes. The axes span the
+    1st..99th percentile of both clouds' coordinates: a few far tokens (e.g. the massive-activation ones of
+    SmolLM2's layers 2-8) would otherwise squash the rest into a line; they stay in the data, off the panel.
+    `layers` picks the panels; by default `drift_panels` (all layers up to `max_panels`, else the skipped ones
+    plus the largest drift). `skipped` defaults to result.skipped. Trace data are the projections themselves
+    (meta = {"layer", "side"}), x = PC1 and y = PC2, customdata = token positions."""
+    title = title or "Hidden-state drift: original (grey) vs modified (orange) on the original's top 2 PCs"
+    if result is None or not len(result.layers):
+        return _empty(title, "nothing measured")
+    skipped = {int(b) for b in (result.skipped if skipped is None else skipped)}
+    shown = drift_panels(result, skipped, max_panels) if layers is None else [int(i) for i in layers]
+    all_layers = [int(i) for i in result.layers]
+    unknown = [i for i in shown if i not in all_layers]
+    if unknown:
+        raise ValueError(f"layers {unknown} were not measured (measured: {list(result.layers)})")
+    cols = max(1, min(cols, len(shown)))
+    n_rows = -(-len(shown) // cols)
+    specs = [[{"colspan": cols, "secondary_y": True}] + [None] * (cols - 1)]
+    specs += [[{} if r * cols + c < len(shown) else None for c in range(cols)] for r in range(n_rows)]
+    names = []
+    for i in shown:
+        j = all_layers.index(i)
+        ev = result.explained[j]
+        names.append(f"layer {i}{' ✂' if i in skipped else ''} · drift {float(result.drift[j]):.2f}"
+                     f" · PCs {100 * (float(ev[0]) + float(ev[1])):.0f}%")
+    top_h, panel_h = 260, 210
+    fig = make_subplots(rows=n_rows + 1, cols=cols, specs=specs, subplot_titles=["MMD² and drift per layer",
+                        *names], row_heights=[top_h] + [panel_h] * n_rows, vertical_spacing=min(0.12, 0.35 / (
+                        n_rows + 1)), horizontal_spacing=0.06)
+    fig.add_trace(go.Bar(
+        x=all_layers, y=[float(v) for v in result.mmd], name="MMD²", showlegend=False,
+        marker={"color": ["#d62728" if i in skipped else "#1f77b4" for i in all_layers],
+                "line": {"color": ["black" if i in shown else "rgba(0,0,0,0)" for i in all_layers], "width": 1.5}},
+        hovertemplate="layer %{x}<br>MMD² %{y:.4g}<extra></extra>"), row=1, col=1, secondary_y=False)
+    fig.add_trace(go.Scatter(
+        x=all_layers, y=[float(v) for v in result.drift], mode="lines+markers", name="drift (right axis)",
+        line={"color": "#ff7f0e", "width": 2}, hovertemplate="layer %{x}<br>drift %{y:.3f}<extra></extra>"),
+        row=1, col=1, secondary_y=True)
+    positions = np.asarray(result.positions)
+    for p, i in enumerate(shown):
+        j = all_layers.index(i)
+        r, c = 2 + p // cols, 1 + p % cols
+        both = np.concatenate([np.asarray(result.original[j]), np.asarray(result.modified[j])])  # (2n, 2)
+        for side, pts, color in (("original", result.original[j], DRIFT_ORIGINAL),
+                                 ("modified", result.modified[j], DRIFT_MODIFIED)):
+            pts = np.asarray(pts)
+            fig.add_trace(go.Scatter(
+                x=pts[:, 0], y=pts[:, 1], mode="markers", name=side, legendgroup=side, showlegend=p == 0,
+                marker={"color": color, "size": 5}, customdata=positions, meta={"layer": i, "side": side},
+                hovertemplate=f"layer {i}, {side}<br>token %{{customdata}}<br>PC1 %{{x:.4g}}, PC2 %{{y:.4g}}"
+                              "<extra></extra>"), row=r, col=c)
+        fig.update_xaxes(showticklabels=False, range=_robust_range(both[:, 0]), row=r, col=c)
+        fig.update_yaxes(showticklabels=False, range=_robust_range(both[:, 1]), row=r, col=c)
+    fig.update_xaxes(title_text="layer (red: attention skipped; outlined: panels below)", row=1, col=1,
+                     dtick=1 if len(all_layers) <= 32 else 2, range=[min(all_layers) - 0.6, max(all_layers) + 0.6])
+    fig.update_yaxes(title_text="MMD²", row=1, col=1, secondary_y=False)
+    fig.update_yaxes(title_text="drift", row=1, col=1, secondary_y=True, showgrid=False, tickformat=".2f",
+                     range=[0, 1.1 * max([float(v) for v in result.drift if np.isfinite(float(v))] + [1e-9])])
+    fig.update_annotations(font_size=11)
+    n, total = len(positions), getattr(result, "total_tokens", len(positions))
+    dropped = getattr(result, "dropped", 0)
+    left_out = f" ({dropped} first token{'s' if dropped != 1 else ''} left out)" if dropped else ""
+    fig.update_layout(title=f"{title}<br><sup>{n} sampled token positions of {total}{left_out}, the same on both "
+                      "sides; panels: PC1 (x) vs PC2 (y), axes per panel</sup>", height=top_h + panel_h * n_rows + 200,
+                      **{**_LAYOUT, "margin": {"l": 50, "r": 50, "t": 120, "b": 30},
+                         "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 1, "xanchor": "right"}})
     return fig
 
 

@@ -125,3 +125,22 @@ def test_elbow_switches_to_a_log_axis_when_a_baseline_is_far_off(run):
     far = pd.concat([run.overlay(), pd.DataFrame([{"label": "random", "method": "random", "scaled": True, "k": 2,
                                                     "loss": 100.0, "blocks": [0, 1]}])], ignore_index=True)
     assert figures.elbow(run.rounds(), far).layout.yaxis.type == "log"
+
+
+def test_elbow_marks_the_suggested_k():
+    from hopscotch_core import selection
+
+    rounds = pd.DataFrame({"round": range(8), "removed": [3, 1, 4, 0, 5, 2, 6, 7], "n_removed": range(1, 9),
+                           "loss": [0.5, 0.51, 0.52, 0.53, 0.63, 0.73, 0.83, 0.93]})
+    k, why = selection.suggest_k(rounds)
+    assert k == 4
+    fig = figures.elbow(rounds)
+    (star,) = [t for t in fig.data if (t.name or "").startswith("suggested k")]
+    assert star.name == "suggested k = 4" and list(star.x) == [4] and list(star.y) == [0.53]
+    assert list(star.hovertext) == [why]
+    assert [(s.x0, s.line.dash) for s in fig.layout.shapes] == [(4, "dash")]  # the dashed vertical line
+    assert list(fig.data[0].y) == list(rounds["loss"])  # the curve itself is unchanged
+    for no_marker in (figures.elbow(rounds, knee=False), figures.elbow(rounds.iloc[:3]),
+                      figures.elbow(rounds.assign(loss=0.5 + 0.1 * rounds["n_removed"]))):
+        assert not any((t.name or "").startswith("suggested k") for t in no_marker.data)
+        assert not no_marker.layout.shapes

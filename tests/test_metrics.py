@@ -137,6 +137,33 @@ def test_layer_mmd_is_zero_before_the_first_skipped_block(rows_and_handle):
     assert per_layer[2] > 0.03 and per_layer[3] > 0.03
 
 
+def test_layer_mmd_keeps_the_values_of_collecting_every_state(rows_and_handle):
+    """layer_mmd keeps only the sampled positions inside the probe; the values are those of the former way:
+    every layer's states at every token, then the same seeded positions taken on both sides."""
+    from hopscotch_core import data
+
+    rows, hs = rows_and_handle
+
+    def every_state() -> dict[int, torch.Tensor]:
+        got = {i: [] for i in range(4)}
+        with hs.probe(lambda i, x, x1, out: got[i].append(out[0].detach().float().cpu())):
+            data.forward_rows(hs.model, rows)
+        return {i: torch.cat(g) for i, g in got.items()}
+
+    hs.reset()
+    orig = every_state()
+    with hs.applied([2]):
+        mod = every_state()
+    total = orig[0].shape[0]
+    assert total > 40 and len(rows) > 1
+    for max_tokens, seed in ((40, 0), (40, 7), (512, 0)):
+        idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:max_tokens]
+        expected = [metrics.mmd2(orig[i][idx], mod[i][idx]) for i in range(4)]
+        assert metrics.layer_mmd(hs, rows, [2], max_tokens=max_tokens, seed=seed) == expected  # bit for bit
+    assert metrics.layer_mmd(hs, rows, [2], max_tokens=40, layers=[3, 1]) == [
+        metrics.layer_mmd(hs, rows, [2], max_tokens=40)[i] for i in (3, 1)]
+
+
 @pytest.mark.parametrize("text,strict,flex", [
     ("She makes 9 * 2 = $18 every day.\\n#### 18", "18", "18"),
     ("The answer is 1,234.", None, "1234"),
