@@ -22,17 +22,21 @@ if str(ROOT) not in sys.path:
 import hopscotch_core as hc
 from app_pages import common
 from hopscotch_core.explain import explain
+from hopscotch_core.loading import source_stamp
 from hopscotch_core.runview import list_runs
 
 st.set_page_config(page_title="Hopscotch Studio", page_icon=":material/grid_view:", layout="wide")
 
 
-@st.cache_resource(show_spinner="Loading the model (the first load of the default model converts it: ~30 s) ...",
-                   max_entries=2)
-def get_model(source: str, device: str, dtype: str):
-    """One model per (source, device, dtype) for the whole process; trust_remote_code stays off."""
-    model, tok = hc.load_model(source, device=device, dtype=None if dtype == "auto" else dtype)
-    return model, tok, threading.Lock()
+@st.cache_resource(show_spinner=False, max_entries=2)
+def model_slot(source: str, device: str, dtype: str) -> common.Task:
+    """One model per (source, device, dtype) for the whole process, loaded in a thread of its own so that every
+    page draws at once; its result is (model, tokenizer, lock). trust_remote_code stays off."""
+    def load():
+        model, tok = hc.load_model(source, device=device, dtype=None if dtype == "auto" else dtype)
+        return model, tok, threading.Lock()
+
+    return common.Task.thread(load, name="hopscotch-load-model")
 
 
 with st.sidebar:
@@ -44,13 +48,22 @@ with st.sidebar:
     device = c1.selectbox("Device", ["auto", "cpu", "cuda", "mps"], key="model_device")
     dtype = c2.selectbox("Dtype", ["auto", "float32", "bfloat16", "float16"], key="model_dtype")
 
+key = (source.strip(), device, dtype)
+slot = model_slot(*key)
+st.session_state["model"] = st.session_state["model_error"] = st.session_state["model_loading"] = None
+if slot.done() and slot.future.exception() is not None:
+    st.session_state["model_error"] = explain(slot.future.exception(), "loading the model")
+    model_slot.clear()  # not kept: the next run tries again (after the files were fixed, say)
+elif slot.done():
+    st.session_state["model"] = slot.future.result()
+else:
+    st.session_state["model_loading"] = slot
+st.session_state["model_key"] = key
 try:
-    st.session_state["model"] = get_model(source.strip(), device, dtype)
-    st.session_state["model_error"] = None
-except Exception as e:  # noqa: BLE001 - every load failure becomes a message with cause and fix
-    st.session_state["model"] = None
-    st.session_state["model_error"] = explain(e, "loading the model")
-st.session_state["model_key"] = (source.strip(), device, dtype)
+    st.session_state["model_stamp"] = source_stamp(key[0], None if device == "auto" else device,
+                                                   None if dtype == "auto" else dtype)  # the on-disk cards of this model (Model page)
+except Exception:  # noqa: BLE001 - no stamp: nothing cached is shown, the model is waited for
+    st.session_state["model_stamp"] = None
 
 runs = list_runs(common.runs_dir(), common.examples())
 paths = [r["path"] for r in runs]
@@ -71,7 +84,10 @@ with st.sidebar:
     else:
         st.caption("No runs yet: start one on the Selection page.")
     st.caption(f"Runs directory: `{common.runs_dir()}`")
-    if st.session_state["model"] is None:
+    if st.session_state["model_loading"] is not None:
+        common.when_ready(slot, lambda _: None, "Loading the model (the default model's first load converts it: "
+                          "~30 s)", "loading the model", every=0.3)
+    elif st.session_state["model"] is None:
         st.error("Model not loaded (see the page).")
 
 pages = [

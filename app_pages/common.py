@@ -60,8 +60,13 @@ def set_run(path: str | Path, rerun: bool = True) -> None:
 
 
 def model_or_stop():
-    """(model, tokenizer, lock) of the sidebar's model; or an error with cause and fix, and the page stops."""
+    """(model, tokenizer, lock) of the sidebar's model; or, while it loads, a note (the sidebar reruns the page
+    when it is in), or an error with cause and fix; then the page stops."""
     got = st.session_state.get("model")
+    if got is None and st.session_state.get("model_loading") is not None:
+        st.info("Loading the model (see the sidebar); this page fills in when it is ready.",
+                icon=":material/hourglass_top:")
+        st.stop()
     if got is None:
         st.error("The model could not be loaded.\n\n" + (st.session_state.get("model_error") or ""))
         st.stop()
@@ -143,6 +148,21 @@ class Task:
         if progress:
             kwargs = {**kwargs, "on_progress": self._on_progress}
         self.future: Future = _POOL.submit(fn, *args, **kwargs)
+
+    @classmethod
+    def thread(cls, fn: Callable[[], object], name: str) -> "Task":
+        """fn() in a daemon thread of its own (not the page pool: a model load must not wait behind figures)."""
+        t = cls.__new__(cls)
+        t.started, t.progress, t.future = time.time(), None, Future()
+
+        def work() -> None:
+            try:
+                t.future.set_result(fn())
+            except BaseException as e:  # noqa: BLE001 - handed to whoever reads the result
+                t.future.set_exception(e)
+
+        threading.Thread(target=work, name=name, daemon=True).start()
+        return t
 
     def _on_progress(self, step: int, total: int, info: dict | None = None) -> None:
         self.progress = (step, total, info or {})

@@ -5,7 +5,7 @@ import streamlit as st
 
 from app_pages import common
 from hopscotch_core import figures, metrics
-from hopscotch_core.info import summary
+from hopscotch_core.info import cached_summary, summary
 
 st.title("Hopscotch Studio")
 st.markdown(
@@ -24,8 +24,12 @@ if run is not None and run.example:
                                          ("app_pages/compare.py", "Compare"), ("app_pages/runs.py", "Runs")]):
         col.page_link(page, label=f"Open {label}", icon=":material/arrow_forward:")
 
-model, tok, lock = common.model_or_stop()
-info = summary(model)
+stamp = st.session_state.get("model_stamp")
+loaded = st.session_state.get("model")
+# while the model loads, what was computed from the same weights before (kept on disk) is drawn at once
+info = summary(loaded[0]) if loaded is not None else cached_summary(stamp)
+if info is None:
+    model, tok, lock = common.model_or_stop()
 st.subheader(f"Architecture · {info['family']}")
 cols = st.columns(5)
 cols[0].metric("Layers", info["layers"])
@@ -44,7 +48,17 @@ st.subheader("Singular values")
 st.caption("Largest singular value (spectral norm) of every weight matrix in every layer: how strongly each matrix "
            "can amplify its input. Hover a cell for its value.")
 log_color = st.toggle("Log colour scale", value=True, key="sv_log")
-job = common.task(("singular_values", common.model_key()), metrics.singular_values, model)
-common.when_ready(job, lambda sv: common.chart(figures.singular_value_heatmap(sv, log_color=log_color), "sv_heatmap",
-                                               "singular-values"),
-                  "Computing singular values (once per model: kept on disk)", "computing singular values")
+
+
+def heatmap(sv) -> None:
+    common.chart(figures.singular_value_heatmap(sv, log_color=log_color), "sv_heatmap", "singular-values")
+
+
+sv = metrics.cached_singular_values(stamp) if loaded is None else None
+if sv is not None:
+    heatmap(sv)
+else:
+    model, tok, lock = common.model_or_stop()
+    job = common.task(("singular_values", common.model_key()), metrics.singular_values, model)
+    common.when_ready(job, heatmap, "Computing singular values (once per model: kept on disk)",
+                      "computing singular values")

@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from .adapters import get_adapter
+from .loading import read_derived, weights_stamp, write_derived
 from .scaling import RemovedBlock
 
 
@@ -29,6 +30,18 @@ def _head_dim(cfg) -> int:
 
 
 def summary(model: nn.Module) -> dict[str, Any]:
+    """Family, sizes, parameter and FLOP shares of attention; also kept on disk for cached_summary()."""
+    out = _summary(model)
+    write_derived("summary", weights_stamp(model), out)
+    return out
+
+
+def cached_summary(stamp: str | None) -> dict[str, Any] | None:
+    """summary() of the model with this weights stamp (loading.source_stamp) as last computed, without the model."""
+    return read_derived("summary", stamp)
+
+
+def _summary(model: nn.Module) -> dict[str, Any]:
     ad = get_adapter(model)
     cfg = ad.text_config
     layers = ad.layers

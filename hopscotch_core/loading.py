@@ -235,7 +235,8 @@ def load_model(
     model.to(dev)
     model.eval()
     model._hopscotch_source = name
-    model._hopscotch_stamp = (_files_stamp(src, expanded, model), _version_sum(model))
+    stamp = source_stamp(src, dev, dt) if src == "default" or expanded.exists() else _hub_stamp(src, model, dev, dt)
+    model._hopscotch_stamp = (stamp, _version_sum(model))
     if tok is not None and tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
     return model, tok
@@ -245,20 +246,35 @@ def _version_sum(model) -> int:
     return sum(int(p._version) for p in model.parameters())
 
 
-def _files_stamp(src: str, expanded: Path, model) -> str | None:
-    """What the weights were loaded from: file names, sizes and modification times (local), or the Hub commit."""
-    if src == "default" or expanded.exists():
-        path = ensure_default_cached(progress=False) if src == "default" else expanded.resolve()
-        files = sorted(path.glob("*")) if path.is_dir() else [path]
-        parts = [str(path)] + [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.is_file()]
-    else:
-        commit = getattr(model.config, "_commit_hash", None)
-        if not commit:
+def _stamp(parts: list[str], device: torch.device, dtype: torch.dtype) -> str:
+    return hashlib.sha256("\n".join([*parts, str(dtype), device.type]).encode()).hexdigest()[:24]
+
+
+def source_stamp(source: str | os.PathLike = "default", device=None, dtype=None) -> str | None:
+    """The weights stamp (see weights_stamp) that load_model(source, device, dtype) gives its model, computed
+    without loading it: from the file names, sizes and modification times of the default model's cache or of a
+    local folder / .gguf file. None for a Hub id (its commit is known only after loading) or a default model not
+    converted yet."""
+    src = str(source)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if src == "default":
+        path = _default_cache_path()
+        if not (path / "model.safetensors").is_file():
             return None
-        parts = [src, commit]
-    dev = next(model.parameters()).device
-    parts += [str(next(model.parameters()).dtype), dev.type]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+    else:
+        path = Path(os.path.expanduser(src))
+        if not path.exists():
+            return None
+        path = path.resolve()
+    files = sorted(path.glob("*")) if path.is_dir() else [path]
+    parts = [str(path)] + [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.is_file()]
+    return _stamp(parts, dev, dt)
+
+
+def _hub_stamp(src: str, model, device: torch.device, dtype: torch.dtype) -> str | None:
+    commit = getattr(model.config, "_commit_hash", None)
+    return _stamp([src, commit], device, dtype) if commit else None
 
 
 def weights_stamp(model) -> str | None:
@@ -268,6 +284,32 @@ def weights_stamp(model) -> str | None:
     if not stamp or stamp[0] is None or _version_sum(model) != stamp[1]:
         return None
     return stamp[0]
+
+
+def read_derived(kind: str, stamp: str | None):
+    """What write_derived stored for these weights (JSON), or None (no stamp, never stored, damaged file)."""
+    if not stamp:
+        return None
+    path = cache_dir() / "derived" / f"{kind}-{stamp}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_derived(kind: str, stamp: str | None, obj) -> None:
+    """Keep `obj` (JSON) computed from the weights with this stamp in HOPSCOTCH_CACHE/derived; errors are ignored
+    (a read-only cache only costs a recomputation)."""
+    if not stamp:
+        return
+    path = cache_dir() / "derived" / f"{kind}-{stamp}.json"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(obj))
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -15,7 +15,6 @@ given, else the median Euclidean distance between distinct points of the pooled 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import weakref
@@ -28,8 +27,7 @@ from torch import nn
 from .adapters import get_adapter
 from .data import forward_rows, row_logits
 from .errors import HopscotchError
-from .loading import cache_dir, weights_stamp
-from .runs import write_json
+from .loading import read_derived, weights_stamp, write_derived
 
 
 class MetricError(HopscotchError, ValueError):
@@ -93,13 +91,8 @@ def singular_values(model: nn.Module, top_k: int | None = None):
     if cached is not None and cached[0] == key:
         return cached[1].copy()
     stamp = weights_stamp(model)
-    on_disk = cache_dir() / "derived" / f"singular-values-{stamp}-{top_k or 0}.json" if stamp else None
-    rows = None
-    if on_disk is not None and on_disk.is_file():
-        try:
-            rows = json.loads(on_disk.read_text())["rows"]
-        except (OSError, ValueError, KeyError):
-            rows = None  # a damaged cache file is recomputed
+    kind = f"singular-values-{top_k or 0}"
+    rows = (read_derived(kind, stamp) or {}).get("rows")
     if rows is None:
         rows = []
         with torch.no_grad():
@@ -109,15 +102,19 @@ def singular_values(model: nn.Module, top_k: int | None = None):
                 if top_k:
                     row["spectrum"] = torch.linalg.svdvals(w32)[:top_k].cpu().tolist()
                 rows.append(row)
-        if on_disk is not None:
-            try:
-                on_disk.parent.mkdir(parents=True, exist_ok=True)
-                write_json(on_disk, {"rows": rows})
-            except OSError:
-                pass  # a read-only cache only costs the recomputation next time
+        write_derived(kind, stamp, {"rows": rows})
     df = pd.DataFrame(rows)
     _SV_CACHE[model] = (key, df)
     return df.copy()
+
+
+def cached_singular_values(stamp: str | None, top_k: int | None = None):
+    """singular_values() of the model with this weights stamp (loading.source_stamp), read from the disk cache
+    without the model; None when it was never computed."""
+    import pandas as pd
+
+    rows = (read_derived(f"singular-values-{top_k or 0}", stamp) or {}).get("rows")
+    return None if rows is None else pd.DataFrame(rows)
 
 
 # ------------------------------------------------------------------------------------------------- fidelity

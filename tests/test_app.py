@@ -46,8 +46,14 @@ def runs(world, tmp_path, monkeypatch):
 
 
 def start() -> AppTest:
+    """A new session, run until the model (loaded in a thread of its own) is in."""
     at = AppTest.from_file(APP, default_timeout=90).run()
     assert not at.exception, at.exception
+    loading = at.session_state["model_loading"] if "model_loading" in at.session_state else None
+    if loading is not None:
+        loading.future.exception(timeout=120)  # waits; a failed load is shown by the rerun
+        at.run()
+        assert not at.exception, at.exception
     return at
 
 
