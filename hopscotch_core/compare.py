@@ -132,25 +132,37 @@ def stream_pair(
         pool = ThreadPoolExecutor(2, thread_name_prefix="stream_pair", initializer=torch.set_num_threads,
                                   initargs=(each,))
     step = 0
+    jobs: dict = {}
     try:
         while step < max_new_tokens and not all(done):
             with _borrowed(model, lock, True) as hs, torch.no_grad():
                 until = time.perf_counter() + hold_s
-                while step < max_new_tokens and not all(done):
-                    if pool is not None:
-                        jobs = {side: pool.submit(side_step, hs, side) for side in (0, 1) if not done[side]}
-                        for side, job in jobs.items():
-                            (nxt,), caches[side] = job.result()
-                            take(side, nxt)
-                    else:
-                        with hs.per_row(configs):
-                            nxt, caches[0] = forward([feeds[0], feeds[1]], caches[0])
-                        for side in (0, 1):
-                            take(side, nxt[side])
-                    step += 1
-                    yield list(outs[0]), list(outs[1])
-                    if time.perf_counter() > until:
-                        break
+                try:
+                    while step < max_new_tokens and not all(done):
+                        if pool is not None:
+                            if not jobs:
+                                jobs = {side: pool.submit(side_step, hs, side) for side in (0, 1) if not done[side]}
+                            for side, job in jobs.items():
+                                (nxt,), caches[side] = job.result()
+                                take(side, nxt)
+                            jobs = {}
+                        else:
+                            with hs.per_row(configs):
+                                nxt, caches[0] = forward([feeds[0], feeds[1]], caches[0])
+                            for side in (0, 1):
+                                take(side, nxt[side])
+                        step += 1
+                        last = time.perf_counter() > until
+                        if pool is not None and not last and step < max_new_tokens and not all(done):
+                            # the next step runs while the caller shows this one
+                            jobs = {side: pool.submit(side_step, hs, side) for side in (0, 1) if not done[side]}
+                        yield list(outs[0]), list(outs[1])
+                        if last:
+                            break
+                finally:
+                    for job in jobs.values():  # never detach while a worker still runs a forward
+                        job.cancel() or job.exception()
+                    jobs = {}
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

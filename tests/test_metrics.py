@@ -192,7 +192,7 @@ def test_singular_values_are_kept_on_disk_for_the_same_weights_only(tiny_dir, tm
     monkeypatch.setenv("HOPSCOTCH_CACHE", str(tmp_path / "cache"))
     model, _ = hc.load_model(tiny_dir, device="cpu")
     want = metrics.singular_values(model)
-    (file,) = (tmp_path / "cache" / "derived").glob("singular-values-*.json")
+    (file,) = (tmp_path / "cache" / "derived").glob("singular-values-0-*.json")
     # a new process loading the same files reads the file: poison it to see that it is used
     again, _ = hc.load_model(tiny_dir, device="cpu")
     rows = [dict(r, sigma_max=-1.0) for r in want.to_dict("records")]

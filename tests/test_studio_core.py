@@ -286,5 +286,10 @@ def test_stream_pair_both_parallel_modes_match_separate_greedy_decoding(tiny, pa
 
     assert a == greedy([], None) and b == greedy([1], scales)
     assert hc.handle_of(model) is None and torch.get_num_threads() >= 1
+    lock = threading.Lock()
+    gen = compare.stream_pair(model, tok, "what is 4 plus 4?", [1], max_new_tokens=9, parallel=parallel, lock=lock)
+    next(gen), next(gen)
+    gen.close()  # a reader that stops early (a click elsewhere in the app) frees the model and the lock
+    assert hc.handle_of(model) is None and lock.acquire(blocking=False)
     with pytest.raises(hc.HopscotchError, match="parallel"):
         next(compare.stream_pair(model, tok, "x", [1], parallel="gpu"))
