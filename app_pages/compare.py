@@ -1,13 +1,14 @@
 """Compare page: toggle attention blocks, generate with the original and the modified model side by side
 (streamed, first diverging token marked), per-layer MMD for the current skip set, and its speed and memory."""
 
+import hashlib
 import time
 
 import pandas as pd
 import streamlit as st
 
 from app_pages import common
-from hopscotch_core import compare, figures
+from hopscotch_core import compare, drift, figures
 from hopscotch_core.explain import explain
 from hopscotch_core.scaling import compact_info
 
@@ -106,19 +107,37 @@ elif st.session_state.get("cmp_result"):
     res = st.session_state["cmp_result"]
     render(res["a"], res["b"], res["label"], True)
 
-st.subheader("Per-layer MMD")
-st.caption("How far each layer's output hidden states move away from the original model's (unbiased MMD² between "
-           "the two sets of token states; red: skipped blocks). Measured on the run's held-out answers, or on the "
-           "preset prompts.")
+st.subheader("Per-layer MMD and hidden-state drift")
+st.caption("Where the skipped model's hidden states leave the original's: per layer, the unbiased MMD² between the "
+           "two sets of token states (bars; red: skipped blocks) and, below, the same tokens projected on the "
+           "original's top two principal components (grey: original, orange: modified; PCA fitted on the original). "
+           "Drift (line): how far tokens moved in that plane, in units of the original cloud's size.")
+measured_on = ["the run's held-out answers" if run is not None and problem is None else "the preset prompts",
+               "the prompt above"]
+on = st.segmented_control("Measure on", measured_on, default=measured_on[0], key="cmp_drift_on",
+                          help="Long prompts work: at most 256 token positions are sampled (the same on both sides); "
+                               "the two forward passes over the whole prompt are the cost.") or measured_on[0]
 if not skip and scales is None:
     st.info("Skip at least one block to measure how the hidden states change.")
+elif on == measured_on[1] and not prompt.strip():
+    st.info("Write a prompt above to measure on it.")
 else:
-    answers = run.answers("eval", 4) if run is not None and problem is None else []
-    key = ("mmd", common.model_key(), tuple(skip), scales is not None, source if answers else None)
-    job = common.task(key, compare.prompt_mmd, model, tok, compare.PRESET_PROMPTS, skip, scales, answers=answers,
-                      lock=lock, slot="cmp_mmd")
-    common.when_ready(job, lambda mmd: common.chart(figures.layer_mmd(mmd, skip), "cmp_mmd_fig", "layer-mmd"),
-                      "Measuring per-layer MMD", "measuring MMD")
+    answers = run.answers("eval", 4) if on == measured_on[0] and run is not None and problem is None else []
+    prompts = [prompt] if on == measured_on[1] else list(compare.PRESET_PROMPTS)
+    key = ("drift", common.model_key(), tuple(skip), scales is not None, source if answers else None,
+           hashlib.sha256("\x00".join(prompts).encode()).hexdigest() if not answers else None)
+    job = common.task(key, drift.prompt_drift, model, tok, prompts, skip, scales, answers=answers, lock=lock,
+                      reuse=st.session_state.get("cmp_drift_last"), progress=True, slot="cmp_drift")
+
+    def show(res) -> None:
+        st.session_state["cmp_drift_last"] = res  # the next skip set reuses the original's pass when it can
+        common.chart(figures.drift(res, skip), "cmp_drift_fig", "hidden-state-drift")
+        st.caption(f"Measured on {len(res.positions)} of {res.total_tokens} token positions"
+                   + (f" ({res.dropped} first tokens of sequences left out: attention sinks)" if res.dropped else "")
+                   + f"; {sum(res.seconds.values()):.1f} s"
+                   + (" (the original's pass reused)" if res.seconds.get("original") == 0.0 else "") + ".")
+
+    common.when_ready(job, show, "Measuring MMD and drift", "measuring the hidden-state drift")
 
 st.subheader("Speed and memory")
 est = pd.DataFrame(compare.estimate(model, skip))

@@ -143,7 +143,8 @@ def test_first_launch_shows_the_example_run_on_every_page(runs, world):
     assert at.button_group(key="cmp_skip").value == ex.selected  # initialised from the run
     assert at.toggle(key="cmp_scaled").value is True
     settle(at)
-    assert len(figure(at, "cmp_mmd_fig")["data"][0]["y"]) == 4
+    mmd_bars = figure(at, "cmp_drift_fig")["data"][0]
+    assert mmd_bars["type"] == "bar" and len(mmd_bars["y"]) == 4
     assert at.dataframe  # the speed / memory estimate
 
     visit(at, "runs")
@@ -405,3 +406,28 @@ def test_the_app_binds_to_localhost_and_never_trusts_remote_code():
     assert cli.build_parser().parse_args(["app"]).address == "localhost"
     sources = [*(ROOT / "hopscotch_core").glob("*.py"), ROOT / "app.py", *(ROOT / "app_pages").glob("*.py")]
     assert not [p.name for p in sources if "trust_remote_code=True" in p.read_text()]
+
+
+def test_compare_drift_view_on_a_long_prompt_samples_positions(runs, world):
+    from hopscotch_core import drift
+
+    model, tok = hc.load_model(world.model_dir, device="cpu")
+    at = visit(start(), "compare")
+    at.button_group(key="cmp_skip").set_value([1]).run()
+    at.toggle(key="cmp_scaled").set_value(False).run()
+    long = " ".join(f"what is {i} plus {i + 3}?" for i in range(120))
+    at.text_area(key="cmp_prompt").input(long).run()
+    at.segmented_control(key="cmp_drift_on").set_value("the prompt above").run()
+    settle(at)
+    traces = figure(at, "cmp_drift_fig")["data"]
+    want = drift.prompt_drift(model, tok, [long], [1], max_tokens=256)
+    assert want.total_tokens > 256 + want.dropped and len(want.positions) == 256
+    assert traces[0]["y"] == pytest.approx([float(v) for v in want.mmd])
+    panels = [t for t in traces if (t.get("meta") or {}).get("side") in ("original", "modified")]
+    assert panels
+    for t in panels:
+        j = want.index(t["meta"]["layer"])
+        pts = (want.original if t["meta"]["side"] == "original" else want.modified)[j]
+        np.testing.assert_allclose(t["x"], pts[:, 0], rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(t["y"], pts[:, 1], rtol=1e-6, atol=1e-9)
+    assert f"Measured on 256 of {want.total_tokens} token positions" in texts(at)
