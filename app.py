@@ -86,7 +86,7 @@ with st.sidebar:
     st.caption(f"Runs directory: `{common.runs_dir()}`")
     if st.session_state["model_loading"] is not None:
         common.when_ready(slot, lambda _: None, "Loading the model (the default model's first load converts it: "
-                          "~30 s)", "loading the model", every=0.3)
+                          "~30 s)", "loading the model", every=0.5)
     elif st.session_state["model"] is None:
         st.error("Model not loaded (see the page).")
 

@@ -96,7 +96,7 @@ if go:
     try:
         shown = 0.0
         for a, b in compare.stream_pair(model, tok, prompt, skip, scales, int(max_new), lock=lock):
-            if time.perf_counter() - shown > 0.08:  # at most ~12 redraws a second: decoding never waits on them
+            if time.perf_counter() - shown > 0.2:  # at most 5 redraws a second: the browser shares the CPU
                 render(a, b, label, False)
                 shown = time.perf_counter()
         render(a, b, label, True)
@@ -126,12 +126,19 @@ else:
     prompts = [prompt] if on == measured_on[1] else list(compare.PRESET_PROMPTS)
     key = ("drift", common.model_key(), tuple(skip), scales is not None, source if answers else None,
            hashlib.sha256("\x00".join(prompts).encode()).hexdigest() if not answers else None)
-    job = common.task(key, drift.prompt_drift, model, tok, prompts, skip, scales, answers=answers, lock=lock,
-                      reuse=st.session_state.get("cmp_drift_last"), progress=True, slot="cmp_drift")
 
-    def show(res) -> None:
+    last = st.session_state.get("cmp_drift_last")
+
+    def measure(**kw):  # in the worker thread (no st.* there): the measurement and its figure (0.4 s to build)
+        res = drift.prompt_drift(model, tok, prompts, skip, scales, answers=answers, lock=lock, reuse=last, **kw)
+        return None if res is None else (res, figures.drift(res, skip))
+
+    job = common.task(key, measure, progress=True, stoppable=True, slot="cmp_drift")
+
+    def show(got) -> None:
+        res, fig = got
         st.session_state["cmp_drift_last"] = res  # the next skip set reuses the original's pass when it can
-        common.chart(figures.drift(res, skip), "cmp_drift_fig", "hidden-state-drift")
+        common.chart(fig, "cmp_drift_fig", "hidden-state-drift")
         st.caption(f"Measured on {len(res.positions)} of {res.total_tokens} token positions"
                    + (f" ({res.dropped} first tokens of sequences left out: attention sinks)" if res.dropped else "")
                    + f"; {sum(res.seconds.values()):.1f} s"
