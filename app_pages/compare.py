@@ -96,7 +96,7 @@ if go:
     try:
         shown = 0.0
         for a, b in compare.stream_pair(model, tok, prompt, skip, scales, int(max_new), lock=lock):
-            if time.perf_counter() - shown > 0.2:  # at most 5 redraws a second: the browser shares the CPU
+            if time.perf_counter() - shown > 0.25:  # at most 4 redraws a second: the browser shares the CPU
                 render(a, b, label, False)
                 shown = time.perf_counter()
         render(a, b, label, True)
