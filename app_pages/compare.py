@@ -131,20 +131,26 @@ else:
 
     def measure(**kw):  # in the worker thread (no st.* there): the measurement and its figure (0.4 s to build)
         res = drift.prompt_drift(model, tok, prompts, skip, scales, answers=answers, lock=lock, reuse=last, **kw)
-        return None if res is None else (res, figures.drift(res, skip))
+        return None if res is None else (res, figures.drift(res, skip, max_panels=8))  # 12 panels: 0.7 s to draw
 
     job = common.task(key, measure, progress=True, stoppable=True, slot="cmp_drift")
 
-    def show(got) -> None:
+    def show(got, previous: bool = False) -> None:
         res, fig = got
-        st.session_state["cmp_drift_last"] = res  # the next skip set reuses the original's pass when it can
+        if not previous:
+            st.session_state["cmp_drift_last"] = res  # the next skip set reuses the original's pass when it can
+            st.session_state["cmp_drift_shown"] = got
         common.chart(fig, "cmp_drift_fig", "hidden-state-drift")
-        st.caption(f"Measured on {len(res.positions)} of {res.total_tokens} token positions"
+        st.caption(("**Previous measurement** (blocks " + ", ".join(str(b) for b in res.skipped) + ") until the "
+                    "new one is in. " if previous else "")
+                   + f"Measured on {len(res.positions)} of {res.total_tokens} token positions"
                    + (f" ({res.dropped} first tokens of sequences left out: attention sinks)" if res.dropped else "")
                    + f"; {sum(res.seconds.values()):.1f} s"
                    + (" (the original's pass reused)" if res.seconds.get("original") == 0.0 else "") + ".")
 
-    common.when_ready(job, show, "Measuring MMD and drift", "measuring the hidden-state drift")
+    shown = st.session_state.get("cmp_drift_shown")
+    common.when_ready(job, show, "Measuring MMD and drift", "measuring the hidden-state drift",
+                      meanwhile=(lambda: show(shown, previous=True)) if shown is not None else None)
 
 st.subheader("Speed and memory")
 est = pd.DataFrame(compare.estimate(model, skip))
