@@ -74,13 +74,15 @@ def plain(model, ids: list[int], n: int) -> float:
         return (n - 1) / (time.perf_counter() - t)
 
 
-def pair(model, tok, n: int, parallel: str) -> float:
+def pair(model, tok, n: int, parallel: str, chat: bool) -> float:
     t = None
     a: list[int] = []
-    for i, (a, _b) in enumerate(compare.stream_pair(model, tok, PROMPT, SKIP, None, n, chat=False,
+    for i, (a, _b) in enumerate(compare.stream_pair(model, tok, PROMPT, SKIP, None, n, chat=chat,
                                                     lock=threading.Lock(), parallel=parallel)):
         if i == 0:
             t = time.perf_counter()
+    if len(a) < 2:
+        raise SystemExit(f"the original side ended after {len(a)} tokens: use another prompt")
     return (len(a) - 1) / (time.perf_counter() - t)
 
 
@@ -102,13 +104,14 @@ def main() -> int:
         model, tok = hc.load_model("default", device=args.device, dtype=dtype)
     from hopscotch_core.data import encode_prompt
 
-    ids = encode_prompt(tok, PROMPT, False)
+    chat = not args.random
+    ids = encode_prompt(tok, PROMPT, chat)
     modes = args.modes.split(",")
     got: dict[str, list[float]] = {"plain": [], **{m: [] for m in modes}}
     for r in range(args.rounds + 1):  # the first round warms up
         got["plain"].append(plain(model, ids, args.tokens))
         for m in modes:
-            got[m].append(pair(model, tok, args.tokens, m))
+            got[m].append(pair(model, tok, args.tokens, m, chat))
     med = {k: statistics.median(v[1:]) for k, v in got.items()}
     dev = torch.cuda.get_device_name() if model.device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"{dev}, {args.dtype}, {args.tokens} tokens, medians of {args.rounds} rounds")
