@@ -103,12 +103,14 @@ def test_every_page_in_a_real_browser(server, tmp_path):
                     idle(page)
                     assert page.locator(".st-key-cmp_drift_fig .subplot").count() >= 2
                     assert "token positions" in page.inner_text("body")
+                    for d in outs:  # the drift view on its own (below the fold of the page's screenshot)
+                        page.locator(".st-key-cmp_drift_fig").screenshot(path=str(d / "drift.png"))
                 check(page, slug, js_errors, server_log)
                 for d in outs:
                     page.screenshot(path=str(d / f"{slug}.png"))
         finally:
             browser.close()
-    assert sorted(p.name for p in outs[0].iterdir()) == sorted(f"{s}.png" for s, _ in PAGES)
+    assert sorted(p.name for p in outs[0].iterdir()) == sorted([f"{s}.png" for s, _ in PAGES] + ["drift.png"])
     if len(outs) > 1:  # keep committed screenshots small: 8-bit palette PNGs when Pillow is there
         _shrink(outs[1])
 
