@@ -38,6 +38,7 @@ PC1 (explained variance 0.999) and every other token collapses to a dot.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -137,8 +138,46 @@ def layer_drift(hs, rows, skipped: Iterable[int], scales: torch.Tensor | None = 
     One forward pass per side; `reuse` (a previous result on the same rows, positions, layers and weights) skips
     the original's pass. Progress: `on_progress(step, total, {"stage": "original" | "modified" | "analysis",
     "layer": l, "tokens": n})`; when `should_stop()` turns true the measurement is abandoned and None returned.
-    The handle is left reset.
+    The handle is left reset. `hs` may also be a function returning a context manager that gives a handle (for a
+    shared model, compare._borrowed: attached under the lock): each forward pass then borrows it anew, so the
+    lock is let go between the two passes and during the analysis.
     """
+    borrow = hs if callable(hs) and not hasattr(hs, "num_layers") else (lambda: contextlib.nullcontext(hs))
+    with borrow() as hs:  # the original's pass (or the checks only, with reuse)
+        return_early, state = _original_pass(hs, rows, max_tokens, seed, layers, on_progress, should_stop, reuse,
+                                             drop_first)
+    if return_early:
+        return None
+    wanted, idx, key, orig, total, eligible, tick, seconds = state
+    skipped = sorted({int(b) for b in skipped})
+    t1 = time.perf_counter()
+    with borrow() as hs, hs.applied(skipped, scales, skipped_mlp):
+        mod = metrics.sampled_states(hs, rows, wanted, idx, lambda i: tick("modified", i), should_stop)
+    if mod is None:
+        return None
+    t2 = time.perf_counter()
+    seconds["modified"] = t2 - t1
+    res = Drift(layers=list(wanted), skipped=skipped, positions=idx.numpy().copy(), total_tokens=total,
+                dropped=total - len(eligible), mmd=[],
+                original=[], modified=[], explained=[], drift=[], key=key, original_states=orig)
+    for i in wanted:
+        if should_stop is not None and should_stop():
+            return None
+        res.mmd.append(metrics.mmd2(orig[i], mod[i]))
+        po, pm, ratio, d = project(orig[i], mod[i])
+        res.original.append(po)
+        res.modified.append(pm)
+        res.explained.append(ratio)
+        res.drift.append(d)
+        tick("analysis", i)
+    seconds["analysis"] = time.perf_counter() - t2
+    res.seconds = seconds
+    return res
+
+
+def _original_pass(hs, rows, max_tokens, seed, layers, on_progress, should_stop, reuse, drop_first):
+    """layer_drift's checks, sampled positions, progress counter and the original model's states (or those of
+    `reuse`): (stopped, (layers, positions, key, states, total, eligible, tick, seconds))."""
     wanted = metrics.layer_indices(hs, layers)
     if max_tokens < 4:
         raise metrics.MetricError(f"max_tokens = {max_tokens}: MMD needs at least 4 tokens")
@@ -148,7 +187,6 @@ def layer_drift(hs, rows, skipped: Iterable[int], scales: torch.Tensor | None = 
     if len(eligible) < 4:
         raise metrics.MetricError(f"the drift view needs at least 4 tokens; the rows hold {len(eligible)}"
                                   + (" besides each sequence's first token" if drop_first else ""))
-    skipped = sorted({int(b) for b in skipped})
     idx = eligible[metrics.sample_positions(len(eligible), max_tokens, seed)]  # (n,)
     n = len(idx)
     key = _fingerprint(hs, rows, idx, wanted)
@@ -176,33 +214,11 @@ def layer_drift(hs, rows, skipped: Iterable[int], scales: torch.Tensor | None = 
     if orig is None:
         orig = metrics.sampled_states(hs, rows, wanted, idx, lambda i: tick("original", i), should_stop)
         if orig is None:
-            return None
+            return True, None
         seconds["original"] = time.perf_counter() - t0
     else:
         seconds["original"] = 0.0
-    t1 = time.perf_counter()
-    with hs.applied(skipped, scales, skipped_mlp):
-        mod = metrics.sampled_states(hs, rows, wanted, idx, lambda i: tick("modified", i), should_stop)
-    if mod is None:
-        return None
-    t2 = time.perf_counter()
-    seconds["modified"] = t2 - t1
-    res = Drift(layers=list(wanted), skipped=skipped, positions=idx.numpy().copy(), total_tokens=total,
-                dropped=total - len(eligible), mmd=[],
-                original=[], modified=[], explained=[], drift=[], key=key, original_states=orig)
-    for i in wanted:
-        if should_stop is not None and should_stop():
-            return None
-        res.mmd.append(metrics.mmd2(orig[i], mod[i]))
-        po, pm, ratio, d = project(orig[i], mod[i])
-        res.original.append(po)
-        res.modified.append(pm)
-        res.explained.append(ratio)
-        res.drift.append(d)
-        tick("analysis", i)
-    seconds["analysis"] = time.perf_counter() - t2
-    res.seconds = seconds
-    return res
+    return False, (wanted, idx, key, orig, total, eligible, tick, seconds)
 
 
 def prompt_drift(model, tok, prompts: Sequence[str] = PRESET_PROMPTS, skipped: Iterable[int] = (),
@@ -215,6 +231,5 @@ def prompt_drift(model, tok, prompts: Sequence[str] = PRESET_PROMPTS, skipped: I
     detached before it is let go (compare.prompt_mmd does the same). With drop_first=False the MMD values are
     compare.prompt_mmd's for the same max_tokens."""
     rows = prompt_rows(tok, prompts, chat=chat, answers=answers)
-    with _borrowed(model, lock, True) as hs:
-        return layer_drift(hs, rows, skipped, scales, max_tokens=max_tokens, seed=seed, on_progress=on_progress,
-                           should_stop=should_stop, reuse=reuse, drop_first=drop_first)
+    return layer_drift(lambda: _borrowed(model, lock, True), rows, skipped, scales, max_tokens=max_tokens, seed=seed,
+                       on_progress=on_progress, should_stop=should_stop, reuse=reuse, drop_first=drop_first)

@@ -219,3 +219,31 @@ def test_drift_figure_data_is_the_result():
     small = fake_result(n_layers=4)
     assert figures.drift_panels(small) == [0, 1, 2, 3]
     assert "nothing measured" in str(figures.drift(None).layout.annotations[0].text)
+
+
+def test_prompt_drift_lets_the_lock_go_between_its_passes():
+    """The shared model's lock is held for each forward pass, not across both and the analysis: another user
+    (a side-by-side generation) gets in between."""
+    events: list[str] = []
+
+    class Recorded:
+        def __init__(self):
+            self.lock = threading.Lock()
+
+        def __enter__(self):
+            self.lock.acquire()
+            events.append("lock")
+
+        def __exit__(self, *exc):
+            events.append("unlock")
+            self.lock.release()
+
+    model, tok = make_model("llama"), make_tokenizer()
+    prompts = ["what is 1 plus 2?", "hello there, how are you?"]
+    want = drift.prompt_drift(model, tok, prompts, [1], max_tokens=16)
+    got = drift.prompt_drift(model, tok, prompts, [1], max_tokens=16, lock=Recorded(),
+                             on_progress=lambda step, total, info: events.append(info["stage"]))
+    stages = [e for i, e in enumerate(events) if i == 0 or e != events[i - 1]]
+    assert stages == ["lock", "original", "unlock", "lock", "modified", "unlock", "analysis"], stages
+    np.testing.assert_allclose(got.mmd, want.mmd)
+    assert hc.handle_of(model) is None
