@@ -32,9 +32,16 @@ def _blocks(text: str) -> list[int]:
     if not text.strip():
         return []
     try:
-        return [int(t) for t in text.replace(" ", "").split(",") if t != ""]
+        blocks = [int(t) for t in text.replace(" ", "").split(",") if t != ""]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--skip takes comma-separated block indices like 3,7; got {text!r}")
+    from .errors import InvalidBlocksError, check_blocks
+
+    try:
+        check_blocks(blocks, None)  # repeats and negatives now; the model's range once it is loaded
+    except InvalidBlocksError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return blocks
 
 
 def _baselines(text: str) -> list[str]:

@@ -42,3 +42,19 @@ class DetachedError(HopscotchError, RuntimeError):
 class FigureExportError(HopscotchError, RuntimeError):
     """A static image (PNG/SVG) of a figure that cannot be made: kaleido or a Chrome/Chromium is missing, or the
     browser that renders it failed."""
+
+
+def check_blocks(blocks, num_layers: int | None) -> None:
+    """Attention blocks to train: whole numbers, no repeats, >= 0 (and < num_layers when known)."""
+    if not blocks:
+        raise InvalidBlocksError("give at least one attention block to skip")
+    for b in blocks:
+        if isinstance(b, bool) or not isinstance(b, int):
+            raise InvalidBlocksError(f"block index {b!r} is not a whole number")
+        if b < 0:
+            raise InvalidBlocksError(f"block index {b} is negative; blocks are numbered from 0")
+        if num_layers is not None and b >= num_layers:
+            raise InvalidBlocksError(f"block index {b} is out of range: this model has blocks 0..{num_layers - 1}")
+    twice = sorted({b for b in blocks if list(blocks).count(b) > 1})
+    if twice:
+        raise InvalidBlocksError(f"block(s) {twice} given more than once")

@@ -13,6 +13,7 @@ info)` and ends cleanly, state saved, when `should_stop()` turns true.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import platform
 import time
@@ -25,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__, data, metrics, selection, training
 from .artifacts import model_identity
-from .errors import HopscotchError
+from .errors import HopscotchError, check_blocks
 from .runs import Run, RunError, RunStore, append_jsonl, read_json, read_jsonl, write_json
 from .scaling import attach, handle_of
 
@@ -60,18 +61,40 @@ class RunSettings:
     device: str = "auto"
     dtype: str | None = None
 
-    def validate(self) -> None:
+    def validate(self, num_layers: int | None = None) -> None:
+        """Refuse a bad setting (HopscotchError subclasses naming it) before any work; with `num_layers` (once the
+        model is known) also blocks and k out of the model's range."""
         if self.mode not in selection.MODES:
             raise selection.SelectionError(f"unknown mode '{self.mode}'; use one of {', '.join(selection.MODES)}")
+        if self.shortlist_by not in ("bi", "loss"):
+            raise selection.SelectionError(f"unknown shortlist ranking '{self.shortlist_by}'; use bi or loss")
         bad = [b for b in self.baselines if b not in selection.BASELINES]
         if bad:
             raise selection.SelectionError(f"unknown baseline(s) {bad}; use any of {', '.join(selection.BASELINES)}")
         if self.blocks is not None:
+            check_blocks(self.blocks, num_layers)
             self.k = len(self.blocks)
         for name in ("n_calib", "n_eval", "max_new_tokens", "gen_batch", "k", "epochs", "batch_tokens", "shortlist"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise HopscotchError(f"{name.replace('_', '-')} must be at least 1")
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise HopscotchError(f"{name.replace('_', '-')} must be a whole number, not {value!r}")
+            if value < 1:
+                raise HopscotchError(f"{name.replace('_', '-')} must be at least 1, not {value}")
+        for name in ("lr", "score_lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value <= 0:
+                raise HopscotchError(f"{name.replace('_', '-')} must be a positive number, not {value!r}")
+        if self.threshold is not None and not (isinstance(self.threshold, (int, float))
+                                               and math.isfinite(self.threshold)):
+            raise HopscotchError(f"threshold must be a finite number, not {self.threshold!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise HopscotchError(f"seed must be a whole number >= 0, not {self.seed!r}")
+        if num_layers is not None and self.blocks is None:
+            selection.check_config(selection.SelectConfig(self.k, self.mode, self.shortlist, self.shortlist_by),
+                                   num_layers)
 
     def split_sizes(self, total: int) -> tuple[int, int]:
         """(calibration, held-out) prompt counts for a data set of `total` records."""
@@ -82,9 +105,6 @@ class RunSettings:
         calib = self.n_calib if self.n_calib is not None else min(32, max(1, (2 * total) // 3))
         held = self.n_eval if self.n_eval is not None else min(16, max(1, total - calib))
         return calib, held
-        for name in ("lr", "score_lr"):
-            if not getattr(self, name) > 0:
-                raise HopscotchError(f"{name.replace('_', '-')} must be positive")
 
 
 def _diff(old: dict, new: dict) -> list[str]:
@@ -371,8 +391,7 @@ def run_pipeline(settings: RunSettings, runs_dir: str, name: str | None = None, 
     if tok is None:
         raise HopscotchError(f"{settings.model} has no tokenizer; the method generates the model's own answers, "
                              "so the model directory must include one")
-    selection.check_config(selection.SelectConfig(settings.k, settings.mode, settings.shortlist,
-                                                  settings.shortlist_by), get_adapter(model).num_layers)
+    settings.validate(get_adapter(model).num_layers)  # blocks and k against the model, before any answer
     run, resumed = open_run(settings, runs_dir, name)
     run.log(("resuming" if resumed else "created") + f" run {run.name}")
     return Pipeline(run, settings, model, tok, on_progress, should_stop).run_all(stages)

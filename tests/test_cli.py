@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import hopscotch_core as hc
 from hopscotch_core import cli
 
@@ -34,3 +36,61 @@ def test_export_writes_a_reloadable_compact_model(tiny_dir, tmp_path, capsys):
     assert "compact model" in capsys.readouterr().out
     assert cli.main(["export", "--model", str(tiny_dir), "--out", str(tmp_path / "x")]) == 2
     assert "nothing to export" in capsys.readouterr().err
+
+
+BAD_RUN_INPUT = [  # (command, extra flags, what the one error line must say)
+    ("train", ["--skip", "3,3"], "more than once"),
+    ("train", ["--skip", "-1"], "negative"),
+    ("train", ["--skip", "1.5"], "comma-separated block indices"),
+    ("train", ["--skip", "9"], "out of range"),           # known once the model (4 layers) is loaded
+    ("train", ["--skip", "1", "--lr", "0"], "lr must be a positive number"),
+    ("train", ["--skip", "1", "--lr", "-1"], "lr must be a positive number"),
+    ("train", ["--skip", "1", "--lr", "nan"], "lr must be a positive number"),
+    ("train", ["--skip", "1", "--epochs", "0"], "epochs must be at least 1"),
+    ("run", ["--score-lr", "0"], "score-lr must be a positive number"),
+    ("run", ["--k", "0"], "k must be at least 1"),
+    ("run", ["--k", "4"], "choose 1 <= k < 4"),
+    ("run", ["--mode", "greedy"], "unknown mode"),
+    ("run", ["--shortlist-by", "norm"], "unknown shortlist ranking"),
+    ("run", ["--n-calib", "0"], "n-calib must be at least 1"),
+    ("run", ["--max-new-tokens", "0"], "max-new-tokens must be at least 1"),
+    ("run", ["--threshold", "inf"], "threshold must be a finite number"),
+    ("run", ["--seed", "-3"], "seed must be a whole number"),
+    ("run", ["--baselines", "magic"], "unknown baseline"),
+]
+
+
+@pytest.mark.parametrize("command,flags,says", BAD_RUN_INPUT, ids=[" ".join([c, *f]) for c, f, _ in BAD_RUN_INPUT])
+def test_bad_run_settings_are_refused_before_any_work(command, flags, says, tiny_dir, tmp_path, capsys,
+                                                      monkeypatch):
+    from hopscotch_core import data
+
+    def no_answers(*a, **k):
+        raise AssertionError("answers were generated for a refused run")
+
+    monkeypatch.setattr(data, "generate_answers", no_answers, raising=False)
+    runs = tmp_path / "runs"
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"question": f"what is {i} plus 1?"}) + "\n" for i in range(12)))
+    try:
+        code = cli.main([command, "--model", str(tiny_dir), "--device", "cpu", "--data", str(prompts),
+                         "--runs-dir", str(runs), "--name", "bad", *flags])
+    except SystemExit as e:  # argparse's own refusals
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert says in err and "error:" in err and "Traceback" not in err
+    assert not (runs / "bad").exists()
+
+
+def test_the_python_api_refuses_the_same_settings():
+    from hopscotch_core.errors import InvalidBlocksError
+    from hopscotch_core.pipeline import RunSettings
+
+    with pytest.raises(InvalidBlocksError, match="more than once"):
+        RunSettings(blocks=[3, 3]).validate()
+    with pytest.raises(InvalidBlocksError, match="out of range"):
+        RunSettings(blocks=[1, 30]).validate(num_layers=30)
+    with pytest.raises(hc.HopscotchError, match="lr must be a positive number"):
+        RunSettings(lr=float("nan")).validate()
+    RunSettings(blocks=[1, 29]).validate(num_layers=30)  # fine
