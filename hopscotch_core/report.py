@@ -29,6 +29,7 @@ import plotly.io as pio
 
 from . import figures
 from .figexport import figure_csv, file_stem
+from .fileio import atomic_write
 from .jobs import command_line
 from .runs import MANIFEST, RunError
 from .runview import RunView
@@ -302,7 +303,4 @@ def write_report(run_dir: str | os.PathLike, out_path: str | os.PathLike | None 
     if out.is_dir():
         out = out / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return atomic_write(out, text)

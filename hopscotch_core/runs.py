@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import HopscotchError
+from .fileio import atomic_write
 
 MANIFEST = "manifest.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -39,13 +40,7 @@ class RunError(HopscotchError, ValueError):
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=2))
 
 
 def write_csv(path: str | os.PathLike, rows: list[dict], columns: tuple[str, ...] | None = None) -> None:
@@ -56,9 +51,7 @@ def write_csv(path: str | os.PathLike, rows: list[dict], columns: tuple[str, ...
     w.writeheader()
     for r in rows:
         w.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()})
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text(buf.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, buf.getvalue())
 
 
 def read_json(path: str | os.PathLike, default: Any = None) -> Any:

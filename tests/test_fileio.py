@@ -1,0 +1,54 @@
+"""fileio.atomic_write: the one way files are replaced."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from hopscotch_core.fileio import atomic_write
+
+
+def test_text_bytes_and_writer_replace_the_file_and_leave_no_temporary(tmp_path):
+    p = tmp_path / "a.json"
+    atomic_write(p, "first")
+    atomic_write(p, b"second")
+    assert p.read_text() == "second"
+    atomic_write(p, lambda tmp: open(tmp, "w").write("third"))
+    assert p.read_text() == "third"
+    assert [f.name for f in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_removes_its_temporary(tmp_path):
+    p = tmp_path / "a.txt"
+    atomic_write(p, "kept")
+
+    def broken(tmp):
+        open(tmp, "w").write("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(p, broken)
+    assert p.read_text() == "kept" and [f.name for f in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_concurrent_writers_never_share_a_temporary_file(tmp_path):
+    p = tmp_path / "record.json"
+    errors: list[BaseException] = []
+
+    def writer(i: int) -> None:
+        try:
+            for _ in range(50):
+                atomic_write(p, f"writer {i} " * 200)
+        except BaseException as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    text = p.read_text()
+    assert not errors
+    assert len({w for w in text.split() if w.isdigit()}) == 1  # one writer's whole text, never a mix
+    assert [f.name for f in tmp_path.iterdir()] == ["record.json"]
