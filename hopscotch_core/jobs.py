@@ -29,6 +29,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import psutil
+from filelock import FileLock
+
 from .errors import HopscotchError
 from .runs import (
     MANIFEST,
@@ -88,19 +91,17 @@ def log_tail(runs_dir: str | os.PathLike, name: str, lines: int = 20) -> str:
 
 # ------------------------------------------------------------------------------------------------ processes
 def _proc_start(pid: int) -> str | None:
-    """The kernel's start time of `pid` (Linux), to tell a live job from a new process that reused its pid."""
+    """When `pid` started (psutil: any OS), to tell a live job from a new process that reused its pid."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return f"{psutil.Process(pid).create_time():.2f}"
+    except (psutil.Error, OSError):
         return None
-    fields = stat.rsplit(")", 1)[-1].split()
-    return fields[19] if len(fields) > 19 else None
 
 
 def _zombie(pid: int) -> bool:
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z"
-    except (OSError, IndexError):
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except (psutil.Error, OSError):
         return False
 
 
@@ -121,7 +122,9 @@ def alive(pid: Any, proc_start: str | None = None) -> bool:
         return False
     if _zombie(pid):
         return False
-    return proc_start is None or _proc_start(pid) in (None, proc_start)
+    if proc_start is None or "." not in str(proc_start):  # none recorded, or an older record's /proc clock ticks
+        return True
+    return _proc_start(pid) in (None, proc_start)
 
 
 def _pid_of(runs_dir, name: str) -> tuple[int | None, str | None]:
@@ -214,7 +217,8 @@ def start(args: list[str], runs_dir: str | os.PathLike, name: str, env: dict[str
         progress.unlink()  # the previous attempt's progress
     rec = {"name": name, "command": args, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "pid": None,
            "proc_start": None, "stop_requested": None, "returncode": None, "ended": None, "error": None}
-    write_json(jf, rec)
+    with FileLock(str(jf) + ".lock", timeout=30):
+        write_json(jf, rec)
     with lf.open("a", encoding="utf-8") as log:
         log.write(f"\n$ hopscotch {' '.join(_quote(a) for a in args)}\n")
         log.flush()
@@ -224,13 +228,17 @@ def start(args: list[str], runs_dir: str | os.PathLike, name: str, env: dict[str
                                 start_new_session=True, cwd=os.getcwd())
     _CHILDREN[proc.pid] = proc
     rec.update(pid=proc.pid, proc_start=_proc_start(proc.pid))
-    write_json(jf, _merge(jf, pid=rec["pid"], proc_start=rec["proc_start"]))
+    _update(jf, pid=rec["pid"], proc_start=rec["proc_start"])
     return rec
 
 
-def _merge(jf: Path, **fields: Any) -> dict:
-    rec = read_json(jf, {}) or {}
-    rec.update(fields)
+def _update(jf: Path, **fields: Any) -> dict:
+    """Set `fields` in the job record: read, change and replace under the record's file lock, so the app (start,
+    stop) and the job process (its exit status) never overwrite each other's fields."""
+    with FileLock(str(jf) + ".lock", timeout=30):
+        rec = read_json(jf, {}) or {}
+        rec.update(fields)
+        write_json(jf, rec)
     return rec
 
 
@@ -246,7 +254,7 @@ def stop(runs_dir: str | os.PathLike, name: str, force: bool = False) -> bool:
         return False
     jf = job_file(runs_dir, name)
     if jf.is_file():
-        write_json(jf, _merge(jf, stop_requested=time.time()))
+        _update(jf, stop_requested=time.time())
     return True
 
 
@@ -260,7 +268,8 @@ def delete(runs_dir: str | os.PathLike, name: str) -> None:
         store.delete(name)
     elif path.is_dir():
         shutil.rmtree(path)
-    for f in (job_file(runs_dir, name), log_file(runs_dir, name)):
+    jf = job_file(runs_dir, name)
+    for f in (jf, log_file(runs_dir, name), Path(str(jf) + ".lock")):
         if f.is_file():
             f.unlink()
 
@@ -340,7 +349,7 @@ def _run(job: str, argv: list[str]) -> int:
     finally:
         path = Path(job)
         if path.parent.is_dir():
-            write_json(path, _merge(path, returncode=rc, ended=time.strftime("%Y-%m-%dT%H:%M:%S"), error=error))
+            _update(path, returncode=rc, ended=time.strftime("%Y-%m-%dT%H:%M:%S"), error=error)
     return rc
 
 

@@ -28,6 +28,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from .errors import HopscotchError
 from .fileio import atomic_write
 
@@ -92,16 +94,10 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 
 def pid_exists(pid: Any) -> bool:
-    """Whether a process with this pid exists (signal 0; a pid of another user counts as existing)."""
-    if not isinstance(pid, int) or pid <= 0:
+    """Whether a process with this pid exists (psutil, any OS; a pid of another user counts as existing)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return psutil.pid_exists(pid)
 
 
 def check_name(name: str) -> str:

@@ -293,3 +293,34 @@ def test_stream_pair_both_parallel_modes_match_separate_greedy_decoding(tiny, pa
     assert hc.handle_of(model) is None and lock.acquire(blocking=False)
     with pytest.raises(hc.HopscotchError, match="parallel"):
         next(compare.stream_pair(model, tok, "x", [1], parallel="gpu"))
+
+
+def test_job_record_updates_from_several_writers_lose_nothing(tmp_path):
+    """The app (start, stop) and the job process (exit status) update one record: each change is made under the
+    record's file lock, so no writer's fields are lost."""
+    jf = tmp_path / ".jobs" / "r.json"
+    jf.parent.mkdir()
+    write_json(jf, {"name": "r"})
+
+    def writer(i: int) -> None:
+        for j in range(25):
+            jobs._update(jf, **{f"w{i}_{j}": j})
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rec = read_json(jf)
+    assert len(rec) == 1 + 6 * 25 and rec["name"] == "r"
+    assert sorted(p.name for p in jf.parent.iterdir()) == ["r.json", "r.json.lock"]
+
+
+def test_process_checks_work_through_psutil():
+    import os
+
+    me = os.getpid()
+    assert jobs.alive(me, jobs._proc_start(me)) and jobs.alive(me, None)
+    assert not jobs.alive(me, "12.34")  # another process that had this pid (start time differs)
+    assert jobs.alive(me, "4242")        # an older record's /proc clock ticks: not compared
+    assert not jobs.alive(-1) and not jobs.alive(None)
