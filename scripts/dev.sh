@@ -26,11 +26,28 @@ setup() {
   touch "$stamp"
 }
 
+# The browser tests drive Debian's chromium (Playwright's own browser download is never used): installed here with
+# apt-get when root or passwordless sudo allows; otherwise those tests are skipped and say how to install it.
+ensure_chromium() {
+  [ -x /usr/bin/chromium ] && return 0
+  local sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    if sudo -n true 2>/dev/null; then sudo=(sudo -n); else
+      echo "note: /usr/bin/chromium is missing and apt-get needs root: the browser tests will be skipped" \
+           "(install it with: sudo apt-get install chromium chromium-driver)" >&2
+      return 0
+    fi
+  fi
+  command -v apt-get >/dev/null || { echo "note: no apt-get here: install chromium for the browser tests" >&2; return 0; }
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver
+}
+
 cmd="${1:-help}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
   setup) setup ;;
-  test) setup; exec "$PY" -m pytest "$@" ;;
+  test) setup; ensure_chromium; exec "$PY" -m pytest "$@" ;;
   app) setup; exec "$PY" -m streamlit run app.py --server.address localhost --browser.gatherUsageStats false "$@" ;;
   *) sed -n '2,7p' "$0"; exit 2 ;;
 esac
