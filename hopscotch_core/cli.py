@@ -55,9 +55,12 @@ def _baselines(text: str) -> list[str]:
 
 
 def _model_args(p: argparse.ArgumentParser, model: str | None = "default") -> None:
-    p.add_argument("--model", default=model, help="'default', a Hub id, a model directory or a .gguf file")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: fp32 on CPU, bf16 on CUDA)")
+    """--model, --device, --dtype: every command that loads a model (help texts from the run settings' schema)."""
+    from .settings import field_help
+
+    p.add_argument("--model", default=model, help=field_help("model"))
+    p.add_argument("--device", default="auto", help=field_help("device"))
+    p.add_argument("--dtype", default=None, help=field_help("dtype"))
 
 
 def _load(args):
@@ -155,16 +158,9 @@ def cmd_export(args) -> int:
 
 
 def _settings(args):
-    from .pipeline import RunSettings
+    from .settings import RunSettings
 
-    return RunSettings(
-        model=args.model, data=args.data, column=args.column, n_calib=args.n_calib, n_eval=args.n_eval,
-        max_new_tokens=args.max_new_tokens, gen_batch=args.gen_batch, k=args.k, mode=args.mode,
-        shortlist=args.shortlist, shortlist_by=args.shortlist_by, score_lr=args.score_lr, lr=args.lr,
-        epochs=args.epochs, batch_tokens=args.batch_tokens, threshold=args.threshold, blocks=args.skip,
-        baselines=args.baselines, train_baselines=not args.no_train_baselines, seed=args.seed,
-        device=args.device, dtype=args.dtype,
-    )
+    return RunSettings.from_args(args)
 
 
 class _Bars:
@@ -241,8 +237,8 @@ def cmd_pipeline(args) -> int:
     stages = STAGES[:upto]
     name = args.name
     if args.resume:  # the settings come from the run itself
-        from .pipeline import RunSettings
         from .runs import RunStore
+        from .settings import RunSettings
 
         settings = RunSettings(**RunStore(args.runs_dir).open(args.resume).manifest["settings"])
         name = args.resume
@@ -402,6 +398,8 @@ def cmd_app(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .settings import add_arguments
+
     p = argparse.ArgumentParser(prog="hopscotch", description="Find and skip redundant attention blocks.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -443,27 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("train", "a run up to scale training and evaluation (give --skip to train a set)")):
         s = sub.add_parser(name, help=text)
         _model_args(s)
-        s.add_argument("--data", default="gsm8k", help="'gsm8k' (bundled), a .jsonl/.json/.csv file, hf:NAME[:SPLIT]")
-        s.add_argument("--column", default=None, help="prompt column (default: question/prompt/...)")
-        s.add_argument("--n-calib", type=int, default=None, help="calibration prompts (default 32, fewer if the "
-                       "data is small)")
-        s.add_argument("--n-eval", type=int, default=None, help="held-out prompts (default 16, or the rest)")
-        s.add_argument("--max-new-tokens", type=int, default=96, help="length cap of the model's own answers")
-        s.add_argument("--gen-batch", type=int, default=8, help="prompts per generation batch")
-        s.add_argument("--k", type=int, default=4, help="attention blocks to remove")
-        s.add_argument("--mode", default="fast", help="paper (every candidate trained) | fast (shortlist first)")
-        s.add_argument("--shortlist", type=int, default=4, help="fast mode: candidates per round trained")
-        s.add_argument("--shortlist-by", default="bi", help="fast mode ranking: bi (block influence) | loss")
-        s.add_argument("--score-lr", type=float, default=1e-2, help="lr of the one-epoch candidate scoring")
-        s.add_argument("--lr", type=float, default=3e-3, help="lr of the final scale training")
-        s.add_argument("--epochs", type=int, default=3, help="epochs of the final scale training")
-        s.add_argument("--batch-tokens", type=int, default=1024, help="tokens per packed row (one step)")
-        s.add_argument("--threshold", type=float, default=None, help="stop selecting once the loss passes this")
-        s.add_argument("--skip", type=_blocks, default=None, help="train this skip set instead of selecting")
-        s.add_argument("--baselines", type=_baselines, default=[],
-                       help="comma list of attn-bi,shortgpt,random,one-round, or 'all'")
-        s.add_argument("--no-train-baselines", action="store_true", help="baselines unscaled only")
-        s.add_argument("--seed", type=int, default=0)
+        add_arguments(s, _blocks, _baselines)  # every run setting (hopscotch_core/settings.py)
         s.add_argument("--runs-dir", default="runs")
         s.add_argument("--name", default=None, help="run name; an existing run of that name is resumed")
         s.add_argument("--resume", default=None, metavar="NAME",

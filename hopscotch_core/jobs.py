@@ -18,7 +18,6 @@ No UI here; the Streamlit pages call these functions and poll `status`.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import signal
@@ -143,28 +142,9 @@ def is_alive(runs_dir: str | os.PathLike, name: str) -> bool:
 # ------------------------------------------------------------------------------------------------ commands
 def cli_args(settings: dict, command: str = "run") -> list[str]:
     """CLI arguments that reproduce `settings` (a RunSettings as a dict): the command, then non-default flags."""
-    from .pipeline import RunSettings
+    from .settings import to_args
 
-    default = dataclasses.asdict(RunSettings())
-    s = {**default, **settings}
-    out = [command, "--model", str(s["model"])]
-    flags = {"data": "--data", "column": "--column", "n_calib": "--n-calib", "n_eval": "--n-eval",
-             "max_new_tokens": "--max-new-tokens", "gen_batch": "--gen-batch", "k": "--k", "mode": "--mode",
-             "shortlist": "--shortlist", "shortlist_by": "--shortlist-by", "score_lr": "--score-lr", "lr": "--lr",
-             "epochs": "--epochs", "batch_tokens": "--batch-tokens", "threshold": "--threshold", "seed": "--seed",
-             "device": "--device", "dtype": "--dtype"}
-    for key, flag in flags.items():
-        if key == "k" and s.get("blocks") is not None:
-            continue  # implied by --skip
-        if s.get(key) != default[key] and s.get(key) is not None:
-            out += [flag, str(s[key])]
-    if s.get("blocks") is not None:
-        out += ["--skip", ",".join(str(b) for b in s["blocks"])]
-    if s.get("baselines"):
-        out += ["--baselines", ",".join(s["baselines"])]
-    if not s.get("train_baselines", True):
-        out.append("--no-train-baselines")
-    return out
+    return [command, *to_args(settings)]
 
 
 def command_of(manifest: dict) -> str:

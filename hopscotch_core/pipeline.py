@@ -13,12 +13,10 @@ info)` and ends cleanly, state saved, when `should_stop()` turns true.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,86 +24,14 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__, data, metrics, selection, training
 from .artifacts import model_identity
-from .errors import HopscotchError, check_blocks
+from .errors import HopscotchError
 from .fileio import atomic_write
 from .runs import Run, RunError, RunStore, append_jsonl, read_json, read_jsonl, write_json
 from .scaling import attach, handle_of
+from .settings import RunSettings  # noqa: F401 - the run settings live there (one schema)
 
 Progress = Callable[[int, int, dict], None]
 STAGES = ("prompts", "generate", "select", "train", "evaluate", "baselines")
-
-
-@dataclass
-class RunSettings:
-    """Everything that decides a run's result (stored in the manifest; a resume must match it)."""
-
-    model: str = "default"
-    data: str = "gsm8k"
-    column: str | None = None
-    n_calib: int | None = None           # None: 32, or 2/3 of a smaller data set
-    n_eval: int | None = None            # None: 16, or the rest of a smaller data set
-    max_new_tokens: int = 96
-    gen_batch: int = 8
-    k: int = 4
-    mode: str = "fast"
-    shortlist: int = 4
-    shortlist_by: str = "bi"
-    score_lr: float = 1e-2
-    lr: float = 3e-3
-    epochs: int = 3
-    batch_tokens: int = 1024
-    threshold: float | None = None
-    blocks: list[int] | None = None      # train these instead of selecting (mode is then ignored)
-    baselines: list[str] = field(default_factory=list)
-    train_baselines: bool = True
-    seed: int = 0
-    device: str = "auto"
-    dtype: str | None = None
-
-    def validate(self, num_layers: int | None = None) -> None:
-        """Refuse a bad setting (HopscotchError subclasses naming it) before any work; with `num_layers` (once the
-        model is known) also blocks and k out of the model's range."""
-        if self.mode not in selection.MODES:
-            raise selection.SelectionError(f"unknown mode '{self.mode}'; use one of {', '.join(selection.MODES)}")
-        if self.shortlist_by not in ("bi", "loss"):
-            raise selection.SelectionError(f"unknown shortlist ranking '{self.shortlist_by}'; use bi or loss")
-        bad = [b for b in self.baselines if b not in selection.BASELINES]
-        if bad:
-            raise selection.SelectionError(f"unknown baseline(s) {bad}; use any of {', '.join(selection.BASELINES)}")
-        if self.blocks is not None:
-            check_blocks(self.blocks, num_layers)
-            self.k = len(self.blocks)
-        for name in ("n_calib", "n_eval", "max_new_tokens", "gen_batch", "k", "epochs", "batch_tokens", "shortlist"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise HopscotchError(f"{name.replace('_', '-')} must be a whole number, not {value!r}")
-            if value < 1:
-                raise HopscotchError(f"{name.replace('_', '-')} must be at least 1, not {value}")
-        for name in ("lr", "score_lr"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value <= 0:
-                raise HopscotchError(f"{name.replace('_', '-')} must be a positive number, not {value!r}")
-        if self.threshold is not None and not (isinstance(self.threshold, (int, float))
-                                               and math.isfinite(self.threshold)):
-            raise HopscotchError(f"threshold must be a finite number, not {self.threshold!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise HopscotchError(f"seed must be a whole number >= 0, not {self.seed!r}")
-        if num_layers is not None and self.blocks is None:
-            selection.check_config(selection.SelectConfig(self.k, self.mode, self.shortlist, self.shortlist_by),
-                                   num_layers)
-
-    def split_sizes(self, total: int) -> tuple[int, int]:
-        """(calibration, held-out) prompt counts for a data set of `total` records."""
-        if self.n_calib is not None and self.n_eval is not None:
-            return self.n_calib, self.n_eval
-        if total < 2:
-            raise data.DataError(f"the data has {total} record(s); at least 2 are needed (calibration + held-out)")
-        calib = self.n_calib if self.n_calib is not None else min(32, max(1, (2 * total) // 3))
-        held = self.n_eval if self.n_eval is not None else min(16, max(1, total - calib))
-        return calib, held
 
 
 def _diff(old: dict, new: dict) -> list[str]:

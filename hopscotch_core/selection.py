@@ -34,10 +34,9 @@ import torch
 from .data import Row, dataset_loss, forward_rows
 from .errors import HopscotchError
 from .scaling import Hopscotch
+from .settings import BASELINES, MODES  # noqa: F401 - one list of each, in the run settings
 from .training import score_candidate
 
-MODES = ("paper", "fast")
-BASELINES = ("attn-bi", "shortgpt", "random", "one-round")
 Progress = Callable[[int, int, dict], None]
 
 

@@ -324,3 +324,28 @@ def test_process_checks_work_through_psutil():
     assert not jobs.alive(me, "12.34")  # another process that had this pid (start time differs)
     assert jobs.alive(me, "4242")        # an older record's /proc clock ticks: not compared
     assert not jobs.alive(-1) and not jobs.alive(None)
+
+
+def test_every_run_setting_is_a_flag_and_comes_back_from_the_command_line():
+    """One schema: each RunSettings field, changed from its default, survives RunSettings -> job arguments ->
+    `hopscotch` parser -> RunSettings (a new field without its flag or its reading fails here)."""
+    changed = {"model": "m/", "data": "x.csv", "column": "q", "n_calib": 5, "n_eval": 3, "max_new_tokens": 40,
+               "gen_batch": 2, "k": 6, "mode": "paper", "shortlist": 2, "shortlist_by": "loss", "score_lr": 0.02,
+               "lr": 0.004, "epochs": 5, "batch_tokens": 512, "threshold": 1.5, "blocks": None,
+               "baselines": ["random", "one-round"], "train_baselines": False, "seed": 9, "device": "cpu",
+               "dtype": "float16"}
+    fields = [f.name for f in dataclasses.fields(RunSettings)]
+    assert sorted(changed) == sorted(fields), "a new setting: add it to this test with a non-default value"
+    default = RunSettings()
+    for name in fields:
+        if name == "blocks":
+            s = RunSettings(blocks=[4, 2])
+        else:
+            s = RunSettings(**{name: changed[name]})
+            assert getattr(s, name) != getattr(default, name)
+        args = jobs.cli_args(dataclasses.asdict(s), "train" if s.blocks is not None else "run")
+        parsed = cli._settings(cli.build_parser().parse_args(args))
+        if s.blocks is not None:
+            s.validate()
+            parsed.validate()
+        assert parsed == s, name
