@@ -419,6 +419,32 @@ class Hopscotch:
         self._attached = False
         return self.model
 
+    # ----------------------------------------------------------------------------------------- PEFT's names
+    # Where PEFT has a name for the same thing, it works here too (aliases; our names stay the documented ones).
+    def save_pretrained(self, path: str | Path) -> Path:
+        """= save(path): scales.safetensors + hopscotch.json."""
+        return self.save(path)
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, path: str | Path) -> "Hopscotch":
+        """= hc.load_adapter(model, path): attach and load saved scalars (refused for another model)."""
+        return load_adapter(model, path)
+
+    def unload(self) -> nn.Module:
+        """= detach(): the model exactly as it was before attach, without merging anything."""
+        return self.detach()
+
+    def merge_and_unload(self) -> nn.Module:
+        """A plain model (no Hopscotch, the original architecture) computing what this handle computes, the
+        scalars folded into its weights (folding.fold_model: exact up to float rounding, FoldError where a scalar
+        cannot fold); then this handle is detached. Unlike PEFT, the merged model is a copy: the attached model's
+        own weights are left as loaded."""
+        from .folding import fold_model
+
+        merged = fold_model(self)
+        self.detach()
+        return merged
+
     def __enter__(self) -> Hopscotch:
         return self
 

@@ -304,3 +304,30 @@ def test_in_thread_configuration_is_seen_by_that_thread_only(tiny, ids):
         assert hs.skipped == (0,)
     torch.testing.assert_close(got["main"], want_main, atol=0, rtol=0)
     torch.testing.assert_close(got["worker"], want_worker, atol=0, rtol=0)
+
+
+def test_peft_names_do_what_ours_do(tiny, ids, tmp_path):
+    g = torch.Generator().manual_seed(2)
+    scales = torch.ones(N_LAYERS, 4)  # b scalars only: the fold is then exact (folding.py, on epsilon)
+    scales[:, [0, 2]] = 0.8 + 0.4 * torch.rand(N_LAYERS, 2, generator=g)
+    with torch.no_grad():
+        stock = tiny(ids).logits
+    hs = hc.attach(tiny)
+    hs.set_scales(scales)
+    hs.skip([1])
+    with torch.no_grad():
+        want = tiny(ids).logits
+    hs.save_pretrained(tmp_path / "a")
+    hs.unload()
+    assert hc.handle_of(tiny) is None
+    with torch.no_grad():
+        torch.testing.assert_close(tiny(ids).logits, stock, atol=0, rtol=0)
+    again = hc.Hopscotch.from_pretrained(tiny, tmp_path / "a")
+    assert again.skipped == (1,)
+    with torch.no_grad():
+        torch.testing.assert_close(tiny(ids).logits, want, atol=0, rtol=0)
+    merged = again.merge_and_unload()
+    assert hc.handle_of(tiny) is None and hc.handle_of(merged) is None and merged is not tiny
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, want, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(tiny(ids).logits, stock, atol=0, rtol=0)  # the original is left as loaded
