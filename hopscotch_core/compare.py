@@ -124,6 +124,9 @@ def stream_pair(
         with hs.in_thread(*configs[side]), torch.no_grad():
             return forward([feeds[side]], caches[side])
 
+    def submit(hs) -> dict:  # the next step of every side still decoding, in the workers
+        return {side: pool.submit(side_step, hs, side) for side in (0, 1) if not done[side]}
+
     pool = None
     if parallel == "threads":
         from concurrent.futures import ThreadPoolExecutor
@@ -140,8 +143,7 @@ def stream_pair(
                 try:
                     while step < max_new_tokens and not all(done):
                         if pool is not None:
-                            if not jobs:
-                                jobs = {side: pool.submit(side_step, hs, side) for side in (0, 1) if not done[side]}
+                            jobs = jobs or submit(hs)
                             for side, job in jobs.items():
                                 (nxt,), caches[side] = job.result()
                                 take(side, nxt)
@@ -154,8 +156,7 @@ def stream_pair(
                         step += 1
                         last = time.perf_counter() > until
                         if pool is not None and not last and step < max_new_tokens and not all(done):
-                            # the next step runs while the caller shows this one
-                            jobs = {side: pool.submit(side_step, hs, side) for side in (0, 1) if not done[side]}
+                            jobs = submit(hs)  # the next step runs while the caller shows this one
                         yield list(outs[0]), list(outs[1])
                         if last:
                             break
