@@ -71,6 +71,13 @@ def launch_browser(p):
     return p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
 
 
+def open_page(browser, errors: list[str], **kw):
+    """A 1360x900 page of `browser` (`kw`: more new_page options) whose JavaScript errors go to `errors`."""
+    page = browser.new_page(viewport={"width": 1360, "height": 900}, **kw)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return page
+
+
 def idle(page, timeout: float = 180_000, settle_ms: int = 400) -> None:
     """Wait until the app's script run has finished (the app root says notRunning) and the DOM settled."""
     page.wait_for_selector(IDLE, timeout=timeout)

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 import pytest
-from appdriver import CHROMIUM, AppServer, idle, launch_browser
+from appdriver import CHROMIUM, AppServer, idle, launch_browser, open_page
 from studio_world import build
 
 PAGES = [("model", "Model"), ("selection", "Selection"), ("scaling", "Scaling"), ("compare", "Compare"),
@@ -68,8 +68,7 @@ def test_every_page_in_a_real_browser(server, tmp_path):
     with sync_playwright() as p:
         browser = launch_browser(p)
         try:
-            page = browser.new_page(viewport={"width": 1360, "height": 900})
-            page.on("pageerror", lambda e: js_errors.append(str(e)))
+            page = open_page(browser, js_errors)
             page.goto(url)
             page.wait_for_selector("text=Hopscotch Studio", timeout=90_000)
             idle(page)
@@ -145,8 +144,7 @@ def test_downloads_and_the_run_report_in_a_real_browser(server, tmp_path_factory
     with sync_playwright() as p:
         browser = launch_browser(p)
         try:
-            page = browser.new_page(viewport={"width": 1360, "height": 900}, accept_downloads=True)
-            page.on("pageerror", lambda e: js_errors.append(str(e)))
+            page = open_page(browser, js_errors, accept_downloads=True)
             page.goto(url)
             page.wait_for_selector("text=Hopscotch Studio", timeout=90_000)
             idle(page)

@@ -121,7 +121,7 @@ def test_cli_report_writes_the_file_and_refuses_an_unknown_run(world, tmp_path, 
 
 @pytest.mark.skipif(not Path("/usr/bin/chromium").is_file() and not REQUIRED, reason="no /usr/bin/chromium")
 def test_the_report_opens_in_chromium_with_every_figure_drawn(tmp_path):
-    from appdriver import launch_browser
+    from appdriver import launch_browser, open_page
     from playwright.sync_api import sync_playwright
 
     run = EXAMPLES[0]
@@ -131,8 +131,7 @@ def test_the_report_opens_in_chromium_with_every_figure_drawn(tmp_path):
     with sync_playwright() as p:
         browser = launch_browser(p)
         try:
-            page = browser.new_page(viewport={"width": 1360, "height": 900})
-            page.on("pageerror", lambda e: errors.append(str(e)))
+            page = open_page(browser, errors)
             page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
             page.on("request", lambda r: errors.append(f"request {r.url}") if not r.url.startswith(("file:", "data:"))
                     else None)
