@@ -3,8 +3,8 @@
 Run:  bash scripts/dev.sh app      (or: hopscotch app, or: streamlit run app.py; binds to localhost)
 The model is loaded once per process (st.cache_resource, keyed by source, device and dtype) and shared by all
 browser sessions; pages only ever apply skip sets under its lock and detach before letting go (see
-hopscotch_core.compare). Long work runs as `hopscotch` CLI jobs writing into the runs directory ($HOPSCOTCH_RUNS,
-default runs/), which the pages read back (hopscotch_core.jobs, hopscotch_core.runview). The bundled example run
+hopscotch_core.studio.compare). Long work runs as `hopscotch` CLI jobs writing into the runs directory ($HOPSCOTCH_RUNS,
+default runs/), which the pages read back (hopscotch_core.studio.jobs, hopscotch_core.studio.runview). The bundled example run
 (assets/example-run*) is listed read-only, so every plot has something to show on first launch.
 """
 
@@ -21,9 +21,9 @@ if str(ROOT) not in sys.path:
 
 import hopscotch_core as hc
 from app_pages import common
-from hopscotch_core.explain import explain
-from hopscotch_core.loading import source_stamp
-from hopscotch_core.runview import list_runs
+from hopscotch_core.studio.explain import explain
+from hopscotch_core.engine.loading import source_stamp
+from hopscotch_core.studio.runview import list_runs
 
 st.set_page_config(page_title="Hopscotch Studio", page_icon=":material/grid_view:", layout="wide")
 

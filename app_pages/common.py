@@ -18,9 +18,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from hopscotch_core import figexport, jobs
-from hopscotch_core.explain import explain
-from hopscotch_core.runview import RunView, example_dirs
+from hopscotch_core.studio import figexport, jobs
+from hopscotch_core.studio.explain import explain
+from hopscotch_core.studio.runview import RunView, example_dirs
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE_ICON = {"done": ":material/check_circle:", "running": ":material/progress_activity:",
@@ -79,7 +79,7 @@ def model_key() -> tuple:
 
 def run_model_problem(run: RunView, model) -> Exception | None:
     """Why `run` does not belong to `model` (an AdapterMismatchError), or None when it does."""
-    from hopscotch_core.artifacts import check_identity
+    from hopscotch_core.engine.artifacts import check_identity
 
     saved = run.manifest.get("model")
     if not saved:
@@ -102,7 +102,7 @@ def chart(fig, key: str, name: str | None = None, *, container=None) -> None:
     container to draw in, default the current one).
 
     Nothing is rendered while the page draws: each file is made only when its button is clicked (Streamlit's
-    deferred download, in a thread of its own, without a rerun). PNG/SVG come from hopscotch_core.figexport (kaleido
+    deferred download, in a thread of its own, without a rerun). PNG/SVG come from hopscotch_core.studio.figexport (kaleido
     in a headless Chromium kept alive by the server: ~2 s for the first image, then ~0.3 s); where kaleido or a
     browser is missing they are disabled and their tooltip names the fix. CSV is the plotted numbers, one row per
     point (figexport.figure_csv)."""
@@ -325,7 +325,7 @@ def forget_auto_name(key: str) -> None:
 def data_settings(key: str, defaults: dict | None = None) -> dict | None:
     """Widgets for the data of a new run (source, size, answer length, seed). Returns RunSettings fields, or None
     when the data cannot be used (the error, with its fix, is shown)."""
-    from hopscotch_core import data
+    from hopscotch_core.method import data
 
     d = defaults or {}
     source_kinds = ("Bundled GSM8K problems", "Upload a file", "File path or hf:NAME")

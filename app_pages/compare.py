@@ -8,9 +8,9 @@ import pandas as pd
 import streamlit as st
 
 from app_pages import common
-from hopscotch_core import compare, drift, figures
-from hopscotch_core.explain import explain
-from hopscotch_core.scaling import compact_info
+from hopscotch_core.studio import compare, drift, figures
+from hopscotch_core.studio.explain import explain
+from hopscotch_core.engine.scaling import compact_info
 
 st.title("Compare")
 st.caption("Click blocks to skip them, then generate: the original model (left) and the modified one (right) answer "
@@ -166,7 +166,7 @@ st.caption("Counted, not timed: the best speed-up if time were proportional to F
            "of that length, and the weights of the compact model (original: "
            f"{est['param_bytes_original'].iloc[0] / 2**20:.1f} MB).")
 try:
-    from hopscotch_core import speed
+    from hopscotch_core.measure import speed
 except ImportError:  # the measurement module is optional
     speed = None
 if speed is not None:

@@ -4,8 +4,9 @@ import pandas as pd
 import streamlit as st
 
 from app_pages import common
-from hopscotch_core import figures, metrics
-from hopscotch_core.info import cached_summary, summary
+from hopscotch_core.studio import figures
+from hopscotch_core.measure import metrics
+from hopscotch_core.measure.info import cached_summary, summary
 
 st.title("Hopscotch Studio")
 st.markdown(

@@ -7,9 +7,9 @@ import pandas as pd
 import streamlit as st
 
 from app_pages import common
-from hopscotch_core import figures, jobs
-from hopscotch_core.report import build_report
-from hopscotch_core.runview import RunView, list_runs
+from hopscotch_core.studio import figures, jobs
+from hopscotch_core.studio.report import build_report
+from hopscotch_core.studio.runview import RunView, list_runs
 
 st.title("Runs")
 st.caption(f"Runs in `{common.runs_dir()}` (set HOPSCOTCH_RUNS to use another folder) and the bundled examples "

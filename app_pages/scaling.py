@@ -4,8 +4,8 @@ layer, and export (the adapter, or a compact model without the skipped weights).
 import streamlit as st
 
 from app_pages import common
-from hopscotch_core import figures, jobs
-from hopscotch_core.explain import explain
+from hopscotch_core.studio import figures, jobs
+from hopscotch_core.studio.explain import explain
 
 st.title("Scaling")
 st.caption("With blocks skipped, the four scalars of every layer (b_att, s_att, b_mlp, s_mlp; all 1 = the original "

@@ -3,7 +3,8 @@
 import streamlit as st
 
 from app_pages import common
-from hopscotch_core import figures, jobs, selection
+from hopscotch_core.studio import figures, jobs
+from hopscotch_core.method import selection
 
 st.title("Selection")
 st.caption("Which attention blocks can go? Each round, every remaining block (fast mode: a shortlist) is scored by "

@@ -90,7 +90,7 @@ def plain_decode(prompt: str, n: int, rounds: int) -> dict:
     import torch
 
     import hopscotch_core as hc
-    from hopscotch_core.data import encode_prompt
+    from hopscotch_core.method.data import encode_prompt
 
     model, tok = hc.load_model("default")
     kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

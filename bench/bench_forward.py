@@ -5,7 +5,7 @@
 
 All variants are timed alternately in the same process (round-robin, order rotated each round), so machine noise
 hits them alike; the table gives median and min over rounds, and the ratio of medians to the stock model beside
-the FLOP-model bound (hopscotch_core.info: linear layers + attention scores, prefill at mean context T/2).
+the FLOP-model bound (hopscotch_core.measure.info: linear layers + attention scores, prefill at mean context T/2).
 Goal from the core-engine issue: attached-at-all-ones overhead <= 2 %.
 """
 
@@ -18,7 +18,7 @@ import time
 import torch
 
 import hopscotch_core as hc
-from hopscotch_core.info import flops_per_token
+from hopscotch_core.measure.info import flops_per_token
 
 
 def sync(device: torch.device) -> None:
@@ -42,7 +42,7 @@ def main() -> None:
 
     model, tok = hc.load_model(args.model, device=args.device, dtype=args.dtype)
     dev = model.device
-    n = hc.get_adapter(model).num_layers
+    n = hc.get_family(model).num_layers
     # which blocks does not matter for speed; spread them over the depth
     skip_sets = {k: sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)}) for k in args.k}
     hs = hc.attach(model)

@@ -7,7 +7,7 @@ Speed: the default model exported by `hc.export(..., format="gguf")` with no blo
 first k selected blocks skipped; prompt processing (one eval of ctx tokens, fresh cache) and generation (16
 single-token greedy steps after that ctx-token prompt) in tokens/s. Variants alternate round by round
 in one process, one warm-up each; medians with min-max; speed-up = ratio of medians; bound = the FLOP-model bound
-of hopscotch_core.info (prefill at mean context ctx/2, decode at ctx). Use --threads at most the free cores.
+of hopscotch_core.measure.info (prefill at mean context ctx/2, decode at ctx). Use --threads at most the free cores.
 
 Fidelity (--fidelity): on the run's held-out prompts and the original model's own greedy answers
 (answers.jsonl), teacher-forced through llama.cpp: NLL of the answer tokens, KL(original || variant) and top-1
@@ -32,10 +32,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hopscotch_core as hc  # noqa: E402
-from hopscotch_core.export import export, gguf_file  # noqa: E402
-from hopscotch_core.info import speedup_bound  # noqa: E402
-from hopscotch_core.llamacpp import LlamaCpp  # noqa: E402
-from hopscotch_core.runs import read_json, read_jsonl  # noqa: E402
+from hopscotch_core.integrations.export import export, gguf_file  # noqa: E402
+from hopscotch_core.measure.info import speedup_bound  # noqa: E402
+from hopscotch_core.integrations.llamacpp import LlamaCpp  # noqa: E402
+from hopscotch_core.method.runs import read_json, read_jsonl  # noqa: E402
 
 
 def _ints(t: str) -> list[int]:
@@ -113,7 +113,7 @@ def fidelity(args) -> None:
             lg = model(torch.tensor([pi + ai])).logits[0, len(pi) - 1: -1].float().numpy()
             refs.append(_log_softmax(lg))
     tmp = Path(tempfile.mkdtemp(prefix="bench-llamacpp-fid-"))
-    from hopscotch_core.loading import default_gguf_path
+    from hopscotch_core.engine.loading import default_gguf_path
 
     files = {("original (shipped Q4_1)", 0, "q4_1"): default_gguf_path()}
     for q in args.quants:

@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hopscotch_core import compare  # noqa: E402
+from hopscotch_core.studio import compare  # noqa: E402
 
 SKIP = [3, 6, 7, 9, 25, 28, 29]
 PROMPT = "Explain in two sentences why the sky is blue."
@@ -102,7 +102,7 @@ def main() -> int:
         import hopscotch_core as hc
 
         model, tok = hc.load_model("default", device=args.device, dtype=dtype)
-    from hopscotch_core.data import encode_prompt
+    from hopscotch_core.method.data import encode_prompt
 
     chat = not args.random
     ids = encode_prompt(tok, PROMPT, chat)

@@ -16,7 +16,7 @@ import time
 import torch
 
 import hopscotch_core as hc
-from hopscotch_core import data, selection, training
+from hopscotch_core.method import data, selection, training
 
 
 def main() -> None:

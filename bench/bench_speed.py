@@ -1,6 +1,6 @@
 """Speed and memory of the embedded model with k = 0, 4, 7 attention blocks skipped: original vs run-time skip vs
 compact, prefill latency and decode tokens/s at several context lengths, KV-cache and parameter bytes, beside the
-FLOP-model bound. All variants are measured alternately in one process (hopscotch_core.speed).
+FLOP-model bound. All variants are measured alternately in one process (hopscotch_core.measure.speed).
 
     .venv/bin/python bench/bench_speed.py                                   # CPU, contexts 128 512 2048, batch 1
     .venv/bin/python bench/bench_speed.py --device cuda --dtype bfloat16 --batch-sizes 1 8
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import hopscotch_core as hc
-from hopscotch_core import speed
+from hopscotch_core.measure import speed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,7 +41,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     model, _ = hc.load_model(args.model, device=args.device, dtype=args.dtype)
-    n = hc.get_adapter(model).num_layers
+    n = hc.get_family(model).num_layers
     manifest = Path(args.run) / "manifest.json"
     if manifest.is_file():
         order = json.loads(manifest.read_text())["selected"]

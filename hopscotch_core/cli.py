@@ -45,7 +45,7 @@ def _blocks(text: str) -> list[int]:
 
 
 def _baselines(text: str) -> list[str]:
-    from .selection import BASELINES
+    from .method.selection import BASELINES
 
     names = list(BASELINES) if text.strip() == "all" else [t for t in text.replace(" ", "").split(",") if t]
     bad = [n for n in names if n not in BASELINES]
@@ -56,7 +56,7 @@ def _baselines(text: str) -> list[str]:
 
 def _model_args(p: argparse.ArgumentParser, model: str | None = "default") -> None:
     """--model, --device, --dtype: every command that loads a model (help texts from the run settings' schema)."""
-    from .settings import field_help
+    from .method.settings import field_help
 
     p.add_argument("--model", default=model, help=field_help("model"))
     p.add_argument("--device", default="auto", help=field_help("device"))
@@ -64,14 +64,14 @@ def _model_args(p: argparse.ArgumentParser, model: str | None = "default") -> No
 
 
 def _load(args):
-    from .loading import load_model
+    from .engine.loading import load_model
 
     print(f"loading {args.model} ...", file=sys.stderr)
     return load_model(args.model, device=args.device, dtype=args.dtype)
 
 
 def _attach(model, args):
-    from .scaling import attach, load_adapter
+    from .engine.scaling import attach, load_adapter
 
     if getattr(args, "adapter", None):
         hs = load_adapter(model, args.adapter)
@@ -82,7 +82,7 @@ def _attach(model, args):
 
 
 def cmd_info(args) -> int:
-    from .info import summary
+    from .measure.info import summary
 
     model, _ = _load(args)
     print(json.dumps(summary(model), indent=2))
@@ -90,8 +90,8 @@ def cmd_info(args) -> int:
 
 
 def cmd_ask(args) -> int:
-    from .generation import generate_text
-    from .scaling import compact_info
+    from .engine.generation import generate_text
+    from .engine.scaling import compact_info
 
     model, tok = _load(args)
     if tok is None:
@@ -112,14 +112,14 @@ def cmd_ask(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import check_request, export, read_export
+    from .integrations.export import check_request, export, read_export
 
     given = [flag for flag, on in (("--run", args.run), ("--adapter", args.adapter)) if on]
     if args.run and (args.adapter or args.skip):
         raise HopscotchError("--run exports that run's trained adapter; it does not combine with --adapter/--skip")
     out, quant = check_request(args.out, args.format, args.quant, args.force)  # before any model is loaded
     if args.run:
-        from .runs import RunStore
+        from .method.runs import RunStore
 
         run = RunStore(args.runs_dir).open(args.run)
         model = tok = None
@@ -158,14 +158,14 @@ def cmd_export(args) -> int:
 
 
 def _settings(args):
-    from .settings import RunSettings
+    from .method.settings import RunSettings
 
     return RunSettings.from_args(args)
 
 
 class _Bars:
     """tqdm bars for on_progress, one per stage; with `progress`, also that JSON file (step, total, stage, info,
-    time), replaced atomically at most twice a second, for the app's live view (hopscotch_core.jobs)."""
+    time), replaced atomically at most twice a second, for the app's live view (hopscotch_core.studio.jobs)."""
 
     def __init__(self, progress: Path | None = None) -> None:
         self.bar = None
@@ -195,7 +195,7 @@ class _Bars:
     def _write(self) -> None:
         import time
 
-        from .runs import write_json
+        from .method.runs import write_json
 
         if self._pending is not None and self.progress.parent.is_dir():
             try:
@@ -231,14 +231,14 @@ def _stop_flag():
 
 
 def cmd_pipeline(args) -> int:
-    from .pipeline import STAGES, run_pipeline
+    from .method.pipeline import STAGES, run_pipeline
 
     upto = {"generate": 2, "select": 3, "train": 5, "run": len(STAGES)}[args.command]
     stages = STAGES[:upto]
     name = args.name
     if args.resume:  # the settings come from the run itself
-        from .runs import RunStore
-        from .settings import RunSettings
+        from .method.runs import RunStore
+        from .method.settings import RunSettings
 
         settings = RunSettings(**RunStore(args.runs_dir).open(args.resume).manifest["settings"])
         name = args.resume
@@ -263,7 +263,7 @@ def cmd_pipeline(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from .runs import RunStore
+    from .method.runs import RunStore
 
     rows = RunStore(args.runs_dir).list()
     if not rows:
@@ -294,8 +294,8 @@ EVAL_TASKS = ("fidelity", "generation")
 
 def _run_model(args, run):
     """Load the model a run was made with (device/dtype flags override the run's) and check it is that model."""
-    from .loading import load_model
-    from .pipeline import check_run_model
+    from .engine.loading import load_model
+    from .method.pipeline import check_run_model
 
     s = run.manifest["settings"]
     source = args.model or s["model"]
@@ -306,8 +306,8 @@ def _run_model(args, run):
 
 
 def cmd_eval(args) -> int:
-    from .evaluation import EvalError, evaluate_run, format_table, variants_of
-    from .runs import RunStore
+    from .measure.evaluation import EvalError, evaluate_run, format_table, variants_of
+    from .method.runs import RunStore
 
     tasks = [t for t in args.tasks.replace(" ", "").split(",") if t]
     bad = [t for t in tasks if t not in EVAL_TASKS]
@@ -334,9 +334,9 @@ def cmd_eval(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from . import speed
-    from .evaluation import last_scales
-    from .runs import RunStore
+    from .measure import speed
+    from .measure.evaluation import last_scales
+    from .method.runs import RunStore
 
     run = None
     if args.run:
@@ -371,8 +371,8 @@ def cmd_bench(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
-    from .runs import MANIFEST, RunStore
+    from .studio.report import write_report
+    from .method.runs import MANIFEST, RunStore
 
     given = Path(args.run).expanduser()
     if (given / MANIFEST).is_file():
@@ -398,7 +398,7 @@ def cmd_app(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .settings import add_arguments
+    from .method.settings import add_arguments
 
     p = argparse.ArgumentParser(prog="hopscotch", description="Find and skip redundant attention blocks.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -441,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("train", "a run up to scale training and evaluation (give --skip to train a set)")):
         s = sub.add_parser(name, help=text)
         _model_args(s)
-        add_arguments(s, _blocks, _baselines)  # every run setting (hopscotch_core/settings.py)
+        add_arguments(s, _blocks, _baselines)  # every run setting (hopscotch_core/method/settings.py)
         s.add_argument("--runs-dir", default="runs")
         s.add_argument("--name", default=None, help="run name; an existing run of that name is resumed")
         s.add_argument("--resume", default=None, metavar="NAME",

@@ -44,7 +44,7 @@ def build(base: Path) -> World:
     if key in _CACHE:
         return _CACHE[key]
     import hopscotch_core as hc
-    from hopscotch_core import pipeline
+    from hopscotch_core.method import pipeline
 
     model_dir = save_model(base / "tiny-llama")
     other_dir = save_model(base / "tiny-qwen2", "qwen2", num_hidden_layers=5)

@@ -23,10 +23,10 @@ from streamlit.testing.v1 import AppTest
 from studio_world import build
 
 import hopscotch_core as hc
-from hopscotch_core import compare, jobs
-from hopscotch_core.generation import generate_text
-from hopscotch_core.runs import read_json, write_json
-from hopscotch_core.runview import RunView, list_runs
+from hopscotch_core.studio import compare, jobs
+from hopscotch_core.engine.generation import generate_text
+from hopscotch_core.method.runs import read_json, write_json
+from hopscotch_core.studio.runview import RunView, list_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -409,7 +409,7 @@ def test_the_app_binds_to_localhost_and_never_trusts_remote_code():
 
 
 def test_compare_drift_view_on_a_long_prompt_samples_positions(runs, world):
-    from hopscotch_core import drift
+    from hopscotch_core.studio import drift
 
     model, tok = hc.load_model(world.model_dir, device="cpu")
     at = visit(start(), "compare")

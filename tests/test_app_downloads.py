@@ -16,9 +16,9 @@ import pytest
 pytest.importorskip("streamlit")
 from test_app import figure, runs, start, visit, world  # noqa: F401 - fixtures and helpers shared with test_app
 
-from hopscotch_core import figexport
-from hopscotch_core.report import report_figures
-from hopscotch_core.runview import RunView
+from hopscotch_core.studio import figexport
+from hopscotch_core.studio.report import report_figures
+from hopscotch_core.studio.runview import RunView
 
 CHARTS = {"selection": ["sel_elbow", "sel_heatmap"], "scaling": ["sc_loss", "sc_scalars"],
           "runs": ["runs_elbow", "runs_loss", "runs_elbows", "runs_fidelity"]}

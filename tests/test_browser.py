@@ -133,9 +133,9 @@ def test_downloads_and_the_run_report_in_a_real_browser(server, tmp_path_factory
 
     from playwright.sync_api import sync_playwright
 
-    from hopscotch_core import figexport
-    from hopscotch_core.report import report_figures
-    from hopscotch_core.runview import RunView, example_dirs
+    from hopscotch_core.studio import figexport
+    from hopscotch_core.studio.report import report_figures
+    from hopscotch_core.studio.runview import RunView, example_dirs
 
     url, server_log = server
     world = build(tmp_path_factory.getbasetemp() / "studio")

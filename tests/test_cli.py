@@ -63,7 +63,7 @@ BAD_RUN_INPUT = [  # (command, extra flags, what the one error line must say)
 @pytest.mark.parametrize("command,flags,says", BAD_RUN_INPUT, ids=[" ".join([c, *f]) for c, f, _ in BAD_RUN_INPUT])
 def test_bad_run_settings_are_refused_before_any_work(command, flags, says, tiny_dir, tmp_path, capsys,
                                                       monkeypatch):
-    from hopscotch_core import data
+    from hopscotch_core.method import data
 
     def no_answers(*a, **k):
         raise AssertionError("answers were generated for a refused run")
@@ -85,7 +85,7 @@ def test_bad_run_settings_are_refused_before_any_work(command, flags, says, tiny
 
 def test_the_python_api_refuses_the_same_settings():
     from hopscotch_core.errors import InvalidBlocksError
-    from hopscotch_core.pipeline import RunSettings
+    from hopscotch_core.method.pipeline import RunSettings
 
     with pytest.raises(InvalidBlocksError, match="more than once"):
         RunSettings(blocks=[3, 3]).validate()

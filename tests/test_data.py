@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import make_model, make_tokenizer
 
-from hopscotch_core import data
+from hopscotch_core.method import data
 
 
 def write(path, text):

@@ -9,7 +9,7 @@ import torch
 from test_cache import CACHE_KW
 
 import hopscotch_core as hc
-from hopscotch_core import loading
+from hopscotch_core.engine import loading
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +74,7 @@ def test_safetensors_cache_matches_the_gguf(default_model):
 
 
 def test_one_round_of_fast_selection_on_the_default_model(default_model, tmp_path):
-    from hopscotch_core import pipeline
+    from hopscotch_core.method import pipeline
 
     model, tok = default_model
     s = pipeline.RunSettings(model="default", n_calib=4, n_eval=2, max_new_tokens=24, k=1, mode="fast",

@@ -13,7 +13,8 @@ import torch
 from conftest import make_model, make_tokenizer
 
 import hopscotch_core as hc
-from hopscotch_core import compare, drift, figures, metrics
+from hopscotch_core.studio import compare, drift, figures
+from hopscotch_core.measure import metrics
 
 PROMPTS = ["what is 1 plus 2? tell me", "hi there", "name three colours please", "2*3=", "a longer prompt with words"]
 SKIP = 1

@@ -9,9 +9,13 @@ import pytest
 import torch
 from conftest import make_model, make_tokenizer
 
-from hopscotch_core import cli, evaluation, metrics, pipeline
-from hopscotch_core.runs import RunStore, read_jsonl
-from hopscotch_core.scaling import attach
+from hopscotch_core import cli
+
+from hopscotch_core.measure import evaluation, metrics
+
+from hopscotch_core.method import pipeline
+from hopscotch_core.method.runs import RunStore, read_jsonl
+from hopscotch_core.engine.scaling import attach
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +128,7 @@ def test_eval_refuses_unfinished_runs_and_unknown_tasks(finished, tmp_path, caps
 def test_layer_mmd_bad_input():
     model = make_model("llama")
     hs = attach(model)
-    from hopscotch_core import data
+    from hopscotch_core.method import data
 
     rows = data.pack(data.build_examples([data.Answer(0, [5, 6], [7], True)]), 64)
     with pytest.raises(metrics.MetricError, match="out of range"):

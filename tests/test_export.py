@@ -22,9 +22,9 @@ import transformers
 
 import hopscotch_core as hc
 from hopscotch_core import cli
-from hopscotch_core.export import ExportError, export, gguf_file, read_export
-from hopscotch_core.folding import FoldError, residual_scales
-from hopscotch_core.gguf_export import GGUFExportError
+from hopscotch_core.integrations.export import ExportError, export, gguf_file, read_export
+from hopscotch_core.engine.folding import FoldError, residual_scales
+from hopscotch_core.integrations.gguf_export import GGUFExportError
 
 from conftest import FAMILIES, make_model, make_tokenizer
 
@@ -208,7 +208,7 @@ def _ids(n: int = 24, seed: int = 3) -> torch.Tensor:
 
 
 def _gguf_logits(out: Path, ids: torch.Tensor) -> torch.Tensor:
-    from hopscotch_core.export import llamacpp_logits
+    from hopscotch_core.integrations.export import llamacpp_logits
 
     return llamacpp_logits(gguf_file(out), ids[0].tolist()).double()
 
@@ -222,7 +222,7 @@ def _gguf_meta(path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def smol_tokenizer_gguf():
-    from hopscotch_core.loading import default_gguf_path
+    from hopscotch_core.engine.loading import default_gguf_path
 
     try:
         return default_gguf_path()
@@ -260,7 +260,7 @@ def test_gguf_f32_runs_in_llama_cpp_with_the_attached_logits(fam, skip, whole, t
 
 @needs_llamacpp
 def test_gguf_decoding_with_attention_free_layers_matches_transformers_greedy(tmp_path, smol_tokenizer_gguf):
-    from hopscotch_core.llamacpp import LlamaCpp
+    from hopscotch_core.integrations.llamacpp import LlamaCpp
 
     model = _smol_vocab_model()
     hs = hc.attach(model).skip([2])
@@ -328,7 +328,7 @@ def test_gguf_needs_a_tokenizer_it_can_tell(tmp_path):
 def test_missing_llama_cpp_names_the_extra(monkeypatch, tmp_path):
     import builtins
 
-    from hopscotch_core import gguf_export
+    from hopscotch_core.integrations import gguf_export
 
     real = builtins.__import__
 
@@ -373,8 +373,8 @@ def test_default_model_exports_match_in_stock_transformers_and_llama_cpp(default
 def test_default_model_gguf_tokenizer_from_hugging_face_files(tmp_path):
     # the cached safetensors folder of the default model is a plain Hugging Face folder: its tokenizer.json is
     # written into the GGUF with gguf-py's helpers, and llama.cpp then tokenizes like the Hugging Face tokenizer
-    from hopscotch_core.llamacpp import LlamaCpp
-    from hopscotch_core.loading import ensure_default_cached
+    from hopscotch_core.integrations.llamacpp import LlamaCpp
+    from hopscotch_core.engine.loading import ensure_default_cached
 
     model, tok = hc.load_model(ensure_default_cached(), device="cpu")
     out = export(hc.attach(model), tmp_path / "g", format="gguf", quant="q8_0", tokenizer=tok, verify=False)

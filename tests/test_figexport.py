@@ -24,9 +24,11 @@ import plotly.graph_objects as go
 import pytest
 from studio_world import build
 
-from hopscotch_core import figexport, figures, metrics
+from hopscotch_core.studio import figexport, figures
+
+from hopscotch_core.measure import metrics
 from hopscotch_core.errors import FigureExportError, HopscotchError
-from hopscotch_core.runview import RunView
+from hopscotch_core.studio.runview import RunView
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "assets" / "example-run"

@@ -9,8 +9,10 @@ import pytest
 import torch
 from studio_world import build
 
-from hopscotch_core import figures, metrics
-from hopscotch_core.runview import RunView
+from hopscotch_core.studio import figures
+
+from hopscotch_core.measure import metrics
+from hopscotch_core.studio.runview import RunView
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +131,7 @@ def test_elbow_switches_to_a_log_axis_when_a_baseline_is_far_off(run):
 
 
 def test_elbow_marks_the_suggested_k():
-    from hopscotch_core import selection
+    from hopscotch_core.method import selection
 
     rounds = pd.DataFrame({"round": range(8), "removed": [3, 1, 4, 0, 5, 2, 6, 7], "n_removed": range(1, 9),
                            "loss": [0.5, 0.51, 0.52, 0.53, 0.63, 0.73, 0.83, 0.93]})

@@ -11,11 +11,11 @@ import torch
 from conftest import make_model, make_tokenizer
 
 import hopscotch_core as hc
-from hopscotch_core import lm_eval_adapter as la
-from hopscotch_core.data import load_prompts
+from hopscotch_core.integrations import lm_eval as la
+from hopscotch_core.method.data import load_prompts
 from hopscotch_core.errors import HopscotchError, InvalidBlocksError
-from hopscotch_core.generation import generate_text
-from hopscotch_core.metrics import extract_flexible, extract_strict
+from hopscotch_core.engine.generation import generate_text
+from hopscotch_core.measure.metrics import extract_flexible, extract_strict
 
 PROMPTS = ["2+2=", "what is 12 * 3? ", "a b c d e f g h"]
 SKIP = [0, 2]  # block 0 included: the case where a naive cache reports length 0 and decoding goes wrong
@@ -61,7 +61,7 @@ def _state(model):
 
 # --------------------------------------------------------------------------------------------- optional import
 def test_importing_hopscotch_core_and_the_adapter_does_not_import_lm_eval():
-    code = ("import sys, hopscotch_core, hopscotch_core.lm_eval_adapter as a; "
+    code = ("import sys, hopscotch_core, hopscotch_core.integrations.lm_eval as a; "
             "assert 'lm_eval' not in sys.modules, 'lm_eval imported'; print(a.local_tasks())")
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -7,7 +7,7 @@ import torch
 from conftest import make_model
 
 import hopscotch_core as hc
-from hopscotch_core import loading
+from hopscotch_core.engine import loading
 
 
 def test_local_directory_round_trip(tmp_path, ids):

@@ -10,7 +10,8 @@ import torch
 from conftest import make_model
 
 import hopscotch_core as hc
-from hopscotch_core import loading, metrics
+from hopscotch_core.engine import loading
+from hopscotch_core.measure import metrics
 
 
 def gaussian_mmd2(d: int, s1: float, s2: float, delta2: float, sigma: float) -> float:
@@ -100,7 +101,7 @@ def rows_and_handle():
     from conftest import make_tokenizer
     from test_data import PROMPTS
 
-    from hopscotch_core import data
+    from hopscotch_core.method import data
 
     model = make_model("llama")
     with torch.no_grad():
@@ -111,7 +112,7 @@ def rows_and_handle():
 
 
 def test_fidelity_of_identical_models(rows_and_handle):
-    from hopscotch_core import data
+    from hopscotch_core.method import data
 
     rows, hs = rows_and_handle
     f = metrics.fidelity(hs, rows, skipped=[])
@@ -140,7 +141,7 @@ def test_layer_mmd_is_zero_before_the_first_skipped_block(rows_and_handle):
 def test_layer_mmd_keeps_the_values_of_collecting_every_state(rows_and_handle):
     """layer_mmd keeps only the sampled positions inside the probe; the values are those of the former way:
     every layer's states at every token, then the same seeded positions taken on both sides."""
-    from hopscotch_core import data
+    from hopscotch_core.method import data
 
     rows, hs = rows_and_handle
 
@@ -177,7 +178,7 @@ def test_answer_extraction(text, strict, flex):
 
 
 def test_compare_runs_several_variants_against_one_original(rows_and_handle):
-    from hopscotch_core import data
+    from hopscotch_core.method import data
 
     rows, hs = rows_and_handle
     scales = torch.full((4, 4), 0.9)

@@ -15,8 +15,9 @@ from conftest import make_model, make_tokenizer
 from safetensors.torch import load_file
 
 import hopscotch_core as hc
-from hopscotch_core import cli, pipeline
-from hopscotch_core.runs import RunError, RunStore, read_jsonl
+from hopscotch_core import cli
+from hopscotch_core.method import pipeline
+from hopscotch_core.method.runs import RunError, RunStore, read_jsonl
 
 SMALL = ["--n-calib", "10", "--n-eval", "5", "--max-new-tokens", "10", "--gen-batch", "4", "--epochs", "2"]
 

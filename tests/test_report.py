@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 from studio_world import build
 
-from hopscotch_core import cli, figexport
-from hopscotch_core.report import build_report, report_figures, write_report
-from hopscotch_core.runs import RunError, read_json, write_json
+from hopscotch_core import cli
+
+from hopscotch_core.studio import figexport
+from hopscotch_core.studio.report import build_report, report_figures, write_report
+from hopscotch_core.method.runs import RunError, read_json, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = [ROOT / "assets" / "example-run", ROOT / "assets" / "example-run-k4"]

@@ -8,7 +8,7 @@ from conftest import make_model, make_tokenizer
 from test_data import PROMPTS
 
 import hopscotch_core as hc
-from hopscotch_core import data, selection
+from hopscotch_core.method import data, selection
 
 REDUNDANT = 2
 
@@ -107,7 +107,7 @@ def test_suggest_k_finds_a_known_elbow():
     # the Kneedle difference curve by hand for the example run's rounds: d = k_norm - loss_norm peaks at k = 3
     from pathlib import Path
 
-    from hopscotch_core.runview import RunView
+    from hopscotch_core.studio.runview import RunView
 
     rounds = RunView(Path(__file__).resolve().parents[1] / "assets" / "example-run").rounds()  # the bundled run
     y = rounds["loss"].to_numpy()

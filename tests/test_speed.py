@@ -7,14 +7,14 @@ import torch
 from conftest import N_LAYERS, make_model
 
 import hopscotch_core as hc
-from hopscotch_core import speed
+from hopscotch_core.measure import speed
 from hopscotch_core.errors import InvalidBlocksError
-from hopscotch_core.info import speedup_bound
-from hopscotch_core.scaling import handle_of
+from hopscotch_core.measure.info import speedup_bound
+from hopscotch_core.engine.scaling import handle_of
 
 
 def _attn_bytes(model, blocks):
-    layers = hc.get_adapter(model).layers
+    layers = hc.get_family(model).layers
     return sum(p.numel() * p.element_size() for i in blocks for p in layers[i].self_attn.parameters())
 
 

@@ -16,14 +16,15 @@ import torch
 from studio_world import build
 
 import hopscotch_core as hc
-from hopscotch_core import cli, compare, jobs
-from hopscotch_core.data import encode_prompt
+from hopscotch_core import cli
+from hopscotch_core.studio import compare, jobs
+from hopscotch_core.method.data import encode_prompt
 from hopscotch_core.errors import AdapterMismatchError, ModelNotAvailableError
-from hopscotch_core.explain import cause_and_fix, explain, is_oom
-from hopscotch_core.generation import generate_text
-from hopscotch_core.pipeline import RunSettings
-from hopscotch_core.runs import read_json, write_json
-from hopscotch_core.runview import RunView, example_dirs, list_runs
+from hopscotch_core.studio.explain import cause_and_fix, explain, is_oom
+from hopscotch_core.engine.generation import generate_text
+from hopscotch_core.method.pipeline import RunSettings
+from hopscotch_core.method.runs import read_json, write_json
+from hopscotch_core.studio.runview import RunView, example_dirs, list_runs
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +255,7 @@ def test_prompt_mmd_and_estimate(tiny, world):
 
 
 def test_explain_gives_cause_and_fix():
-    from hopscotch_core.data import DataError
+    from hopscotch_core.method.data import DataError
 
     text = explain(DataError("x.jsonl, line 3: not valid JSON"), "reading the prompts")
     assert text.startswith("**Cause:** the data cannot be used: x.jsonl, line 3") and "**Fix:**" in text

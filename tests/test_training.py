@@ -10,7 +10,7 @@ from conftest import make_model
 from test_data import examples
 
 import hopscotch_core as hc
-from hopscotch_core import data, training
+from hopscotch_core.method import data, training
 
 
 @pytest.fixture

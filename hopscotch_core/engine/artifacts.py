@@ -1,0 +1,142 @@
+"""On-disk formats: the adapter artifact (scales + skip set) and the identity of the model it belongs to.
+
+An adapter directory holds two files:
+
+    scales.safetensors   {"scales": float32 [num_layers, 4]}   columns b_att, s_att, b_mlp, s_mlp
+    hopscotch.json       {"format_version", "kind": "adapter" | "compact", "skipped", "base": identity, ...}
+
+A compact model directory is a transformers model directory (config.json + model.safetensors, without the
+weights of the removed attention blocks) plus the same two files with kind "compact".
+
+The identity of a model is its family, layer count, a hash of the config fields that fix tensor shapes, and a
+fingerprint of 64 fixed entries of the input embedding (compared with a tolerance, so a bf16 copy of the same
+model matches and a different checkpoint of the same architecture does not).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import AdapterMismatchError, ArtifactError
+from ..fileio import atomic_write
+
+FORMAT_VERSION = 1
+META_FILE = "hopscotch.json"
+SCALES_FILE = "scales.safetensors"
+_SHAPE_KEYS = (
+    "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+    "num_attention_heads", "num_key_value_heads", "head_dim",
+)
+
+
+def config_hash(model: torch.nn.Module) -> str:
+    cfg = model.config.get_text_config().to_dict()
+    fields = {k: cfg.get(k) for k in _SHAPE_KEYS}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fingerprint(model: torch.nn.Module, n: int = 64) -> list[float]:
+    weight = model.get_input_embeddings().weight
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randint(0, weight.shape[0], (n,), generator=gen)
+    cols = torch.randint(0, weight.shape[1], (n,), generator=gen)
+    with torch.no_grad():
+        vals = weight[rows.to(weight.device), cols.to(weight.device)].float().cpu()
+    return [float(v) for v in vals]
+
+
+def model_identity(model: torch.nn.Module) -> dict[str, Any]:
+    cfg = model.config.get_text_config()
+    return {
+        "source": getattr(model, "_hopscotch_source", None) or getattr(model.config, "_name_or_path", None),
+        "model_type": cfg.model_type,
+        "num_layers": int(cfg.num_hidden_layers),
+        "config_hash": config_hash(model),
+        "fingerprint": fingerprint(model),
+    }
+
+
+def check_identity(saved: dict[str, Any], model: torch.nn.Module, path: Path) -> None:
+    """Raise AdapterMismatchError unless `model` is the model `saved` describes."""
+    here = model_identity(model)
+    what = f"the adapter at {path} was made for {saved.get('source') or 'another model'}"
+    for key in ("model_type", "num_layers", "config_hash"):
+        if saved.get(key) != here[key]:
+            raise AdapterMismatchError(
+                f"{what} ({key} {saved.get(key)!r}), but this model has {key} {here[key]!r}; "
+                "load the model it was trained on"
+            )
+    a, b = torch.tensor(saved.get("fingerprint") or []), torch.tensor(here["fingerprint"])
+    if a.shape != b.shape or not torch.allclose(a, b, rtol=2e-2, atol=1e-3):
+        raise AdapterMismatchError(
+            f"{what}: same architecture, but the weights differ (embedding fingerprint mismatch); "
+            "load the checkpoint it was trained on"
+        )
+
+
+def _atomic_write(path: Path, write) -> None:
+    atomic_write(path, lambda tmp: write(Path(tmp)))
+
+
+def write_artifact(path: str | os.PathLike, scales: torch.Tensor, meta: dict[str, Any]) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensor = scales.detach().to(device="cpu", dtype=torch.float32).contiguous().clone()
+    _atomic_write(path / SCALES_FILE, lambda p: save_file({"scales": tensor}, str(p)))
+    body = {"format_version": FORMAT_VERSION, **meta}
+    _atomic_write(path / META_FILE, lambda p: p.write_text(json.dumps(body, indent=2)))
+    return path
+
+
+def is_artifact(path: str | os.PathLike) -> bool:
+    return (Path(path) / META_FILE).is_file()
+
+
+def read_artifact(path: str | os.PathLike, kind: str | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Read and validate (scales, meta); ArtifactError says exactly what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"no Hopscotch artifact at {path}: the path does not exist")
+    if not path.is_dir():
+        raise ArtifactError(f"{path} is a file; a Hopscotch artifact is a directory holding {META_FILE}")
+    meta_path, scales_path = path / META_FILE, path / SCALES_FILE
+    for p in (meta_path, scales_path):
+        if not p.is_file():
+            raise ArtifactError(f"{path} is not a complete Hopscotch artifact: {p.name} is missing")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{meta_path} is corrupt (not valid JSON: {e})") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{meta_path} has format_version {meta.get('format_version') if isinstance(meta, dict) else None!r}; "
+            f"this hopscotch_core reads version {FORMAT_VERSION}"
+        )
+    if kind is not None and meta.get("kind") != kind:
+        raise ArtifactError(f"{path} holds a Hopscotch {meta.get('kind')!r}, not an {kind!r}")
+    try:
+        scales = load_file(str(scales_path))["scales"]
+    except (SafetensorError, KeyError, OSError) as e:
+        raise ArtifactError(f"{scales_path} is corrupt or lacks the 'scales' tensor ({e})") from None
+    base = meta.get("base") or {}
+    n = base.get("num_layers")
+    if scales.dtype != torch.float32 or scales.ndim != 2 or scales.shape[1] != 4 or scales.shape[0] != n:
+        raise ArtifactError(
+            f"{scales_path} holds {scales.dtype} {tuple(scales.shape)}; expected float32 ({n}, 4)"
+        )
+    if not torch.isfinite(scales).all():
+        raise ArtifactError(f"{scales_path} contains NaN or inf")
+    for key in ("skipped", "skipped_mlp"):
+        blocks = meta.get(key, [] if key == "skipped_mlp" else None)
+        if not isinstance(blocks, list) or not all(isinstance(i, int) and 0 <= i < n for i in blocks) \
+                or len(set(blocks)) != len(blocks):
+            raise ArtifactError(f"{meta_path}: '{key}' must be a list of distinct block indices in [0, {n})")
+    return scales, meta

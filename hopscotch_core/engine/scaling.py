@@ -1,0 +1,578 @@
+"""The Hopscotch layer: four scalars per decoder layer, skipped attention blocks, fold and compaction.
+
+    x1  = b_att[l] * A(x)  + s_att[l] * x        (A = attention branch, see families.py)
+    out = b_mlp[l] * M(x1) + s_mlp[l] * x1       (M = MLP branch)
+
+`attach(model)` gives a `Hopscotch` handle holding one float32 nn.Parameter `scales` of shape [num_layers, 4]
+(columns b_att, s_att, b_mlp, s_mlp), all ones: the model then computes exactly what it computed before. It
+overrides `forward` on each decoder-layer *instance* (the class, the module tree and the state dict are not
+touched) and freezes the model's own parameters; `detach()` undoes both. A skipped block's attention is not
+called at all, and its KV-cache layer only counts tokens (cache.py). `compact()` returns a copy of the model
+without the skipped blocks' attention weights, with b_att/b_mlp folded into the branch's last weight.
+
+    import hopscotch_core as hc
+    model, tok = hc.load_model("default")
+    with hc.attach(model) as hs:
+        hs.skip([3, 7])
+        out = model.generate(**tok("2+2=", return_tensors="pt"), max_new_tokens=8)
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import operator
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import artifacts
+from .families import ModelFamily, fold_scale, get_family
+from .cache import record_skipped
+from ..errors import DetachedError, HopscotchError, InvalidBlocksError, InvalidScalesError
+
+COLUMNS = ("b_att", "s_att", "b_mlp", "s_mlp")
+_HANDLE_ATTR = "_hopscotch"
+_COMPACT_ATTR = "_hopscotch_compact"
+# Hopscotch.in_thread(): per thread, {id(handle): (skipped set, per-layer python floats)} (module level: a handle
+# stays deep-copyable)
+_THREAD = threading.local()
+
+
+def _mine(handle) -> tuple[frozenset[int], list] | None:
+    got = getattr(_THREAD, "cfg", None)
+    return got.get(id(handle)) if got else None
+
+
+class RemovedBlock(nn.Module):
+    """Stands where a compacted layer's attention (or MLP) was: no parameters, never called."""
+
+    def __init__(self, layer_idx: int, name: str = "self_attn"):
+        super().__init__()
+        self.layer_idx, self.name = layer_idx, name
+
+    def forward(self, *args: Any, **kwargs: Any):
+        raise RuntimeError(f"{self.name} of block {self.layer_idx} was removed by Hopscotch compaction")
+
+
+def _cache_kwarg(layer: nn.Module) -> str:
+    params = inspect.signature(type(layer).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _layer_forward(family: ModelFamily, layer: nn.Module, idx: int, owner: Any) -> Callable[..., torch.Tensor]:
+    """A forward for decoder layer `idx` implementing the Hopscotch formula.
+
+    `owner` (a Hopscotch handle, or the frozen state of a compact model) answers `_is_skipped(idx)`,
+    `_mlp_skipped(idx)`, `_scales_on(x)` (an [L, 4] tensor, or per-layer tuples of python floats) and holds
+    `_probe`: None, or a callable(idx, x, x1, out) that sees each layer's input, mid and output states.
+    """
+    branch = family.layer
+    sig = inspect.signature(type(layer).forward)
+    cache_kw = _cache_kwarg(layer)
+    old_kw = "past_key_values" if cache_kw == "cache" else None
+
+    def forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if args:  # transformers passes all but hidden_states by name; map stray positionals the stock way
+            bound = sig.bind_partial(layer, hidden_states, *args, **kwargs).arguments
+            bound.pop("self", None)
+            hidden_states = bound.pop("hidden_states")
+            kwargs = {**bound.pop("kwargs", {}), **bound}
+        if old_kw and old_kw in kwargs and cache_kw not in kwargs:
+            kwargs[cache_kw] = kwargs.pop(old_kw)
+        x = hidden_states  # (B, T, C)
+        sc = owner._scales_on(x)
+        b_att, s_att, b_mlp, s_mlp = (sc[idx, 0], sc[idx, 1], sc[idx, 2], sc[idx, 3]) if isinstance(
+            sc, torch.Tensor) else sc[idx]
+        if owner._is_skipped(idx):
+            cache = kwargs.get(cache_kw)
+            if cache is not None:
+                record_skipped(cache, idx, x)
+            x1 = _scaled(s_att, x)
+        else:
+            x1 = _combine(b_att, branch.attention(layer, x, kwargs), s_att, x)
+        if owner._mlp_skipped(idx):
+            out = _scaled(s_mlp, x1)
+        else:
+            out = _combine(b_mlp, branch.mlp(layer, x1), s_mlp, x1)
+        if owner._probe is not None:
+            owner._probe(idx, x, x1, out)
+        return out
+
+    return forward
+
+
+def _scaled(s, x: torch.Tensor) -> torch.Tensor:
+    return x if (s.__class__ is float and s == 1.0) else s * x
+
+
+def _combine(b, branch: torch.Tensor, s, residual: torch.Tensor) -> torch.Tensor:
+    """b * branch + s * residual, in the activations' dtype (a 0-dim float32 scalar does not promote).
+
+    With python floats (inference snapshot or compact model) it is the stock `residual + branch` where both are
+    1, so an all-ones model runs exactly the stock kernels; with tensors (training) it is differentiable.
+    """
+    if b.__class__ is float:
+        if b == 1.0 and s == 1.0:
+            return residual + branch
+        if s == 1.0:
+            return torch.add(residual, branch, alpha=b)
+        return torch.add(residual * s, branch, alpha=b)
+    return torch.addcmul(s * residual, branch, b)
+
+
+def _as_blocks(blocks: int | Iterable[int], n: int) -> list[int]:
+    """Validate block indices: integers in [0, n), no duplicates. Raises InvalidBlocksError."""
+    if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Iterable):
+        blocks = [blocks]  # a single index
+    out: list[int] = []
+    for b in blocks:
+        if isinstance(b, bool) or isinstance(b, float):
+            raise InvalidBlocksError(f"block index {b!r} is not an integer")
+        if isinstance(b, torch.Tensor) and b.numel() == 1:
+            b = b.item()
+        try:
+            i = operator.index(b)
+        except TypeError:
+            raise InvalidBlocksError(f"block index {b!r} is not an integer") from None
+        if i < 0 or i >= n:
+            raise InvalidBlocksError(f"block index {i} is out of range: this model has blocks 0..{n - 1}")
+        if i in out:
+            raise InvalidBlocksError(f"block index {i} is given twice")
+        out.append(i)
+    return out
+
+
+class Hopscotch:
+    """Trainable Hopscotch scalars and skip set attached to a model (see module docstring)."""
+
+    def __init__(self, model: nn.Module):
+        if getattr(model, _HANDLE_ATTR, None) is not None:
+            raise HopscotchError("this model already has Hopscotch attached; call .detach() on that handle first")
+        if getattr(model, _COMPACT_ATTR, None) is not None:
+            raise HopscotchError("this is a compacted Hopscotch model; attach to the original model instead")
+        family = get_family(model)
+        layers = family.layers
+        for i, layer in enumerate(layers):
+            if "forward" in vars(layer):
+                raise HopscotchError(f"decoder layer {i} already has a patched forward (another tool?)")
+        self.model = model
+        self.family = family
+        self.num_layers = family.num_layers
+        device = next(model.parameters()).device
+        self.scales = nn.Parameter(torch.ones(self.num_layers, 4, dtype=torch.float32, device=device))
+        # skipped blocks, in the order they were skipped: column 0 (attention) and column 2 (MLP, for baselines
+        # that remove whole layers)
+        self._skips: dict[int, list[int]] = {0: [], 2: []}
+        self._probe: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None
+        self._attached = True
+        self._grad_flags = {name: p.requires_grad for name, p in model.named_parameters()}
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self._hook = self.scales.register_hook(self._mask_grad)
+        # Without autograd, each forward reads the scalars once as python floats (one device sync per forward,
+        # not per layer) so that layers run plain scalar kernels: exactly the stock ones at all ones.
+        self._snapshot: list[tuple[float, float, float, float]] | None = None
+        # per_row(): [B, L, 4] scalars, one configuration per batch row, and the blocks skipped in every row
+        self._rows: torch.Tensor | None = None
+        self._rows_on: dict[tuple, torch.Tensor] = {}
+        self._rows_skipped: frozenset[int] = frozenset()
+        decoder = model.get_decoder()
+        self._snap_hooks = (decoder.register_forward_pre_hook(self._take_snapshot),
+                            decoder.register_forward_hook(self._drop_snapshot))
+        for i, layer in enumerate(layers):
+            layer.forward = _layer_forward(family, layer, i, self)
+        setattr(model, _HANDLE_ATTR, self)
+
+    # ----------------------------------------------------------------------------------------- internals
+    def _is_skipped(self, idx: int) -> bool:
+        mine = _mine(self)
+        if mine is not None:
+            return idx in mine[0]
+        if self._rows is not None:
+            return idx in self._rows_skipped
+        return idx in self._skips[0]
+
+    def _mlp_skipped(self, idx: int) -> bool:
+        return self._rows is None and _mine(self) is None and idx in self._skips[2]
+
+    def _take_snapshot(self, *_: Any) -> None:
+        if torch.is_grad_enabled():
+            self._snapshot = None
+        else:
+            self._snapshot = [tuple(row) for row in self.scales.detach().tolist()]
+
+    def _drop_snapshot(self, *_: Any) -> None:
+        self._snapshot = None
+
+    def _scales_on(self, x: torch.Tensor):
+        mine = _mine(self)
+        if mine is not None:
+            return mine[1]
+        if self._rows is not None:
+            if x.shape[0] != self._rows.shape[0]:
+                raise HopscotchError(f"per_row() was given {self._rows.shape[0]} configurations but the batch has "
+                                     f"{x.shape[0]} rows")
+            key = (x.device, x.dtype)
+            if key not in self._rows_on:  # (L, 4, B, 1, 1): sc[idx, col] broadcasts over (B, T, C)
+                self._rows_on[key] = self._rows.permute(1, 2, 0)[..., None, None].to(device=x.device, dtype=x.dtype)
+            return self._rows_on[key]
+        if self._snapshot is not None and not torch.is_grad_enabled():
+            return self._snapshot
+        s = self.scales
+        return s if s.device == x.device else s.to(x.device)
+
+    def _mask_grad(self, grad: torch.Tensor) -> torch.Tensor:
+        if not (self._skips[0] or self._skips[2]):
+            return grad
+        grad = grad.clone()
+        for col, blocks in self._skips.items():
+            grad[blocks, col] = 0.0  # the b of a skipped block is not a free parameter
+        return grad
+
+    def _check(self) -> None:
+        if not self._attached:
+            raise DetachedError("this Hopscotch handle was detached; call hc.attach(model) again")
+
+    def _set(self, col: int, blocks: int | Iterable[int], on: bool) -> Hopscotch:
+        self._check()
+        valid = _as_blocks(blocks, self.num_layers)  # validate everything before changing anything
+        current = self._skips[col]
+        change = [i for i in valid if (i in current) != on]
+        with torch.no_grad():
+            for i in change:
+                self.scales[i, col] = 0.0 if on else 1.0
+        self._skips[col] = current + change if on else [i for i in current if i not in change]
+        return self
+
+    # ----------------------------------------------------------------------------------------- skip set
+    @property
+    def skipped(self) -> tuple[int, ...]:
+        """Skipped attention blocks, ascending."""
+        return tuple(sorted(self._skips[0]))
+
+    @property
+    def skipped_mlp(self) -> tuple[int, ...]:
+        """Skipped MLP blocks (whole-layer baselines), ascending."""
+        return tuple(sorted(self._skips[2]))
+
+    def skip(self, blocks: int | Iterable[int]) -> Hopscotch:
+        """Skip these attention blocks (b_att = 0, not computed). Already skipped ones stay skipped."""
+        return self._set(0, blocks, True)
+
+    def unskip(self, blocks: int | Iterable[int]) -> Hopscotch:
+        """Compute these attention blocks again, with b_att = 1."""
+        return self._set(0, blocks, False)
+
+    def set_skipped(self, blocks: Iterable[int]) -> Hopscotch:
+        """Make exactly `blocks` the set of skipped attention blocks."""
+        wanted = _as_blocks(blocks, self.num_layers)
+        self.unskip([i for i in self._skips[0] if i not in wanted])
+        return self.skip(wanted)
+
+    def skip_mlp(self, blocks: int | Iterable[int]) -> Hopscotch:
+        """Skip these MLP blocks (b_mlp = 0, not computed): with skip(), this removes whole layers."""
+        return self._set(2, blocks, True)
+
+    def unskip_mlp(self, blocks: int | Iterable[int]) -> Hopscotch:
+        return self._set(2, blocks, False)
+
+    # ----------------------------------------------------------------------------------------- scalars
+    def set_scales(self, values: torch.Tensor | Iterable) -> Hopscotch:
+        """Copy `values` ([num_layers, 4], finite) into the scalars; skipped blocks keep b = 0."""
+        self._check()
+        t = torch.as_tensor(values, dtype=torch.float32) if not isinstance(values, torch.Tensor) else values
+        if t.shape != (self.num_layers, 4):
+            raise InvalidScalesError(f"scales must have shape ({self.num_layers}, 4), got {tuple(t.shape)}")
+        if not torch.isfinite(t).all():
+            raise InvalidScalesError("scales contain NaN or inf")
+        with torch.no_grad():
+            self.scales.copy_(t.to(self.scales.device, torch.float32))
+            for col, blocks in self._skips.items():
+                self.scales[blocks, col] = 0.0
+        return self
+
+    def reset(self) -> Hopscotch:
+        """All ones, nothing skipped: the original model."""
+        self._check()
+        self._skips = {0: [], 2: []}
+        with torch.no_grad():
+            self.scales.fill_(1.0)
+        return self
+
+    def configure(self, skipped: Iterable[int] = (), scales: torch.Tensor | None = None,
+                  skipped_mlp: Iterable[int] = ()) -> "Hopscotch":
+        """Reset, then apply exactly this state: skipped attention (and MLP) blocks and optional [L, 4] scales."""
+        self.reset()
+        self.skip(list(skipped)).skip_mlp(list(skipped_mlp))
+        if scales is not None:
+            self.set_scales(scales)
+        return self
+
+    @contextmanager
+    def applied(self, skipped: Iterable[int] = (), scales: torch.Tensor | None = None,
+                skipped_mlp: Iterable[int] = ()) -> Iterator["Hopscotch"]:
+        """Within: `configure(...)`; afterwards the handle is reset (all ones, nothing skipped)."""
+        self.configure(skipped, scales, skipped_mlp)
+        try:
+            yield self
+        finally:
+            self.reset()
+
+    def _effective(self, skipped: Iterable[int], scales) -> tuple[list[int], torch.Tensor]:
+        """(validated blocks, float32 [L, 4] CPU scalars with b_att = 0 on them) of one configuration."""
+        blocks = _as_blocks(list(skipped), self.num_layers)
+        eff = torch.ones(self.num_layers, 4, dtype=torch.float32)
+        if scales is not None:
+            sc = torch.as_tensor(scales, dtype=torch.float32).detach().cpu()
+            if tuple(sc.shape) != (self.num_layers, 4) or not torch.isfinite(sc).all():
+                raise InvalidScalesError(f"scales must be a finite [{self.num_layers}, 4] tensor, got "
+                                         f"{tuple(sc.shape)}")
+            eff = sc.clone()
+        eff[blocks, 0] = 0.0
+        return blocks, eff
+
+    @contextmanager
+    def in_thread(self, skipped: Iterable[int] = (), scales: torch.Tensor | None = None) -> Iterator["Hopscotch"]:
+        """Within, and only in the calling thread: forwards run with `skipped` attention blocks and optional
+        [L, 4] `scales`; other threads keep seeing the handle's own configuration. Several threads can so run
+        different skip sets on one model at the same time, each computing exactly what configure() would (the
+        same inference kernels). Inference only: no gradients reach `scales`."""
+        self._check()
+        blocks, eff = self._effective(skipped, scales)
+        if not hasattr(_THREAD, "cfg"):
+            _THREAD.cfg = {}
+        _THREAD.cfg[id(self)] = (frozenset(blocks), [tuple(row) for row in eff.tolist()])
+        try:
+            yield self
+        finally:
+            _THREAD.cfg.pop(id(self), None)
+
+    @contextmanager
+    def per_row(self, configs: Sequence[tuple[Iterable[int], torch.Tensor | None]]) -> Iterator["Hopscotch"]:
+        """Within: batch row r runs configuration configs[r] = (skipped attention blocks, [L, 4] scales or None),
+        so one batched forward computes several skip sets side by side (the batch must have len(configs) rows).
+
+        A block skipped in every row is not computed; one skipped in some rows only is computed for the batch and
+        multiplied by b = 0 in those rows, which gives exactly s * x there (0 * a finite branch is 0). The scalars
+        act in the activations' dtype. Inference only (no gradients reach `scales`); MLP skips are not supported.
+        Outputs equal the rows' own single-configuration forwards up to the float rounding of batched matmuls.
+        """
+        self._check()
+        rows, common = [], None
+        for skipped, scales in configs:
+            blocks, eff = self._effective(skipped, scales)
+            rows.append(eff)
+            common = set(blocks) if common is None else common & set(blocks)
+        if not rows:
+            raise HopscotchError("per_row() needs at least one configuration")
+        self._rows, self._rows_on, self._rows_skipped = torch.stack(rows), {}, frozenset(common or ())
+        try:
+            yield self
+        finally:
+            self._rows, self._rows_on, self._rows_skipped = None, {}, frozenset()
+
+    def effective_scales(self) -> torch.Tensor:
+        """A float32 CPU copy of the scalars as they act (b = 0 on skipped blocks)."""
+        s = self.scales.detach().float().cpu().clone()
+        for col, blocks in self._skips.items():
+            s[blocks, col] = 0.0
+        return s
+
+    @contextmanager
+    def probe(self, fn: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]) -> Iterator[None]:
+        """Within: fn(layer, x, x1, out) is called by every layer (input, after attention, output)."""
+        self._check()
+        self._probe = fn
+        try:
+            yield
+        finally:
+            self._probe = None
+
+    # ----------------------------------------------------------------------------------------- artifacts
+    def save(self, path: str | Path) -> Path:
+        """Write scales.safetensors + hopscotch.json into directory `path`."""
+        self._check()
+        meta = {"kind": "adapter", "skipped": list(self._skips[0]), "skipped_mlp": list(self._skips[2]),
+                "columns": list(COLUMNS), "base": artifacts.model_identity(self.model)}
+        return artifacts.write_artifact(path, self.effective_scales(), meta)
+
+    # ----------------------------------------------------------------------------------------- lifecycle
+    def detach(self) -> nn.Module:
+        """Restore the model exactly as it was before attach; the handle is unusable afterwards."""
+        if not self._attached:
+            return self.model
+        for layer in self.family.layers:
+            vars(layer).pop("forward", None)
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(self._grad_flags.get(name, p.requires_grad))
+        self._hook.remove()
+        for h in self._snap_hooks:
+            h.remove()
+        if getattr(self.model, _HANDLE_ATTR, None) is self:
+            delattr(self.model, _HANDLE_ATTR)
+        self._attached = False
+        return self.model
+
+    # ----------------------------------------------------------------------------------------- PEFT's names
+    # Where PEFT has a name for the same thing, it works here too (aliases; our names stay the documented ones).
+    def save_pretrained(self, path: str | Path) -> Path:
+        """= save(path): scales.safetensors + hopscotch.json."""
+        return self.save(path)
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, path: str | Path) -> "Hopscotch":
+        """= hc.load_adapter(model, path): attach and load saved scalars (refused for another model)."""
+        return load_adapter(model, path)
+
+    def unload(self) -> nn.Module:
+        """= detach(): the model exactly as it was before attach, without merging anything."""
+        return self.detach()
+
+    def merge_and_unload(self) -> nn.Module:
+        """A plain model (no Hopscotch, the original architecture) computing what this handle computes, the
+        scalars folded into its weights (folding.fold_model: exact up to float rounding, FoldError where a scalar
+        cannot fold); then this handle is detached. Unlike PEFT, the merged model is a copy: the attached model's
+        own weights are left as loaded."""
+        from .folding import fold_model
+
+        merged = fold_model(self)
+        self.detach()
+        return merged
+
+    def __enter__(self) -> Hopscotch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    @contextmanager
+    def _bare(self) -> Iterator[None]:
+        """Within: the model without patches or handle (for copying)."""
+        layers = self.family.layers
+        fwd = [vars(layer).pop("forward") for layer in layers]
+        delattr(self.model, _HANDLE_ATTR)
+        try:
+            yield
+        finally:
+            for layer, f in zip(layers, fwd):
+                layer.forward = f
+            setattr(self.model, _HANDLE_ATTR, self)
+
+    def compact(self, fold: bool = True) -> nn.Module:
+        """A new model without the skipped blocks' weights, computing what this handle computes.
+
+        With fold=True, b_att and b_mlp are multiplied into the last weight of their branch (o_proj/down_proj,
+        or the post-norm for Gemma/OLMo 2), which is exact up to rounding; s_att and s_mlp stay as constants.
+        The original model is left as it is. Save with `hc.save_model(small, dir)`, reload with `hc.load_model(dir)`.
+        """
+        self._check()
+        layers = self.family.layers
+        names = {0: self.family.layer.attn_name, 2: self.family.layer.mlp_name}
+        kept: list[tuple[int, str, nn.Module]] = []
+        with self._bare():
+            try:
+                for col, blocks in self._skips.items():
+                    for i in blocks:
+                        kept.append((i, names[col], getattr(layers[i], names[col])))
+                        setattr(layers[i], names[col], RemovedBlock(i, names[col]))
+                new = copy.deepcopy(self.model)
+            finally:
+                for i, name, module in kept:
+                    setattr(layers[i], name, module)
+        for name, p in new.named_parameters():
+            p.requires_grad_(self._grad_flags.get(name, True))
+        identity = artifacts.model_identity(self.model)
+        install_compact(new, self.effective_scales(), self.skipped, identity, fold=fold,
+                        skipped_mlp=self.skipped_mlp)
+        return new
+
+
+def attach(model: nn.Module) -> Hopscotch:
+    """Attach Hopscotch scalars (all ones) to a supported causal LM; see `Hopscotch`."""
+    return Hopscotch(model)
+
+
+def handle_of(model: nn.Module) -> Hopscotch | None:
+    """The Hopscotch handle attached to `model`, if any."""
+    return getattr(model, _HANDLE_ATTR, None)
+
+
+def load_adapter(model: nn.Module, path: str | Path) -> Hopscotch:
+    """Attach the adapter saved at `path` to `model`, after checking it was made for this model."""
+    scales, meta = artifacts.read_artifact(path, kind="adapter")
+    artifacts.check_identity(meta["base"], model, Path(path))
+    hs = attach(model)
+    try:
+        hs.skip(meta["skipped"])
+        hs.skip_mlp(meta.get("skipped_mlp", []))
+        hs.set_scales(scales)
+    except Exception:
+        hs.detach()
+        raise
+    return hs
+
+
+class CompactInfo:
+    """The frozen Hopscotch state of a compacted model (its layers' forward reads it; save_model writes it)."""
+
+    def __init__(self, scales: torch.Tensor, skipped: tuple[int, ...], skipped_mlp: tuple[int, ...], base: dict,
+                 folded: bool):
+        self.scales, self.skipped, self.skipped_mlp, self.base, self.folded = (
+            scales, skipped, skipped_mlp, base, folded)
+        self._consts = [tuple(float(v) for v in row) for row in scales]
+        self._att, self._mlp = frozenset(skipped), frozenset(skipped_mlp)
+        self._probe = None
+
+    def _is_skipped(self, idx: int) -> bool:
+        return idx in self._att
+
+    def _mlp_skipped(self, idx: int) -> bool:
+        return idx in self._mlp
+
+    def _scales_on(self, x: torch.Tensor) -> list[tuple[float, float, float, float]]:
+        return self._consts
+
+
+def install_compact(
+    model: nn.Module, scales: torch.Tensor, skipped: Iterable[int], base: dict, fold: bool = True,
+    skipped_mlp: Iterable[int] = (),
+) -> nn.Module:
+    """Turn `model` (in place) into a compact Hopscotch model with frozen `scales` and removed blocks."""
+    family = get_family(model)
+    n = family.num_layers
+    skipped = tuple(sorted(_as_blocks(list(skipped), n)))
+    skipped_mlp = tuple(sorted(_as_blocks(list(skipped_mlp), n)))
+    scales = scales.detach().float().cpu().clone()
+    if scales.shape != (n, 4) or not torch.isfinite(scales).all():
+        raise InvalidScalesError(f"compact scales must be finite with shape ({n}, 4)")
+    layers = family.layers
+    for blocks, name in ((skipped, family.layer.attn_name), (skipped_mlp, family.layer.mlp_name)):
+        for i in blocks:
+            if not isinstance(getattr(layers[i], name), RemovedBlock):
+                setattr(layers[i], name, RemovedBlock(i, name))
+    if fold:
+        for i, layer in enumerate(layers):
+            if i not in skipped and scales[i, 0] != 1.0:
+                fold_scale(layer, family.layer.attn_out, float(scales[i, 0]))
+                scales[i, 0] = 1.0
+            if i not in skipped_mlp and scales[i, 2] != 1.0:
+                fold_scale(layer, family.layer.mlp_out, float(scales[i, 2]))
+                scales[i, 2] = 1.0
+    scales[list(skipped), 0] = 0.0
+    scales[list(skipped_mlp), 2] = 0.0
+    info = CompactInfo(scales, skipped, skipped_mlp, base, fold)
+    for i, layer in enumerate(layers):
+        vars(layer).pop("forward", None)
+        layer.forward = _layer_forward(family, layer, i, info)
+    setattr(model, _COMPACT_ATTR, info)
+    return model
+
+
+def compact_info(model: nn.Module) -> CompactInfo | None:
+    return getattr(model, _COMPACT_ATTR, None)

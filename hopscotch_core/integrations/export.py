@@ -1,0 +1,260 @@
+"""Compressed models that leave the tool: one call, three formats, nothing half-written.
+
+    import hopscotch_core as hc
+    hc.export(hs, "out/", format="compact")            # hc.load_model("out/"): skipped weights absent
+    hc.export(hs, "out/", format="hf")                 # stock AutoModelForCausalLM.from_pretrained("out/")
+    hc.export("runs/NAME", "out/", format="gguf", quant="q8_0")   # llama.cpp: one .gguf file in out/
+
+    hopscotch export (--model M --skip 3,6 | --adapter DIR | --run NAME) --format compact|hf|gguf
+                     [--quant f32|f16|q8_0|q4_k_m|...] --out DIR [--force]
+
+Formats:
+- compact: the weights of skipped blocks are absent and the scalars are kept (hopscotch.json); only
+  `hc.load_model` loads it. Its config.json names model type "hopscotch_compact", so stock transformers refuses it
+  with a ValueError instead of filling the missing blocks with random weights.
+- hf: every scalar folded into ordinary weights (folding.py): a plain checkpoint of the original architecture
+  that stock transformers, vLLM, TGI or lm-eval load with no code of ours. Skipped attention stays computed
+  (zero output projection) - this format is for portability, not speed.
+- gguf: llama.cpp's deci architecture with attention-free layers (gguf_export.py); the speed-up reaches llama.cpp.
+
+Every export checks its input before any work (format, quantization, output folder, skip set representable,
+scalars foldable), writes into a temporary folder beside `out` and renames it into place, so an interrupted or
+failed export leaves nothing behind. `hopscotch_export.json` in the folder records what was written and the
+logit check made on it (max |logit diff| against the attached model on a probe input).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import HopscotchError
+
+FORMATS = ("compact", "hf", "gguf")
+EXPORT_FILE = "hopscotch_export.json"
+PROBE_TEXT = ("Question: Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in "
+              "May. How many clips did Natalia sell altogether? Answer: 48 + 24 = 72.")
+
+
+class ExportError(HopscotchError, ValueError):
+    """Bad export input (format, quantization, output folder, source)."""
+
+
+def check_request(out_dir: str | os.PathLike, format: str, quant: str | None, force: bool) -> tuple[Path, str | None]:
+    """Validate what can be validated before loading anything; returns (out path, normalised quant)."""
+    if format not in FORMATS:
+        raise ExportError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
+    q = None
+    if format == "gguf":
+        from .gguf_export import check_quant
+
+        q = check_quant(quant)
+    elif quant not in (None, "", "f32"):
+        raise ExportError(f"--quant {quant} applies to --format gguf; the {format} format keeps the model's dtype")
+    out = Path(os.path.expanduser(str(out_dir)))
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file; give a folder (it is created)")
+    _refuse_nonempty(out, force)
+    if not out.parent.exists():
+        raise ExportError(f"the parent folder of --out, {out.parent}, does not exist")
+    return out, q
+
+
+def _refuse_nonempty(out: Path, force: bool) -> None:
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ExportError(f"--out {out} is not empty; choose a new folder or pass --force to replace it")
+
+
+def _from_run(path: Path, model=None, device=None, dtype=None):
+    from ..engine.loading import load_model
+    from ..method.pipeline import check_run_model
+    from ..method.runs import Run
+    from ..engine.scaling import load_adapter
+
+    run = Run(path)
+    adapter = run.file("adapter")
+    if not adapter.is_dir():
+        raise ExportError(f"run {run.name!r} has no trained adapter yet (state {run.manifest.get('state')!r}); "
+                          f"finish it first: hopscotch run --resume {run.name}")
+    tok = None
+    if model is None:
+        s = run.manifest["settings"]
+        model, tok = load_model(s["model"], device=device or s.get("device"), dtype=dtype or s.get("dtype"))
+    check_run_model(run, model)
+    return load_adapter(model, adapter), tok
+
+
+def resolve_source(source, model=None, tokenizer=None, device=None, dtype=None):
+    """(handle, tokenizer, owned): `source` is a Hopscotch handle, a run directory or an adapter directory."""
+    from ..engine.artifacts import META_FILE, read_artifact
+    from ..engine.scaling import Hopscotch, load_adapter
+
+    if isinstance(source, Hopscotch):
+        source._check()
+        return source, tokenizer, False
+    path = Path(os.path.expanduser(str(getattr(source, "dir", source))))
+    if (path / "manifest.json").is_file():
+        hs, tok = _from_run(path, model, device, dtype)
+        return hs, tokenizer or tok, True
+    if (path / META_FILE).is_file():
+        read_artifact(path, kind="adapter")
+        if model is None:
+            raise ExportError(f"{path} is an adapter; give the model it belongs to (model=..., CLI --model)")
+        return load_adapter(model, path), tokenizer, True
+    raise ExportError(f"{path} is neither a run directory (manifest.json) nor an adapter (hopscotch.json)")
+
+
+def probe_ids(model, tokenizer=None, n: int = 32) -> torch.Tensor:
+    """A fixed probe input: the tokenized PROBE_TEXT, else fixed pseudo-random ids."""
+    if tokenizer is not None:
+        ids = tokenizer(PROBE_TEXT, return_tensors="pt")["input_ids"][:, :n]
+        if ids.shape[1] >= 4:
+            return ids
+    vocab = model.get_input_embeddings().weight.shape[0]
+    return torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(0))
+
+
+def compare_logits(ref: torch.Tensor, got: torch.Tensor) -> dict[str, Any]:
+    ref, got = ref.double().cpu(), got.double().cpu()
+    diff = (ref - got).abs().max().item()
+    scale = ref.abs().max().item()
+    return {"max_abs_diff": diff, "max_abs_logit": scale, "rel_diff": diff / max(scale, 1e-30),
+            "greedy_agree": float((ref.argmax(-1) == got.argmax(-1)).double().mean().item()),
+            "positions": int(ref.reshape(-1, ref.shape[-1]).shape[0])}
+
+
+@torch.no_grad()
+def _logits(model, ids: torch.Tensor) -> torch.Tensor:
+    dev = next(model.parameters()).device
+    return model(ids.to(dev)).logits[0].float().cpu()
+
+
+def llamacpp_logits(path: Path, ids: list[int], n_threads: int | None = None) -> torch.Tensor:
+    """Logits of every position of `ids` computed by llama.cpp from the GGUF at `path`."""
+    from .llamacpp import LlamaCpp
+
+    with LlamaCpp(path, n_ctx=max(64, len(ids) + 8), n_threads=n_threads, logits_all=True) as lm:
+        return torch.from_numpy(lm.logits(ids))
+
+
+def export(
+    source, out_dir: str | os.PathLike, format: str = "compact", quant: str | None = None, force: bool = False, *,
+    model=None, tokenizer=None, tokenizer_gguf: str | os.PathLike | None = None, verify: bool = True,
+    fold: bool = True, device=None, dtype=None, on_progress: Callable[[int, int, dict], None] | None = None,
+) -> Path:
+    """Write the model of `source` (a Hopscotch handle, run directory or adapter directory) to `out_dir`.
+
+    See the module docstring for the formats. Returns the output folder. Raises ExportError (and its kin from
+    folding / gguf_export) before writing anything when the request cannot be satisfied exactly.
+    """
+    out, q = check_request(out_dir, format, quant, force)
+    hs, tok, owned = resolve_source(source, model, tokenizer, device, dtype)
+    try:
+        return _export(hs, tok, out, format, q, force, tokenizer_gguf, verify, fold, on_progress)
+    finally:
+        if owned:
+            hs.detach()
+
+
+def _export(hs, tok, out: Path, format: str, q, force, tokenizer_gguf, verify, fold, on_progress) -> Path:
+    from ..engine import artifacts
+    from ..engine.folding import check_foldable, eps_effect_bound, fold_model
+    from ..engine.loading import save_model
+
+    if format == "gguf":
+        from .gguf_export import plan
+
+        plan(hs)  # refuses what llama.cpp cannot represent, before the fold and any file
+    if format in ("hf", "gguf"):
+        check_foldable(hs)
+    ids = probe_ids(hs.model, tok)
+    ref = _logits(hs.model, ids) if verify else None
+    record: dict[str, Any] = {
+        "format": format, "quant": q, "skipped": list(hs.skipped), "skipped_mlp": list(hs.skipped_mlp),
+        "scales": hs.effective_scales().tolist(), "base": artifacts.model_identity(hs.model),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        if format == "compact":
+            small = hs.compact(fold=fold)
+            record["parameters"] = {"before": sum(p.numel() for p in hs.model.parameters()),
+                                    "after": sum(p.numel() for p in small.parameters())}
+            if verify:
+                record["check"] = {"against": "attached model, in memory", **compare_logits(ref, _logits(small, ids))}
+            save_model(small, tmp, tokenizer=tok)
+        elif format == "hf":
+            folded = fold_model(hs)
+            record["max_eps_effect"] = eps_effect_bound(hs, ids)
+            if verify:
+                record["check"] = {"against": "attached model, in memory", **compare_logits(ref, _logits(folded, ids))}
+            save_model(folded, tmp, tokenizer=tok)
+        else:
+            from .gguf_export import write_gguf
+
+            name = _gguf_name(hs, q)
+            record["gguf"] = write_gguf(hs, tmp / name, quant=q, tokenizer=tok, tokenizer_gguf=tokenizer_gguf,
+                                        on_progress=on_progress)
+            record["file"] = name
+            record["max_eps_effect"] = eps_effect_bound(hs, ids)
+            if verify:
+                try:
+                    got = llamacpp_logits(tmp / name, ids[0].tolist())
+                    record["check"] = {"against": "attached model, llama.cpp run of the file",
+                                       **compare_logits(ref, got)}
+                except ImportError as e:
+                    record["check"] = {"skipped": str(e)}
+        if verify and format != "gguf" and record["check"]["rel_diff"] > 1e-2:
+            raise ExportError(f"the exported model's logits differ from the attached model's by "
+                              f"{record['check']['max_abs_diff']:.3g}; nothing was written (please report this)")
+        (tmp / EXPORT_FILE).write_text(json.dumps(record, indent=2))
+        _move_into_place(tmp, out, force)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _gguf_name(hs, quant: str) -> str:
+    src = str(getattr(hs.model, "_hopscotch_source", "") or "model")
+    stem = src.split(":", 1)[1] if src.startswith("default:") else Path(src).name.removesuffix(".gguf")
+    skipped = "-".join(str(i) for i in hs.skipped) or "none"
+    return f"{stem or 'model'}-hopscotch-skip-{skipped}.{quant}.gguf"[:200]
+
+
+def _move_into_place(tmp: Path, out: Path, force: bool) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private
+    old = None
+    if out.exists():
+        _refuse_nonempty(out, force)  # again at rename time: it may have filled up meanwhile
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_export(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """The record an export wrote (format, skip set, scalars, logit check), or ExportError."""
+    p = Path(out_dir) / EXPORT_FILE
+    if not p.is_file():
+        raise ExportError(f"{out_dir} holds no {EXPORT_FILE}: not a Hopscotch export")
+    return json.loads(p.read_text())
+
+
+def gguf_file(out_dir: str | os.PathLike) -> Path:
+    """The single .gguf file of a gguf export folder."""
+    files = sorted(Path(out_dir).glob("*.gguf"))
+    if len(files) != 1:
+        raise ExportError(f"{out_dir} should hold exactly one .gguf file, found {len(files)}")
+    return files[0]

@@ -1,0 +1,373 @@
+"""Write a Hopscotch model as a GGUF file that llama.cpp runs with attention-free layers.
+
+llama.cpp's `deci` architecture (the one it uses for Nemotron-51B/Ultra) reads per-layer head counts and
+feed-forward sizes: a layer with `attention.head_count` 0 computes no attention and keeps no KV cache, and its
+q/k/v/o and attn_norm tensors are absent from the file. Layers that lose both blocks (whole-layer baselines such
+as ShortGPT) are dropped from the file. All scalars are folded into the weights first (folding.py), so the file
+is a plain deci model:
+
+    layers kept     every layer except those whose attention and MLP are both removed (renumbered)
+    per layer       head_count / head_count_kv = 0 where attention is skipped, else the model's
+    tensors         token_embd, output_norm, [output], blk.N.{attn_norm, attn_q/k/v/output, ffn_norm, ffn_*}
+    weights         f32, f16 or q8_0 written here (gguf-py); other types through llama.cpp's own quantizer
+    tokenizer       copied from the source GGUF (the embedded default model is one), else built from a
+                    Hugging Face byte-level BPE tokenizer with gguf-py's vocab helpers
+
+What llama.cpp cannot represent is refused before anything is written: attention skipped in the first layer
+written (llama.cpp reads head sizes from it), an MLP removed while its layer's attention stays (llama.cpp would
+drop that layer's attention output), families whose layer is not the Llama layer (extra norms, multipliers,
+fused projections, q/k norms) and non-default RoPE scaling or sliding windows.
+
+Rotary embeddings: Hugging Face Llama-family weights rotate halves of each head (q = [x1, x2] -> [-x2, x1]);
+llama.cpp's `deci` rotates adjacent pairs. The q and k rows of every head are therefore reordered from
+(half, i) to (i, half), which turns one convention into the other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import HopscotchError
+
+ARCH = "deci"
+GGUF_FAMILIES = ("llama", "mistral", "qwen2")
+NATIVE_QUANTS = ("f32", "f16", "q8_0")
+# quantizations done by llama.cpp's own quantizer (llama_model_quantize) from an f32 file: name -> llama_ftype name
+LLAMACPP_QUANTS = {
+    "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1", "q5_0": "LLAMA_FTYPE_MOSTLY_Q5_0",
+    "q5_1": "LLAMA_FTYPE_MOSTLY_Q5_1", "q2_k": "LLAMA_FTYPE_MOSTLY_Q2_K", "q3_k_m": "LLAMA_FTYPE_MOSTLY_Q3_K_M",
+    "q4_k_s": "LLAMA_FTYPE_MOSTLY_Q4_K_S", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+    "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M", "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K",
+}
+QUANTS = NATIVE_QUANTS + tuple(LLAMACPP_QUANTS)
+
+# Hugging Face tokenizer.json pre-tokenizers whose llama.cpp name is known (the regexes of Llama 3 and Qwen2).
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+class GGUFExportError(HopscotchError, ValueError):
+    """This model or skip set cannot be written as a llama.cpp GGUF (the message says why)."""
+
+
+class LlamaCppMissingError(HopscotchError, ImportError):
+    """llama-cpp-python is not installed."""
+
+
+_QUIET_LOG = None
+
+
+def require_llama_cpp():
+    """The llama_cpp module (its own log lines silenced), or LlamaCppMissingError naming the extra."""
+    global _QUIET_LOG
+    try:
+        import llama_cpp
+    except ImportError:
+        raise LlamaCppMissingError(
+            "llama-cpp-python is not installed; install the gguf extra: pip install 'hopscotch-studio[gguf]' "
+            "(with CMAKE_ARGS=-DGGML_NATIVE=OFF it builds from source in a few minutes)") from None
+    if _QUIET_LOG is None:  # loader and quantizer notes go nowhere; failures still surface as return codes
+        _QUIET_LOG = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
+        llama_cpp.llama_log_set(_QUIET_LOG, None)
+    return llama_cpp
+
+
+def check_quant(quant: str | None) -> str:
+    q = (quant or "f32").lower()
+    if q not in QUANTS:
+        raise GGUFExportError(f"unknown quantization {quant!r}; use one of {', '.join(QUANTS)}")
+    if q in LLAMACPP_QUANTS:
+        require_llama_cpp()
+    return q
+
+
+# ------------------------------------------------------------------------------------------------ the plan
+def _rope(cfg) -> dict:
+    params = dict(getattr(cfg, "rope_parameters", None) or {})
+    legacy = getattr(cfg, "rope_scaling", None)
+    if isinstance(legacy, dict):
+        params = {**legacy, **params}
+    theta = params.get("rope_theta", getattr(cfg, "rope_theta", None))
+    kind = params.get("rope_type", params.get("type", "default"))
+    return {"theta": float(theta if theta is not None else 10000.0), "type": kind or "default",
+            "partial": params.get("partial_rotary_factor", getattr(cfg, "partial_rotary_factor", None))}
+
+
+def plan(hs) -> dict[str, Any]:
+    """Check that llama.cpp can represent `hs` (a Hopscotch handle); return the layout of the file."""
+    family = hs.family.name
+    cfg = hs.model.config.get_text_config()
+    if family not in GGUF_FAMILIES:
+        raise GGUFExportError(
+            f"GGUF export supports the Llama-layer families {', '.join(GGUF_FAMILIES)}; '{family}' layers "
+            "differ from llama.cpp's deci layer (extra norms, multipliers, fused or normalised projections). "
+            "Export --format hf for this model")
+    rope = _rope(cfg)
+    if rope["type"] != "default" or rope["partial"] not in (None, 1.0):
+        raise GGUFExportError(f"RoPE {rope['type']!r} (partial {rope['partial']}) is not written by this exporter; "
+                              "only plain RoPE over the whole head is")
+    window = getattr(cfg, "sliding_window", None)
+    if window is not None and getattr(cfg, "use_sliding_window", True) and \
+            window < getattr(cfg, "max_position_embeddings", window + 1):
+        raise GGUFExportError(f"this model attends within a sliding window of {window} tokens, which llama.cpp's "
+                              "deci layer does not; export --format hf")
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        raise GGUFExportError(f"the MLP activation {cfg.hidden_act!r} is not llama.cpp deci's SiLU")
+    n = hs.num_layers
+    att, mlp = set(hs.skipped), set(hs.skipped_mlp)
+    half = sorted(mlp - att)
+    if half:
+        raise GGUFExportError(
+            f"the MLP of block(s) {half} is removed while their attention stays; llama.cpp's deci layer would "
+            "then drop that attention output too, so the file would be wrong. Remove whole layers (skip both) "
+            "or export --format hf")
+    kept = [i for i in range(n) if not (i in att and i in mlp)]
+    if not kept:
+        raise GGUFExportError("every layer is removed; nothing would be left to write")
+    if kept[0] in att:
+        raise GGUFExportError(
+            f"attention of block {kept[0]}, the first layer in the file, is skipped; llama.cpp reads the head "
+            "sizes from the first layer and cannot load such a file. Keep that block's attention, or export "
+            "--format hf")
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return {"family": family, "kept": kept, "attention": [i not in att for i in kept], "head_dim": int(head_dim),
+            "rope_theta": rope["theta"], "removed_layers": sorted(att & mlp), "skipped_attention": sorted(att - mlp)}
+
+
+# ------------------------------------------------------------------------------------------------ tensors
+def _rope_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Reorder q/k rows of each head from rotate-half order (half, i) to adjacent pairs (i, half)."""
+    shape = w.shape
+    hd = shape[0] // n_head
+    return w.reshape(n_head, 2, hd // 2, *shape[1:]).transpose(1, 2).reshape(shape)
+
+
+def _array(t: torch.Tensor, quant: str):
+    """(data, raw_dtype) for gguf-py: 1-D tensors stay f32; matrices take the file's type."""
+    import gguf
+
+    a = t.detach().to("cpu", torch.float32).contiguous().numpy()
+    if a.ndim == 1 or quant == "f32":
+        return a, None
+    if quant == "f16":
+        return a.astype(np.float16), None
+    if a.shape[-1] % 32:  # q8_0 blocks are 32 values along a row
+        return a, None
+    return gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
+
+
+def _tensors(folded, layout: dict) -> list[tuple[str, torch.Tensor]]:
+    cfg = folded.config.get_text_config()
+    dec = folded.get_decoder()
+    out = [("token_embd.weight", folded.get_input_embeddings().weight), ("output_norm.weight", dec.norm.weight)]
+    head = folded.get_output_embeddings().weight
+    if head.data_ptr() != folded.get_input_embeddings().weight.data_ptr():
+        out.append(("output.weight", head))
+    n_kv = cfg.num_key_value_heads or cfg.num_attention_heads
+    for j, (i, has_attn) in enumerate(zip(layout["kept"], layout["attention"])):
+        layer = dec.layers[i]
+        p = f"blk.{j}."
+        if has_attn:
+            a = layer.self_attn
+            out.append((p + "attn_norm.weight", layer.input_layernorm.weight))
+            for name, mod, heads in (("attn_q", a.q_proj, cfg.num_attention_heads), ("attn_k", a.k_proj, n_kv),
+                                     ("attn_v", a.v_proj, None), ("attn_output", a.o_proj, None)):
+                for kind in ("weight", "bias"):
+                    t = getattr(mod, kind, None)
+                    if t is not None:
+                        out.append((f"{p}{name}.{kind}", _rope_rows(t, heads) if heads else t))
+        m = layer.mlp
+        out.append((p + "ffn_norm.weight", layer.post_attention_layernorm.weight))
+        for name, mod in (("ffn_gate", m.gate_proj), ("ffn_up", m.up_proj), ("ffn_down", m.down_proj)):
+            for kind in ("weight", "bias"):
+                t = getattr(mod, kind, None)
+                if t is not None:
+                    out.append((f"{p}{name}.{kind}", t))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ tokenizer
+def source_gguf(model) -> Path | None:
+    """The GGUF file `model` was loaded from, if any (the embedded default model is one)."""
+    src = str(getattr(model, "_hopscotch_source", "") or "")
+    if src.startswith("default:"):
+        from ..engine.loading import default_gguf_path
+
+        return default_gguf_path()
+    if src.lower().endswith(".gguf") and Path(src).is_file():
+        return Path(src)
+    return None
+
+
+def _copy_tokenizer(writer, path: Path, n_vocab: int) -> str:
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    fields = {k: f for k, f in reader.fields.items() if k.startswith("tokenizer.")}
+    if "tokenizer.ggml.tokens" not in fields:
+        raise GGUFExportError(f"{path} holds no tokenizer.ggml.tokens to copy")
+    n_tok = len(fields["tokenizer.ggml.tokens"].data)
+    if n_tok != n_vocab:
+        raise GGUFExportError(f"{path} has {n_tok} tokens but the model's embedding has {n_vocab} rows: "
+                              "not the same model's tokenizer")
+    for key, f in fields.items():
+        vtype = f.types[0]
+        sub = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, f.contents(), vtype, sub_type=sub)
+    return f"copied from {path.name}"
+
+
+def _pre_tokenizer_name(pre: dict | None) -> str | None:
+    if not pre:
+        return None
+    items = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    kinds = [p.get("type") for p in items]
+    if kinds == ["ByteLevel"] and items[0].get("use_regex", True):
+        return "gpt-2"
+    if kinds == ["Digits", "ByteLevel"] and items[0].get("individual_digits") and items[1].get("use_regex", True):
+        return "smollm"
+    if kinds == ["Split", "ByteLevel"] and not items[1].get("use_regex", True):
+        regex = (items[0].get("pattern") or {}).get("Regex")
+        return {_LLAMA3_SPLIT: "llama-bpe", _QWEN2_SPLIT: "qwen2"}.get(regex)
+    return None
+
+
+def _build_tokenizer(writer, tokenizer, n_vocab: int) -> str:
+    """tokenizer.* keys for a Hugging Face byte-level BPE tokenizer, with gguf-py's vocab helpers."""
+    import gguf
+    from gguf.vocab import BpeVocab, SpecialVocab
+
+    if tokenizer is None or not getattr(tokenizer, "is_fast", False):
+        raise GGUFExportError("the model came without a GGUF and without a fast Hugging Face tokenizer, so its "
+                              "llama.cpp tokenizer cannot be written; pass tokenizer_gguf= (CLI --tokenizer-gguf) "
+                              "a GGUF of the same model, whose tokenizer.* keys are copied")
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        data = json.loads((Path(tmp) / "tokenizer.json").read_text())
+        model = data.get("model") or {}
+        if model.get("type") != "BPE" or model.get("byte_fallback") or \
+                (data.get("decoder") or {}).get("type") != "ByteLevel":
+            raise GGUFExportError(
+                f"the tokenizer is a {model.get('type')} model (decoder {(data.get('decoder') or {}).get('type')}); "
+                "only byte-level BPE tokenizers are written from Hugging Face files; pass tokenizer_gguf= "
+                "(CLI --tokenizer-gguf) a GGUF of the same model")
+        pre = _pre_tokenizer_name(data.get("pre_tokenizer"))
+        if pre is None:
+            raise GGUFExportError(
+                "cannot tell which llama.cpp pre-tokenizer matches this tokenizer's pre_tokenizer "
+                f"{json.dumps(data.get('pre_tokenizer'))[:160]}; pass tokenizer_gguf= (CLI --tokenizer-gguf) a "
+                "GGUF of the same model, whose tokenizer.* keys are copied")
+        vocab = BpeVocab(Path(tmp))
+        special = {a["content"] for a in data.get("added_tokens") or [] if a.get("special")}
+        added = {a["content"] for a in data.get("added_tokens") or []}
+        tokens, types = [], []
+        for text, _score, _ttype in vocab.all_tokens():
+            t = text.decode("utf-8") if isinstance(text, bytes) else text
+            tokens.append(t)
+            types.append(gguf.TokenType.CONTROL if t in special else
+                         gguf.TokenType.USER_DEFINED if t in added else gguf.TokenType.NORMAL)
+        if len(tokens) > n_vocab:
+            raise GGUFExportError(f"the tokenizer has {len(tokens)} tokens but the embedding only {n_vocab} rows")
+        for i in range(len(tokens), n_vocab):  # embedding rows without a token (padded vocabularies)
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(pre)
+        writer.add_token_list(tokens)
+        writer.add_token_types(types)
+        sv = SpecialVocab(Path(tmp), load_merges=True, n_vocab=n_vocab)
+        template = getattr(tokenizer, "chat_template", None)
+        sv.chat_template = None
+        sv.add_to_gguf(writer, quiet=True)
+        if isinstance(template, str):
+            writer.add_chat_template(template)
+    return f"built from the Hugging Face tokenizer (byte-level BPE, pre-tokenizer {pre})"
+
+
+# ------------------------------------------------------------------------------------------------ writer
+def write_gguf(hs, path: str | os.PathLike, quant: str = "f32", tokenizer=None,
+               tokenizer_gguf: str | os.PathLike | None = None,
+               on_progress: Callable[[int, int, dict], None] | None = None) -> dict[str, Any]:
+    """Write `hs` (a Hopscotch handle: skip set + scalars) as one llama.cpp GGUF file at `path`.
+
+    Returns what was written (layers, tensors, type, tokenizer source). Raises GGUFExportError before writing
+    anything when llama.cpp cannot represent the model (see module docstring).
+    """
+    import gguf
+
+    from ..engine.folding import fold_model
+
+    q = check_quant(quant)
+    layout = plan(hs)
+    tok_src = Path(tokenizer_gguf) if tokenizer_gguf else source_gguf(hs.model)
+    if tok_src is not None and not tok_src.is_file():
+        raise GGUFExportError(f"tokenizer GGUF {tok_src} does not exist")
+    folded = fold_model(hs)
+    cfg = folded.config.get_text_config()
+    path = Path(path)
+    native = q if q in NATIVE_QUANTS else "f32"
+    target = path if q == native else path.with_name(path.name + ".f32.tmp")
+    n_vocab = folded.get_input_embeddings().weight.shape[0]
+    w = gguf.GGUFWriter(str(target), ARCH)
+    try:
+        src = getattr(hs.model, "_hopscotch_source", None) or "model"
+        w.add_name(f"{Path(str(src)).name} (Hopscotch: {len(layout['skipped_attention'])} attention blocks "
+                   f"skipped, {len(layout['removed_layers'])} layers removed)")
+        w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                         "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[native])
+        n_kv = cfg.num_key_value_heads or cfg.num_attention_heads
+        w.add_context_length(int(cfg.max_position_embeddings))
+        w.add_embedding_length(int(cfg.hidden_size))
+        w.add_block_count(len(layout["kept"]))
+        w.add_feed_forward_length([int(cfg.intermediate_size)] * len(layout["kept"]))
+        w.add_head_count([int(cfg.num_attention_heads) if a else 0 for a in layout["attention"]])
+        w.add_head_count_kv([int(n_kv) if a else 0 for a in layout["attention"]])
+        w.add_key_length(layout["head_dim"])
+        w.add_value_length(layout["head_dim"])
+        w.add_rope_dimension_count(layout["head_dim"])
+        w.add_rope_freq_base(layout["rope_theta"])
+        w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+        w.add_vocab_size(int(n_vocab))
+        w.add_string("hopscotch.export", json.dumps({  # provenance; llama.cpp ignores unknown keys
+            "source": str(src), "skipped_attention": layout["skipped_attention"],
+            "removed_layers": layout["removed_layers"], "kept_layers": layout["kept"]}))
+        tok_info = _copy_tokenizer(w, tok_src, n_vocab) if tok_src else _build_tokenizer(w, tokenizer, n_vocab)
+        tensors = _tensors(folded, layout)
+        for i, (name, t) in enumerate(tensors):
+            data, raw = _array(t, native)
+            w.add_tensor(name, data, raw_dtype=raw)
+            if on_progress:
+                on_progress(i + 1, len(tensors), {"stage": "gguf", "tensor": name})
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+    finally:
+        w.close()
+    if q != native:
+        try:
+            _llamacpp_quantize(target, path, q)
+        finally:
+            target.unlink(missing_ok=True)
+    return {"quant": q, "layers": len(layout["kept"]), "skipped_attention": layout["skipped_attention"],
+            "removed_layers": layout["removed_layers"], "tensors": len(tensors), "tokenizer": tok_info,
+            "bytes": path.stat().st_size}
+
+
+def _llamacpp_quantize(src: Path, dst: Path, quant: str) -> None:
+    llama_cpp = require_llama_cpp()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, LLAMACPP_QUANTS[quant])
+    params.nthread = max(1, min(2, os.cpu_count() or 1))
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    if rc != 0 or not dst.is_file():
+        raise GGUFExportError(f"llama.cpp could not quantize {src.name} to {quant} (return code {rc})")

@@ -1,0 +1,1 @@
+"""Measurement: MMD and fidelity metrics, evaluation of runs, speed, architecture summaries."""

@@ -1,0 +1,325 @@
+"""The whole Hopscotch method as a resumable run: prompts -> own answers -> selection -> training -> evaluation.
+
+    settings = RunSettings(model="default", k=4, mode="paper")
+    run = run_pipeline(settings, runs_dir="runs")            # or resume: the same call with name=...
+    run.manifest["selected"]                                 # blocks in selection order
+
+Each stage writes into the run directory (runs.py) as it goes and reads back what is already there, so a run
+that was stopped, killed or crashed continues with the next prompt batch, candidate or epoch. Resuming with
+different settings is refused with the list of differences. Long work reports to `on_progress(step, total,
+info)` and ends cleanly, state saved, when `should_stop()` turns true.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .. import __version__
+from . import data, selection, training
+from ..measure import metrics
+from ..engine.artifacts import model_identity
+from ..errors import HopscotchError
+from ..fileio import atomic_write
+from .runs import Run, RunError, RunStore, append_jsonl, read_json, read_jsonl, write_json
+from ..engine.scaling import attach, handle_of
+from .settings import RunSettings  # noqa: F401 - the run settings live there (one schema)
+
+Progress = Callable[[int, int, dict], None]
+STAGES = ("prompts", "generate", "select", "train", "evaluate", "baselines")
+
+
+def _diff(old: dict, new: dict) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def open_run(settings: RunSettings, runs_dir: str, name: str | None = None) -> tuple[Run, bool]:
+    """Create the run directory, or reopen it when settings match. Returns (run, resumed)."""
+    settings.validate()
+    store = RunStore(runs_dir)
+    store.ensure_writable()
+    if name is None:
+        base = f"{time.strftime('%Y%m%d-%H%M%S')}-{settings.mode}-k{settings.k}-s{settings.seed}"
+        name, n = base, 1
+        while store.path(name).exists():
+            n += 1
+            name = f"{base}-{n}"
+    path = store.path(name)
+    wanted = dataclasses.asdict(settings)
+    if (path / "manifest.json").is_file():
+        run = Run(path)
+        old = run.manifest.get("settings", {})
+        if old != wanted:
+            raise RunError(f"run {name!r} exists with other settings; resume it with the same ones or pick another "
+                           "name. Differences: " + "; ".join(_diff(old, wanted)))
+        return run, True
+    path.mkdir(parents=True)
+    run = Run(path)
+    write_json(run.file("manifest.json"), {
+        "format_version": 1, "name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "state": "created",
+        "stage": None, "settings": wanted, "selected": [], "results": {}, "timings": {},
+        "versions": {"hopscotch": __version__, "torch": torch.__version__,
+                     "transformers": _version("transformers"), "python": platform.python_version()},
+    })
+    return run, False
+
+
+def _version(pkg: str) -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def check_run_model(run: Run, model) -> dict:
+    """The model's identity, after checking it is the model the run was made with (if the run has one yet)."""
+    ident = model_identity(model)
+    old = run.manifest.get("model")
+    if old and (old["config_hash"], old["num_layers"]) != (ident["config_hash"], ident["num_layers"]):
+        raise RunError(f"run {run.name!r} was made with another model ({old.get('source')})")
+    return ident
+
+
+class Pipeline:
+    """Runs the stages of one run on one model (see module docstring)."""
+
+    def __init__(self, run: Run, settings: RunSettings, model, tok, on_progress: Progress | None = None,
+                 should_stop: Callable[[], bool] | None = None):
+        self.run, self.s, self.model, self.tok = run, settings, model, tok
+        self.on_progress = on_progress
+        self.should_stop = should_stop or (lambda: False)
+        if handle_of(model) is not None:
+            raise HopscotchError("the pipeline needs a model without an attached Hopscotch handle")
+        from ..engine.families import get_family
+
+        n = get_family(model).num_layers
+        selection.check_config(selection.SelectConfig(settings.k, settings.mode, settings.shortlist,
+                                                      settings.shortlist_by), n)
+        run.update(model=check_run_model(run, model))
+
+    # ------------------------------------------------------------------------------------------------ helpers
+    def _progress(self, step: int, total: int, info: dict) -> None:
+        if self.on_progress is not None:
+            self.on_progress(step, total, info)
+
+    def _stopped(self) -> bool:
+        return self.should_stop()
+
+    def _timed(self, stage: str, fn: Callable[[], Any]) -> Any:
+        self.run.update(state="running", stage=stage, pid=os.getpid())
+        self.run.log(f"stage {stage}: start")
+        t = time.perf_counter()
+        out = fn()
+        timings = self.run.manifest.get("timings", {})
+        timings[stage] = round(timings.get(stage, 0.0) + time.perf_counter() - t, 2)
+        self.run.update(timings=timings)
+        self.run.log(f"stage {stage}: {'stopped' if self._stopped() else 'done'}")
+        return out
+
+    # ------------------------------------------------------------------------------------------------ stages
+    def prompts(self) -> dict:
+        path = self.run.file("prompts.json")
+        split = read_json(path)
+        if split is None:
+            records = data.load_prompts(self.s.data, self.s.column)
+            calib, held = data.split_indices(len(records), *self.s.split_sizes(len(records)), self.s.seed)
+            split = {"source": self.s.data, "column": self.s.column, "total": len(records),
+                     "calib": [{"index": i, **records[i]} for i in calib],
+                     "eval": [{"index": i, **records[i]} for i in held]}
+            write_json(path, split)
+        return split
+
+    def generate(self, split: dict) -> dict[str, list[data.Answer]]:
+        prompts = [r["prompt"] for r in split["calib"]] + [r["prompt"] for r in split["eval"]]
+        path = self.run.file("answers.jsonl")
+        have = {a["index"]: data.Answer.from_json(a) for a in read_jsonl(path)}
+
+        def save(batch: list[data.Answer]) -> None:
+            append_jsonl(path, [a.to_json() for a in batch])
+
+        if len(have) < len(prompts):
+            self.run.log(f"generating {len(prompts) - len(have)} answers ({len(have)} already cached)")
+            new = data.generate_answers(self.model, self.tok, prompts, self.s.max_new_tokens, self.s.gen_batch,
+                                        skip=have, on_batch=save, on_progress=self._progress,
+                                        should_stop=self._stopped)
+            have.update({a.index: a for a in new})
+        ordered = [have[i] for i in sorted(have)]
+        nc = len(split["calib"])
+        return {"calib": [a for a in ordered if a.index < nc], "eval": [a for a in ordered if a.index >= nc]}
+
+    def rows(self, answers: list[data.Answer]) -> list[data.Row]:
+        return data.pack(data.build_examples(answers), self.s.batch_tokens)
+
+    def select(self, hs, rows) -> selection.Selection:
+        if self.s.blocks is not None:  # a given skip set: nothing to select
+            hs.set_skipped(self.s.blocks)  # validates the indices
+            hs.reset()
+            sel = selection.Selection(selected=list(self.s.blocks), status="given")
+            self.run.update(selected=sel.selected, selection={"rounds": [], "status": sel.status})
+            return sel
+        path = self.run.file("scores.jsonl")
+        cfg = selection.SelectConfig(self.s.k, self.s.mode, self.s.shortlist, self.s.shortlist_by, self.s.score_lr,
+                                     self.s.threshold, self.s.seed)
+        sel = selection.greedy_select(hs, rows, cfg, done=read_jsonl(path),
+                                      on_score=lambda r: append_jsonl(path, [r]),
+                                      on_progress=self._progress, should_stop=self._stopped)
+        self.run.update(selected=sel.selected, selection={"rounds": sel.rounds, "status": sel.status})
+        return sel
+
+    def train(self, hs, blocks: list[int], rows, eval_rows, tag: str = "", mlp: list[int] = ()) -> dict:
+        """Train scales with `blocks` skipped; resumable per epoch. Returns the metrics of the last epoch."""
+        folder = self.run.file(f"scales{tag}")
+        folder.mkdir(exist_ok=True)
+        hs.configure(blocks, skipped_mlp=mlp)
+        done = sorted(folder.glob("epoch_*.safetensors"))
+        start, opt_state = 0, None
+        metrics_path = self.run.file("metrics.jsonl")
+        if done:
+            last = load_file(str(done[-1]))
+            hs.set_scales(last.pop("scales"))
+            opt_state = last
+            start = int(done[-1].stem.split("_")[1]) + 1
+
+        def on_epoch(epoch: int, record: dict, scales: torch.Tensor, adam: dict) -> None:
+            final = folder / f"epoch_{epoch:03d}.safetensors"
+            # a kill mid-write leaves no torn epoch file
+            atomic_write(final, lambda tmp: save_file({"scales": scales, **adam}, tmp))
+            append_jsonl(metrics_path, [{"stage": f"train{tag}", **record, "time": time.time()}])
+
+        def progress(step: int, total: int, info: dict) -> None:
+            self._progress(step, total, {**info, "stage": f"train{tag}"})
+
+        cfg = training.TrainConfig(self.s.lr, self.s.epochs, self.s.seed)
+        res = training.train_scales(hs, rows, eval_rows, cfg, start_epoch=start, opt_state=opt_state,
+                                    on_progress=progress, on_epoch=on_epoch, should_stop=self._stopped)
+        if res.status == "diverged":
+            self.run.log(f"train{tag}: loss became NaN/inf; kept the last good scalars")
+        epochs = [r for r in read_jsonl(metrics_path) if r.get("stage") == f"train{tag}"]
+        return {"status": res.status, "epochs": epochs}
+
+    def evaluate(self, hs, blocks: list[int], eval_rows, mlp: list[int] = ()) -> dict:
+        """Held-out NLL of the original / unscaled / trained model, and KL(original || modified) and top-1
+        agreement for the last two (NLL alone rewards scalars that sharpen the model's own answers)."""
+        trained = hs.effective_scales()
+        variants = {tag: {"skipped": blocks, "scales": scales, "skipped_mlp": mlp}
+                    for tag, scales in (("unscaled", None), ("trained", trained))}
+        res = metrics.compare(hs, eval_rows, variants)  # the original model runs once for both
+        out = {"eval_loss_original": res["original"]["nll"]}
+        for tag in variants:
+            out.update({f"eval_loss_{tag}": res[tag]["nll"], f"eval_kl_{tag}": res[tag]["kl"],
+                        f"eval_agreement_{tag}": res[tag]["agreement"]})
+        hs.configure(blocks, trained, mlp)  # leave the trained state applied (the adapter is saved from it)
+        return out
+
+    def baselines(self, hs, rows, eval_rows) -> dict:
+        path = self.run.file("baselines.json")
+        results = read_json(path, {})
+        round_one = {r["candidate"]: r["loss"] for r in read_jsonl(self.run.file("scores.jsonl"))
+                     if r["round"] == 0 and r["kind"] == "paper"}
+        for name in self.s.baselines:
+            if self._stopped():
+                break
+            if results.get(name, {}).get("done"):
+                continue
+            entry = results.get(name) or selection.baseline_blocks(
+                name, hs, rows, self.s.k, self.s.seed, round_one if self.s.mode == "paper" else None,
+                self.s.score_lr, self._progress)
+            results[name] = entry
+            write_json(path, results)
+            if self.s.train_baselines:
+                tr = self.train(hs, entry["attention"], rows, eval_rows, tag=f"-{name}", mlp=entry["mlp"])
+                if tr["status"] == "stopped":
+                    break
+            else:
+                hs.reset()
+            entry.update(self.evaluate(hs, entry["attention"], eval_rows, entry["mlp"]), done=True)
+            if not self.s.train_baselines:
+                entry["eval_loss_trained"] = None
+            write_json(path, results)
+            self.run.log(f"baseline {name}: {entry['attention']} unscaled {entry['eval_loss_unscaled']:.4f}")
+        return results
+
+    # ------------------------------------------------------------------------------------------------ all
+    def run_all(self, stages: tuple[str, ...] = STAGES) -> Run:
+        run, s = self.run, self.s
+        try:
+            split = self._timed("prompts", self.prompts)
+            if "generate" not in stages:
+                return self._finish("prompts")
+            answers = self._timed("generate", lambda: self.generate(split))
+            if self._stopped():
+                return self._finish("stopped")
+            rows, eval_rows = self.rows(answers["calib"]), self.rows(answers["eval"])
+            run.update(data={"calib_examples": len(answers["calib"]), "eval_examples": len(answers["eval"]),
+                             "calib_rows": len(rows), "calib_tokens": sum(r.n_tokens for r in rows),
+                             "eval_tokens": sum(r.n_tokens for r in eval_rows),
+                             "unfinished_answers": sum(not a.finished for a in answers["calib"] + answers["eval"])})
+            if "select" not in stages:
+                return self._finish("generated")
+            with attach(self.model) as hs:
+                sel = self._timed("select", lambda: self.select(hs, rows))
+                if self._stopped():
+                    return self._finish("stopped")
+                if "train" not in stages:
+                    return self._finish("selected")
+                tr = self._timed("train", lambda: self.train(hs, sel.selected, rows, eval_rows))
+                if tr["status"] == "stopped":
+                    return self._finish("stopped")
+                results = self._timed("evaluate", lambda: self.evaluate(hs, sel.selected, eval_rows))
+                results["train_status"] = tr["status"]
+                run.update(results=results)
+                hs.save(run.file("adapter"))
+                if "baselines" in stages and s.baselines:
+                    self._timed("baselines", lambda: self.baselines(hs, rows, eval_rows))
+                    if self._stopped():
+                        return self._finish("stopped")
+            return self._finish("done")
+        except BaseException as e:
+            run.update(state="failed" if not isinstance(e, KeyboardInterrupt) else "stopped",
+                       error=f"{type(e).__name__}: {e}")
+            run.log(f"failed: {type(e).__name__}: {e}")
+            raise
+
+    def _finish(self, state: str) -> Run:
+        self.run.update(state=state, stage=None, error=None)
+        self.run.log(f"state: {state}")
+        return self.run
+
+
+def run_pipeline(settings: RunSettings, runs_dir: str, name: str | None = None, model=None, tok=None,
+                 stages: tuple[str, ...] = STAGES, on_progress: Progress | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> Run:
+    """Open (or resume) a run and carry it through `stages`; loads the model unless one is given.
+
+    Everything that can be checked before work starts is: settings, the runs directory, k against the model's
+    layer count, the tokenizer, and (for a new run) that the data loads.
+    """
+    from ..engine.families import get_family
+
+    settings.validate()
+    store = RunStore(runs_dir)
+    store.ensure_writable()
+    existing = name is not None and (store.path(name) / "manifest.json").is_file()  # path() checks the name
+    if not existing:
+        data.load_prompts(settings.data, settings.column)  # a bad data file fails before anything is loaded
+    if model is None:
+        from ..engine.loading import load_model
+
+        model, tok = load_model(settings.model, device=settings.device, dtype=settings.dtype)
+    if tok is None:
+        raise HopscotchError(f"{settings.model} has no tokenizer; the method generates the model's own answers, "
+                             "so the model directory must include one")
+    settings.validate(get_family(model).num_layers)  # blocks and k against the model, before any answer
+    run, resumed = open_run(settings, runs_dir, name)
+    run.log(("resuming" if resumed else "created") + f" run {run.name}")
+    return Pipeline(run, settings, model, tok, on_progress, should_stop).run_all(stages)

@@ -1,0 +1,183 @@
+"""Run directories: everything a pipeline run produces, written so that a kill -9 loses at most one step.
+
+    runs/NAME/
+      manifest.json        settings, model identity, versions, state, selected blocks (in order), results
+      prompts.json         the seeded calibration / held-out split (prompt texts and reference answers)
+      answers.jsonl        the model's own greedy answers, one line per prompt, appended per batch
+      scores.jsonl         every candidate score of every selection round, appended one by one
+      scales/epoch_NNN.safetensors   scalars (and Adam state) after each training epoch
+      metrics.jsonl        one line per epoch / evaluation
+      baselines.json       baseline block sets and their held-out losses
+      adapter/             the final adapter (hc.load_adapter(model, "runs/NAME/adapter"))
+      log.txt
+
+JSON files are replaced atomically (write, fsync, rename); JSONL files are appended with a flush + fsync per
+record, and a torn last line (a kill in mid-write) is ignored when read back.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from ..errors import HopscotchError
+from ..fileio import atomic_write
+
+MANIFEST = "manifest.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class RunError(HopscotchError, ValueError):
+    """A run name, runs root or resume that cannot be used."""
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, indent=2))
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict], columns: tuple[str, ...] | None = None) -> None:
+    """Rows as CSV (lists joined by spaces), replaced atomically."""
+    columns = columns or (tuple(rows[0]) if rows else ())
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()})
+    atomic_write(path, buf.getvalue())
+
+
+def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise RunError(f"{path} is corrupt ({e.msg}); delete the run or restore the file") from None
+
+
+def append_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
+    path = Path(path)
+    with path.open("a", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    for n, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n >= len(lines) - 2:  # a torn last record from an interrupted write: drop it
+                break
+            raise RunError(f"{path}, line {n + 1} is corrupt") from None
+    return out
+
+
+def pid_exists(pid: Any) -> bool:
+    """Whether a process with this pid exists (psutil, any OS; a pid of another user counts as existing)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    return psutil.pid_exists(pid)
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+        raise RunError(f"run name {name!r} is not allowed: use letters, digits, '.', '_' and '-' "
+                       "(no path separators, at most 128 characters)")
+    return name
+
+
+class RunStore:
+    """A folder of runs."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser()
+
+    def ensure_writable(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-test-{os.getpid()}"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise RunError(f"runs directory {self.root} is not writable ({e.strerror or e}); "
+                           "pass another with --runs-dir") from None
+
+    def path(self, name: str) -> Path:
+        p = (self.root / check_name(name)).resolve()
+        if p.parent != self.root.resolve():
+            raise RunError(f"run name {name!r} escapes the runs directory")
+        return p
+
+    def open(self, name: str) -> Run:
+        p = self.path(name)
+        if not (p / MANIFEST).is_file():
+            raise RunError(f"no run named {name!r} in {self.root}")
+        return Run(p)
+
+    def list(self) -> list[dict]:
+        if not self.root.is_dir():
+            return []
+        out = []
+        for d in sorted(self.root.iterdir()):
+            if (d / MANIFEST).is_file():
+                try:
+                    m = read_json(d / MANIFEST)
+                except RunError:
+                    m = {"name": d.name, "state": "corrupt"}
+                if m.get("state") == "running" and not pid_exists(m.get("pid")):
+                    m["state"] = "interrupted"  # its process is gone (killed, crashed machine): resumable
+                out.append(m)
+        return out
+
+    def delete(self, name: str) -> None:
+        shutil.rmtree(self.open(name).dir)
+
+
+class Run:
+    """One run directory (see module docstring)."""
+
+    def __init__(self, path: Path):
+        self.dir = Path(path)
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    def file(self, name: str) -> Path:
+        return self.dir / name
+
+    @property
+    def manifest(self) -> dict:
+        return read_json(self.file(MANIFEST), {})
+
+    def update(self, **fields: Any) -> dict:
+        m = self.manifest
+        m.update(fields)
+        m["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_json(self.file(MANIFEST), m)
+        return m
+
+    def log(self, message: str) -> None:
+        with self.file("log.txt").open("a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")

@@ -1,0 +1,177 @@
+"""The run settings: one schema for the Python API, the `hopscotch run|generate|select|train` flags, the app's job
+arguments and the manifest. Adding a setting = one field here (its default, CLI flag, help text; its check in
+validate()); cli.py and jobs.cli_args are generated from these fields. No torch import: the CLI parses with it.
+
+    s = RunSettings(k=4, mode="fast"); s.validate()                 # refused here, before any work
+    add_arguments(parser)                                           # the flags (cli.py)
+    RunSettings.from_args(args)                                     # back from argparse
+    to_args(dataclasses.asdict(s))                                  # flags that reproduce s (the app's jobs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from ..errors import HopscotchError, check_blocks
+
+MODES = ("paper", "fast")
+BASELINES = ("attn-bi", "shortgpt", "random", "one-round")
+SHORTLIST_BY = ("bi", "loss")
+
+
+def _opt(default, help: str, flag: str | None = None, kind: str = "value", shared: bool = False, **kw):
+    """A field with its CLI flag (default: --name-with-dashes), help, and how the CLI reads it: `value` (the
+    field's type), `blocks` (--skip 3,7), `names` (--baselines a,b or all), `negated` (a store_true flag that sets
+    False). `shared`: the flag is one every model command has (cli._model_args), not added again here."""
+    meta = {"help": help, "flag": flag, "kind": kind, "shared": shared}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class RunSettings:
+    """Everything that decides a run's result (stored in the manifest; a resume must match it)."""
+
+    model: str = _opt("default", "'default', a Hub id, a model directory or a .gguf file", shared=True)
+    data: str = _opt("gsm8k", "'gsm8k' (bundled), a .jsonl/.json/.csv file, hf:NAME[:SPLIT]")
+    column: str | None = _opt(None, "prompt column (default: question/prompt/...)")
+    n_calib: int | None = _opt(None, "calibration prompts (default 32, fewer if the data is small)")
+    n_eval: int | None = _opt(None, "held-out prompts (default 16, or the rest)")
+    max_new_tokens: int = _opt(96, "length cap of the model's own answers")
+    gen_batch: int = _opt(8, "prompts per generation batch")
+    k: int = _opt(4, "attention blocks to remove")
+    mode: str = _opt("fast", "paper (every candidate trained) | fast (shortlist first)")
+    shortlist: int = _opt(4, "fast mode: candidates per round trained")
+    shortlist_by: str = _opt("bi", "fast mode ranking: bi (block influence) | loss")
+    score_lr: float = _opt(1e-2, "lr of the one-epoch candidate scoring")
+    lr: float = _opt(3e-3, "lr of the final scale training")
+    epochs: int = _opt(3, "epochs of the final scale training")
+    batch_tokens: int = _opt(1024, "tokens per packed row (one step)")
+    threshold: float | None = _opt(None, "stop selecting once the loss passes this")
+    blocks: list[int] | None = _opt(None, "train this skip set instead of selecting", flag="--skip", kind="blocks")
+    baselines: list[str] = _opt([], "comma list of attn-bi,shortgpt,random,one-round, or 'all'", kind="names")
+    train_baselines: bool = _opt(True, "baselines unscaled only", flag="--no-train-baselines", kind="negated")
+    seed: int = _opt(0, "seed of the data split, sampling and random baseline")
+    device: str = _opt("auto", "auto | cpu | cuda | mps", shared=True)
+    dtype: str | None = _opt(None, "float32 | bfloat16 | float16 (default: fp32 on CPU, bf16 on CUDA)", shared=True)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "RunSettings":
+        """The settings argparse read with add_arguments (and cli._model_args)."""
+        out = {}
+        for f in dataclasses.fields(cls):
+            value = getattr(args, _dest(f))
+            out[f.name] = (not value) if f.metadata["kind"] == "negated" else value
+        return cls(**out)
+
+    def validate(self, num_layers: int | None = None) -> None:
+        """Refuse a bad setting (HopscotchError subclasses naming it) before any work; with `num_layers` (once the
+        model is known) also blocks and k out of the model's range."""
+        from .selection import SelectionError
+
+        if self.mode not in MODES:
+            raise SelectionError(f"unknown mode '{self.mode}'; use one of {', '.join(MODES)}")
+        if self.shortlist_by not in SHORTLIST_BY:
+            raise SelectionError(f"unknown shortlist ranking '{self.shortlist_by}'; use bi or loss")
+        bad = [b for b in self.baselines if b not in BASELINES]
+        if bad:
+            raise SelectionError(f"unknown baseline(s) {bad}; use any of {', '.join(BASELINES)}")
+        if self.blocks is not None:
+            check_blocks(self.blocks, num_layers)
+            self.k = len(self.blocks)
+        for name in ("n_calib", "n_eval", "max_new_tokens", "gen_batch", "k", "epochs", "batch_tokens", "shortlist"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise HopscotchError(f"{name.replace('_', '-')} must be a whole number, not {value!r}")
+            if value < 1:
+                raise HopscotchError(f"{name.replace('_', '-')} must be at least 1, not {value}")
+        for name in ("lr", "score_lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value <= 0:
+                raise HopscotchError(f"{name.replace('_', '-')} must be a positive number, not {value!r}")
+        if self.threshold is not None and not (isinstance(self.threshold, (int, float))
+                                               and math.isfinite(self.threshold)):
+            raise HopscotchError(f"threshold must be a finite number, not {self.threshold!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise HopscotchError(f"seed must be a whole number >= 0, not {self.seed!r}")
+        if num_layers is not None and self.blocks is None:
+            from . import selection
+
+            selection.check_config(selection.SelectConfig(self.k, self.mode, self.shortlist, self.shortlist_by),
+                                   num_layers)
+
+    def split_sizes(self, total: int) -> tuple[int, int]:
+        """(calibration, held-out) prompt counts for a data set of `total` records."""
+        if self.n_calib is not None and self.n_eval is not None:
+            return self.n_calib, self.n_eval
+        if total < 2:
+            from .data import DataError
+
+            raise DataError(f"the data has {total} record(s); at least 2 are needed (calibration + held-out)")
+        calib = self.n_calib if self.n_calib is not None else min(32, max(1, (2 * total) // 3))
+        held = self.n_eval if self.n_eval is not None else min(16, max(1, total - calib))
+        return calib, held
+
+
+def field_help(name: str) -> str:
+    """The help text of setting `name`."""
+    return next(f.metadata["help"] for f in dataclasses.fields(RunSettings) if f.name == name)
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata["flag"] or "--" + f.name.replace("_", "-")
+
+
+def _dest(f: dataclasses.Field) -> str:
+    return _flag(f).lstrip("-").replace("-", "_")
+
+
+def _type(f: dataclasses.Field):
+    t = str(f.type)
+    return int if t.startswith("int") else float if t.startswith("float") else None
+
+
+def add_arguments(parser: argparse.ArgumentParser, parse_blocks, parse_names) -> None:
+    """Every run setting as a flag of `parser` (except the shared model flags); `parse_blocks` / `parse_names`
+    read --skip and --baselines (cli.py's, which refuse bad lists at parse time)."""
+    for f in dataclasses.fields(RunSettings):
+        meta = f.metadata
+        if meta["shared"]:
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if meta["kind"] == "negated":
+            parser.add_argument(_flag(f), action="store_true", help=meta["help"])
+        elif meta["kind"] == "blocks":
+            parser.add_argument(_flag(f), type=parse_blocks, default=default, help=meta["help"])
+        elif meta["kind"] == "names":
+            parser.add_argument(_flag(f), type=parse_names, default=default, help=meta["help"])
+        else:
+            parser.add_argument(_flag(f), type=_type(f), default=default, help=meta["help"])
+
+
+def to_args(settings: dict) -> list[str]:
+    """Flags that reproduce `settings` (a RunSettings as a dict; missing fields take their defaults): --model
+    always, then every setting that differs from its default."""
+    default = dataclasses.asdict(RunSettings())
+    s = {**default, **settings}
+    out = ["--model", str(s["model"])]
+    for f in dataclasses.fields(RunSettings):
+        value, kind = s.get(f.name), f.metadata["kind"]
+        if f.name == "model" or value == default[f.name] or value is None:
+            continue
+        if f.name == "k" and s.get("blocks") is not None:
+            continue  # implied by --skip
+        if kind == "negated":
+            out.append(_flag(f))
+        elif kind in ("blocks", "names"):
+            out += [_flag(f), ",".join(str(v) for v in value)]
+        else:
+            out += [_flag(f), str(value)]
+    return out

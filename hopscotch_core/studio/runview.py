@@ -1,0 +1,317 @@
+"""Read a run directory (runs.py) into the tables the app plots: plain data, no UI, nothing written.
+
+    v = RunView("runs/my-run")
+    v.manifest, v.rounds(), v.scores(), v.overlay(), v.epochs(), v.scales("scales", epoch=2), v.fidelity()
+    list_runs("runs", examples=["assets/example-run"])    # one dict per run, examples first
+
+Every reader accepts a run that is still being written (a live job) or that lacks optional files (eval.json,
+bench.json from the measurement commands; baselines): it returns an empty table or None, never raises for a
+missing file. A run's files are described in runs.py; eval.json / bench.json are read when their
+format_version is 1.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from . import jobs
+from ..method.runs import MANIFEST, RunError, read_json, read_jsonl
+
+SCALE_COLUMNS = ("b_att", "s_att", "b_mlp", "s_mlp")
+
+
+def _rows(obj: Any) -> list[dict] | None:
+    if isinstance(obj, dict) and obj.get("format_version") == 1 and isinstance(obj.get("rows"), list):
+        return [r for r in obj["rows"] if isinstance(r, dict)]
+    return None
+
+
+class RunView:
+    """Read-only access to one run directory (it may be live, partial, or a bundled example)."""
+
+    def __init__(self, path: str | os.PathLike, example: bool = False):
+        self.dir = Path(path)
+        self.example = example
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    @property
+    def manifest(self) -> dict:
+        try:
+            return read_json(self.dir / MANIFEST, {}) or {}
+        except RunError:
+            return {}
+
+    def exists(self) -> bool:
+        return (self.dir / MANIFEST).is_file()
+
+    def _jsonl(self, name: str) -> list[dict]:
+        try:
+            return read_jsonl(self.dir / name)
+        except RunError:
+            return []
+
+    def _json(self, name: str, default: Any = None) -> Any:
+        try:
+            return read_json(self.dir / name, default)
+        except RunError:
+            return default
+
+    @property
+    def num_layers(self) -> int | None:
+        return (self.manifest.get("model") or {}).get("num_layers")
+
+    @property
+    def selected(self) -> list[int]:
+        return list(self.manifest.get("selected") or [])
+
+    # -------------------------------------------------------------------------------------- selection
+    def scores(self) -> pd.DataFrame:
+        """Every candidate score: round, candidate, kind (paper | shortlist), loss, removed."""
+        rows = self._jsonl("scores.jsonl")
+        cols = ["round", "candidate", "kind", "loss", "removed"]
+        return pd.DataFrame(rows, columns=cols) if rows else pd.DataFrame(columns=cols)
+
+    def rounds(self) -> pd.DataFrame:
+        """Per finished selection round: removed block and its loss (the best paper-style score of the round).
+
+        From the manifest once selection is over; while it runs, from scores.jsonl (a round counts once the
+        next round has started, or when it has all its scores)."""
+        cols = ["round", "removed", "loss", "n_removed"]
+        sel = self.manifest.get("selection") or {}
+        rounds = sel.get("rounds")
+        if rounds:
+            df = pd.DataFrame(rounds)
+        else:
+            sc = self.scores()
+            sc = sc[sc["kind"] == "paper"] if len(sc) else sc
+            if not len(sc):
+                return pd.DataFrame(columns=cols)
+            out = []
+            for rnd, g in sc.groupby("round"):
+                nxt = sc[sc["round"] == rnd + 1]
+                if len(nxt):
+                    removed = [b for b in nxt.iloc[0]["removed"] if b not in g.iloc[0]["removed"]]
+                    best = g[g["candidate"].isin(removed)] if removed else g.nsmallest(1, "loss")
+                    best = best if len(best) else g.nsmallest(1, "loss")
+                    out.append({"round": int(rnd), "removed": int(best.iloc[0]["candidate"]),
+                                "loss": float(best.iloc[0]["loss"])})
+            df = pd.DataFrame(out, columns=["round", "removed", "loss"])
+        if not len(df):
+            return pd.DataFrame(columns=cols)
+        df = df.sort_values("round").reset_index(drop=True)
+        df["n_removed"] = df["round"] + 1
+        return df[cols]
+
+    def baselines(self) -> dict:
+        return self._json("baselines.json", {}) or {}
+
+    def overlay(self) -> pd.DataFrame:
+        """Held-out losses at k blocks removed: label, method, scaled, k, loss, blocks; plus the original model
+        (k = 0). From eval.json when present, else the manifest's results and baselines.json."""
+        cols = ["label", "method", "scaled", "k", "loss", "blocks"]
+        out: list[dict] = []
+        ev = self.eval_rows()
+        if ev:
+            for r in ev:
+                if not isinstance(r.get("nll"), (int, float)):
+                    continue
+                k = int(r.get("k") or len(r.get("attention") or []))
+                out.append({"label": r.get("variant", "?"), "method": r.get("method") or r.get("variant", "?"),
+                            "scaled": bool(r.get("scaled")), "k": k, "loss": float(r["nll"]),
+                            "blocks": list(r.get("attention") or [])})
+            return pd.DataFrame(out, columns=cols)
+        res = self.manifest.get("results") or {}
+        sel = self.selected
+        if isinstance(res.get("eval_loss_original"), (int, float)):
+            out.append({"label": "original", "method": "original", "scaled": False, "k": 0,
+                        "loss": float(res["eval_loss_original"]), "blocks": []})
+        for tag, scaled in (("unscaled", False), ("trained", True)):
+            if isinstance(res.get(f"eval_loss_{tag}"), (int, float)):
+                out.append({"label": "hopscotch" + ("" if scaled else "-unscaled"), "method": "hopscotch",
+                            "scaled": scaled, "k": len(sel), "loss": float(res[f"eval_loss_{tag}"]),
+                            "blocks": sel})
+        for name, b in self.baselines().items():
+            for tag, scaled in (("unscaled", False), ("trained", True)):
+                if isinstance(b.get(f"eval_loss_{tag}"), (int, float)):
+                    out.append({"label": name + ("" if scaled else "-unscaled"), "method": name, "scaled": scaled,
+                                "k": len(b.get("attention") or []), "loss": float(b[f"eval_loss_{tag}"]),
+                                "blocks": list(b.get("attention") or [])})
+        return pd.DataFrame(out, columns=cols)
+
+    # -------------------------------------------------------------------------------------- training
+    def epochs(self) -> pd.DataFrame:
+        """Per training epoch: stage (train, train-<baseline>), epoch, train_loss, eval_loss."""
+        cols = ["stage", "epoch", "train_loss", "eval_loss"]
+        rows = [r for r in self._jsonl("metrics.jsonl") if str(r.get("stage", "")).startswith("train")]
+        return pd.DataFrame(rows, columns=cols) if rows else pd.DataFrame(columns=cols)
+
+    def scale_sets(self) -> list[str]:
+        """Folders of per-epoch scalars: "scales" (the selected set), "scales-<baseline>"."""
+        return sorted(p.name for p in self.dir.glob("scales*") if p.is_dir() and any(p.glob("epoch_*.safetensors")))
+
+    def scale_epochs(self, folder: str = "scales") -> list[int]:
+        return sorted(int(p.stem.split("_")[1]) for p in (self.dir / folder).glob("epoch_*.safetensors"))
+
+    def scales(self, folder: str = "scales", epoch: int | None = None) -> torch.Tensor | None:
+        """[num_layers, 4] scalars after `epoch` (default: the last) of `folder`; or the adapter's when
+        folder == "adapter". None when absent."""
+        from safetensors.torch import load_file
+
+        if folder == "adapter":
+            ad = self.adapter()
+            return None if ad is None else ad[0]
+        epochs = self.scale_epochs(folder)
+        if not epochs:
+            return None
+        e = epochs[-1] if epoch is None else epoch
+        path = self.dir / folder / f"epoch_{e:03d}.safetensors"
+        if not path.is_file():
+            return None
+        return load_file(str(path))["scales"].float()
+
+    def scale_blocks(self, folder: str = "scales") -> list[int]:
+        """The attention blocks skipped while `folder`'s scalars were trained."""
+        if folder in ("scales", "adapter"):
+            return self.selected
+        return list((self.baselines().get(folder[len("scales-"):]) or {}).get("attention") or [])
+
+    def adapter(self) -> tuple[torch.Tensor, dict] | None:
+        """(scales, meta) of the run's final adapter, or None before training finished."""
+        from ..engine.artifacts import read_artifact
+
+        if not (self.dir / "adapter").is_dir():
+            return None
+        try:
+            return read_artifact(self.dir / "adapter", kind="adapter")
+        except (ValueError, OSError):
+            return None
+
+    def adapter_zip(self) -> bytes | None:
+        """The adapter directory as a zip (for a download button)."""
+        folder = self.dir / "adapter"
+        if not folder.is_dir():
+            return None
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            for f in sorted(folder.iterdir()):
+                if f.is_file():
+                    z.write(f, f"{self.name}-adapter/{f.name}")
+        return buf.getvalue()
+
+    # -------------------------------------------------------------------------------------- measurements
+    def eval_rows(self) -> list[dict] | None:
+        return _rows(self._json("eval.json"))
+
+    def eval_layer_mmd(self) -> dict[str, list[float]]:
+        """Per variant, eval.json's per-layer MMD^2 (hopscotch eval), or {} when absent."""
+        obj = self._json("eval.json") or {}
+        mmd = obj.get("layer_mmd") if _rows(obj) is not None else None
+        if not isinstance(mmd, dict):
+            return {}
+        return {k: [float(x) for x in v] for k, v in mmd.items()
+                if isinstance(v, list) and all(isinstance(x, (int, float)) for x in v)}
+
+    def bench(self) -> dict | None:
+        obj = self._json("bench.json")
+        return obj if _rows(obj) is not None else None
+
+    def fidelity(self) -> pd.DataFrame:
+        """One row per variant: variant, blocks, nll, kl, agreement (and more columns from eval.json)."""
+        ev = self.eval_rows()
+        if ev:
+            return pd.DataFrame(ev)
+        res = self.manifest.get("results") or {}
+        out = []
+        if isinstance(res.get("eval_loss_original"), (int, float)):
+            out.append({"variant": "original", "attention": [], "nll": res["eval_loss_original"], "kl": 0.0,
+                        "agreement": 1.0})
+        entries = [("hopscotch", self.selected, res)] + [(n, b.get("attention") or [], b)
+                                                          for n, b in self.baselines().items()]
+        for name, blocks, r in entries:
+            for tag, suffix in (("trained", ""), ("unscaled", "-unscaled")):
+                if isinstance(r.get(f"eval_loss_{tag}"), (int, float)):
+                    out.append({"variant": name + suffix, "attention": list(blocks), "nll": r[f"eval_loss_{tag}"],
+                                "kl": r.get(f"eval_kl_{tag}"), "agreement": r.get(f"eval_agreement_{tag}")})
+        return pd.DataFrame(out, columns=["variant", "attention", "nll", "kl", "agreement"])
+
+    # -------------------------------------------------------------------------------------- data
+    def prompts(self, split: str = "eval", n: int | None = None) -> list[str]:
+        obj = self._json("prompts.json", {}) or {}
+        out = [r["prompt"] for r in obj.get(split) or [] if isinstance(r, dict) and r.get("prompt")]
+        return out[:n] if n is not None else out
+
+    def answers(self, split: str = "eval", n: int | None = None):
+        """The model's own answers (data.Answer) for the held-out (or calibration) prompts."""
+        from ..method.data import Answer
+
+        obj = self._json("prompts.json", {}) or {}
+        n_calib = len(obj.get("calib") or [])
+        rows = sorted(self._jsonl("answers.jsonl"), key=lambda a: a.get("index", 0))
+        keep = [Answer.from_json(a) for a in rows if (a.get("index", 0) >= n_calib) == (split == "eval")]
+        return keep[:n] if n is not None else keep
+
+    def log(self, lines: int = 30) -> str:
+        path = self.dir / "log.txt"
+        if not path.is_file():
+            return ""
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+
+    # -------------------------------------------------------------------------------------- summary
+    def summary(self) -> dict:
+        """The key numbers of a run, for a table of runs."""
+        m = self.manifest
+        s = m.get("settings") or {}
+        r = m.get("results") or {}
+        return {
+            "name": m.get("name", self.name), "example": self.example, "state": m.get("state", "?"),
+            "stage": m.get("stage"), "model": (m.get("model") or {}).get("source") or s.get("model"),
+            "mode": "given" if s.get("blocks") is not None else s.get("mode"), "k": s.get("k"),
+            "selected": self.selected, "baselines": list(s.get("baselines") or []),
+            "loss_original": r.get("eval_loss_original"), "loss_unscaled": r.get("eval_loss_unscaled"),
+            "loss_trained": r.get("eval_loss_trained"), "kl_trained": r.get("eval_kl_trained"),
+            "agreement_trained": r.get("eval_agreement_trained"), "created": m.get("created"),
+            "minutes": round(sum((m.get("timings") or {}).values()) / 60, 1) if m.get("timings") else None,
+            "path": str(self.dir),
+        }
+
+
+def example_dirs(root: str | os.PathLike) -> list[Path]:
+    """Bundled example runs: `root` itself if it is a run, else its subdirectories named example-run*."""
+    root = Path(root)
+    if (root / MANIFEST).is_file():
+        return [root]
+    if not root.is_dir():
+        return []
+    return [d for d in sorted(root.iterdir()) if d.is_dir() and (d / MANIFEST).is_file()
+            and (d.name.startswith("example-run") or root.name != "assets")]
+
+
+def list_runs(runs_dir: str | os.PathLike, examples: list[Path] = ()) -> list[dict]:
+    """Examples (read-only) then the runs in `runs_dir`, each a `RunView.summary()` whose state comes from
+    jobs.status (so a live job shows running / stopping, a dead one interrupted); jobs that have not yet
+    created their run directory are listed as starting."""
+    out = [{**RunView(d, example=True).summary(), "state": RunView(d).manifest.get("state", "?")} for d in examples]
+    root = Path(runs_dir).expanduser()
+    names = {n for n in jobs.job_names(root)
+             if ((jobs.record(root, n) or {}).get("command") or ["?"])[0] in jobs.PIPELINE_COMMANDS}
+    if root.is_dir():
+        names |= {d.name for d in root.iterdir() if d.is_dir() and (d / MANIFEST).is_file()}
+    for name in sorted(names):
+        st = jobs.status(root, name)
+        if st["state"] == "missing":
+            continue
+        view = RunView(root / name)
+        row = view.summary() if view.exists() else {"name": name, "example": False, "path": str(root / name)}
+        row.update(state=st["state"], stage=st.get("stage") or row.get("stage"))
+        out.append(row)
+    return out
