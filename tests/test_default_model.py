@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from test_cache import CACHE_KW
+from helpers.models import CACHE_KW
 
 import hopscotch_core as hc
 from hopscotch_core.engine import loading

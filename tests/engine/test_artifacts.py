@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import N_LAYERS, make_model
+from helpers.models import N_LAYERS, make_model
 from safetensors.torch import save_file
 
 import hopscotch_core as hc

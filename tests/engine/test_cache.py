@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import inspect
 
 import pytest
 import torch
-from conftest import N_LAYERS, make_model
-from transformers import DynamicCache, LlamaModel
+from helpers.models import N_LAYERS, make_model
+from transformers import DynamicCache
 
 import hopscotch_core as hc
+from helpers.models import CACHE_KW, left_padded_batch
 
-CACHE_KW = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 SKIP_SETS = {
     "none": [],
     "first": [0],
@@ -31,16 +30,6 @@ def stepwise_logits(model, ids, mask=None):
     for t in range(PROMPT, ids.shape[1]):
         out.append(model(ids[:, t:t + 1], attention_mask=m(t + 1), use_cache=True, **{CACHE_KW: cache}).logits)
     return torch.cat(out, dim=1), cache
-
-
-def left_padded_batch():
-    torch.manual_seed(3)
-    ids = torch.randint(3, 101, (3, PROMPT))
-    mask = torch.ones_like(ids)
-    mask[1, :4] = 0
-    mask[2, :7] = 0
-    ids[mask == 0] = 0
-    return ids, mask
 
 
 def generate(model, ids, mask, use_cache):

@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
-from studio_world import build
+from helpers import ROOT
+from helpers.studio_world import build
 
 from hopscotch_core.studio import figexport, figures
 
@@ -30,11 +31,15 @@ from hopscotch_core.measure import metrics
 from hopscotch_core.errors import FigureExportError, HopscotchError
 from hopscotch_core.studio.runview import RunView
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "assets" / "example-run"
 REQUIRED = os.environ.get("HOPSCOTCH_REQUIRE_BROWSER") == "1"
-images = pytest.mark.skipif(figexport.image_export_problem() is not None and not REQUIRED,
-                            reason=f"static images unavailable: {figexport.image_export_problem()}")
+_no_images = pytest.mark.skipif(figexport.image_export_problem() is not None and not REQUIRED,
+                                reason=f"static images unavailable: {figexport.image_export_problem()}")
+
+
+def images(fn):
+    """PNG/SVG through kaleido in chromium: the browser marker, skipped where either is missing."""
+    return pytest.mark.browser(_no_images(fn))
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +103,7 @@ def test_candidate_map_csv_has_one_row_per_scored_cell(world):
 
 
 def test_log_colour_heatmap_keeps_the_real_value_as_customdata():
-    from conftest import make_model
+    from helpers.models import make_model
 
     df = metrics.singular_values(make_model("llama"))
     text = figexport.figure_csv(figures.singular_value_heatmap(df, log_color=True))

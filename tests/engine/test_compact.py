@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-from conftest import N_LAYERS, make_model
-from test_cache import left_padded_batch
+from helpers.models import N_LAYERS, make_model
+from helpers.models import left_padded_batch
 
 import hopscotch_core as hc
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from studio_world import build
+from helpers.studio_world import build
 
 from hopscotch_core.studio import figures
 
@@ -26,7 +26,7 @@ def run(world):
 
 
 def test_singular_value_heatmap_z_is_the_table_and_log_colour_keeps_hover_values():
-    from conftest import make_model
+    from helpers.models import make_model
 
     df = metrics.singular_values(make_model("llama"))
     table = df.pivot(index="layer", columns="matrix", values="sigma_max")

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_model, make_tokenizer
+from helpers.models import make_model, make_tokenizer
 
 from hopscotch_core import cli
 

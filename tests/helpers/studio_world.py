@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import make_model, make_tokenizer
+from .models import make_model, make_tokenizer
 
 
 @dataclass

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model, make_tokenizer
-from test_data import PROMPTS
+from helpers import ROOT
+from helpers.models import make_model, make_tokenizer
+from helpers.models import PROMPTS
 
 import hopscotch_core as hc
 from hopscotch_core.method import data, selection
@@ -105,11 +106,10 @@ def test_suggest_k_finds_a_known_elbow():
     k, _ = selection.suggest_k(curve(flat_then_steep)[::-1])  # row order does not matter
     assert k == 4
     # the Kneedle difference curve by hand for the example run's rounds: d = k_norm - loss_norm peaks at k = 3
-    from pathlib import Path
 
     from hopscotch_core.studio.runview import RunView
 
-    rounds = RunView(Path(__file__).resolve().parents[1] / "assets" / "example-run").rounds()  # the bundled run
+    rounds = RunView(ROOT / "assets" / "example-run").rounds()  # the bundled run
     y = rounds["loss"].to_numpy()
     d = (np.arange(len(y)) / (len(y) - 1)) - (y - y.min()) / (y.max() - y.min())
     assert selection.suggest_k(rounds)[0] == int(rounds["n_removed"].iloc[int(np.argmax(d))]) == 3

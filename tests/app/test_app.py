@@ -7,112 +7,22 @@ temporary HOPSCOTCH_RUNS.
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 import shutil
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tomllib
 
 pytest.importorskip("streamlit")
-from streamlit.testing.v1 import AppTest
-from studio_world import build
+from helpers import ROOT
+from helpers.apptest import figure, generations, settle, start, texts, visit, wait_job
 
 import hopscotch_core as hc
 from hopscotch_core.studio import compare, jobs
 from hopscotch_core.engine.generation import generate_text
 from hopscotch_core.method.runs import read_json, write_json
 from hopscotch_core.studio.runview import RunView, list_runs
-
-ROOT = Path(__file__).resolve().parent.parent
-APP = str(ROOT / "app.py")
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return build(tmp_path_factory.getbasetemp() / "studio")
-
-
-@pytest.fixture
-def runs(world, tmp_path, monkeypatch):
-    monkeypatch.setenv("HOPSCOTCH_MODEL", str(world.model_dir))
-    monkeypatch.setenv("HOPSCOTCH_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setenv("HOPSCOTCH_EXAMPLES", str(world.examples))
-    return tmp_path / "runs"
-
-
-def start() -> AppTest:
-    """A new session, run until the model (loaded in a thread of its own) is in."""
-    at = AppTest.from_file(APP, default_timeout=90).run()
-    assert not at.exception, at.exception
-    loading = at.session_state["model_loading"] if "model_loading" in at.session_state else None
-    if loading is not None:
-        loading.future.exception(timeout=120)  # waits; a failed load is shown by the rerun
-        at.run()
-        assert not at.exception, at.exception
-    return at
-
-
-def visit(at: AppTest, page: str) -> AppTest:
-    at.switch_page(f"app_pages/{page}.py").run()
-    assert not at.exception, at.exception
-    return at
-
-
-def _decode(obj):
-    """Plotly's JSON keeps numeric arrays as base64 typed arrays ({"dtype", "bdata", "shape"}): back to lists."""
-    if isinstance(obj, dict) and "bdata" in obj and "dtype" in obj:
-        arr = np.frombuffer(base64.b64decode(obj["bdata"]), dtype=obj["dtype"])
-        if obj.get("shape"):
-            arr = arr.reshape([int(n) for n in str(obj["shape"]).split(",")])
-        return arr.tolist()
-    if isinstance(obj, dict):
-        return {k: _decode(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_decode(v) for v in obj]
-    return obj
-
-
-def figure(at: AppTest, key: str) -> dict:
-    (el,) = [e for e in at.get("plotly_chart") if e.key == key]
-    return _decode(json.loads(el.proto.spec))
-
-
-def texts(at: AppTest) -> str:
-    return "\n".join(x.value for kind in ("markdown", "caption", "info", "warning", "error", "success")
-                     for x in getattr(at, kind))
-
-
-def wait_job(runs: Path, name: str, timeout: float = 180) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        s = jobs.status(runs, name)
-        if not s["alive"]:
-            return s
-        time.sleep(0.2)
-    raise AssertionError(f"job {name} still running: {jobs.status(runs, name)}")
-
-
-def settle(at: AppTest, timeout: float = 120) -> AppTest:
-    """Wait for the page's background computations (common.task), then rerun: their figures are drawn."""
-    from app_pages import common
-
-    deadline = time.time() + timeout
-    while any(not t.future.done() for t in list(common._TASKS.values())):
-        assert time.time() < deadline, "background computations still running"
-        time.sleep(0.05)
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def generations(at: AppTest) -> list[str]:
-    return [h.value for h in at.html if "hopscotch-gen" in h.value]
-
 
 # ------------------------------------------------------------------------------------------------ first launch
 def test_first_launch_shows_the_example_run_on_every_page(runs, world):
@@ -242,6 +152,7 @@ def test_opening_a_run_carries_to_the_other_pages(runs, world):
     assert "mine" in texts(at)
 
 
+@pytest.mark.subprocess
 def test_selection_job_started_from_the_app(runs, world):
     at = visit(start(), "selection")
     at.radio(key="sel_src").set_value("File path or hf:NAME").run()
@@ -262,6 +173,7 @@ def test_selection_job_started_from_the_app(runs, world):
     assert len(figure(at, "sel_elbow")["data"][0]["y"]) == 1 and "from-app** — done" in texts(at)
 
 
+@pytest.mark.subprocess
 def test_scaling_trains_a_skip_set_and_exports_a_compact_model(runs, world, tmp_path):
     at = visit(start(), "scaling")
     assert at.multiselect(key="sc_blocks").value == RunView(world.example).selected
@@ -299,6 +211,7 @@ def test_scaling_trains_a_skip_set_and_exports_a_compact_model(runs, world, tmp_
     assert float(stock.model.layers[2].self_attn.o_proj.weight.detach().abs().max()) == 0.0
 
 
+@pytest.mark.subprocess
 def test_runs_page_resumes_and_deletes(runs, world):
     stopped = runs / "halted"
     shutil.copytree(world.example, stopped)
@@ -383,6 +296,7 @@ def test_bad_data_and_a_run_of_another_model_are_explained(runs, world, tmp_path
     assert "cannot be exported" in texts(at)
 
 
+@pytest.mark.subprocess
 def test_a_failed_job_shows_its_cause(runs, world):
     # what a job that failed before creating its run leaves behind (tests/test_studio_core.py runs real ones)
     jobs.job_file(runs, "k9").parent.mkdir(parents=True)
@@ -404,7 +318,7 @@ def test_the_app_binds_to_localhost_and_never_trusts_remote_code():
     from hopscotch_core import cli
 
     assert cli.build_parser().parse_args(["app"]).address == "localhost"
-    sources = [*(ROOT / "hopscotch_core").glob("*.py"), ROOT / "app.py", *(ROOT / "app_pages").glob("*.py")]
+    sources = [*(ROOT / "hopscotch_core").rglob("*.py"), ROOT / "app.py", *(ROOT / "app_pages").glob("*.py")]
     assert not [p.name for p in sources if "trust_remote_code=True" in p.read_text()]
 
 

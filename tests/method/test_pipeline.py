@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_model, make_tokenizer
+from helpers.models import make_model, make_tokenizer
 from safetensors.torch import load_file
 
 import hopscotch_core as hc
@@ -122,6 +122,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(data_file, tmp_path, w
     assert outcome(again.dir) == outcome(ref.dir)
 
 
+@pytest.mark.subprocess
 def test_kill_9_at_any_moment_then_resume(model_dir, data_file, tmp_path):
     args = ["run", "--model", str(model_dir), "--data", str(data_file), "--k", "2", "--mode", "paper",
             "--runs-dir", str(tmp_path / "runs"), "--name", "r", "--seed", "0", "--device", "cpu", *SMALL]

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_model
+from helpers.models import make_model
 
 import hopscotch_core as hc
 from hopscotch_core.engine import loading
@@ -98,8 +98,8 @@ def test_singular_values_skip_removed_blocks():
 
 @pytest.fixture
 def rows_and_handle():
-    from conftest import make_tokenizer
-    from test_data import PROMPTS
+    from helpers.models import make_tokenizer
+    from helpers.models import PROMPTS
 
     from hopscotch_core.method import data
 

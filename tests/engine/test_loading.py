@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model
+from helpers.models import make_model
 
 import hopscotch_core as hc
 from hopscotch_core.engine import loading

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import N_LAYERS, make_model
+from helpers.models import N_LAYERS, make_model
 
 import hopscotch_core as hc
 

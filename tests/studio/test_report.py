@@ -12,7 +12,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from studio_world import build
+from helpers import ROOT
+from helpers.studio_world import build
 
 from hopscotch_core import cli
 
@@ -20,7 +21,6 @@ from hopscotch_core.studio import figexport
 from hopscotch_core.studio.report import build_report, report_figures, write_report
 from hopscotch_core.method.runs import RunError, read_json, write_json
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = [ROOT / "assets" / "example-run", ROOT / "assets" / "example-run-k4"]
 REQUIRED = os.environ.get("HOPSCOTCH_REQUIRE_BROWSER") == "1"
 
@@ -121,9 +121,10 @@ def test_cli_report_writes_the_file_and_refuses_an_unknown_run(world, tmp_path, 
     assert write_report(runs / "tiny", tmp_path) == tmp_path / "report.html"  # a folder as --out
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(not Path("/usr/bin/chromium").is_file() and not REQUIRED, reason="no /usr/bin/chromium")
 def test_the_report_opens_in_chromium_with_every_figure_drawn(tmp_path):
-    from appdriver import launch_browser, open_page
+    from helpers.appdriver import launch_browser, open_page
     from playwright.sync_api import sync_playwright
 
     run = EXAMPLES[0]

@@ -14,7 +14,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 pytest.importorskip("streamlit")
-from test_app import figure, runs, start, visit, world  # noqa: F401 - fixtures and helpers shared with test_app
+from helpers.apptest import figure, start, visit
 
 from hopscotch_core.studio import figexport
 from hopscotch_core.studio.report import report_figures

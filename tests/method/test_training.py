@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from conftest import make_model
-from test_data import examples
+from helpers.models import make_model
+from helpers.models import examples
 
 import hopscotch_core as hc
 from hopscotch_core.method import data, training

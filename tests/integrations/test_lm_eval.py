@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import make_model, make_tokenizer
+from helpers.models import make_model, make_tokenizer
 
 import hopscotch_core as hc
 from hopscotch_core.integrations import lm_eval as la
@@ -60,6 +60,7 @@ def _state(model):
 
 
 # --------------------------------------------------------------------------------------------- optional import
+@pytest.mark.subprocess
 def test_importing_hopscotch_core_and_the_adapter_does_not_import_lm_eval():
     code = ("import sys, hopscotch_core, hopscotch_core.integrations.lm_eval as a; "
             "assert 'lm_eval' not in sys.modules, 'lm_eval imported'; print(a.local_tasks())")

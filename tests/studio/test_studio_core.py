@@ -13,7 +13,7 @@ from io import BytesIO
 
 import pytest
 import torch
-from studio_world import build
+from helpers.studio_world import build
 
 import hopscotch_core as hc
 from hopscotch_core import cli
@@ -81,6 +81,7 @@ def job_args(world, *extra):
             "--max-new-tokens", "10", "--gen-batch", "4", "--device", "cpu", "--k", "2", *extra]
 
 
+@pytest.mark.subprocess
 def test_a_job_runs_to_the_end_and_is_found_again_from_files(world, tmp_path):
     runs = tmp_path / "runs"
     rec = jobs.start(job_args(world, "--epochs", "2"), runs, "j1")
@@ -98,6 +99,7 @@ def test_a_job_runs_to_the_end_and_is_found_again_from_files(world, tmp_path):
         jobs.start(["run"], runs, "bad/name")
 
 
+@pytest.mark.subprocess
 def test_stop_is_graceful_and_the_run_resumes(world, tmp_path):
     runs = tmp_path / "runs"
     jobs.start(job_args(world, "--epochs", "400", "--k", "1"), runs, "long")
@@ -123,6 +125,7 @@ def test_stop_is_graceful_and_the_run_resumes(world, tmp_path):
     assert not (runs / "long").exists() and jobs.record(runs, "long") is None
 
 
+@pytest.mark.subprocess
 def test_a_failing_job_reports_cause_from_its_log(world, tmp_path):
     runs = tmp_path / "runs"
     jobs.start(["run", "--model", str(world.model_dir), "--data", str(tmp_path / "nope.jsonl")], runs, "bad")
@@ -229,7 +232,7 @@ def test_divergence_and_highlight():
     assert compare.first_divergence([1, 2, 3], [1, 2, 3]) is None
     assert compare.first_divergence([1, 2, 3], [1, 5, 3]) == 1
     assert compare.first_divergence([1, 2], [1, 2, 3]) == 2
-    from conftest import make_tokenizer
+    from helpers.models import make_tokenizer
 
     tok = make_tokenizer()
     ids = tok("ab'c d")["input_ids"]

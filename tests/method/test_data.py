@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_model, make_tokenizer
+from helpers.models import PROMPTS, examples, make_model, make_tokenizer
 
 from hopscotch_core.method import data
 
@@ -62,16 +62,6 @@ def test_split_is_seeded_and_disjoint():
         data.split_indices(10, 8, 5, seed=0)
 
 
-def examples(n_list, seed=0):
-    torch.manual_seed(seed)
-    out = []
-    for n in n_list:
-        ids = torch.randint(3, 101, (n,)).tolist()
-        p = n // 2
-        out.append(data.Example(ids, [-100] * p + ids[p:]))
-    return out
-
-
 @pytest.mark.parametrize("fam", ["llama", "gemma2", "qwen3"])
 def test_packed_loss_equals_per_example_losses(fam):
     model = make_model(fam)
@@ -101,9 +91,6 @@ def test_labels_cover_only_the_response():
     assert ex.input_ids == [5, 6, 7, 8, 9, 2] and ex.labels == [-100, -100, -100, 8, 9, 2]
     (row,) = data.pack([ex])
     assert row.positions.tolist() == [2, 3, 4] and row.targets.tolist() == [8, 9, 2]
-
-
-PROMPTS = ["what is 1 plus 2?", "hi", "name three colours please", "2*3=", "ok", "a longer prompt with words"]
 
 
 def test_batched_answers_equal_one_by_one_answers():

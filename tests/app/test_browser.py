@@ -20,15 +20,19 @@ import re
 from pathlib import Path
 
 import pytest
-from appdriver import CHROMIUM, AppServer, idle, launch_browser, open_page
-from studio_world import build
+from helpers.appdriver import CHROMIUM, AppServer, idle, launch_browser, open_page
+from helpers.studio_world import build
 
 PAGES = [("model", "Model"), ("selection", "Selection"), ("scaling", "Scaling"), ("compare", "Compare"),
          ("runs", "Runs")]
 
 REQUIRED = os.environ.get("HOPSCOTCH_REQUIRE_BROWSER") == "1"
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file() and not REQUIRED,
-                                reason=f"chromium not found at {CHROMIUM}: apt-get install chromium (.ci/run does)")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.subprocess,  # streamlit run
+    pytest.mark.skipif(not Path(CHROMIUM).is_file() and not REQUIRED,
+                       reason=f"chromium not found at {CHROMIUM}: apt-get install chromium (.ci/run does)"),
+]
 
 
 @pytest.fixture(scope="module")

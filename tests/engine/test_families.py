@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import N_LAYERS, make_model
-from reference import capture_layers, reference_layer
+from helpers.models import N_LAYERS, make_model
+from helpers.reference import capture_layers, reference_layer
 from torch import nn
 
 import hopscotch_core as hc

@@ -26,7 +26,8 @@ from hopscotch_core.integrations.export import ExportError, export, gguf_file, r
 from hopscotch_core.engine.folding import FoldError, residual_scales
 from hopscotch_core.integrations.gguf_export import GGUFExportError
 
-from conftest import FAMILIES, make_model, make_tokenizer
+from helpers import ROOT
+from helpers.models import FAMILIES, make_model, make_tokenizer
 
 
 def _llama_cpp_available() -> bool:
@@ -346,7 +347,7 @@ def test_missing_llama_cpp_names_the_extra(monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_default_model_exports_match_in_stock_transformers_and_llama_cpp(default_model, tmp_path):
     model, tok = default_model
-    run = Path(__file__).resolve().parents[1] / "assets" / "example-run"
+    run = ROOT / "assets" / "example-run"
     hs = hc.load_adapter(model, run / "adapter")  # the k = 7 run's trained scalars
     try:
         ids = tok("What is 12 * 3? Let me think step by step: 12 * 3 = 36.", return_tensors="pt")["input_ids"]
