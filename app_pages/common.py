@@ -52,6 +52,18 @@ def current_run() -> RunView | None:
     return RunView(path, example=is_example(path))
 
 
+def page_head(title: str, caption: str):
+    """Draw a job page's title and caption; return (the loaded (model, tokenizer) or None, its layer count or None,
+    the current run or None): where the Selection and Scaling forms start from. Without a model, says so."""
+    st.title(title)
+    st.caption(caption)
+    if st.session_state.get("model") is None:
+        st.warning("Load a model in the sidebar first.")
+    model = st.session_state.get("model")
+    n_layers = model[0].config.get_text_config().num_hidden_layers if model else None
+    return model, n_layers, current_run()
+
+
 def set_run(path: str | Path, rerun: bool = True) -> None:
     """Make `path` the current run (the sidebar picker takes it on the next script run)."""
     st.session_state["run_next"] = str(path)
@@ -242,6 +254,15 @@ def when_ready(t: Task, draw: Callable[[object], None], label: str, doing: str, 
         st.fragment(run_every=every)(poll)()
     if meanwhile is not None:
         meanwhile()
+
+
+def panel_head(run: RunView | None, key: str, empty: str) -> bool:
+    """The top of a job page's live panel: `empty` as a note when there is no run (False), else the job header."""
+    if run is None:
+        st.info(empty)
+        return False
+    job_header(run, status_of(run), key)
+    return True
 
 
 def job_header(run: RunView, status: dict, key: str) -> None:

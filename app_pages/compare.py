@@ -95,7 +95,7 @@ if go:
     b: list[int] = []
     try:
         shown = 0.0
-        for a, b in compare.stream_pair(model, tok, prompt, skip, scales, int(max_new), lock=lock):
+        for a, b in compare.stream_pair(model, tok, prompt, skip, scales, max_new_tokens=int(max_new), lock=lock):
             if time.perf_counter() - shown > 0.25:  # at most 4 redraws a second: the browser shares the CPU
                 render(a, b, label, False)
                 shown = time.perf_counter()

@@ -7,18 +7,14 @@ from app_pages import common
 from hopscotch_core.studio import figures, jobs
 from hopscotch_core.studio.explain import explain
 
-st.title("Scaling")
-st.caption("With blocks skipped, the four scalars of every layer (b_att, s_att, b_mlp, s_mlp; all 1 = the original "
-           "model) are trained by self-distillation on the model's own answers; the model's weights stay frozen.")
-
-model = st.session_state.get("model")
-n_layers = model[0].config.get_text_config().num_hidden_layers if model else None
-run = common.current_run()
+model, n_layers, run = common.page_head(
+    "Scaling",
+    "With blocks skipped, the four scalars of every layer (b_att, s_att, b_mlp, s_mlp; all 1 = the original "
+    "model) are trained by self-distillation on the model's own answers; the model's weights stay frozen.",
+)
 
 with st.expander("Train scalars for a skip set", expanded=run is None):
-    if model is None:
-        st.warning("Load a model in the sidebar first.")
-    else:
+    if model is not None:
         base = (run.manifest.get("settings") or {}) if run is not None else {}
         default_blocks = [b for b in (run.selected if run is not None else []) if b < n_layers]
         blocks = st.multiselect("Attention blocks to skip", list(range(n_layers)), default=default_blocks,
@@ -38,11 +34,8 @@ with st.expander("Train scalars for a skip set", expanded=run is None):
 
 
 def panel() -> None:
-    if run is None:
-        st.info("No run yet: train a skip set above, or start a selection.")
+    if not common.panel_head(run, "sc", "No run yet: train a skip set above, or start a selection."):
         return
-    status = common.status_of(run)
-    common.job_header(run, status, "sc")
     epochs = run.epochs()
     common.chart(figures.loss_curves(epochs), "sc_loss", f"{run.manifest.get('name') or run.name}-loss")
     st.caption("Loss per epoch of scalar training: train (solid) and held-out (dashed), for the selected set "

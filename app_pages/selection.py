@@ -6,19 +6,15 @@ from app_pages import common
 from hopscotch_core.studio import figures, jobs
 from hopscotch_core.method import selection
 
-st.title("Selection")
-st.caption("Which attention blocks can go? Each round, every remaining block (fast mode: a shortlist) is scored by "
-           "skipping it and training the scalars for one epoch; the lowest loss is removed. Runs as a background "
-           "job: switching pages or closing the tab does not stop it.")
-
-model = st.session_state.get("model")
-n_layers = model[0].config.get_text_config().num_hidden_layers if model else None
-run = common.current_run()
+model, n_layers, run = common.page_head(
+    "Selection",
+    "Which attention blocks can go? Each round, every remaining block (fast mode: a shortlist) is scored by "
+    "skipping it and training the scalars for one epoch; the lowest loss is removed. Runs as a background "
+    "job: switching pages or closing the tab does not stop it.",
+)
 
 with st.expander("Start a new selection", expanded=run is None):
-    if model is None:
-        st.warning("Load a model in the sidebar first.")
-    else:
+    if model is not None:
         d = common.data_settings("sel", (run.manifest.get("settings") if run else None))
         c1, c2, c3, c4 = st.columns(4)
         k = c1.number_input("Blocks to remove (k)", 1, max(1, n_layers - 1), min(4, max(1, n_layers - 1)),
@@ -48,11 +44,8 @@ with st.expander("Start a new selection", expanded=run is None):
 
 
 def panel() -> None:
-    if run is None:
-        st.info("No run yet: start a selection above.")
+    if not common.panel_head(run, "sel", "No run yet: start a selection above."):
         return
-    status = common.status_of(run)
-    common.job_header(run, status, "sel")
     layers = run.num_layers or n_layers or 0
     rounds, scores = run.rounds(), run.scores()
     c1, c2 = st.columns(2)

@@ -225,7 +225,7 @@ def main() -> int:
              "toggle": ("toggle a block -> page drawn (s)", 1.0, "<="),
              "toggle_back": ("toggle it back -> page drawn (s)", 1.0, "<="),
              "drift_in": ("toggle -> drift view of the new set in (s)", float("nan"), "")}
-    print(f"\n| measure | median (min-max) | goal |\n|---|---|---|")
+    print("\n| measure | median (min-max) | goal |\n|---|---|---|")
     for key, (label, goal, op) in goals.items():
         print(f"| {label} | {med(res[key])} | {f'{op} {goal}' if op else ''} |")
     for title in PAGES:

@@ -77,7 +77,7 @@ def plain(model, ids: list[int], n: int) -> float:
 def pair(model, tok, n: int, parallel: str, chat: bool) -> float:
     t = None
     a: list[int] = []
-    for i, (a, _b) in enumerate(compare.stream_pair(model, tok, PROMPT, SKIP, None, n, chat=chat,
+    for i, (a, _b) in enumerate(compare.stream_pair(model, tok, PROMPT, SKIP, None, max_new_tokens=n, chat=chat,
                                                     lock=threading.Lock(), parallel=parallel)):
         if i == 0:
             t = time.perf_counter()

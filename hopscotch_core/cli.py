@@ -54,12 +54,16 @@ def _baselines(text: str) -> list[str]:
     return names
 
 
-def _model_args(p: argparse.ArgumentParser, model: str | None = "default") -> None:
-    """--model, --device, --dtype: every command that loads a model (help texts from the run settings' schema)."""
+def _model_args(p: argparse.ArgumentParser, model: str | None = "default", device: str | None = "auto",
+                model_help: str | None = None) -> None:
+    """--model, --device, --dtype: every command that loads a model (help texts from the run settings' schema).
+
+    Commands on an existing run pass None defaults: the run's own model, device and dtype.
+    """
     from .method.settings import field_help
 
-    p.add_argument("--model", default=model, help=field_help("model"))
-    p.add_argument("--device", default="auto", help=field_help("device"))
+    p.add_argument("--model", default=model, help=model_help or field_help("model"))
+    p.add_argument("--device", default=device, help=field_help("device"))
     p.add_argument("--dtype", default=None, help=field_help("dtype"))
 
 
@@ -456,15 +460,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "final-answer agreement, GSM8K strict/flexible accuracy)")
     s.add_argument("--max-new-tokens", type=int, default=None, help="answer length cap (default: the run's)")
     s.add_argument("--gen-batch", type=int, default=None, help="prompts per generation batch (default: the run's)")
-    s.add_argument("--model", default=None, help="the run's model from another path (must be the same model)")
-    s.add_argument("--device", default=None)
-    s.add_argument("--dtype", default=None)
+    _model_args(s, model=None, device=None, model_help="the run's model from another path (must be the same model)")
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("bench", help="speed and memory: original vs run-time skip vs compact model")
     s.add_argument("--run", default=None, help="measure this run's selected blocks; results go into the run")
     s.add_argument("--runs-dir", default="runs")
-    s.add_argument("--model", default=None, help="without --run: the model ('default', Hub id, dir, .gguf)")
+    _model_args(s, model=None, device=None, model_help="without --run: the model ('default', Hub id, dir, .gguf)")
     s.add_argument("--skip", type=_blocks, default=[], help="without --run: blocks to skip, e.g. 4,17")
     s.add_argument("--also-k", type=_ints, default=[], help="also measure the first K blocks of the set, e.g. 4")
     s.add_argument("--contexts", type=_ints, default=[128, 512, 2048], help="prompt lengths, e.g. 128,512,2048")
@@ -472,8 +474,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--decode-tokens", type=int, default=16)
     s.add_argument("--rounds", type=int, default=3, help="timed rounds per variant (after one warm-up)")
     s.add_argument("--out", default=None, help="without --run: directory for bench.json / bench.csv")
-    s.add_argument("--device", default=None)
-    s.add_argument("--dtype", default=None)
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("report", help="one self-contained HTML file with every figure and table of a run")

@@ -57,6 +57,13 @@ BAD_RUN_INPUT = [  # (command, extra flags, what the one error line must say)
     ("run", ["--threshold", "inf"], "threshold must be a finite number"),
     ("run", ["--seed", "-3"], "seed must be a whole number"),
     ("run", ["--baselines", "magic"], "unknown baseline"),
+    ("run", ["--k", "2.5"], "invalid int value"),
+    ("run", ["--n-eval", "0"], "n-eval must be at least 1"),
+    ("run", ["--gen-batch", "0"], "gen-batch must be at least 1"),
+    ("run", ["--batch-tokens", "0"], "batch-tokens must be at least 1"),
+    ("run", ["--data", "{tmp}/empty.jsonl"], "holds no records"),             # an empty calibration set
+    ("run", ["--data", "{tmp}/nocol.jsonl"], "no prompt column found"),
+    ("run", ["--data", "{tmp}/missing.jsonl"], "does not exist"),
 ]
 
 
@@ -72,6 +79,9 @@ def test_bad_run_settings_are_refused_before_any_work(command, flags, says, tiny
     runs = tmp_path / "runs"
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"question": f"what is {i} plus 1?"}) + "\n" for i in range(12)))
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "nocol.jsonl").write_text('{"q": 1}\n')
+    flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]  # a later --data replaces the default one
     try:
         code = cli.main([command, "--model", str(tiny_dir), "--device", "cpu", "--data", str(prompts),
                          "--runs-dir", str(runs), "--name", "bad", *flags])

@@ -11,7 +11,7 @@ sublayer, OLMo 2 normalises the sublayer output instead of its input, Granite mu
 `residual_multiplier` and Phi-3 wraps it in a (train-time) dropout. The scalars therefore always multiply the
 sublayer output and the residual exactly where they enter the sum.
 
-Adding a family = one small subclass below + its name in `_FAMILIES` + one tiny config in tests/conftest.py
+Adding a family = one small subclass below + its name in `_FAMILIES` + one tiny config in tests/helpers/models.py
 (the shared family tests then check the formula, the cache matrix and compaction for it).
 """
 

@@ -1,6 +1,6 @@
 """Fold every Hopscotch scalar into ordinary weights: a plain checkpoint of the original architecture.
 
-A layer with scalars computes (adapters.py)
+A layer with scalars computes (families.py)
 
     x1  = b_a * A(x)  + s_a * x         A(x) = o_proj(attn(N1(x)))    N1, N2: the norms each branch reads
     out = b_m * M(x1) + s_m * x1        M(y) = down_proj(mlp(N2(y)))

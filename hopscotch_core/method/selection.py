@@ -34,7 +34,7 @@ import torch
 from .data import Row, dataset_loss, forward_rows
 from ..errors import HopscotchError
 from ..engine.scaling import Hopscotch
-from .settings import BASELINES, MODES  # noqa: F401 - one list of each, in the run settings
+from .settings import BASELINES, MODES, RunSettings  # noqa: F401 - one list of each, in the run settings
 from .training import score_candidate
 
 Progress = Callable[[int, int, dict], None]
@@ -44,15 +44,18 @@ class SelectionError(HopscotchError, ValueError):
     """Bad selection settings: k out of range, unknown mode or baseline."""
 
 
+_RUN = RunSettings()  # the defaults come from the run settings' schema (method/settings.py), the one place
+
+
 @dataclass
 class SelectConfig:
     k: int
-    mode: str = "paper"
-    shortlist: int = 4
-    shortlist_by: str = "bi"          # fast mode: "bi" (block influence) or "loss" (untrained skipped loss)
-    score_lr: float = 1e-2
-    threshold: float | None = None   # stop early once the best loss of a round exceeds this
-    seed: int = 0
+    mode: str = _RUN.mode
+    shortlist: int = _RUN.shortlist
+    shortlist_by: str = _RUN.shortlist_by  # fast mode: "bi" (block influence) or "loss" (untrained skipped loss)
+    score_lr: float = _RUN.score_lr
+    threshold: float | None = _RUN.threshold  # stop early once the best loss of a round exceeds this
+    seed: int = _RUN.seed
 
 
 @dataclass

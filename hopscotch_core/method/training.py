@@ -20,15 +20,18 @@ import torch
 
 from .data import Row, dataset_loss, row_loss
 from ..engine.scaling import Hopscotch
+from .settings import RunSettings
+
+_RUN = RunSettings()  # the defaults come from the run settings' schema (method/settings.py), the one place
 
 Progress = Callable[[int, int, dict], None]
 
 
 @dataclass
 class TrainConfig:
-    lr: float = 3e-3
-    epochs: int = 3
-    seed: int = 0
+    lr: float = _RUN.lr
+    epochs: int = _RUN.epochs
+    seed: int = _RUN.seed
 
 
 @dataclass

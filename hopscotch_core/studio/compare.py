@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
-from ..method.data import Example, encode_prompt, pack
+from ..method.data import Example, eos_ids, encode_prompt, pack
 from ..errors import HopscotchError
 from ..engine.scaling import attach, compact_info, handle_of
 
@@ -36,16 +36,6 @@ PRESET_PROMPTS = (
     "Explain in two sentences why the sky is blue.",
     "List three uses of a paperclip.",
 )
-
-
-def _eos(model, tok) -> set[int]:
-    ids: set[int] = set()
-    for v in (getattr(model.generation_config, "eos_token_id", None), getattr(tok, "eos_token_id", None)):
-        if isinstance(v, int):
-            ids.add(v)
-        elif isinstance(v, (list, tuple)):
-            ids.update(int(x) for x in v)
-    return ids
 
 
 @contextlib.contextmanager
@@ -61,18 +51,9 @@ def _borrowed(model, lock: threading.Lock | None, needed: bool) -> Iterator:
             yield hs
 
 
-def stream_pair(
-    model,
-    tok,
-    prompt: str,
-    skipped: Iterable[int] = (),
-    scales: torch.Tensor | None = None,
-    max_new_tokens: int = 48,
-    chat: bool = True,
-    lock: threading.Lock | None = None,
-    hold_s: float = 0.5,
-    parallel: str | None = None,
-) -> Iterator[tuple[list[int], list[int]]]:
+def stream_pair(model, tok, prompt: str, skipped: Iterable[int] = (), scales: torch.Tensor | None = None, *,
+                max_new_tokens: int = 48, chat: bool = True, lock: threading.Lock | None = None, hold_s: float = 0.5,
+                parallel: str | None = None) -> Iterator[tuple[list[int], list[int]]]:
     """Greedy decoding of the original model and of the model with `skipped` blocks (and optional [L, 4]
     `scales`) side by side: after each step, yields (original ids, modified ids), each grown by one token until
     it reaches an end-of-sequence token or `max_new_tokens`. Token ids exclude the prompt and EOS.
@@ -96,7 +77,7 @@ def stream_pair(
     parallel = parallel or ("threads" if dev.type == "cpu" else "batch")
     if parallel not in ("threads", "batch"):
         raise HopscotchError(f"parallel must be 'threads' or 'batch', not {parallel!r}")
-    eos = _eos(model, tok)
+    eos = eos_ids(model, tok)
     configs = [((), None), (skipped, scales)]
     outs: list[list[int]] = [[], []]
     done = [False, False]

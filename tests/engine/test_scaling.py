@@ -224,7 +224,7 @@ def test_configure_and_applied(llama):
 # ----------------------------------------------------------------------------------------------- per_row
 def _row_logits(model, ids, skipped, scales):
     """Logits of one configuration on its own: the single-configuration handle (checked against the reference
-    formula in test_adapters.py)."""
+    formula in engine/test_families.py)."""
     with hc.attach(model) as hs, hs.applied(skipped, scales), torch.no_grad():
         return model(ids, use_cache=False).logits
 

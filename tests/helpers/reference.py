@@ -1,6 +1,6 @@
 """A plain, independent statement of the Hopscotch layer per family, used as the tests' reference.
 
-Validated against the stock transformers layer at all-ones scales (test_adapters.py), then used to check the
+Validated against the stock transformers layer at all-ones scales (engine/test_families.py), then used to check the
 patched layers at arbitrary scales and skip sets.
 """
 

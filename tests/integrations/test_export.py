@@ -5,7 +5,7 @@
 - gguf: llama.cpp (llama-cpp-python) runs the file with the attached model's logits and greedy tokens;
 - bad input is refused before anything is written.
 
-The reference for every comparison is the attached model, which test_adapters.py checks against the plain
+The reference for every comparison is the attached model, which engine/test_families.py checks against the plain
 per-family formula in reference.py; stock transformers and llama.cpp compute the exported side with none of our
 code. Tolerances are stated where they are used, with what was measured when they were set.
 """
