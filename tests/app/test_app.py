@@ -16,7 +16,7 @@ import tomllib
 
 pytest.importorskip("streamlit")
 from helpers import ROOT
-from helpers.apptest import figure, generations, settle, start, texts, visit, wait_job
+from helpers.apptest import figure, generations, model_settled, settle, start, texts, visit, wait_job
 
 import hopscotch_core as hc
 from hopscotch_core.studio import compare, jobs
@@ -265,7 +265,7 @@ def test_a_model_that_cannot_load_gives_cause_and_fix_on_every_page(runs, tmp_pa
     for page in ("model", "selection", "scaling", "compare", "runs"):
         visit(at, page)
         assert not at.exception
-    visit(at, "model")
+    model_settled(visit(at, "model"))
     err = at.error[0].value
     assert "could not be loaded" in err and "**Cause:**" in err and "**Fix:**" in err and "no model directory" in err
     visit(at, "selection")

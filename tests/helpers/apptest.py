@@ -21,6 +21,12 @@ def start() -> AppTest:
     """A new session, run until the model (loaded in a thread of its own) is in."""
     at = AppTest.from_file(APP, default_timeout=90).run()
     assert not at.exception, at.exception
+    return model_settled(at)
+
+
+def model_settled(at: AppTest) -> AppTest:
+    """Wait for a model load in flight and rerun, so the page shows the model or its error. (A failed load is
+    retried on the next script run, so after a page switch it can be in flight again.)"""
     loading = at.session_state["model_loading"] if "model_loading" in at.session_state else None
     if loading is not None:
         loading.future.exception(timeout=120)  # waits; a failed load is shown by the rerun
