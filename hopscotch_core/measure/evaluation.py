@@ -385,8 +385,8 @@ def format_table(result: dict) -> str:
                      + "".join(f"{with_ci(r.get(c), r.get(c + '_ci'), spec):>{w}}" for c, spec, w in cols))
     diffs = result.get("diffs") or []
     if diffs:
-        lines += ["", f"paired differences a - b over the same prompts, {int(100 * result.get('confidence', 0.95))}% "
-                  "interval; * = excludes 0"]
+        pct = int(100 * result.get("confidence", 0.95))
+        lines += ["", f"paired differences a - b over the same prompts, {pct}% interval; * = excludes 0"]
         pairs = list(dict.fromkeys((d["a"], d["b"]) for d in diffs))
         for a, b in pairs:
             cells = [f"{SHORT[d['metric']]} {d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"

@@ -154,7 +154,7 @@ def compare(hs, rows, variants: dict[str, dict], per_example: bool = False) -> d
             tgt = row.targets.to(lo.device)
             ex = example_index(row) if per_example else None
 
-            def add(name: str, key: str, values: torch.Tensor) -> None:  # values (N,) per response position
+            def add(name: str, key: str, values: torch.Tensor, ex=ex) -> None:  # values (N,): per position
                 tot[name][key] += float(values.sum())
                 if ex is not None:
                     per[name][key].index_add_(0, ex, values.double().cpu())

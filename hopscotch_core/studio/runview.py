@@ -66,7 +66,7 @@ def diff_table(diffs: list[dict], metrics: tuple[str, ...] = DIFF_METRICS, label
     return pd.DataFrame(out, columns=["a", "b", *(DIFF_LABELS[m] for m in metrics), "excludes 0"])
 
 
-def fidelity_diffs(views: list["RunView"], metrics: tuple[str, ...] = DIFF_METRICS) -> pd.DataFrame:
+def fidelity_diffs(views: list[RunView], metrics: tuple[str, ...] = DIFF_METRICS) -> pd.DataFrame:
     """The Runs comparison's differences: each run's own `diffs` (trained vs unscaled, hopscotch vs baselines;
     not the ones against the original), and, for two runs evaluated on the same held-out prompts and answers,
     each variant the two share (measure.evaluation.compare_variants). Variants are named `run · variant`."""
