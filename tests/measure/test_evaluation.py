@@ -325,3 +325,7 @@ def test_old_eval_files_without_intervals_still_read(finished, tmp_path):
     fid = RunView(run.dir).fidelity()
     assert list(fid["variant"])[:3] == ["original", "hopscotch-unscaled", "hopscotch"]
     assert RunView(run.dir).eval_diffs() == []
+    from hopscotch_core.studio.report import build_report
+
+    html = build_report(run.dir)  # the report of such a run: values without intervals, no differences table
+    assert "Fidelity to the original model" in html and "excludes 0" not in html
