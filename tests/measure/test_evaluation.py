@@ -329,3 +329,16 @@ def test_old_eval_files_without_intervals_still_read(finished, tmp_path):
 
     html = build_report(run.dir)  # the report of such a run: values without intervals, no differences table
     assert "Fidelity to the original model" in html and "excludes 0" not in html
+
+
+def test_fidelity_only_eval_has_teacher_forced_intervals_only(finished, tmp_path):
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(finished / "runs", runs)
+    assert cli.main(["eval", "--run", "r", "--runs-dir", str(runs), "--tasks", "fidelity"]) == 0
+    res = json.loads((runs / "r" / "eval.json").read_text())
+    for r in res["rows"]:
+        assert r["nll_ci"][0] <= r["nll"] <= r["nll_ci"][1]
+        assert r["exact_match"] is None and r["exact_match_ci"] is None and r["gsm8k_flexible_ci"] is None
+    assert {d["metric"] for d in res["diffs"]} == {"nll", "kl", "agreement"}
