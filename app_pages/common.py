@@ -18,6 +18,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from hopscotch_core.method import settings
 from hopscotch_core.studio import figexport, jobs
 from hopscotch_core.studio.explain import explain
 from hopscotch_core.studio.runview import RunView, example_dirs
@@ -373,9 +374,12 @@ def data_settings(key: str, defaults: dict | None = None) -> dict | None:
     column = st.text_input("Prompt column (empty: question/prompt/instruction/input/text)",
                            value=d.get("column") or "", key=f"{key}_col").strip() or None
     c1, c2, c3, c4 = st.columns(4)
-    n_calib = c1.number_input("Calibration prompts", 1, 2000, int(d.get("n_calib") or 32), key=f"{key}_nc")
-    n_eval = c2.number_input("Held-out prompts", 1, 2000, int(d.get("n_eval") or 16), key=f"{key}_ne")
-    max_new = c3.number_input("Answer length (tokens)", 4, 1024, int(d.get("max_new_tokens") or 96),
+    n_calib = c1.number_input("Calibration prompts", 1, 2000, int(d.get("n_calib") or settings.DEFAULT_CALIB),
+                              key=f"{key}_nc")
+    n_eval = c2.number_input("Held-out prompts", 1, 2000, int(d.get("n_eval") or settings.DEFAULT_EVAL),
+                             key=f"{key}_ne")
+    max_new = c3.number_input("Answer length (tokens)", 4, 1024,
+                              int(d.get("max_new_tokens") or settings.DEFAULT_MAX_NEW_TOKENS),
                               key=f"{key}_mnt")
     seed = c4.number_input("Seed", 0, 2**31 - 1, int(d.get("seed") or 0), key=f"{key}_seed")
     try:

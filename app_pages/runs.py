@@ -9,7 +9,7 @@ import streamlit as st
 from app_pages import common
 from hopscotch_core.studio import figures, jobs
 from hopscotch_core.studio.report import build_report
-from hopscotch_core.studio.runview import RunView, list_runs
+from hopscotch_core.studio.runview import RunView, diff_table, fidelity_diffs, list_runs
 
 st.title("Runs")
 st.caption(f"Runs in `{common.runs_dir()}` (set HOPSCOTCH_RUNS to use another folder) and the bundled examples "
@@ -113,7 +113,16 @@ if m:
         fid = run.fidelity()
         if len(fid):
             st.dataframe(fid, hide_index=True)
-            st.caption("From eval.json (`hopscotch eval`) when present, else the run's own evaluation.")
+            st.caption("From eval.json (`hopscotch eval`) when present, else the run's own evaluation; `_ci`: 95% "
+                       "bootstrap interval over the held-out prompts [low, high] (files from before have none).")
+            bars = fid[fid["variant"] != "original"].assign(run=run.name)
+            if len(bars) and {"nll", "kl", "agreement"} <= set(bars.columns):
+                common.chart(figures.fidelity(bars), "runs_fid", f"{stem}-fidelity")
+            diffs = run.eval_diffs()
+            if diffs:
+                st.dataframe(diff_table(diffs), hide_index=True)
+                st.caption("Paired differences a − b over the same held-out prompts with their 95% interval; "
+                           "✱ where it excludes 0 (a difference the prompts support), else it may be noise.")
             mmd = run.eval_layer_mmd()
             if mmd:
                 variant = st.selectbox("Per-layer MMD of", list(mmd), key="runs_mmd_variant")
@@ -149,7 +158,15 @@ if picked:
         f = v.fidelity()
         for r in f.to_dict("records"):
             if r.get("variant") != "original":
-                fid.append({"run": v.name, "variant": r.get("variant"), "nll": r.get("nll"), "kl": r.get("kl"),
-                            "agreement": r.get("agreement")})
+                fid.append({"run": v.name, "variant": r.get("variant"),
+                            **{k: r.get(k) for k in ("nll", "kl", "agreement", "nll_ci", "kl_ci", "agreement_ci")}})
     common.chart(figures.fidelity(pd.DataFrame(fid)), "runs_fidelity", "fidelity", container=c2)
-    c2.caption("Held-out NLL, KL from the original and top-1 agreement, per run and variant.")
+    c2.caption("Held-out NLL, KL from the original and top-1 agreement, per run and variant; error bars: 95% "
+               "bootstrap intervals over the held-out prompts (when eval.json has them).")
+    diffs = fidelity_diffs(views)
+    if len(diffs):
+        st.markdown("**Differences** (paired over the same held-out prompts, 95% interval; ✱ = excludes 0)")
+        st.dataframe(diffs, hide_index=True)
+        st.caption("Within each run: trained vs unscaled, hopscotch vs each baseline; across runs evaluated on the "
+                   "same held-out prompts and answers: the same variant in both. A difference whose interval "
+                   "includes 0 is not supported by these prompts.")

@@ -1,12 +1,14 @@
-"""Markdown fidelity table from the eval.json of one or more runs (written by `hopscotch eval --run NAME`).
+"""Markdown fidelity tables from the eval.json of one or more runs (written by `hopscotch eval --run NAME`).
 
     .venv/bin/python bench/fidelity_table.py runs/NAME_K4 runs/NAME_K7
-    .venv/bin/python bench/fidelity_table.py assets/example-run assets/example-run-k4
+    .venv/bin/python bench/fidelity_table.py assets/example-run-k4 assets/example-run
 
-One row per variant and k: held-out NLL of the original model's own answers, KL(original || variant), top-1
-agreement (teacher-forced), exact-match and final-answer agreement of greedy generations with the original's,
-GSM8K flexible-extract accuracy, and the mean per-layer MMD^2 of hidden states over the layers after the first
-skipped block.
+First table, one row per variant and k: held-out NLL of the original model's own answers, KL(original || variant),
+top-1 agreement (teacher-forced), final-answer agreement of greedy generations with the original's, each with its
+95% bootstrap interval over the held-out prompts `[low, high]` (eval.json's `*_ci`; a file written before the
+intervals gives the value alone), and the mean per-layer MMD^2 of hidden states over the layers from the first
+skipped block on. Second table: eval.json's paired differences a - b over the same prompts (trained vs unscaled of
+each skip set, hopscotch vs each baseline) with their 95% intervals; **bold** with ✱ where the interval excludes 0.
 """
 
 from __future__ import annotations
@@ -15,29 +17,74 @@ import json
 import sys
 from pathlib import Path
 
+NAMES = {"hopscotch": "Hopscotch", "attn-bi": "attention BI", "shortgpt": "ShortGPT", "random": "random",
+         "one-round": "one round"}
+DIFF_COLUMNS = (("nll", "NLL"), ("kl", "KL"), ("agreement", "top-1 agr."), ("answer_agreement", "answer agr."))
+
 
 def fmt(x, spec: str) -> str:
     return "–" if x is None else format(x, spec)
 
 
+def with_ci(x, ci, spec: str) -> str:
+    if x is None:
+        return "–"
+    if not isinstance(ci, list) or len(ci) != 2 or any(c is None for c in ci):
+        return format(x, spec)
+    return f"{x:{spec}} [{ci[0]:{spec}}, {ci[1]:{spec}}]"
+
+
+def label(row: dict) -> str:
+    name = NAMES.get(row["method"], row["method"])
+    if row["variant"] == "original":
+        return "original"
+    return f"{name}{' (whole layers)' if row['mlp'] else ''}, {'trained' if row['scaled'] else 'unscaled'}"
+
+
 def main(paths: list[str]) -> None:
-    print("| k | variant | attention blocks | NLL | KL | top-1 agr. | exact match | answer agr. | GSM8K flex | "
-          "mean MMD² |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for p in paths:
-        res = json.loads((Path(p) / "eval.json").read_text())
+    results = [(p, json.loads((Path(p) / "eval.json").read_text())) for p in paths]
+    print("| k | variant | attention blocks | NLL | KL | top-1 agr. | answer agr. | mean MMD² |")
+    print("|---|---|---|---|---|---|---|---|")
+    done_original = False
+    for p, res in results:
         mmd = res.get("layer_mmd", {})
         for r in res["rows"]:
+            if r["variant"] == "original":
+                if done_original:
+                    continue
+                done_original = True
             blocks = r["attention"]
             per = mmd.get(r["variant"])
             tail = per[min(blocks):] if per and blocks else None
             mean = sum(tail) / len(tail) if tail else None
-            name = r["variant"] + (" (whole layers)" if r["mlp"] else "")
-            print(f"| {r['k']} | {name} | {' '.join(map(str, blocks)) or '–'} | {fmt(r['nll'], '.3f')} | "
-                  f"{fmt(r['kl'], '.3f')} | {fmt(r['agreement'], '.3f')} | {fmt(r['exact_match'], '.2f')} | "
-                  f"{fmt(r['answer_agreement'], '.2f')} | {fmt(r['gsm8k_flexible'], '.2f')} | {fmt(mean, '.4f')} |")
+            print(f"| {r['k']} | {label(r)} | {' '.join(map(str, blocks)) or '–'} | "
+                  f"{with_ci(r['nll'], r.get('nll_ci'), '.3f')} | {with_ci(r['kl'], r.get('kl_ci'), '.3f')} | "
+                  f"{with_ci(r['agreement'], r.get('agreement_ci'), '.3f')} | "
+                  f"{with_ci(r.get('answer_agreement'), r.get('answer_agreement_ci'), '.2f')} | {fmt(mean, '.4f')} |")
+    for p, res in results:
         print(f"<!-- {p}: {res['prompts']} held-out prompts, {res['tokens']} answer tokens, generations <= "
               f"{res['max_new_tokens']} tokens -->")
+    print()
+    print("| k | a − b (same prompts) | " + " | ".join(h for _, h in DIFF_COLUMNS) + " |")
+    print("|---|---|" + "---|" * len(DIFF_COLUMNS))
+    for p, res in results:
+        diffs = [d for d in res.get("diffs") or [] if d["b"] != "original"]
+        if not diffs:
+            print(f"| | {p}: no paired differences (eval.json from before the intervals; rerun `hopscotch eval`) |"
+                  + " |" * len(DIFF_COLUMNS))
+            continue
+        rows = {r["variant"]: r for r in res["rows"]}
+        for a, b in dict.fromkeys((d["a"], d["b"]) for d in diffs):
+            cells = []
+            for metric, _ in DIFF_COLUMNS:
+                d = next((x for x in diffs if (x["a"], x["b"], x["metric"]) == (a, b, metric)), None)
+                if d is None:
+                    cells.append("–")
+                    continue
+                spec = ".2f" if metric == "answer_agreement" else ".3f"
+                text = f"{d['diff']:+{spec}} [{d['ci'][0]:+{spec}}, {d['ci'][1]:+{spec}}]"
+                cells.append(f"**{text}** ✱" if d["excludes_zero"] else text)
+            print(f"| {rows[a]['k']} | {label(rows[a])} − {label(rows[b])} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -118,7 +118,15 @@ def cached_singular_values(stamp: str | None, top_k: int | None = None):
 
 
 # ------------------------------------------------------------------------------------------------- fidelity
-def compare(hs, rows, variants: dict[str, dict]) -> dict[str, dict]:
+def example_index(row) -> torch.Tensor:
+    """(N,) int64: for each response position of a packed `row`, the index (into the examples given to data.pack)
+    of the example it belongs to; an example starts where position_ids restart at 0."""
+    starts = torch.cumsum((row.position_ids[0] == 0).long(), 0) - 1  # (T,) example slot within the row
+    ids = torch.as_tensor(list(row.example_ids), dtype=torch.long)
+    return ids[starts[row.positions.cpu()]]
+
+
+def compare(hs, rows, variants: dict[str, dict], per_example: bool = False) -> dict[str, dict]:
     """The original model against several modified ones, on packed rows of its own answers (data.pack).
 
     `variants` maps a name to configure() arguments ({"skipped": [...], "scales": ..., "skipped_mlp": [...]}).
@@ -126,9 +134,17 @@ def compare(hs, rows, variants: dict[str, dict]) -> dict[str, dict]:
     KL(original || modified) of the next-token distributions, `agreement` = share of positions where both top-1
     tokens agree (teacher-forced). "original" holds the original model's own nll/ppl. The original logits are
     computed once per row for all variants; the handle is left reset (all ones, nothing skipped).
+
+    With `per_example`, each entry also holds `examples`: per example given to data.pack (in that order), its
+    response `tokens` and its own token means `nll` (and, for a variant, `kl`, `agreement`); None for an example
+    with no response tokens. The token-weighted mean of those per-example means is the overall figure, so
+    stats.mean_ci(values, weights=tokens) is its interval. Computed in the same forward passes.
     """
     zero = {"nll": 0.0, "kl": 0.0, "agree": 0.0}
     tot = {name: dict(zero) for name in ["original", *variants]}
+    n_ex = 1 + max((max(r.example_ids) for r in rows if r.example_ids), default=-1) if per_example else 0
+    per = {name: {k: torch.zeros(n_ex, dtype=torch.float64) for k in zero} for name in tot}
+    count = torch.zeros(n_ex, dtype=torch.float64)
     n = 0
     with torch.no_grad():
         for row in rows:
@@ -136,14 +152,23 @@ def compare(hs, rows, variants: dict[str, dict]) -> dict[str, dict]:
             lo = row_logits(hs.model, row)
             lpo = torch.log_softmax(lo, -1)
             tgt = row.targets.to(lo.device)
-            tot["original"]["nll"] += float(torch.nn.functional.nll_loss(lpo, tgt, reduction="sum"))
+            ex = example_index(row) if per_example else None
+
+            def add(name: str, key: str, values: torch.Tensor, ex=ex) -> None:  # values (N,): per position
+                tot[name][key] += float(values.sum())
+                if ex is not None:
+                    per[name][key].index_add_(0, ex, values.double().cpu())
+
+            add("original", "nll", torch.nn.functional.nll_loss(lpo, tgt, reduction="none"))
             for name, v in variants.items():
                 hs.configure(v.get("skipped", ()), v.get("scales"), v.get("skipped_mlp", ()))
                 lm = row_logits(hs.model, row)
                 lpm = torch.log_softmax(lm, -1)
-                tot[name]["nll"] += float(torch.nn.functional.nll_loss(lpm, tgt, reduction="sum"))
-                tot[name]["kl"] += float((lpo.exp() * (lpo - lpm)).sum())
-                tot[name]["agree"] += float((lo.argmax(-1) == lm.argmax(-1)).sum())
+                add(name, "nll", torch.nn.functional.nll_loss(lpm, tgt, reduction="none"))
+                add(name, "kl", (lpo.exp() * (lpo - lpm)).sum(-1))
+                add(name, "agree", (lo.argmax(-1) == lm.argmax(-1)).float())
+            if ex is not None:
+                count.index_add_(0, ex, torch.ones(len(ex), dtype=torch.float64))
             n += row.n_tokens
     hs.reset()
     if n == 0:
@@ -154,6 +179,11 @@ def compare(hs, rows, variants: dict[str, dict]) -> dict[str, dict]:
         out[name] = {"nll": nll, "ppl": math.exp(nll), "tokens": n}
         if name != "original":
             out[name].update(kl=t["kl"] / n, agreement=t["agree"] / n)
+        if per_example:
+            keys = ("nll",) if name == "original" else ("nll", "kl", "agree")
+            means = {("agreement" if k == "agree" else k): [float(per[name][k][i] / count[i]) if count[i] else None
+                                                            for i in range(n_ex)] for k in keys}
+            out[name]["examples"] = {"tokens": [int(c) for c in count], **means}
     return out
 
 

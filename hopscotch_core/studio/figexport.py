@@ -269,7 +269,8 @@ def _panels(fig: go.Figure) -> dict[str, str]:
 
 
 def figure_table(fig: go.Figure | dict) -> pd.DataFrame:
-    """One row per plotted point of every trace: trace, [panel], x, y, [z], [customdata], [text]. Optional columns
+    """One row per plotted point of every trace: trace, [panel], x, y, [y_low, y_high] (the ends of error bars),
+    [z], [customdata], [text]. Optional columns
     appear only when some trace has them. Heatmap cells are rows (x and y are the cell's column and row labels);
     cells without a value (not plotted) are left out."""
     fig = fig if isinstance(fig, go.Figure) else go.Figure(fig)
@@ -304,15 +305,22 @@ def figure_table(fig: go.Figure | dict) -> pd.DataFrame:
         n = len(ys if ys is not None else xs)
         xs = xs if xs is not None else list(range(n))
         ys = ys if ys is not None else [None] * n
+        err = getattr(t, "error_y", None)
+        plus = _flat(err.array) if err is not None and err.array is not None else None
+        minus = _flat(err.arrayminus) if err is not None and err.arrayminus is not None else plus
         for j in range(n):
             row = {**base, "x": _cell(xs[j]) if j < len(xs) else None, "y": _cell(ys[j])}
+            if plus is not None and j < len(plus) and isinstance(ys[j], (int, float)):
+                up, down = plus[j], minus[j] if minus is not None and j < len(minus) else None
+                row["y_low"] = None if down is None else float(ys[j]) - float(down)
+                row["y_high"] = None if up is None else float(ys[j]) + float(up)
             if custom is not None and j < len(custom):
                 row["customdata"] = _cell(custom[j])
             if text is not None and j < len(text):
                 row["text"] = _cell(text[j])
             rows.append(row)
     cols = ["trace", *(["panel"] if panels else []), "x", "y"]
-    cols += [c for c in ("z", "customdata", "text") if any(c in r for r in rows)]
+    cols += [c for c in ("y_low", "y_high", "z", "customdata", "text") if any(c in r for r in rows)]
     return pd.DataFrame(rows, columns=cols, dtype=object)  # object: ints stay ints, floats keep every digit
 
 

@@ -341,21 +341,50 @@ def drift(result, skipped: Iterable[int] | None = None, layers: Iterable[int] | 
 
 
 # ------------------------------------------------------------------------------------------------ runs
+def error_bars(values, intervals) -> dict | None:
+    """Plotly `error_y` for bars at `values` with 95% intervals [low, high] (None where a value has none): the
+    bars reach from low to high; None when no value has an interval (a file from before the intervals)."""
+    lows, highs, any_ci = [], [], False
+    for y, ci in zip(values, intervals):
+        ok = (isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci)
+              and isinstance(y, (int, float)) and np.isfinite(y))
+        any_ci |= ok
+        highs.append(float(ci[1]) - float(y) if ok else None)
+        lows.append(float(y) - float(ci[0]) if ok else None)
+    if not any_ci:
+        return None
+    return {"type": "data", "symmetric": False, "array": highs, "arrayminus": lows, "thickness": 1.2, "width": 3}
+
+
 def fidelity(table: pd.DataFrame, title: str = "Fidelity to the original model (held-out)") -> go.Figure:
     """Side by side per run and variant: held-out NLL, KL(original || modified), top-1 agreement.
 
-    `table` has columns run, variant, nll, kl, agreement (one row per run and variant)."""
+    `table` has columns run, variant, nll, kl, agreement (one row per run and variant) and, from eval.json,
+    optionally nll_ci, kl_ci, agreement_ci ([low, high]): drawn as error bars (95% bootstrap over prompts)."""
     if table is None or not len(table):
         return _empty(title, "no evaluated runs")
     fig = make_subplots(rows=1, cols=3, subplot_titles=("held-out NLL", "KL(original ‖ modified)",
                                                         "top-1 agreement"))
     variants = list(dict.fromkeys(table["variant"]))
+    has_ci = False
     for i, variant in enumerate(variants):
         part = table[table["variant"] == variant]
         for col, metric in enumerate(("nll", "kl", "agreement"), start=1):
-            fig.add_trace(go.Bar(x=list(part["run"]), y=list(part[metric]), name=variant, legendgroup=variant,
-                                 marker_color=_color(i), showlegend=col == 1,
-                                 hovertemplate=f"%{{x}}<br>{variant}<br>{metric} %{{y:.4f}}<extra></extra>"),
+            y = list(part[metric])
+            cis = list(part[f"{metric}_ci"]) if f"{metric}_ci" in part.columns else [None] * len(y)
+            err = error_bars(y, cis)
+            has_ci |= err is not None
+            extra: dict = {}
+            if err is not None:  # the interval in the hover text (y - arrayminus .. y + array)
+                extra["customdata"] = [[v - m, v + p] if p is not None else [None, None]
+                                       for v, m, p in zip(y, err["arrayminus"], err["array"])]
+            ci_hover = " [%{customdata[0]:.4f}, %{customdata[1]:.4f}]" if err is not None else ""
+            fig.add_trace(go.Bar(x=list(part["run"]), y=y, name=variant, legendgroup=variant,
+                                 marker_color=_color(i), showlegend=col == 1, error_y=err, **extra,
+                                 hovertemplate=f"%{{x}}<br>{variant}<br>{metric} %{{y:.4f}}{ci_hover}"
+                                               "<extra></extra>"),
                           row=1, col=col)
-    fig.update_layout(title=title, barmode="group", height=400, **_LAYOUT)
+    if has_ci:
+        title = f"{title}<br><sup>error bars: 95% bootstrap intervals over the held-out prompts</sup>"
+    fig.update_layout(title=title, barmode="group", height=420 if has_ci else 400, **_LAYOUT)
     return fig

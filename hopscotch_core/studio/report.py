@@ -32,7 +32,7 @@ from .figexport import figure_csv, file_stem
 from ..fileio import atomic_write
 from .jobs import command_line
 from ..method.runs import MANIFEST, RunError
-from .runview import RunView
+from .runview import RunView, diff_table
 
 
 @dataclass
@@ -65,8 +65,17 @@ def _blocks(v: Any) -> Any:
     return " ".join(str(b) for b in v) if isinstance(v, (list, tuple)) else v
 
 
+def _interval(v: Any) -> Any:
+    if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(c, (int, float)) for c in v):
+        return f"[{v[0]:.4f}, {v[1]:.4f}]"
+    return "–" if v is None else v
+
+
 def _cells(df: pd.DataFrame) -> pd.DataFrame:
-    return df.apply(lambda col: col.map(_blocks)) if len(df) else df
+    """Lists as text: blocks `7 6 25`, intervals (columns *_ci) `[low, high]`."""
+    if not len(df):
+        return df
+    return df.apply(lambda col: col.map(_interval if str(col.name).endswith("_ci") else _blocks))
 
 
 def _sections(run: RunView) -> list[_Section]:
@@ -138,12 +147,22 @@ def _sections(run: RunView) -> list[_Section]:
     fid = run.fidelity()
     if len(fid):
         source = "eval.json (`hopscotch eval`)" if run.eval_rows() else "the run's own evaluation"
+        has_ci = any(c.endswith("_ci") for c in fid.columns)
         sec.items.append(_Table(_cells(fid),
-                                f"Held-out, one row per variant, from {source}."))
+                                f"Held-out, one row per variant, from {source}."
+                                + (" `_ci`: 95% bootstrap interval over the held-out prompts [low, high]."
+                                   if has_ci else "")))
         bars = fid[fid["variant"] != "original"].assign(run=run.name)
         if len(bars) and {"nll", "kl", "agreement"} <= set(bars.columns):
-            sec.items.append(_Figure("fidelity", figures.fidelity(bars[["run", "variant", "nll", "kl", "agreement"]]),
-                                     "Held-out NLL, KL(original ‖ modified) and top-1 agreement per variant."))
+            cols = ["run", "variant", "nll", "kl", "agreement"]
+            cols += [c for c in ("nll_ci", "kl_ci", "agreement_ci") if c in bars.columns]
+            sec.items.append(_Figure("fidelity", figures.fidelity(bars[cols]),
+                                     "Held-out NLL, KL(original ‖ modified) and top-1 agreement per variant"
+                                     + ("; error bars: 95% intervals over the prompts." if has_ci else ".")))
+        diffs = run.eval_diffs()
+        if diffs:
+            sec.items.append(_Table(diff_table(diffs), "Paired differences a − b over the same held-out prompts, "
+                                    "95% interval; ✱ where it excludes 0."))
         mmd = run.eval_layer_mmd()
         blocks = {r.get("variant"): r.get("attention") or [] for r in run.eval_rows() or []}
         for variant, values in mmd.items():

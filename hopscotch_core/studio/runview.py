@@ -33,6 +33,66 @@ def _rows(obj: Any) -> list[dict] | None:
     return None
 
 
+def _interval(ci: Any) -> list[float] | None:
+    """[low, high] when `ci` is one (two numbers), else None (a file from before the intervals, or no figure)."""
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci):
+        return [float(ci[0]), float(ci[1])]
+    return None
+
+
+DIFF_METRICS = ("nll", "kl", "agreement", "answer_agreement")
+DIFF_LABELS = {"nll": "NLL", "kl": "KL", "agreement": "top-1", "answer_agreement": "answer agr.",
+               "exact_match": "exact match", "gsm8k_strict": "GSM8K strict", "gsm8k_flexible": "GSM8K flex"}
+
+
+def diff_table(diffs: list[dict], metrics: tuple[str, ...] = DIFF_METRICS, label_a: str = "",
+               label_b: str = "") -> pd.DataFrame:
+    """Paired differences as one row per pair (a, b): per metric `a - b [low, high]` with `✱` where the 95%
+    interval excludes 0, and `excludes 0`: the metrics whose interval does. `label_a`/`label_b` prefix the
+    variant names (run names, across runs)."""
+    rows: dict[tuple, dict] = {}
+    for d in diffs:
+        if d.get("metric") not in metrics:
+            continue
+        key = (label_a + str(d["a"]), label_b + str(d["b"]))
+        row = rows.setdefault(key, {"a": key[0], "b": key[1], **{DIFF_LABELS[m]: "" for m in metrics},
+                                    "excludes 0": []})
+        lo, hi = d["ci"]
+        mark = bool(d.get("excludes_zero"))
+        row[DIFF_LABELS[d["metric"]]] = f"{d['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (" ✱" if mark else "")
+        if mark:
+            row["excludes 0"].append(DIFF_LABELS[d["metric"]])
+    out = [{**r, "excludes 0": ", ".join(r["excludes 0"]) or "—"} for r in rows.values()]
+    return pd.DataFrame(out, columns=["a", "b", *(DIFF_LABELS[m] for m in metrics), "excludes 0"])
+
+
+def fidelity_diffs(views: list[RunView], metrics: tuple[str, ...] = DIFF_METRICS) -> pd.DataFrame:
+    """The Runs comparison's differences: each run's own `diffs` (trained vs unscaled, hopscotch vs baselines;
+    not the ones against the original), and, for two runs evaluated on the same held-out prompts and answers,
+    each variant the two share (measure.evaluation.compare_variants). Variants are named `run · variant`."""
+    from ..measure.evaluation import EvalError, compare_variants
+
+    parts = []
+    for v in views:
+        own = [d for d in v.eval_diffs() if d.get("b") != "original"]
+        if own:
+            parts.append(diff_table(own, metrics, f"{v.name} · ", f"{v.name} · "))
+    for i, a in enumerate(views):
+        for b in views[i + 1:]:
+            ra, rb = a.eval_rows() or [], b.eval_rows() or []
+            shared = [r["variant"] for r in ra if r.get("variant") != "original"
+                      and any(x.get("variant") == r.get("variant") for x in rb)]
+            for variant in shared:
+                try:
+                    got = compare_variants(a.dir, variant, variant, other=b.dir, figures=metrics)
+                except EvalError:
+                    break  # not on the same prompts / answers, or files without per-prompt values: no pairing
+                parts.append(diff_table(got, metrics, f"{a.name} · ", f"{b.name} · "))
+    if not parts:
+        return diff_table([], metrics)
+    return pd.concat(parts, ignore_index=True)
+
+
 class RunView:
     """Read-only access to one run directory (it may be live, partial, or a bundled example)."""
 
@@ -220,6 +280,14 @@ class RunView:
             return {}
         return {k: [float(x) for x in v] for k, v in mmd.items()
                 if isinstance(v, list) and all(isinstance(x, (int, float)) for x in v)}
+
+    def eval_diffs(self) -> list[dict]:
+        """eval.json's paired differences between variants (`diffs`: a, b, metric, diff, ci, excludes_zero), or []
+        for a file written before they were kept."""
+        obj = self._json("eval.json") or {}
+        diffs = obj.get("diffs") if _rows(obj) is not None else None
+        return [d for d in diffs or [] if isinstance(d, dict) and _interval(d.get("ci")) is not None
+                and isinstance(d.get("diff"), (int, float))]
 
     def bench(self) -> dict | None:
         obj = self._json("bench.json")

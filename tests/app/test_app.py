@@ -238,11 +238,19 @@ def test_runs_page_resumes_and_deletes(runs, world):
 def test_runs_page_shows_eval_and_bench_files_when_present(runs, world):
     d = runs / "measured"
     shutil.copytree(world.example, d)
+    per_prompt = {"prompts": ["p0", "p1", "p2", "p3"], "tokens": [10, 12, 8, 10], "variants": {
+        "original": {"nll": [1.0, 1.1, 0.9, 1.0]}, "hopscotch": {"nll": [1.5, 1.6, 1.4, 1.5]}}}
     write_json(d / "eval.json", {"format_version": 1, "layer_mmd": {"hopscotch": [0.0, 0.2, 0.4, 0.3]}, "rows": [
         {"variant": "original", "method": "original", "scaled": False, "attention": [], "mlp": [], "k": 0,
-         "nll": 1.0, "ppl": 2.7, "kl": 0.0, "agreement": 1.0, "exact_match": 1.0},
+         "nll": 1.0, "ppl": 2.7, "kl": 0.0, "agreement": 1.0, "exact_match": 1.0, "nll_ci": [0.9, 1.1]},
         {"variant": "hopscotch", "method": "hopscotch", "scaled": True, "attention": [1, 2], "mlp": [], "k": 2,
-         "nll": 1.5, "ppl": 4.5, "kl": 0.2, "agreement": 0.8, "exact_match": 0.25}]})
+         "nll": 1.5, "ppl": 4.5, "kl": 0.2, "agreement": 0.8, "exact_match": 0.25, "nll_ci": [1.25, 1.75],
+         "kl_ci": [0.125, 0.3], "agreement_ci": [0.7, 0.875]}],
+        "diffs": [{"a": "hopscotch", "b": "hopscotch-unscaled", "metric": "nll", "diff": -0.25, "ci": [-0.375, -0.125],
+                   "excludes_zero": True},
+                  {"a": "hopscotch", "b": "hopscotch-unscaled", "metric": "kl", "diff": 0.01, "ci": [-0.02, 0.04],
+                   "excludes_zero": False}],
+        "per_prompt": per_prompt})
     write_json(d / "bench.json", {"format_version": 1, "device": "cpu", "dtype": "float32", "rows": [
         {"variant": "original", "k": 0, "context": 128, "speedup_decode": 1.0},
         {"variant": "compact", "k": 2, "context": 128, "speedup_decode": 1.1}]})
@@ -256,6 +264,32 @@ def test_runs_page_shows_eval_and_bench_files_when_present(runs, world):
     traces = {t["name"]: t["y"] for t in figure(at, "runs_elbow")["data"]}
     assert traces["hopscotch trained (held-out)"] == [1.5]  # held-out markers come from eval.json
     assert traces["original (held-out)"] == [1.0, 1.0]
+    # the run's fidelity figure: error bars from eval.json's intervals; its differences marked where they exclude 0
+    bars = figure(at, "runs_fid")["data"]
+    nll = next(t for t in bars if t["name"] == "hopscotch" and t.get("xaxis", "x") == "x")
+    assert nll["y"][0] - nll["error_y"]["arrayminus"][0] == 1.25 and nll["y"][0] + nll["error_y"]["array"][0] == 1.75
+    own = next(f for f in frames if "excludes 0" in f.columns)
+    assert own.iloc[0]["NLL"].endswith("✱") and not own.iloc[0]["KL"].endswith("✱")
+    assert own.iloc[0]["excludes 0"] == "NLL"
+    # comparing two runs evaluated on the same prompts: the same variant in both, paired, marked
+    d2 = runs / "measured2"
+    shutil.copytree(d, d2)
+    for run_dir in (d, d2):  # names of their own (the selectors label runs by manifest name)
+        write_json(run_dir / "manifest.json", {**read_json(run_dir / "manifest.json"), "name": run_dir.name})
+    ev = read_json(d2 / "eval.json")
+    ev["per_prompt"]["variants"]["hopscotch"]["nll"] = [1.0, 1.15, 0.85, 1.05]
+    write_json(d2 / "eval.json", ev)
+    at = visit(start(), "runs")
+    at.multiselect(key="runs_compare").set_value([str(d), str(d2)]).run()
+    assert not at.exception, at.exception
+    cmp = figure(at, "runs_fidelity")["data"]
+    assert [t["error_y"]["array"] for t in cmp if t["name"] == "hopscotch" and t.get("xaxis", "x") == "x"] == \
+        [[0.25, 0.25]]
+    table = next(f.value for f in at.dataframe if "excludes 0" in f.value.columns and len(f.value) > 2)
+    cross = table[(table["a"] == "measured · hopscotch") & (table["b"] == "measured2 · hopscotch")].iloc[0]
+    # token-weighted means 1.51 and 1.0275 over the same four prompts; every resample keeps a - b above 0.45
+    assert cross["NLL"].startswith("+0.483 [+0.4") and cross["NLL"].endswith("✱") and cross["excludes 0"] == "NLL"
+    assert "✱ = excludes 0" in texts(at)
 
 
 # ------------------------------------------------------------------------------------------------ errors

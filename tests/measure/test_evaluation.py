@@ -157,3 +157,188 @@ def test_bench_writes_into_the_run(finished, tmp_path, capsys):
     assert cli.main(["bench", "--model", str(finished / "m"), "--contexts", "8"]) == 2
     assert "--skip" in capsys.readouterr().err
     assert torch.get_num_threads() >= 1
+
+
+# ------------------------------------------------------------------------------------------------ intervals
+def _evaluated(finished, tmp_path):
+    """A copy of the finished run with eval.json written by this code."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(finished / "runs", runs)
+    assert cli.main(["eval", "--run", "r", "--runs-dir", str(runs)]) == 0
+    run = RunStore(runs).open("r")
+    return run, json.loads(run.file("eval.json").read_text())
+
+
+def _reference_per_prompt(finished, run):
+    """Per held-out prompt and variant, the token means of NLL, KL(original || variant) and top-1 agreement from
+    one plain forward of that prompt + answer alone (no packing), and its response tokens."""
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(finished / "m", dtype=torch.float32).eval()
+    held = sorted((a for a in read_jsonl(run.file("answers.jsonl")) if a["index"] >= 10), key=lambda a: a["index"])
+    variants = evaluation.variants_of(run)
+    out = {v["variant"]: {"nll": [], "kl": [], "agreement": []} for v in variants}
+    out["original"] = {"nll": []}
+    tokens = []
+    hs = attach(model)
+
+    def logprobs(ids, n_resp):
+        with torch.no_grad():
+            lg = model(input_ids=torch.tensor([ids])).logits[0, -n_resp - 1:-1].float()
+        return torch.log_softmax(lg, -1)  # (n_resp, V): the positions predicting the response
+
+    for a in held:
+        ids, resp = a["prompt_ids"] + a["response_ids"], a["response_ids"]
+        tokens.append(len(resp))
+        tgt = torch.tensor(resp)
+        lpo = logprobs(ids, len(resp))
+        out["original"]["nll"].append(float(-lpo[torch.arange(len(resp)), tgt].mean()))
+        for v in variants:
+            with hs.applied(v["attention"], v["scales"], v["mlp"]):
+                lpm = logprobs(ids, len(resp))
+            o = out[v["variant"]]
+            o["nll"].append(float(-lpm[torch.arange(len(resp)), tgt].mean()))
+            o["kl"].append(float((lpo.exp() * (lpo - lpm)).sum(-1).mean()))
+            o["agreement"].append(float((lpo.argmax(-1) == lpm.argmax(-1)).float().mean()))
+    hs.detach()
+    return out, tokens
+
+
+def _loop_interval(a, w, b=None, n=4000, seed=1):
+    """Reference bootstrap written here: resample prompts, the weighted mean (of a - b when paired) per resample,
+    its 2.5 / 97.5 percentiles."""
+    import numpy as np
+
+    a, w = np.asarray(a), np.asarray(w, dtype=float)
+    b = np.zeros_like(a) if b is None else np.asarray(b)
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(n, len(a)))
+    stat = ((a[idx] - b[idx]) * w[idx]).sum(1) / w[idx].sum(1)
+    return np.percentile(stat, [2.5, 97.5])
+
+
+def test_every_figure_has_an_interval_from_per_prompt_values(finished, tmp_path):
+    import numpy as np
+
+    from hopscotch_core.measure import stats
+
+    run, res = _evaluated(finished, tmp_path)
+    ref, tokens = _reference_per_prompt(finished, run)
+    per = res["per_prompt"]
+    assert per["tokens"] == tokens and len(per["prompts"]) == res["prompts"] == 6
+    rows = {r["variant"]: r for r in res["rows"]}
+    for name, figs in ref.items():
+        for fig, values in figs.items():
+            got = per["variants"][name][fig]
+            assert got == pytest.approx(values, rel=1e-4, abs=1e-5), (name, fig)
+            # the figure is the token-weighted mean of its per-prompt values
+            assert rows[name][fig] == pytest.approx(np.average(values, weights=tokens), rel=1e-4, abs=1e-6)
+            low, high = rows[name][f"{fig}_ci"]
+            assert low <= rows[name][fig] <= high
+            assert [low, high] == pytest.approx(list(stats.mean_ci(values, weights=tokens)), rel=1e-3, abs=1e-5)
+            if fig != "agreement":  # continuous values: close to a plain resampling loop (BCa vs percentile)
+                lo_ref, hi_ref = _loop_interval(values, tokens)
+                assert abs(low - lo_ref) < 0.3 * (hi_ref - lo_ref) and abs(high - hi_ref) < 0.3 * (hi_ref - lo_ref)
+    assert rows["original"]["kl_ci"] == [0.0, 0.0] and rows["original"]["agreement_ci"] == [1.0, 1.0]
+    assert rows["hopscotch-unscaled"]["nll_ci"][1] > rows["hopscotch-unscaled"]["nll_ci"][0]
+    # answer-level figures: 0/1 per prompt recomputed from the stored generations
+    gen = read_jsonl(run.file("eval-answers.jsonl"))
+    texts = {v: [g["text"] for g in sorted((g for g in gen if g["variant"] == v), key=lambda g: g["index"])]
+             for v in rows}
+    gold = [r["answer"] for r in json.loads(run.file("prompts.json").read_text())["eval"]]
+    for name in rows:
+        em = [float(t == o) for t, o in zip(texts[name], texts["original"])]
+        assert per["variants"][name]["exact_match"] == em
+        assert rows[name]["exact_match_ci"] == pytest.approx(list(stats.mean_ci(em)))
+        flex = [float(metrics.extract_flexible(t) == metrics.extract_strict(g)) for t, g in zip(texts[name], gold)]
+        assert per["variants"][name]["gsm8k_flexible"] == flex
+        assert rows[name]["gsm8k_flexible_ci"] == pytest.approx(list(stats.mean_ci(flex)))
+    # eval.csv carries the bounds
+    with run.file("eval.csv").open() as f:
+        table = {t["variant"]: t for t in csv.DictReader(f)}
+    for name, r in rows.items():
+        for fig in ("nll", "kl", "agreement", "exact_match"):
+            assert float(table[name][f"{fig}_ci_low"]) == pytest.approx(r[f"{fig}_ci"][0])
+            assert float(table[name][f"{fig}_ci_high"]) == pytest.approx(r[f"{fig}_ci"][1])
+    text = evaluation.format_table(res)
+    lo, hi = rows["hopscotch"]["nll_ci"]
+    assert f"{rows['hopscotch']['nll']:.3f} [{lo:.3f}, {hi:.3f}]" in text and "excludes 0" in text
+
+
+def test_paired_differences_between_any_two_variants(finished, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    run, res = _evaluated(finished, tmp_path)
+    ref, tokens = _reference_per_prompt(finished, run)
+    diffs = {(d["a"], d["b"], d["metric"]): d for d in res["diffs"]}
+    # the default pairs: vs the original, trained vs unscaled of each skip set, hopscotch vs each baseline
+    for key in [("hopscotch", "original", "nll"), ("hopscotch", "hopscotch-unscaled", "kl"),
+                ("shortgpt", "shortgpt-unscaled", "agreement"), ("hopscotch", "attn-bi", "nll"),
+                ("hopscotch-unscaled", "shortgpt-unscaled", "kl"), ("hopscotch", "original", "exact_match")]:
+        assert key in diffs, key
+    d = diffs[("hopscotch", "hopscotch-unscaled", "nll")]
+    a, b = ref["hopscotch"]["nll"], ref["hopscotch-unscaled"]["nll"]
+    want = np.average(a, weights=tokens) - np.average(b, weights=tokens)
+    assert d["diff"] == pytest.approx(want, rel=1e-3, abs=1e-6) and d["prompts"] == 6
+    low, high = d["ci"]
+    assert low <= d["diff"] <= high and d["excludes_zero"] == (low > 0 or high < 0)
+    lo_ref, hi_ref = _loop_interval(a, tokens, b)
+    assert abs(low - lo_ref) < 0.3 * (hi_ref - lo_ref) and abs(high - hi_ref) < 0.3 * (hi_ref - lo_ref)
+    # any pair, also one not in `diffs`, from the run directory
+    got = {c["metric"]: c for c in evaluation.compare_variants(run, "shortgpt", "attn-bi-unscaled")}
+    assert set(got) >= {"nll", "kl", "agreement", "exact_match"}
+    want = np.average(ref["shortgpt"]["kl"], weights=tokens) - np.average(ref["attn-bi-unscaled"]["kl"],
+                                                                          weights=tokens)
+    assert got["kl"]["diff"] == pytest.approx(want, rel=1e-3, abs=1e-6)
+    same = evaluation.compare_variants(run, "hopscotch", "hopscotch")
+    assert all(c["diff"] == 0 and c["ci"] == [0.0, 0.0] and not c["excludes_zero"] for c in same)
+    # across two runs evaluated on the same prompts and answers
+    other = tmp_path / "other"
+    shutil.copytree(run.dir, other)
+    cross = {c["metric"]: c for c in evaluation.compare_variants(run.dir, "hopscotch", "hopscotch", other=other)}
+    assert cross["nll"]["diff"] == 0
+    bad = json.loads((other / "eval.json").read_text())
+    bad["per_prompt"]["prompts"][0] = "something-else"
+    with pytest.raises(evaluation.EvalError, match="different held-out prompts"):
+        evaluation.compare_variants(run, "hopscotch", "hopscotch", other=bad)
+    with pytest.raises(evaluation.EvalError, match="no per-prompt values for variant 'nope'"):
+        evaluation.compare_variants(run, "hopscotch", "nope")
+    old = {k: v for k, v in res.items() if k not in ("per_prompt", "diffs")}
+    with pytest.raises(evaluation.EvalError, match="no per-prompt values"):
+        evaluation.compare_variants(old, "hopscotch", "original")
+
+
+def test_old_eval_files_without_intervals_still_read(finished, tmp_path):
+    """eval.json written before the intervals (no _ci, per_prompt, diffs): the table and the readers show plain
+    values."""
+    from hopscotch_core.studio.runview import RunView
+
+    run, res = _evaluated(finished, tmp_path)
+    old = {k: v for k, v in res.items() if k not in ("per_prompt", "diffs", "confidence")}
+    old["rows"] = [{k: v for k, v in r.items() if not k.endswith("_ci")} for r in res["rows"]]
+    text = evaluation.format_table(old)
+    assert f"{old['rows'][2]['nll']:.3f}" in text and "[" not in text
+    run.file("eval.json").write_text(json.dumps(old))
+    fid = RunView(run.dir).fidelity()
+    assert list(fid["variant"])[:3] == ["original", "hopscotch-unscaled", "hopscotch"]
+    assert RunView(run.dir).eval_diffs() == []
+    from hopscotch_core.studio.report import build_report
+
+    html = build_report(run.dir)  # the report of such a run: values without intervals, no differences table
+    assert "Fidelity to the original model" in html and "excludes 0" not in html
+
+
+def test_fidelity_only_eval_has_teacher_forced_intervals_only(finished, tmp_path):
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(finished / "runs", runs)
+    assert cli.main(["eval", "--run", "r", "--runs-dir", str(runs), "--tasks", "fidelity"]) == 0
+    res = json.loads((runs / "r" / "eval.json").read_text())
+    for r in res["rows"]:
+        assert r["nll_ci"][0] <= r["nll"] <= r["nll_ci"][1]
+        assert r["exact_match"] is None and r["exact_match_ci"] is None and r["gsm8k_flexible_ci"] is None
+    assert {d["metric"] for d in res["diffs"]} == {"nll", "kl", "agreement"}

@@ -213,3 +213,34 @@ def test_singular_values_are_kept_on_disk_for_the_same_weights_only(tiny_dir, tm
     fresh, _ = hc.load_model(tiny_dir, device="cpu")
     torch.testing.assert_close(torch.tensor(metrics.singular_values(fresh).sigma_max.values),
                                torch.tensor(want.sigma_max.values))
+
+
+def test_compare_per_example_values_are_each_example_alone(rows_and_handle):
+    """per_example: each example's token means equal a packing of that example alone (its own row), and their
+    token-weighted mean is the overall figure; rows hold several examples, so the split by example matters."""
+    from hopscotch_core.method import data
+
+    rows, hs = rows_and_handle
+    assert any(r.n_examples > 1 for r in rows)
+    variants = {"a": {"skipped": [1]}, "b": {"skipped": [0, 2], "scales": torch.full((4, 4), 0.9)}}
+    res = metrics.compare(hs, rows, variants, per_example=True)
+    examples = [None] * sum(r.n_examples for r in rows)
+    for r in rows:  # the examples back from the rows, in data.pack's numbering
+        starts = [i for i, p in enumerate(r.position_ids[0].tolist()) if p == 0] + [r.input_ids.shape[1]]
+        for slot, ex in enumerate(r.example_ids):
+            ids = r.input_ids[0, starts[slot]:starts[slot + 1]].tolist()
+            n = sum(1 for pos in r.positions.tolist() if starts[slot] <= pos < starts[slot + 1])
+            examples[ex] = data.Example(ids, [-100] * (len(ids) - n) + ids[len(ids) - n:])
+    for e, ex in enumerate(examples):
+        alone = metrics.compare(hs, data.pack([ex], 10_000), variants)
+        assert res["original"]["examples"]["tokens"][e] == alone["original"]["tokens"]
+        assert res["original"]["examples"]["nll"][e] == pytest.approx(alone["original"]["nll"], rel=1e-4)
+        for name in variants:
+            for fig in ("nll", "kl", "agreement"):
+                assert res[name]["examples"][fig][e] == pytest.approx(alone[name][fig], rel=1e-4, abs=1e-6)
+    w = res["original"]["examples"]["tokens"]
+    for name in ("original", *variants):
+        for fig in ("nll", "kl", "agreement") if name != "original" else ("nll",):
+            v = res[name]["examples"][fig]
+            assert sum(a * b for a, b in zip(v, w)) / sum(w) == pytest.approx(res[name][fig], rel=1e-5)
+    assert "examples" not in metrics.compare(hs, rows, variants)["a"]  # only when asked

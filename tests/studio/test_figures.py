@@ -147,3 +147,50 @@ def test_elbow_marks_the_suggested_k():
                       figures.elbow(rounds.assign(loss=0.5 + 0.1 * rounds["n_removed"]))):
         assert not any((t.name or "").startswith("suggested k") for t in no_marker.data)
         assert not no_marker.layout.shapes
+
+
+def _with_intervals(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([{**r, "run": "a"} for r in rows if r["variant"] != "original"])
+
+
+def test_fidelity_error_bars_are_the_intervals_of_eval_json(tmp_path):
+    """Each bar's error bar reaches exactly from the low to the high end of eval.json's 95% interval; a file from
+    before the intervals draws plain bars; figure_table exports the ends as y_low / y_high."""
+    from hopscotch_core.method.runs import write_json
+    from hopscotch_core.studio import figexport
+
+    rows = [{"variant": "original", "nll": 1.0, "kl": 0.0, "agreement": 1.0, "nll_ci": [0.9, 1.1],
+             "kl_ci": [0.0, 0.0], "agreement_ci": [1.0, 1.0]},
+            {"variant": "hopscotch", "nll": 1.25, "kl": 0.125, "agreement": 0.875, "nll_ci": [1.0, 1.75],
+             "kl_ci": [0.0625, 0.25], "agreement_ci": [0.75, 0.9375]},
+            {"variant": "random", "nll": 3.5, "kl": 2.0, "agreement": 0.25, "nll_ci": None, "kl_ci": [1.5, 2.5],
+             "agreement_ci": [0.125, 0.5]}]
+    d = tmp_path / "run"
+    d.mkdir()
+    write_json(d / "manifest.json", {"name": "run", "state": "done"})
+    write_json(d / "eval.json", {"format_version": 1, "rows": rows})
+    table = RunView(d).fidelity().assign(run="a")
+    fig = figures.fidelity(table[table["variant"] != "original"])
+    by = {(t.name, t.xaxis): t for t in fig.data}
+    for (name, axis), metric in zip([(v, a) for v in ("hopscotch", "random") for a in ("x", "x2", "x3")],
+                                    ["nll", "kl", "agreement"] * 2):
+        t = by[(name, axis)]
+        r = next(x for x in rows if x["variant"] == name)
+        y = t.y[0]
+        assert y == r[metric]
+        if r[f"{metric}_ci"] is None:
+            assert t.error_y.array is None  # the only bar of this trace has no interval
+            continue
+        assert y - t.error_y.arrayminus[0] == pytest.approx(r[f"{metric}_ci"][0], abs=1e-12)
+        assert y + t.error_y.array[0] == pytest.approx(r[f"{metric}_ci"][1], abs=1e-12)
+        assert list(t.customdata[0]) == pytest.approx(r[f"{metric}_ci"])
+    got = figexport.figure_table(fig)
+    row = got[(got["trace"] == "hopscotch") & (got["panel"] == "KL(original ‖ modified)")].iloc[0]
+    assert (row["y_low"], row["y_high"]) == (0.0625, 0.25)
+    assert "95% bootstrap" in fig.layout.title.text
+    # an eval.json from before the intervals: plain bars, no error bars, nothing fails
+    write_json(d / "eval.json", {"format_version": 1, "rows": [{k: v for k, v in r.items() if not k.endswith("_ci")}
+                                                               for r in rows]})
+    old = figures.fidelity(RunView(d).fidelity().assign(run="a"))
+    assert all(t.error_y.array is None for t in old.data) and "y_low" not in figexport.figure_table(old).columns
+    assert figures.error_bars([1.0, 2.0], [None, None]) is None

@@ -67,6 +67,14 @@ def test_the_report_holds_every_figure_and_table_of_a_run(run, world):
     for section in ("Results", "Selection", "Scale training", "Fidelity to the original model", "Speed and memory",
                     "Settings"):
         assert f"<h2>{section}</h2>" in html
+    ev = json.loads((run / "eval.json").read_text()) if (run / "eval.json").is_file() else {}
+    for r in ev.get("rows", []):  # intervals as [low, high] in the fidelity table, when eval.json has them
+        if r.get("nll_ci"):
+            assert f"[{r['nll_ci'][0]:.4f}, {r['nll_ci'][1]:.4f}]" in html
+    for d in ev.get("diffs", []):  # paired differences, ✱ where the interval excludes 0
+        if d["b"] != "original" and d["metric"] == "nll":
+            lo, hi = d["ci"]
+            assert f"{d['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (" ✱" if d["excludes_zero"] else "") in html
     if (run / "bench.json").is_file():
         rows = json.loads((run / "bench.json").read_text())["rows"]
         assert f"{rows[-1]['speedup_decode']:.4g}" in html and "Not available: no bench.json" not in html
