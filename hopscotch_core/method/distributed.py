@@ -222,11 +222,12 @@ class Group:
 LOCAL = Group()
 
 
-def _diff(a: Any, b: Any) -> str:
+def _diff(a: Any, b: Any, prefix: str = "") -> str:
     if isinstance(a, dict) and isinstance(b, dict):
         keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-        return "; ".join(f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in keys[:5])
-    return f"{a!r} vs {b!r}"
+        return "; ".join(_diff(a.get(k), b.get(k), f"{k}: ") if isinstance(a.get(k), dict) and isinstance(b.get(k), dict)
+                         else f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in keys[:5])
+    return f"{prefix}{a!r} vs {b!r}"
 
 
 def init(timeout_s: float | None = None, device: str = "auto") -> Group:
