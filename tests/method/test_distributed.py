@@ -311,3 +311,38 @@ def test_bad_input_one_message(world, tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     (line,) = [x for x in res.stderr.splitlines() if x.startswith("error:")]
     assert "MASTER_ADDR" in line and "torchrun" in line
+
+
+# ------------------------------------------------------------------------------------------------ app jobs
+def test_threads_per_process_share_the_cores():
+    from hopscotch_core.studio import jobs
+
+    assert [jobs.threads_per_process(n, 8) for n in (1, 2, 3, 4, 8, 16)] == [8, 4, 2, 2, 1, 1]
+    assert jobs.torchrun_args(["run", "--k", "2"], 4) == ["--standalone", "--nproc-per-node", "4", "-m",
+                                                          "hopscotch_core", "run", "--k", "2"]
+    with pytest.raises(jobs.JobError, match="only run, generate, select, train"):
+        jobs.start(["export", "--out", "x"], "runs-never-made", "x", nproc=2)
+
+
+@pytest.mark.subprocess
+def test_app_job_on_two_processes(world, tmp_path):
+    """jobs.start(..., nproc=2): the job runs torchrun with cores // 2 threads per process; the run is the
+    one-process run (world_size 2 in its manifest), its exit status and the command are recorded."""
+    from hopscotch_core.studio import jobs
+
+    root, model_dir, data_file = world
+    command = ["select", "--model", str(model_dir), "--data", str(data_file), "--k", "2", "--mode", "paper", *SMALL]
+    ref = reference(world, tmp_path, command)
+    runs = tmp_path / "runs"
+    rec = jobs.start(command, runs, "r", nproc=2, env={"PYTHONPATH": str(ROOT)})
+    assert rec["nproc"] == 2
+    deadline = time.time() + 120
+    while time.time() < deadline and jobs.is_alive(runs, "r"):
+        time.sleep(0.2)
+    s = jobs.status(runs, "r")
+    assert s["state"] == "selected" and jobs.record(runs, "r")["returncode"] == 0, s
+    log = jobs.log_file(runs, "r").read_text()
+    assert f"$ OMP_NUM_THREADS={jobs.threads_per_process(2)} torchrun --standalone --nproc-per-node 2 -m " \
+           "hopscotch_core select" in log
+    assert_same(outcome(runs / "r"), ref)
+    assert json.loads((runs / "r" / "manifest.json").read_text())["world_size"] == 2
