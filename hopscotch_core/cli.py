@@ -12,6 +12,7 @@
     hopscotch bench  --run NAME --contexts 128,512,2048    speed and memory: original vs skipped vs compact
     hopscotch report --run NAME [--out FILE]               one self-contained HTML file: every figure and table
     hopscotch app                                          the Streamlit app on the default model
+    torchrun --nproc-per-node N -m hopscotch_core run ...  one run over N processes (method/distributed.py)
 
 Errors print one line ("error: ...") and exit with status 2; nothing prints a traceback unless HOPSCOTCH_DEBUG=1.
 """
@@ -514,6 +515,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        group = _GROUP["group"]
+        if group is not None and group.world > 1:  # leave at once: the group's teardown would wait for the peers
+            sys.stderr.flush()
+            os._exit(130)
         return 130
     except (HopscotchError, FileNotFoundError, ValueError, OSError) as e:
         if os.environ.get("HOPSCOTCH_DEBUG"):
