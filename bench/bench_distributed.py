@@ -15,7 +15,9 @@ the same rows:
   imbalance, a second model copy competing for memory bandwidth).
 "select s" is the select stage as the run's manifest times it (rank 0; model loading excluded), "wall s" the
 whole command (interpreter, model load per process). Variants alternate when --repeats > 1; medians are printed.
-The selected block and the 30 scores must agree across variants (checked, printed).
+The selected block and the 30 scores must agree across variants (checked, printed). Last, the exchange costs
+themselves, on 2 gloo ranks: one shard_map step (the gather after every N candidates / N answer batches) and one
+all-reduce of the 4 x 30 + 1 scalar gradients and loss (every training step), medians of 200.
 On a 2-core machine the 1x2 vs 2x1 ratio can at best be ~1x (two threads on one problem vs one each on two);
 on GPUs the ranks do not share compute (see README, "Scale-out with torchrun"). Run it on a quiet machine.
 """
@@ -61,6 +63,27 @@ def run(nproc: int, threads: int, args: list[str]) -> float:
     return wall
 
 
+def probe() -> None:
+    """Run under torchrun with 2 ranks: time the pipeline's exchanges; rank 0 prints JSON."""
+    import torch
+
+    from hopscotch_core.method import distributed
+
+    g = distributed.init(timeout_s=120, device="cpu")
+    grad = torch.zeros(4 * 30 + 1, dtype=torch.float64)
+    times: dict[str, list[float]] = {"shard_map step": [], "gradient all-reduce": []}
+    for _ in range(200):
+        t = time.perf_counter()
+        g.shard_map([0, 1], lambda i: float(i))
+        times["shard_map step"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        g.all_reduce_sum(grad)
+        times["gradient all-reduce"].append(time.perf_counter() - t)
+    distributed.shutdown(g)
+    if g.main:
+        print(json.dumps({k: statistics.median(v) for k, v in times.items()}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n-calib", type=int, default=4)
@@ -68,7 +91,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--variants", default="1x2,2x1,1x1")
     ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)  # the exchange timing, under torchrun
     a = ap.parse_args()
+    if a.probe:
+        return probe()
     names = [v for v in a.variants.split(",") if v]
     tmp = Path(tempfile.mkdtemp(prefix="bench-dist-"))
     base = ["--model", "default", "--data", "gsm8k", "--n-calib", str(a.n_calib), "--n-eval", "2",
@@ -112,6 +138,17 @@ def main() -> None:
                     and max(abs(got[v]["scores"][c] - ref["scores"][c]) for c in ref["scores"]) < 1e-5
                     for v in names)
         print(f"selected {ref['selected']} in every variant; 30 scores agree within 1e-5: {agree}")
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                              str(Path(__file__).resolve()), "--probe"], env=env, capture_output=True, text=True)
+        if res.returncode == 0:
+            out["exchange_s"] = json.loads(res.stdout.strip().splitlines()[-1])
+            print("exchanges on 2 gloo ranks (median of 200): " + ", ".join(
+                f"{k} {1e3 * v:.2f} ms" for k, v in out["exchange_s"].items()))
+            per = med["1x1"]["select"] / 30 if "1x1" in med else None
+            if per:
+                print(f"one candidate (1 x 1) {per:.2f} s: one exchange per 2 candidates is "
+                      f"{100 * out['exchange_s']['shard_map step'] / (2 * per):.3f}% of their training")
         print(f"load average during the run (1/5/15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
         if a.json:
             atomic_write(a.json, json.dumps(out, indent=2))
