@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import importlib.metadata
+import itertools
 import json
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -323,7 +324,7 @@ def split_row(row: Row, parts: int) -> list[Row | None]:
     """`row`'s examples dealt round-robin into `parts` rows (None where a part gets no example), for data-parallel
     training: packed examples never attend to each other, so the parts' summed losses are the row's."""
     starts = (row.position_ids[0] == 0).nonzero().flatten().tolist() + [row.input_ids.shape[1]]
-    spans = list(zip(starts[:-1], starts[1:]))  # (start, end) of each example in the row
+    spans = list(itertools.pairwise(starts))  # (start, end) of each example in the row
     ids = row.example_ids or list(range(len(spans)))
     out: list[Row | None] = []
     for p in range(parts):

@@ -145,11 +145,9 @@ def greedy_select(
         candidates = remaining
         if cfg.mode == "fast":
             if cfg.shortlist_by == "bi":
-                cache: dict = {}
-
-                def metric(c: int) -> float:
+                def metric(c: int, cache: dict = {}, skipped: tuple = tuple(sel.selected)) -> float:  # noqa: B006
                     if "bi" not in cache:  # one forward per round, on the ranks that score a candidate
-                        cache["bi"] = block_influence(hs, rows, skipped=sel.selected)[0]
+                        cache["bi"] = block_influence(hs, rows, skipped=list(skipped))[0]
                     return cache["bi"][c]
             else:
                 def metric(c: int) -> float:

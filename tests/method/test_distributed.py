@@ -57,7 +57,7 @@ def env(**extra: str) -> dict:
 def torchrun(args: list[str], nproc: int = 2, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                            str(nproc), "-m", "hopscotch_core", *args], env=env(), capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+                          timeout=timeout, cwd=ROOT, check=False)
 
 
 def free_port() -> int:
@@ -81,7 +81,7 @@ def outcome(run: Path) -> dict:
     out = {"selected": m["selected"], "state": m["state"],
            "scores": {(r["round"], r["kind"], r["candidate"]): r["loss"] for r in read_jsonl(run / "scores.jsonl")},
            "score_order": [(r["round"], r["kind"], r["candidate"]) for r in read_jsonl(run / "scores.jsonl")],
-           "answers": sorted((json.dumps(a, sort_keys=True) for a in read_jsonl(run / "answers.jsonl")))}
+           "answers": sorted(json.dumps(a, sort_keys=True) for a in read_jsonl(run / "answers.jsonl"))}
     if (run / "adapter").is_dir():
         out["scales"] = load_file(str(run / "adapter" / "scales.safetensors"))["scales"]
         out["results"] = m["results"]
@@ -117,10 +117,10 @@ def test_split_row_parts_add_up_to_the_row():
     torch.manual_seed(0)
     model = make_model("llama")
     examples = [data.Example(list(range(3, 3 + n)), [-100] * 2 + list(range(5, 3 + n))) for n in (9, 6, 11, 4, 7)]
-    (row,) = data.pack(examples, batch_tokens=1000)
+    [row] = data.pack(examples, batch_tokens=1000)
     parts = data.split_row(row, 3)
     assert [p.n_examples for p in parts] == [2, 2, 1]
-    assert sorted(sum((p.example_ids for p in parts), [])) == list(range(5))
+    assert sorted(i for p in parts for i in p.example_ids) == list(range(5))
     assert sum(p.n_tokens for p in parts) == row.n_tokens
     with torch.no_grad():
         whole = float(data.row_loss(model, row, "sum"))
@@ -209,7 +209,7 @@ def _spawned(rank: int, world: int, store_file: str, out_dir: str) -> None:
 @pytest.mark.subprocess
 def test_torchrun_paper_run_equals_one_process(world, tmp_path):
     """The whole method (answers, paper-mode selection, scale training, baselines) over 2 ranks with torchrun."""
-    root, model_dir, data_file = world
+    _, model_dir, data_file = world
     command = ["run", "--model", str(model_dir), "--data", str(data_file), "--k", "2", "--mode", "paper",
                "--baselines", "attn-bi,one-round", *SMALL]
     ref = reference(world, tmp_path, command)
@@ -226,7 +226,7 @@ def test_torchrun_paper_run_equals_one_process(world, tmp_path):
 def test_torchrun_fast_mode_with_idle_ranks(world, tmp_path):
     """Fast mode with a shortlist of 1: the paper scoring of each round has one candidate for 2 ranks (one rank
     waits); the shortlist scores (untrained loss) are spread over both."""
-    root, model_dir, data_file = world
+    _, model_dir, data_file = world
     command = ["select", "--model", str(model_dir), "--data", str(data_file), "--k", "3", "--mode", "fast",
                "--shortlist", "1", "--shortlist-by", "loss", *SMALL]
     ref = reference(world, tmp_path, command)
@@ -240,7 +240,7 @@ def test_torchrun_fast_mode_with_idle_ranks(world, tmp_path):
 def test_a_dead_rank_stops_the_other_then_resume_with_one_process(world, tmp_path):
     """Rank 1 is killed mid-selection: rank 0 stops within seconds with one `error:` line (no traceback, exit 2);
     the same command with one process then finishes with the one-process result, keeping every recorded score."""
-    root, model_dir, data_file = world
+    _, model_dir, data_file = world
     command = ["select", "--model", str(model_dir), "--data", str(data_file), "--k", "3", "--mode", "paper", *SMALL]
     ref = reference(world, tmp_path, command)
     args = command + ["--runs-dir", str(tmp_path / "runs"), "--name", "r"]
@@ -254,7 +254,7 @@ def test_a_dead_rank_stops_the_other_then_resume_with_one_process(world, tmp_pat
     t = time.time()
     os.kill(p1.pid, signal.SIGKILL)
     p1.wait()
-    out, err = p0.communicate(timeout=60)
+    _, err = p0.communicate(timeout=60)
     assert time.time() - t < 30
     assert p0.returncode == 2, err[-2000:]
     lines = [line for line in err.splitlines() if line.startswith("error:")]
@@ -273,7 +273,7 @@ def test_a_dead_rank_stops_the_other_then_resume_with_one_process(world, tmp_pat
 @pytest.mark.subprocess
 def test_torchrun_with_a_killed_worker_ends_without_hanging(world, tmp_path):
     """A worker killed under torchrun: the whole launch ends (non-zero) within a bounded time."""
-    root, model_dir, data_file = world
+    _, model_dir, data_file = world
     args = ["select", "--model", str(model_dir), "--data", str(data_file), "--k", "3", "--mode", "paper", *SMALL,
             "--runs-dir", str(tmp_path / "runs"), "--name", "r"]
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -297,7 +297,7 @@ def test_torchrun_with_a_killed_worker_ends_without_hanging(world, tmp_path):
 def test_bad_input_one_message(world, tmp_path):
     """Settings that differ between ranks: refused on every rank, one `error:` line in all; a world without a
     rendezvous address: one clear line, exit 2, no traceback."""
-    root, model_dir, data_file = world
+    _, model_dir, data_file = world
     base = ["run", "--model", str(model_dir), "--data", str(data_file), "--mode", "paper", *SMALL, "--runs-dir",
             str(tmp_path / "runs")]
     procs = by_hand([base + ["--k", "2"], base + ["--k", "3"]])
@@ -307,7 +307,7 @@ def test_bad_input_one_message(world, tmp_path):
     assert len(lines) == 1 and "different settings" in lines[0] and "k: 2 vs 3" in lines[0], outs
     assert not (tmp_path / "runs").is_dir() or not any((tmp_path / "runs").iterdir())  # nothing written
     res = subprocess.run([sys.executable, "-m", "hopscotch_core", *base, "--k", "2"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60, env=env(WORLD_SIZE="2", RANK="0", LOCAL_RANK="0"))
+                         text=True, timeout=60, check=False, env=env(WORLD_SIZE="2", RANK="0", LOCAL_RANK="0"))
     assert res.returncode == 2 and "Traceback" not in res.stderr
     (line,) = [x for x in res.stderr.splitlines() if x.startswith("error:")]
     assert "MASTER_ADDR" in line and "torchrun" in line
@@ -330,7 +330,7 @@ def test_app_job_on_two_processes(world, tmp_path):
     one-process run (world_size 2 in its manifest), its exit status and the command are recorded."""
     from hopscotch_core.studio import jobs
 
-    root, model_dir, data_file = world
+    _, model_dir, data_file = world
     command = ["select", "--model", str(model_dir), "--data", str(data_file), "--k", "2", "--mode", "paper", *SMALL]
     ref = reference(world, tmp_path, command)
     runs = tmp_path / "runs"
