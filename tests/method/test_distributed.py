@@ -346,3 +346,41 @@ def test_app_job_on_two_processes(world, tmp_path):
            "hopscotch_core select" in log
     assert_same(outcome(runs / "r"), ref)
     assert json.loads((runs / "r" / "manifest.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.subprocess
+def test_app_job_on_two_processes_stops_cleanly_and_resumes(world, tmp_path):
+    """Stop (SIGTERM) reaches torchrun's ranks through the job process: both stop at the same step with the state
+    saved (run state "stopped"), and the run then resumes on one process to the one-process result."""
+    from hopscotch_core.studio import jobs
+
+    _, model_dir, data_file = world
+    command = ["run", "--model", str(model_dir), "--data", str(data_file), "--k", "1", "--mode", "paper", *SMALL,
+               "--epochs", "400"]
+    runs = tmp_path / "runs"
+    jobs.start(command, runs, "r", nproc=2, env={"PYTHONPATH": str(ROOT)})
+    metrics = runs / "r" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not metrics.is_file() and jobs.is_alive(runs, "r"):
+        time.sleep(0.05)
+    assert metrics.is_file(), jobs.status(runs, "r")
+    assert jobs.stop(runs, "r")
+    t = time.time()
+    while time.time() < deadline + 60 and jobs.is_alive(runs, "r"):
+        time.sleep(0.1)
+    assert time.time() - t < 30  # before torchrun's 30 s grace period ends in SIGKILL
+    m = json.loads((runs / "r" / "manifest.json").read_text())
+    assert m["state"] == "stopped" and m["world_size"] == 2, jobs.status(runs, "r")
+    done = len(read_jsonl(metrics))
+    assert 1 <= done < 400
+    epochs = [r["epoch"] for r in read_jsonl(metrics) if r["stage"] == "train"]
+    assert epochs == list(range(len(epochs)))
+    # resume on one process (Python API, stopped again two epochs later): training continues at the next epoch
+    from hopscotch_core.method import pipeline
+
+    pipeline.run_pipeline(pipeline.RunSettings(**m["settings"]), str(runs), "r",
+                          should_stop=lambda: len(read_jsonl(metrics)) >= done + 2)
+    again = [r["epoch"] for r in read_jsonl(metrics) if r["stage"] == "train"]
+    assert again == list(range(len(epochs) + 2))  # no epoch lost or repeated
+    m = json.loads((runs / "r" / "manifest.json").read_text())
+    assert m["state"] == "stopped" and m["world_size"] == 1
