@@ -174,6 +174,7 @@ def _ranks(rank: int, world: int, store_file: str, out_dir: str) -> None:
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(res))
 
 
+@pytest.mark.subprocess  # spawns the two ranks
 def test_collectives_and_data_parallel_training_in_process(tmp_path):
     """Two gloo ranks in spawned processes: candidates dealt round-robin (a, c, e on rank 0; b, d on rank 1) and
     gathered in item order on both; a stop on one rank is seen on both; different settings and a failed check are
