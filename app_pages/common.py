@@ -307,24 +307,30 @@ def job_header(run: RunView, status: dict, key: str) -> None:
         st.info("This run was stopped before the end; resume it from the Runs page (finished steps are kept).")
 
 
-def start_job(args: list[str], name: str) -> None:
-    """Start a CLI job and make its run current; errors are shown, not raised."""
+def start_job(args: list[str], name: str, nproc: int = 1) -> None:
+    """Start a CLI job (on `nproc` local processes under torchrun when > 1) and make its run current; errors are
+    shown, not raised."""
     try:
-        jobs.start(args, runs_dir(), name)
+        jobs.start(args, runs_dir(), name, nproc=nproc)
     except Exception as e:  # noqa: BLE001 - shown as cause + fix
         show_error(e, "starting the job")
         return
     set_run(runs_dir() / name)
 
 
-def job_launcher(key: str, args: list[str], name: str, auto: str, label: str) -> None:
-    """The exact `hopscotch` command a form will run (named `name`, or an automatic name from `auto`) and the
-    button that starts it as a job."""
+def job_launcher(key: str, args: list[str], name: str, auto: str, label: str, nproc: int = 1) -> None:
+    """The exact command a form will run (`hopscotch ...`, or torchrun over `nproc` local processes; named `name`,
+    or an automatic name from `auto`) and the button that starts it as a job."""
     name = name or auto_name(key, auto)
-    st.code("hopscotch " + " ".join(args) + f" --runs-dir {runs_dir()} --name {name}", language="bash")
+    tail = " ".join(args) + f" --runs-dir {runs_dir()} --name {name}"
+    if nproc > 1:
+        st.code(f"OMP_NUM_THREADS={jobs.threads_per_process(nproc)} torchrun --standalone --nproc-per-node {nproc} "
+                f"-m hopscotch_core {tail}", language="bash")
+    else:
+        st.code("hopscotch " + tail, language="bash")
     if st.button(label, type="primary", key=f"{key}_start"):
         forget_auto_name(key)
-        start_job(args, name)
+        start_job(args, name, nproc)
 
 
 def new_name(prefix: str) -> str:

@@ -1,5 +1,7 @@
 """Selection page: start / stop a block-selection job; its live progress, elbow curve and candidate-loss map."""
 
+import os
+
 import streamlit as st
 
 from app_pages import common
@@ -34,13 +36,23 @@ with st.expander("Start a new selection", expanded=run is None):
                                         "influence; random; one-round: the paper's round-1 scores, k at once")
         epochs = c2.number_input("Training epochs", 1, 200, 3, key="sel_epochs")
         train_baselines = c3.checkbox("Train baselines' scalars", True, key="sel_train_bl")
+        c1, c2 = st.columns([1, 3])
+        cores = os.cpu_count() or 1
+        nproc = int(c1.number_input("Processes", 1, max(1, cores), 1, key="sel_nproc",
+                                    help="Local processes (torchrun): each round's candidates, the answers and the "
+                                         "training rows are spread over them; same result as one process. Each "
+                                         "gets cores / processes threads."))
+        c2.caption(f"{nproc} process{'es' if nproc > 1 else ''} × {jobs.threads_per_process(nproc, cores)} "
+                   f"thread{'s' if jobs.threads_per_process(nproc, cores) > 1 else ''} on {cores} cores"
+                   + (" (torchrun, gloo on CPU / nccl on GPUs; a GPU machine gets one GPU per process)"
+                      if nproc > 1 else ""))
         name = st.text_input("Run name", value="", key="sel_name", placeholder="(automatic)").strip()
         if d is not None:
             settings = {**common.model_settings(), **d, "k": int(k), "mode": mode, "shortlist": int(shortlist),
                         "shortlist_by": shortlist_by, "baselines": baselines, "epochs": int(epochs),
                         "train_baselines": bool(train_baselines)}
             common.job_launcher("sel", jobs.cli_args(settings, "run"), name, f"{mode}-k{int(k)}",
-                                "Start selection job")
+                                "Start selection job", nproc=nproc)
 
 
 def panel() -> None:

@@ -12,6 +12,7 @@
     hopscotch bench  --run NAME --contexts 128,512,2048    speed and memory: original vs skipped vs compact
     hopscotch report --run NAME [--out FILE]               one self-contained HTML file: every figure and table
     hopscotch app                                          the Streamlit app on the default model
+    torchrun --nproc-per-node N -m hopscotch_core run ...  one run over N processes (method/distributed.py)
 
 Errors print one line ("error: ...") and exit with status 2; nothing prints a traceback unless HOPSCOTCH_DEBUG=1.
 """
@@ -216,6 +217,9 @@ class _Bars:
             self._write()
 
 
+_GROUP: dict = {"group": None}  # the process group of a pipeline command under torchrun (for main's error path)
+
+
 def _stop_flag():
     """First Ctrl-C / SIGTERM: finish the current step, save, exit. Second Ctrl-C: stop at once."""
     import signal
@@ -235,27 +239,35 @@ def _stop_flag():
 
 
 def cmd_pipeline(args) -> int:
+    """One process, or (started by torchrun: WORLD_SIZE/RANK/... in the environment) one rank of N running one
+    pipeline together (hopscotch_core/method/distributed.py); only rank 0 writes the run and prints."""
+    from .method import distributed
     from .method.pipeline import STAGES, run_pipeline
 
     upto = {"generate": 2, "select": 3, "train": 5, "run": len(STAGES)}[args.command]
     stages = STAGES[:upto]
     name = args.name
-    if args.resume:  # the settings come from the run itself
+    group = _GROUP["group"] = distributed.init(args.dist_timeout, device=args.device)
+    if args.resume:  # the settings come from the run itself (rank 0's run directory)
         from .method.runs import RunStore
         from .method.settings import RunSettings
 
-        settings = RunSettings(**RunStore(args.runs_dir).open(args.resume).manifest["settings"])
+        settings = RunSettings(**group.on_main(lambda: RunStore(args.runs_dir).open(args.resume).manifest["settings"]))
         name = args.resume
     else:
         settings = _settings(args)
-    settings.validate()
-    bars = _Bars(Path(args.runs_dir) / name / "progress.json" if name else None)
+    bars = _Bars(Path(args.runs_dir) / name / "progress.json" if name else None) if group.main else None
     try:
         run = run_pipeline(settings, args.runs_dir, name, stages=stages, on_progress=bars,
-                           should_stop=_stop_flag())
+                           should_stop=_stop_flag(), group=group)
     finally:
-        bars.close()
+        if bars is not None:
+            bars.close()
     m = run.manifest
+    distributed.shutdown(group)
+    _GROUP["group"] = None
+    if not group.main:
+        return 0 if m.get("state") in ("done", "selected", "generated", "prompts") else 3
     print(f"run {run.name}: {m['state']}  ({run.dir})")
     if m.get("selected"):
         print(f"selected blocks (in order): {m['selected']}")
@@ -450,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--name", default=None, help="run name; an existing run of that name is resumed")
         s.add_argument("--resume", default=None, metavar="NAME",
                        help="resume run NAME with its own settings (other setting flags are ignored)")
+        s.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                       help="under torchrun: how long a process waits for the others before giving up (default "
+                            "1800; a process that dies is noticed at once)")
         s.set_defaults(func=cmd_pipeline)
 
     s = sub.add_parser("eval", help="evaluate every variant of a finished run against the original model")
@@ -500,12 +515,31 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        group = _GROUP["group"]
+        if group is not None and group.world > 1:  # leave at once: the group's teardown would wait for the peers
+            sys.stderr.flush()
+            os._exit(130)
         return 130
     except (HopscotchError, FileNotFoundError, ValueError, OSError) as e:
         if os.environ.get("HOPSCOTCH_DEBUG"):
             raise
+        return _fail(e)
+
+
+def _fail(e: BaseException) -> int:
+    """Print one `error:` line (under torchrun: a shared error on rank 0 only) and return 2. A process that is in a
+    process group leaves at once (os._exit): its peers may be gone, and the group's teardown at interpreter exit
+    would abort or wait for them."""
+    from .method.distributed import SharedError
+
+    group = _GROUP["group"]
+    if group is None or group.main or not isinstance(e, SharedError):
         print(f"error: {e}", file=sys.stderr)
-        return 2
+    if group is not None and group.world > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(2)
+    return 2
 
 
 if __name__ == "__main__":

@@ -8,6 +8,12 @@ Each stage writes into the run directory (runs.py) as it goes and reads back wha
 that was stopped, killed or crashed continues with the next prompt batch, candidate or epoch. Resuming with
 different settings is refused with the list of differences. Long work reports to `on_progress(step, total,
 info)` and ends cleanly, state saved, when `should_stop()` turns true.
+
+Over N processes (torchrun, `group` = distributed.Group): every rank runs the same stages on the same data; rank 0
+alone reads and writes the run directory and broadcasts what it read (so the other machines need no copy of it);
+answers, candidate scores and training rows are spread over the ranks (data.py, selection.py, training.py), and
+the results equal a one-process run's. The manifest records the `world_size` of the latest start; a run resumes
+with any number of processes.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
-from . import data, selection, training
+from . import data, distributed, selection, training
 from ..measure import metrics
 from ..engine.artifacts import model_identity
 from ..errors import HopscotchError
@@ -90,22 +96,52 @@ def check_run_model(run: Run, model) -> dict:
     return ident
 
 
+class Follower:
+    """The run as ranks other than 0 see it: they never touch the run directory (rank 0 writes it and broadcasts
+    what they need); `manifest` is rank 0's final manifest once the pipeline ends."""
+
+    def __init__(self, name: str | None = None):
+        self.name, self.dir, self.final = name, None, {}
+
+    @property
+    def manifest(self) -> dict:
+        return self.final
+
+    def update(self, **fields: Any) -> dict:
+        return {}
+
+    def log(self, message: str) -> None:
+        pass
+
+    def file(self, name: str):
+        raise RuntimeError("only rank 0 reads and writes the run directory")  # a bug if reached
+
+
 class Pipeline:
     """Runs the stages of one run on one model (see module docstring)."""
 
-    def __init__(self, run: Run, settings: RunSettings, model, tok, on_progress: Progress | None = None,
-                 should_stop: Callable[[], bool] | None = None):
+    def __init__(self, run: Run | Follower, settings: RunSettings, model, tok, on_progress: Progress | None = None,
+                 should_stop: Callable[[], bool] | None = None, group: distributed.Group | None = None):
         self.run, self.s, self.model, self.tok = run, settings, model, tok
-        self.on_progress = on_progress
+        self.g = group or distributed.LOCAL
+        self.main = self.g.main
+        self.on_progress = on_progress if self.main else None
         self.should_stop = should_stop or (lambda: False)
-        if handle_of(model) is not None:
-            raise HopscotchError("the pipeline needs a model without an attached Hopscotch handle")
-        from ..engine.families import get_family
 
-        n = get_family(model).num_layers
-        selection.check_config(selection.SelectConfig(settings.k, settings.mode, settings.shortlist,
-                                                      settings.shortlist_by), n)
-        run.update(model=check_run_model(run, model))
+        def check() -> None:
+            if handle_of(model) is not None:
+                raise HopscotchError("the pipeline needs a model without an attached Hopscotch handle")
+            from ..engine.families import get_family
+
+            n = get_family(model).num_layers
+            selection.check_config(selection.SelectConfig(settings.k, settings.mode, settings.shortlist,
+                                                          settings.shortlist_by), n)
+
+        def record_model() -> None:
+            run.update(model=check_run_model(run, model))
+
+        self.g.check_all(check)
+        self.g.on_main(record_model)
 
     # ------------------------------------------------------------------------------------------------ helpers
     def _progress(self, step: int, total: int, info: dict) -> None:
@@ -113,21 +149,31 @@ class Pipeline:
             self.on_progress(step, total, info)
 
     def _stopped(self) -> bool:
-        return self.should_stop()
+        """A stop asked on any rank (every rank calls this at the same points, so all stop at the same step)."""
+        return self.g.any(self.should_stop())
+
+    def _on_main(self, fn: Callable[[], Any]) -> Any:
+        """fn() on rank 0 (reads of the run directory); its result on every rank."""
+        return self.g.on_main(fn)
 
     def _timed(self, stage: str, fn: Callable[[], Any]) -> Any:
         self.run.update(state="running", stage=stage, pid=os.getpid())
         self.run.log(f"stage {stage}: start")
         t = time.perf_counter()
         out = fn()
-        timings = self.run.manifest.get("timings", {})
-        timings[stage] = round(timings.get(stage, 0.0) + time.perf_counter() - t, 2)
-        self.run.update(timings=timings)
-        self.run.log(f"stage {stage}: {'stopped' if self._stopped() else 'done'}")
+        stopped = self._stopped()
+        if self.main:
+            timings = self.run.manifest.get("timings", {})
+            timings[stage] = round(timings.get(stage, 0.0) + time.perf_counter() - t, 2)
+            self.run.update(timings=timings)
+        self.run.log(f"stage {stage}: {'stopped' if stopped else 'done'}")
         return out
 
     # ------------------------------------------------------------------------------------------------ stages
     def prompts(self) -> dict:
+        return self._on_main(self._prompts)
+
+    def _prompts(self) -> dict:
         path = self.run.file("prompts.json")
         split = read_json(path)
         if split is None:
@@ -141,17 +187,17 @@ class Pipeline:
 
     def generate(self, split: dict) -> dict[str, list[data.Answer]]:
         prompts = [r["prompt"] for r in split["calib"]] + [r["prompt"] for r in split["eval"]]
-        path = self.run.file("answers.jsonl")
-        have = {a["index"]: data.Answer.from_json(a) for a in read_jsonl(path)}
+        have = {a["index"]: data.Answer.from_json(a)
+                for a in self._on_main(lambda: read_jsonl(self.run.file("answers.jsonl")))}
 
         def save(batch: list[data.Answer]) -> None:
-            append_jsonl(path, [a.to_json() for a in batch])
+            append_jsonl(self.run.file("answers.jsonl"), [a.to_json() for a in batch])
 
         if len(have) < len(prompts):
             self.run.log(f"generating {len(prompts) - len(have)} answers ({len(have)} already cached)")
             new = data.generate_answers(self.model, self.tok, prompts, self.s.max_new_tokens, self.s.gen_batch,
-                                        skip=have, on_batch=save, on_progress=self._progress,
-                                        should_stop=self._stopped)
+                                        skip=have, on_batch=save if self.main else None,
+                                        on_progress=self._progress, should_stop=self._stopped, group=self.g)
             have.update({a.index: a for a in new})
         ordered = [have[i] for i in sorted(have)]
         nc = len(split["calib"])
@@ -167,44 +213,48 @@ class Pipeline:
             sel = selection.Selection(selected=list(self.s.blocks), status="given")
             self.run.update(selected=sel.selected, selection={"rounds": [], "status": sel.status})
             return sel
-        path = self.run.file("scores.jsonl")
         cfg = selection.SelectConfig(self.s.k, self.s.mode, self.s.shortlist, self.s.shortlist_by, self.s.score_lr,
                                      self.s.threshold, self.s.seed)
-        sel = selection.greedy_select(hs, rows, cfg, done=read_jsonl(path),
-                                      on_score=lambda r: append_jsonl(path, [r]),
-                                      on_progress=self._progress, should_stop=self._stopped)
+        done = self._on_main(lambda: read_jsonl(self.run.file("scores.jsonl")))
+        save = (lambda r: append_jsonl(self.run.file("scores.jsonl"), [r])) if self.main else None
+        sel = selection.greedy_select(hs, rows, cfg, done=done, on_score=save, on_progress=self._progress,
+                                      should_stop=self._stopped, group=self.g)
         self.run.update(selected=sel.selected, selection={"rounds": sel.rounds, "status": sel.status})
         return sel
 
     def train(self, hs, blocks: list[int], rows, eval_rows, tag: str = "", mlp: list[int] = ()) -> dict:
         """Train scales with `blocks` skipped; resumable per epoch. Returns the metrics of the last epoch."""
-        folder = self.run.file(f"scales{tag}")
-        folder.mkdir(exist_ok=True)
         hs.configure(blocks, skipped_mlp=mlp)
-        done = sorted(folder.glob("epoch_*.safetensors"))
-        start, opt_state = 0, None
-        metrics_path = self.run.file("metrics.jsonl")
-        if done:
-            last = load_file(str(done[-1]))
+
+        def last_epoch() -> tuple[int, dict | None]:
+            folder = self.run.file(f"scales{tag}")
+            folder.mkdir(exist_ok=True)
+            done = sorted(folder.glob("epoch_*.safetensors"))
+            return (int(done[-1].stem.split("_")[1]), load_file(str(done[-1]))) if done else (-1, None)
+
+        epoch, last = self._on_main(last_epoch)
+        start, opt_state = epoch + 1, None
+        if last is not None:
             hs.set_scales(last.pop("scales"))
             opt_state = last
-            start = int(done[-1].stem.split("_")[1]) + 1
 
         def on_epoch(epoch: int, record: dict, scales: torch.Tensor, adam: dict) -> None:
-            final = folder / f"epoch_{epoch:03d}.safetensors"
+            final = self.run.file(f"scales{tag}") / f"epoch_{epoch:03d}.safetensors"
             # a kill mid-write leaves no torn epoch file
             atomic_write(final, lambda tmp: save_file({"scales": scales, **adam}, tmp))
-            append_jsonl(metrics_path, [{"stage": f"train{tag}", **record, "time": time.time()}])
+            append_jsonl(self.run.file("metrics.jsonl"), [{"stage": f"train{tag}", **record, "time": time.time()}])
 
         def progress(step: int, total: int, info: dict) -> None:
             self._progress(step, total, {**info, "stage": f"train{tag}"})
 
         cfg = training.TrainConfig(self.s.lr, self.s.epochs, self.s.seed)
         res = training.train_scales(hs, rows, eval_rows, cfg, start_epoch=start, opt_state=opt_state,
-                                    on_progress=progress, on_epoch=on_epoch, should_stop=self._stopped)
+                                    on_progress=progress, on_epoch=on_epoch if self.main else None,
+                                    should_stop=self._stopped, group=self.g)
         if res.status == "diverged":
             self.run.log(f"train{tag}: loss became NaN/inf; kept the last good scalars")
-        epochs = [r for r in read_jsonl(metrics_path) if r.get("stage") == f"train{tag}"]
+        epochs = self._on_main(lambda: [r for r in read_jsonl(self.run.file("metrics.jsonl"))
+                                        if r.get("stage") == f"train{tag}"])
         return {"status": res.status, "epochs": epochs}
 
     def evaluate(self, hs, blocks: list[int], eval_rows, mlp: list[int] = ()) -> dict:
@@ -222,10 +272,14 @@ class Pipeline:
         return out
 
     def baselines(self, hs, rows, eval_rows) -> dict:
-        path = self.run.file("baselines.json")
-        results = read_json(path, {})
-        round_one = {r["candidate"]: r["loss"] for r in read_jsonl(self.run.file("scores.jsonl"))
-                     if r["round"] == 0 and r["kind"] == "paper"}
+        def write(results: dict) -> None:
+            if self.main:
+                write_json(self.run.file("baselines.json"), results)
+
+        results, round_one = self._on_main(lambda: (
+            read_json(self.run.file("baselines.json"), {}),
+            {r["candidate"]: r["loss"] for r in read_jsonl(self.run.file("scores.jsonl"))
+             if r["round"] == 0 and r["kind"] == "paper"}))
         for name in self.s.baselines:
             if self._stopped():
                 break
@@ -233,9 +287,10 @@ class Pipeline:
                 continue
             entry = results.get(name) or selection.baseline_blocks(
                 name, hs, rows, self.s.k, self.s.seed, round_one if self.s.mode == "paper" else None,
-                self.s.score_lr, self._progress)
+                self.s.score_lr, self._progress, group=self.g)
+            entry = self.g.broadcast(entry)  # rank 0's blocks: every rank trains the same set
             results[name] = entry
-            write_json(path, results)
+            write(results)
             if self.s.train_baselines:
                 tr = self.train(hs, entry["attention"], rows, eval_rows, tag=f"-{name}", mlp=entry["mlp"])
                 if tr["status"] == "stopped":
@@ -245,7 +300,7 @@ class Pipeline:
             entry.update(self.evaluate(hs, entry["attention"], eval_rows, entry["mlp"]), done=True)
             if not self.s.train_baselines:
                 entry["eval_loss_trained"] = None
-            write_json(path, results)
+            write(results)
             self.run.log(f"baseline {name}: {entry['attention']} unscaled {entry['eval_loss_unscaled']:.4f}")
         return results
 
@@ -278,7 +333,8 @@ class Pipeline:
                 results = self._timed("evaluate", lambda: self.evaluate(hs, sel.selected, eval_rows))
                 results["train_status"] = tr["status"]
                 run.update(results=results)
-                hs.save(run.file("adapter"))
+                if self.main:
+                    hs.save(run.file("adapter"))
                 if "baselines" in stages and s.baselines:
                     self._timed("baselines", lambda: self.baselines(hs, rows, eval_rows))
                     if self._stopped():
@@ -290,36 +346,62 @@ class Pipeline:
             run.log(f"failed: {type(e).__name__}: {e}")
             raise
 
-    def _finish(self, state: str) -> Run:
+    def _finish(self, state: str) -> Run | Follower:
         self.run.update(state=state, stage=None, error=None)
         self.run.log(f"state: {state}")
+        final = self.g.broadcast(self.run.manifest if self.main else None)
+        if not self.main:
+            self.run.final = final
         return self.run
 
 
 def run_pipeline(settings: RunSettings, runs_dir: str, name: str | None = None, model=None, tok=None,
                  stages: tuple[str, ...] = STAGES, on_progress: Progress | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> Run:
+                 should_stop: Callable[[], bool] | None = None,
+                 group: distributed.Group | None = None) -> Run | Follower:
     """Open (or resume) a run and carry it through `stages`; loads the model unless one is given.
 
     Everything that can be checked before work starts is: settings, the runs directory, k against the model's
-    layer count, the tokenizer, and (for a new run) that the data loads.
+    layer count, the tokenizer, and (for a new run) that the data loads. With a process `group` (torchrun), every
+    rank is also checked to have the same settings; each check refuses the run on every rank with one message.
+    Ranks other than 0 return a Follower (its manifest: rank 0's final one).
     """
     from ..engine.families import get_family
 
-    settings.validate()
-    store = RunStore(runs_dir)
-    store.ensure_writable()
-    existing = name is not None and (store.path(name) / "manifest.json").is_file()  # path() checks the name
-    if not existing:
-        data.load_prompts(settings.data, settings.column)  # a bad data file fails before anything is loaded
+    g = group or distributed.LOCAL
+    g.same({"settings": dataclasses.asdict(settings), "name": name, "stages": list(stages)}, "settings")
+    g.check_all(settings.validate)
+
+    def check_store() -> None:
+        store = RunStore(runs_dir)
+        store.ensure_writable()
+        existing = name is not None and (store.path(name) / "manifest.json").is_file()  # path() checks the name
+        if not existing:
+            data.load_prompts(settings.data, settings.column)  # a bad data file fails before anything is loaded
+
+    g.on_main(check_store)
     if model is None:
         from ..engine.loading import load_model
 
-        model, tok = load_model(settings.model, device=settings.device, dtype=settings.dtype)
-    if tok is None:
-        raise HopscotchError(f"{settings.model} has no tokenizer; the method generates the model's own answers, "
-                             "so the model directory must include one")
-    settings.validate(get_family(model).num_layers)  # blocks and k against the model, before any answer
-    run, resumed = open_run(settings, runs_dir, name)
-    run.log(("resuming" if resumed else "created") + f" run {run.name}")
-    return Pipeline(run, settings, model, tok, on_progress, should_stop).run_all(stages)
+        model, tok = g.check_all(lambda: load_model(settings.model, device=g.device_for(settings.device),
+                                                    dtype=settings.dtype))
+
+    def check_model() -> None:
+        if tok is None:
+            raise HopscotchError(f"{settings.model} has no tokenizer; the method generates the model's own "
+                                 "answers, so the model directory must include one")
+        settings.validate(get_family(model).num_layers)  # blocks and k against the model, before any answer
+
+    g.check_all(check_model)
+
+    def open_() -> Run:
+        run, resumed = open_run(settings, runs_dir, name)
+        run.update(world_size=g.world)
+        run.log(("resuming" if resumed else "created") + f" run {run.name}"
+                + (f" on {g.world} processes" if g.world > 1 else ""))
+        return run
+
+    run = open_() if g.world == 1 else g.on_main(lambda: open_().name)
+    if g.world > 1:
+        run = RunStore(runs_dir).open(run) if g.main else Follower(run)
+    return Pipeline(run, settings, model, tok, on_progress, should_stop, g).run_all(stages)

@@ -91,8 +91,15 @@ def greedy_select(
     on_score: Callable[[dict], None] | None = None,
     on_progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    group=None,
 ) -> Selection:
-    """Iterative greedy selection of cfg.k attention blocks (see module docstring)."""
+    """Iterative greedy selection of cfg.k attention blocks (see module docstring).
+
+    With a process `group` of N ranks (distributed.Group), each round's candidates still to score are dealt over
+    the ranks (candidate j of the round's list on rank j % N, N at a time), the scores are gathered on every rank
+    and every rank makes the same choice; `on_score` (the run store, rank 0 only) gets the records in candidate
+    order, as in one process.
+    """
     n = hs.num_layers
     check_config(cfg, n)
     known = {(r["round"], r["kind"], r["candidate"]): float(r["loss"]) for r in done}
@@ -101,46 +108,63 @@ def greedy_select(
     work_total = cfg.k * (min(cfg.shortlist, n) if cfg.mode == "fast" else n)
     work = 0
 
-    def score(rnd: int, kind: str, cand: int, fn: Callable[[], float]) -> float:
+    def record(rnd: int, kind: str, cand: int, loss: float) -> None:
+        known[(rnd, kind, cand)] = float(loss)
+        if on_score is not None:
+            on_score({"round": rnd, "candidate": cand, "kind": kind, "loss": float(loss),
+                      "removed": list(sel.selected)})
+
+    def progress(rnd: int, cand: int) -> None:
         nonlocal work
-        key = (rnd, kind, cand)
-        if key not in known:
-            known[key] = fn()
-            if on_score is not None:
-                on_score({"round": rnd, "candidate": cand, "kind": kind, "loss": known[key],
-                          "removed": list(sel.selected)})
+        work += 1
+        if on_progress is not None:
+            on_progress(work, work_total, {"stage": "select", "round": rnd, "candidate": cand,
+                                           "loss": known[(rnd, "paper", cand)], "selected": list(sel.selected)})
+
+    def score_all(rnd: int, kind: str, cands: list[int], fn: Callable[[int], float]) -> dict[int, float] | None:
+        """Scores of `cands` (known ones reused, the rest computed, spread over the ranks); None when stopped."""
+        todo = [c for c in cands if (rnd, kind, c) not in known]
         if kind == "paper":
-            work += 1
-            if on_progress is not None:
-                on_progress(work, work_total, {"stage": "select", "round": rnd, "candidate": cand,
-                                               "loss": known[key], "selected": list(sel.selected)})
-        return known[key]
+            for c in cands:
+                if (rnd, kind, c) in known:
+                    progress(rnd, c)
+
+        def got(c: int, loss: float) -> None:
+            record(rnd, kind, c, loss)
+            if kind == "paper":
+                progress(rnd, c)
+
+        if group is None or group.world == 1:
+            for c in todo:
+                if should_stop is not None and should_stop():
+                    return None
+                got(c, fn(c))
+        elif not group.shard_map(todo, fn, got, should_stop):
+            return None
+        return {c: known[(rnd, kind, c)] for c in cands}
 
     for rnd in range(cfg.k):
         remaining = [i for i in range(n) if i not in sel.selected]
         candidates = remaining
         if cfg.mode == "fast":
             if cfg.shortlist_by == "bi":
-                missing = any((rnd, "shortlist", c) not in known for c in remaining)
-                influence = block_influence(hs, rows, skipped=sel.selected)[0] if missing else []
-                metric = influence.__getitem__
+                def metric(c: int, cache: dict = {}, skipped: tuple = tuple(sel.selected)) -> float:  # noqa: B006
+                    if "bi" not in cache:  # one forward per round, on the ranks that score a candidate
+                        cache["bi"] = block_influence(hs, rows, skipped=list(skipped))[0]
+                    return cache["bi"][c]
             else:
                 def metric(c: int) -> float:
                     return skipped_loss(hs, rows, [*sel.selected, c])
-            quick = {}
-            for c in remaining:
-                if should_stop is not None and should_stop():
-                    sel.status = "stopped"
-                    return sel
-                quick[c] = score(rnd, "shortlist", c, lambda c=c, metric=metric: metric(c))
-            candidates = sorted(remaining, key=lambda c: (quick[c], c))[:cfg.shortlist]
-        losses = {}
-        for c in candidates:
-            if (rnd, "paper", c) not in known and should_stop is not None and should_stop():
+            quick = score_all(rnd, "shortlist", remaining, metric)
+            if quick is None:
                 sel.status = "stopped"
                 return sel
-            losses[c] = score(rnd, "paper", c, lambda c=c, rnd=rnd: score_candidate(
-                hs, rows, sel.selected, c, lr=cfg.score_lr, seed=cfg.seed + rnd))
+            candidates = sorted(remaining, key=lambda c: (quick[c], c))[:cfg.shortlist]
+        losses = score_all(rnd, "paper", candidates, lambda c, rnd=rnd: score_candidate(
+            hs, rows, sel.selected, c, lr=cfg.score_lr, seed=cfg.seed + rnd))
+        if losses is None:
+            sel.status = "stopped"
+            return sel
         best = min(candidates, key=lambda c: (losses[c], c))
         if cfg.threshold is not None and losses[best] > cfg.threshold:
             sel.status = "threshold"
@@ -221,7 +245,7 @@ def block_influence(hs: Hopscotch, rows: Sequence[Row], skipped: Sequence[int] =
 def baseline_blocks(
     name: str, hs: Hopscotch, rows: Sequence[Row], k: int, seed: int = 0,
     round_one: dict[int, float] | None = None, score_lr: float = 1e-2,
-    on_progress: Progress | None = None,
+    on_progress: Progress | None = None, group=None,
 ) -> dict:
     """{"attention": [...], "mlp": [...], "scores": {...}} for baseline `name` (see module docstring)."""
     n = hs.num_layers
@@ -236,11 +260,18 @@ def baseline_blocks(
         return {"attention": sorted(random.Random(seed).sample(range(n), k)), "mlp": [], "scores": None}
     if name == "one-round":
         scores = dict(round_one or {})
-        for c in range(n):
-            if c not in scores:
-                scores[c] = score_candidate(hs, rows, [], c, lr=score_lr, seed=seed)
-                if on_progress is not None:
-                    on_progress(len(scores), n, {"stage": "baseline one-round", "candidate": c})
+
+        def got(c: int, loss: float) -> None:
+            scores[c] = loss
+            if on_progress is not None:
+                on_progress(len(scores), n, {"stage": "baseline one-round", "candidate": c})
+
+        todo = [c for c in range(n) if c not in scores]
+        if group is None or group.world == 1:
+            for c in todo:
+                got(c, score_candidate(hs, rows, [], c, lr=score_lr, seed=seed))
+        else:  # spread over the ranks, as the paper rounds are
+            group.shard_map(todo, lambda c: score_candidate(hs, rows, [], c, lr=score_lr, seed=seed), got)
         blocks = sorted(range(n), key=lambda i: (scores[i], i))[:k]
         return {"attention": blocks, "mlp": [], "scores": [scores[i] for i in range(n)]}
     raise SelectionError(f"unknown baseline '{name}'; use any of {', '.join(BASELINES)}")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .data import Row, dataset_loss, row_loss
+from .data import Row, dataset_loss, row_loss, split_row
 from ..engine.scaling import Hopscotch
 from .settings import RunSettings
 
@@ -49,8 +49,14 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 def _run_epoch(hs: Hopscotch, rows: Sequence[Row], opt: torch.optim.Optimizer, order: list[int],
                on_step: Callable[[int, float], None] | None = None,
-               should_stop: Callable[[], bool] | None = None) -> tuple[float, int, bool]:
-    """One pass over rows in `order`. Returns (token-mean loss, steps done, diverged)."""
+               should_stop: Callable[[], bool] | None = None, group=None) -> tuple[float, int, bool]:
+    """One pass over rows in `order`. Returns (token-mean loss, steps done, diverged).
+
+    With a process `group` of N ranks (distributed.Group), each row's examples are dealt over the ranks
+    (data.split_row); every rank backpropagates its part's loss sum / the row's tokens and the scalar gradients
+    and loss sums are all-reduced (summed), so each optimiser step sees the whole row, as in one process.
+    """
+    parts = None if group is None or group.world == 1 else [split_row(r, group.world)[group.rank] for r in rows]
     total, tokens, steps = 0.0, 0, 0
     for k, i in enumerate(order):
         if should_stop is not None and should_stop():
@@ -58,12 +64,18 @@ def _run_epoch(hs: Hopscotch, rows: Sequence[Row], opt: torch.optim.Optimizer, o
         row = rows[i]
         good = hs.scales.detach().clone()
         opt.zero_grad(set_to_none=True)
-        loss = row_loss(hs.model, row, "mean")
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            hs.set_scales(good)
-            return total / max(tokens, 1), steps, True
-        loss.backward()
+        if parts is None:
+            loss = row_loss(hs.model, row, "mean")
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                hs.set_scales(good)
+                return total / max(tokens, 1), steps, True
+            loss.backward()
+        else:
+            value = _shared_step(hs, parts[i], row.n_tokens, group)
+            if not math.isfinite(value):
+                hs.set_scales(good)
+                return total / max(tokens, 1), steps, True
         opt.step()
         if not torch.isfinite(hs.scales.detach()).all():
             hs.set_scales(good)
@@ -76,6 +88,35 @@ def _run_epoch(hs: Hopscotch, rows: Sequence[Row], opt: torch.optim.Optimizer, o
     return total / max(tokens, 1), steps, False
 
 
+def _shared_step(hs: Hopscotch, part: Row | None, n_tokens: int, group) -> float:
+    """This rank's part of one row: backward of (part loss sum / row tokens), then the all-reduced (summed)
+    scalar gradient in hs.scales.grad. Returns the row's token-mean loss (the same on every rank)."""
+    scales = hs.scales
+    if part is not None:
+        loss_sum = row_loss(hs.model, part, "sum")
+        (loss_sum / n_tokens).backward()
+        value = float(loss_sum.detach())
+    else:
+        value = 0.0
+    grad = scales.grad if scales.grad is not None else torch.zeros_like(scales)
+    buf = torch.cat([grad.detach().flatten().double(), torch.tensor([value], dtype=torch.float64,
+                                                                     device=grad.device)])  # (4L + 1,)
+    group.all_reduce_sum(buf)
+    scales.grad = buf[:-1].view_as(scales).to(scales.dtype)
+    return float(buf[-1]) / max(n_tokens, 1)
+
+
+def shared_dataset_loss(model, rows: Sequence[Row], group=None) -> float:
+    """dataset_loss with rows dealt over the ranks of `group` (row j on rank j % N) and the sums all-reduced."""
+    if group is None or group.world == 1:
+        return dataset_loss(model, rows)
+    mine = rows[group.rank::group.world]
+    n = sum(r.n_tokens for r in mine)
+    part = dataset_loss(model, mine) * n if mine else 0.0
+    buf = group.all_reduce_sum(torch.tensor([part, float(n)], dtype=torch.float64))
+    return float(buf[0]) / max(float(buf[1]), 1.0)
+
+
 def train_scales(
     hs: Hopscotch,
     train_rows: Sequence[Row],
@@ -86,11 +127,13 @@ def train_scales(
     on_progress: Progress | None = None,
     on_epoch: Callable[[int, dict, torch.Tensor, dict[str, torch.Tensor]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    group=None,
 ) -> TrainResult:
     """Train hs.scales (in place) for cfg.epochs epochs; held-out loss after each.
 
     `on_epoch(epoch, record, scales, adam_state)` is where a caller saves them; resuming with
-    `start_epoch` and that `opt_state` continues exactly as if never interrupted.
+    `start_epoch` and that `opt_state` continues exactly as if never interrupted. With a process `group`,
+    training is data parallel over each row's examples (see _run_epoch); every rank ends with the same scalars.
     """
     cfg = cfg or TrainConfig()
     opt = torch.optim.Adam([hs.scales], lr=cfg.lr)
@@ -105,7 +148,7 @@ def train_scales(
                 on_progress(epoch * len(train_rows) + k, total, {"stage": "train", "epoch": epoch, "loss": loss})
 
         train_loss, steps, diverged = _run_epoch(hs, train_rows, opt, _epoch_order(len(train_rows), cfg.seed,
-                                                                                   epoch), step, should_stop)
+                                                                                   epoch), step, should_stop, group)
         if diverged:
             result.status = "diverged"
             break
@@ -113,7 +156,7 @@ def train_scales(
             result.status = "stopped"
             break
         record = {"epoch": epoch, "train_loss": train_loss,
-                  "eval_loss": dataset_loss(hs.model, eval_rows) if eval_rows else None}
+                  "eval_loss": shared_dataset_loss(hs.model, eval_rows, group) if eval_rows else None}
         result.epochs.append(record)
         if on_epoch is not None:
             on_epoch(epoch, record, hs.effective_scales(), adam_state(opt))

@@ -6,7 +6,11 @@
     jobs.start(["run", "--resume", "my-run"], "runs", "my-run")             # continue it later
 
 A job is one process, `python -m hopscotch_core.studio.jobs JOBFILE -- ARGS`: the CLI's `main(ARGS)` in-process (so
-SIGTERM reaches the CLI's graceful-stop handler), plus a record of its exit code. The record lives beside the
+SIGTERM reaches the CLI's graceful-stop handler), plus a record of its exit code. A pipeline job on N > 1 local
+processes (`start(..., nproc=N)`) runs torchrun in that process instead (`torchrun --standalone --nproc-per-node N -m
+hopscotch_core ARGS`, torch.distributed.run in-process) with OMP_NUM_THREADS = cores // N, so the processes do not
+oversubscribe the cores; SIGTERM reaches torchrun, which passes it to the ranks (they stop together at the next
+step, or are killed after 30 s: the run resumes from its last saved step either way). The record lives beside the
 runs, in `RUNS/.jobs/NAME.json` (command, pid, start time, stop request, exit code, error) with the job's
 stdout and stderr in `RUNS/.jobs/NAME.log`. Pipeline commands (run/generate/select/train) get `--runs-dir RUNS
 --name NAME`, so their run directory is `RUNS/NAME`, where the CLI also keeps `progress.json` current. Everything
@@ -171,8 +175,21 @@ def _quote(arg: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ control
-def start(args: list[str], runs_dir: str | os.PathLike, name: str, env: dict[str, str] | None = None) -> dict:
+def threads_per_process(nproc: int, cores: int | None = None) -> int:
+    """Threads each of `nproc` local processes gets so that together they use the cores once (at least 1)."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(1, nproc))
+
+
+def torchrun_args(args: list[str], nproc: int) -> list[str]:
+    """torchrun's arguments that run `hopscotch ARGS` on `nproc` local processes (a free port: --standalone)."""
+    return ["--standalone", "--nproc-per-node", str(nproc), "-m", "hopscotch_core", *args]
+
+
+def start(args: list[str], runs_dir: str | os.PathLike, name: str, env: dict[str, str] | None = None,
+          nproc: int = 1) -> dict:
     """Start `hopscotch ARGS` as job `name` (pipeline commands write the run RUNS/NAME); returns its record.
+    With `nproc` > 1 (pipeline commands only) the job runs them under torchrun on that many local processes.
 
     Refused when a job of that name is still running, or when a new pipeline run would overwrite an existing
     run of another command (resume with `--resume NAME` instead).
@@ -185,6 +202,10 @@ def start(args: list[str], runs_dir: str | os.PathLike, name: str, env: dict[str
     if is_alive(runs_dir, name):
         raise JobError(f"job {name!r} is still running; stop it first")
     args = [str(a) for a in args]
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise JobError(f"the process count must be a whole number >= 1, not {nproc!r}")
+    if nproc > 1 and args[0] not in PIPELINE_COMMANDS:
+        raise JobError(f"only {', '.join(PIPELINE_COMMANDS)} run on several processes, not {args[0]!r}")
     if args[0] in PIPELINE_COMMANDS:
         if "--runs-dir" not in args:
             args += ["--runs-dir", str(store.root)]
@@ -195,14 +216,18 @@ def start(args: list[str], runs_dir: str | os.PathLike, name: str, env: dict[str
     progress = store.root / name / "progress.json"
     if progress.is_file():
         progress.unlink()  # the previous attempt's progress
-    rec = {"name": name, "command": args, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "pid": None,
-           "proc_start": None, "stop_requested": None, "returncode": None, "ended": None, "error": None}
+    rec = {"name": name, "command": args, "nproc": nproc, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+           "pid": None, "proc_start": None, "stop_requested": None, "returncode": None, "ended": None, "error": None}
     with FileLock(str(jf) + ".lock", timeout=30):
         write_json(jf, rec)
     with lf.open("a", encoding="utf-8") as log:
-        log.write(f"\n$ hopscotch {' '.join(_quote(a) for a in args)}\n")
+        shown = (f"OMP_NUM_THREADS={threads_per_process(nproc)} torchrun {' '.join(torchrun_args(args, nproc))}"
+                 if nproc > 1 else f"hopscotch {' '.join(_quote(a) for a in args)}")
+        log.write(f"\n$ {shown}\n")
         log.flush()
         full_env = {**os.environ, "TQDM_MININTERVAL": "2", "PYTHONUNBUFFERED": "1", **(env or {})}
+        if nproc > 1 and "OMP_NUM_THREADS" not in (env or {}):  # cores // N threads each, unless asked otherwise
+            full_env["OMP_NUM_THREADS"] = str(threads_per_process(nproc))
         proc = subprocess.Popen([sys.executable, "-m", "hopscotch_core.studio.jobs", str(jf), "--", *args],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=full_env,
                                 start_new_session=True, cwd=os.getcwd())
@@ -314,13 +339,30 @@ def status(runs_dir: str | os.PathLike, name: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ runner
+def _torchrun(argv: list[str], nproc: int) -> int:
+    """torchrun in this process (its agent starts the ranks and forwards SIGTERM to them); the ranks' exit status."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    try:
+        torchrun(torchrun_args(argv, nproc))
+    except ChildFailedError as e:  # a rank exited non-zero (2: an error it printed; 3: stopped)
+        codes = [f.exitcode for f in e.failures.values() if isinstance(f.exitcode, int) and f.exitcode > 0]
+        return min(codes) if codes else 1
+    except SignalException:
+        return 3
+    return 0
+
+
 def _run(job: str, argv: list[str]) -> int:
-    """Body of a job process: the CLI in-process, then its exit status into the job record."""
+    """Body of a job process: the CLI (or torchrun over it) in-process, then its exit status into the job record."""
     from .. import cli
 
     rc, error = 1, None
+    nproc = int((read_json(job, {}) or {}).get("nproc") or 1) if Path(job).is_file() else 1
     try:
-        rc = cli.main(argv)
+        rc = _torchrun(argv, nproc) if nproc > 1 else cli.main(argv)
     except SystemExit as e:  # argparse: usage error, message already on stderr
         rc = e.code if isinstance(e.code, int) else 2
     except BaseException as e:  # noqa: BLE001 - recorded, printed to the log, then the process ends

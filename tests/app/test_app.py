@@ -152,6 +152,19 @@ def test_opening_a_run_carries_to_the_other_pages(runs, world):
     assert "mine" in texts(at)
 
 
+def test_selection_form_offers_a_process_count(runs, world):
+    """More than one process: the form's command is torchrun over the CLI, with cores // N threads each."""
+    at = visit(start(), "selection")
+    at.radio(key="sel_src").set_value("File path or hf:NAME").run()
+    at.text_input(key="sel_path").input(str(world.data)).run()
+    assert at.code[0].value.startswith("hopscotch run --model ")
+    at.number_input(key="sel_nproc").set_value(2).run()
+    assert not at.exception, at.exception
+    cmd = at.code[0].value
+    assert cmd.startswith(f"OMP_NUM_THREADS={jobs.threads_per_process(2)} torchrun --standalone --nproc-per-node 2 "
+                          "-m hopscotch_core run --model ")
+
+
 @pytest.mark.subprocess
 def test_selection_job_started_from_the_app(runs, world):
     at = visit(start(), "selection")
