@@ -240,7 +240,7 @@ def cmd_pipeline(args) -> int:
         from .method.runs import RunStore
         from .method.settings import RunSettings
 
-        settings = RunSettings(**RunStore(args.runs_dir).open(args.resume).manifest["settings"])
+        settings = RunSettings.from_manifest(RunStore(args.runs_dir).open(args.resume).manifest["settings"])
         name = args.resume
     else:
         settings = _settings(args)

@@ -138,7 +138,8 @@ def compare(hs, rows, variants: dict[str, dict]) -> dict[str, dict]:
             tgt = row.targets.to(lo.device)
             tot["original"]["nll"] += float(torch.nn.functional.nll_loss(lpo, tgt, reduction="sum"))
             for name, v in variants.items():
-                hs.configure(v.get("skipped", ()), v.get("scales"), v.get("skipped_mlp", ()))
+                hs.configure(v.get("skipped", ()), v.get("scales"), v.get("skipped_mlp", ()),
+                             v.get("channel_scales"))
                 lm = row_logits(hs.model, row)
                 lpm = torch.log_softmax(lm, -1)
                 tot[name]["nll"] += float(torch.nn.functional.nll_loss(lpm, tgt, reduction="sum"))

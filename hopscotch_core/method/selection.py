@@ -35,7 +35,7 @@ from .data import Row, dataset_loss, forward_rows
 from ..errors import HopscotchError
 from ..engine.scaling import Hopscotch
 from .settings import BASELINES, MODES  # noqa: F401 - one list of each, in the run settings
-from .training import score_candidate
+from .training import Objective, dataset_objective, score_candidate
 
 Progress = Callable[[int, int, dict], None]
 
@@ -53,6 +53,7 @@ class SelectConfig:
     score_lr: float = 1e-2
     threshold: float | None = None   # stop early once the best loss of a round exceeds this
     seed: int = 0
+    objective: Objective | None = None  # what a candidate's score minimises (None: ce, the paper's)
 
 
 @dataclass
@@ -74,10 +75,14 @@ def check_config(cfg: SelectConfig, num_layers: int) -> None:
         raise SelectionError(f"unknown shortlist ranking '{cfg.shortlist_by}'; use bi or loss")
 
 
-def skipped_loss(hs: Hopscotch, rows: Sequence[Row], skipped: Sequence[int]) -> float:
-    """Held-out style loss with `skipped` attention blocks and all-ones scalars (forward only)."""
+def skipped_loss(hs: Hopscotch, rows: Sequence[Row], skipped: Sequence[int],
+                 objective: Objective | None = None) -> float:
+    """Held-out style loss (the objective, default ce) with `skipped` attention blocks and all-ones scalars
+    (forward only)."""
     with hs.applied(skipped):
-        return dataset_loss(hs.model, rows)
+        if objective is None or objective.name == "ce":
+            return dataset_loss(hs.model, rows)
+        return dataset_objective(hs, rows, objective)
 
 
 def greedy_select(
@@ -123,7 +128,7 @@ def greedy_select(
                 metric = influence.__getitem__
             else:
                 def metric(c: int) -> float:
-                    return skipped_loss(hs, rows, [*sel.selected, c])
+                    return skipped_loss(hs, rows, [*sel.selected, c], cfg.objective)
             quick = {}
             for c in remaining:
                 if should_stop is not None and should_stop():
@@ -137,7 +142,7 @@ def greedy_select(
                 sel.status = "stopped"
                 return sel
             losses[c] = score(rnd, "paper", c, lambda c=c, rnd=rnd: score_candidate(
-                hs, rows, sel.selected, c, lr=cfg.score_lr, seed=cfg.seed + rnd))
+                hs, rows, sel.selected, c, lr=cfg.score_lr, seed=cfg.seed + rnd, objective=cfg.objective))
         best = min(candidates, key=lambda c: (losses[c], c))
         if cfg.threshold is not None and losses[best] > cfg.threshold:
             sel.status = "threshold"
@@ -218,7 +223,7 @@ def block_influence(hs: Hopscotch, rows: Sequence[Row], skipped: Sequence[int] =
 def baseline_blocks(
     name: str, hs: Hopscotch, rows: Sequence[Row], k: int, seed: int = 0,
     round_one: dict[int, float] | None = None, score_lr: float = 1e-2,
-    on_progress: Progress | None = None,
+    on_progress: Progress | None = None, objective: Objective | None = None,
 ) -> dict:
     """{"attention": [...], "mlp": [...], "scores": {...}} for baseline `name` (see module docstring)."""
     n = hs.num_layers
@@ -235,7 +240,7 @@ def baseline_blocks(
         scores = dict(round_one or {})
         for c in range(n):
             if c not in scores:
-                scores[c] = score_candidate(hs, rows, [], c, lr=score_lr, seed=seed)
+                scores[c] = score_candidate(hs, rows, [], c, lr=score_lr, seed=seed, objective=objective)
                 if on_progress is not None:
                     on_progress(len(scores), n, {"stage": "baseline one-round", "candidate": c})
         blocks = sorted(range(n), key=lambda i: (scores[i], i))[:k]

@@ -7,6 +7,18 @@
 One row (several packed examples, see data.py) is one step; the step loss is the mean over its response tokens.
 Epoch order is a seeded shuffle. A NaN/inf loss or scalar stops training and restores the last good scalars.
 No UI here: progress goes to `on_progress(step, total, info)`, `should_stop()` ends a run cleanly after a step.
+
+Objectives (`Objective`, for both scoring and training; token means over response positions):
+    ce      cross-entropy on the model's own greedy answers (the paper's)
+    kl      KL(original || modified) of the next-token distributions; the teacher is the same model with nothing
+            skipped and all-ones scalars (hs.in_thread() under no_grad: no second copy of the model)
+    ce+kl   ce + kl_weight * kl
+The teacher comes either from a forward per step (exact KL, one extra no-grad forward per step), or from a
+`TeacherCache`: the original model's top-k log-probs at every response position plus the log of the remaining
+mass, computed once (saved in the run directory), so a step needs no teacher forward. With the cache the KL is
+that of the two distributions coarsened to the k teacher tokens + one "rest" bucket (a lower bound of the exact
+KL; the gap is the student's KL inside the rest, which carries the teacher's tail mass only). The granularity
+follows the handle: hs.trainable() is [scales] or [scales, channel_scales].
 """
 
 from __future__ import annotations
@@ -15,13 +27,157 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from .data import Row, dataset_loss, row_loss
+from .data import Row, dataset_loss, row_logits, row_loss
 from ..engine.scaling import Hopscotch
+from ..errors import HopscotchError
 
 Progress = Callable[[int, int, dict], None]
+OBJECTIVES = ("ce", "kl", "ce+kl")
+TEACHER_TOP_K = 64
+
+
+class TeacherCache:
+    """The original model's top-k log-probs at every response position of each row (see module docstring).
+
+    Per row i: idx[i] (N, k) token ids, logp[i] (N, k) their log-probs, tail[i] (N,) the log of the mass outside
+    them. `targets` (all rows' targets, concatenated) identifies the rows it was made for."""
+
+    def __init__(self, idx: list[torch.Tensor], logp: list[torch.Tensor], tail: list[torch.Tensor],
+                 targets: torch.Tensor, top_k: int):
+        self.idx, self.logp, self.tail, self.targets, self.top_k = idx, logp, tail, targets, top_k
+
+    @staticmethod
+    def _targets(rows: Sequence[Row]) -> torch.Tensor:
+        return torch.cat([r.targets.reshape(-1) for r in rows]).to(torch.int64) if rows else torch.zeros(0)
+
+    @classmethod
+    def build(cls, hs: Hopscotch, rows: Sequence[Row], top_k: int = TEACHER_TOP_K,
+              on_progress: Progress | None = None) -> "TeacherCache":
+        idx, logp, tail = [], [], []
+        with torch.no_grad(), hs.in_thread():  # the original model: nothing skipped, all ones
+            for n, row in enumerate(rows):
+                lp = torch.log_softmax(row_logits(hs.model, row), -1)  # (N, V)
+                k = min(top_k, lp.shape[-1])
+                top, where = lp.topk(k, -1)                            # (N, k)
+                rest = lp.scatter(-1, where, float("-inf")).logsumexp(-1) if k < lp.shape[-1] else \
+                    torch.full(lp.shape[:1], float("-inf"), device=lp.device)
+                idx.append(where.to(torch.int32).cpu())
+                logp.append(top.float().cpu())
+                tail.append(rest.float().cpu())
+                if on_progress is not None:
+                    on_progress(n + 1, len(rows), {"stage": "teacher"})
+        return cls(idx, logp, tail, cls._targets(rows), top_k)
+
+    def matches(self, rows: Sequence[Row]) -> bool:
+        t = self._targets(rows)
+        return len(rows) == len(self.idx) and t.shape == self.targets.shape and bool((t == self.targets).all())
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        from ..fileio import atomic_write
+
+        tensors = {"targets": self.targets.contiguous(), "top_k": torch.tensor([self.top_k])}
+        for i in range(len(self.idx)):
+            tensors.update({f"idx_{i}": self.idx[i].contiguous(), f"logp_{i}": self.logp[i].contiguous(),
+                            f"tail_{i}": self.tail[i].contiguous()})
+        atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp)))
+
+    @classmethod
+    def load(cls, path: str | Path, rows: Sequence[Row], top_k: int = TEACHER_TOP_K) -> "TeacherCache | None":
+        """The cache saved at `path` if it was made for these rows with this k, else None."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            t = load_file(str(path))
+        except (FileNotFoundError, SafetensorError, OSError):
+            return None
+        n = len(rows)
+        if int(t.get("top_k", torch.tensor([-1]))[0]) != top_k or any(f"idx_{i}" not in t for i in range(n)):
+            return None
+        out = cls([t[f"idx_{i}"] for i in range(n)], [t[f"logp_{i}"] for i in range(n)],
+                  [t[f"tail_{i}"] for i in range(n)], t["targets"], top_k)
+        return out if out.matches(rows) else None
+
+    def kl(self, i: int, lq: torch.Tensor) -> torch.Tensor:
+        """Token-mean KL of row i's coarsened teacher || student log-probs `lq` (N, V); differentiable."""
+        where = self.idx[i].to(device=lq.device, dtype=torch.int64)
+        if where.shape[0] != lq.shape[0]:
+            raise HopscotchError(f"teacher cache row {i} has {where.shape[0]} positions, the row {lq.shape[0]}")
+        lp, lp_rest = self.logp[i].to(lq.device), self.tail[i].to(lq.device)
+        lq_top = lq.gather(-1, where)                                        # (N, k)
+        kl = (lp.exp() * (lp - lq_top)).sum(-1)                              # (N,)
+        if where.shape[1] < lq.shape[-1]:
+            lq_rest = lq.scatter(-1, where, float("-inf")).logsumexp(-1)     # (N,) log of the student's rest
+            p_rest = lp_rest.exp()
+            kl = kl + torch.where(p_rest > 0, p_rest * (lp_rest - lq_rest), torch.zeros_like(kl))
+        return kl.mean()
+
+
+@dataclass
+class Objective:
+    """What scoring and training minimise (see module docstring); `teacher`: a TeacherCache for the rows being
+    trained on, or None for a teacher forward per step."""
+
+    name: str = "ce"
+    kl_weight: float = 1.0
+    teacher: TeacherCache | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in OBJECTIVES:
+            raise HopscotchError(f"unknown objective {self.name!r}; use one of {', '.join(OBJECTIVES)}")
+        if not (isinstance(self.kl_weight, (int, float)) and math.isfinite(self.kl_weight) and self.kl_weight >= 0):
+            raise HopscotchError(f"kl-weight must be a finite number >= 0, not {self.kl_weight!r}")
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.name != "ce"
+
+
+def teacher_logprobs(hs: Hopscotch, row: Row) -> torch.Tensor:
+    """(N, V) log-probs of the original model (nothing skipped, all ones) at the row's response positions."""
+    with torch.no_grad(), hs.in_thread():
+        return torch.log_softmax(row_logits(hs.model, row), -1)
+
+
+def objective_loss(hs: Hopscotch, row: Row, objective: Objective | None = None, key: int | None = None
+                   ) -> torch.Tensor:
+    """The token-mean objective on one row (differentiable); `key`: the row's index in objective.teacher."""
+    obj = objective or Objective()
+    if obj.name == "ce":
+        return row_loss(hs.model, row, "mean")
+    lp = None
+    if obj.teacher is None or key is None:
+        lp = teacher_logprobs(hs, row)  # before the student forward: the handle's state is untouched
+    lq = torch.log_softmax(row_logits(hs.model, row), -1)  # (N, V)
+    if lp is not None:
+        kl = (lp.exp() * (lp - lq)).sum(-1).mean()
+    else:
+        kl = obj.teacher.kl(key, lq)
+    if obj.name == "kl":
+        return kl
+    ce = F.nll_loss(lq, row.targets.to(lq.device), reduction="mean")
+    return ce + obj.kl_weight * kl
+
+
+def dataset_objective(hs: Hopscotch, rows: Sequence[Row], objective: Objective | None = None) -> float:
+    """Token-mean objective over rows (no grad; exact KL: a teacher forward per row)."""
+    obj = objective or Objective()
+    if obj.name == "ce":
+        return dataset_loss(hs.model, rows)
+    exact = Objective(obj.name, obj.kl_weight, None)
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for row in rows:
+            total += float(objective_loss(hs, row, exact)) * row.n_tokens
+            n += row.n_tokens
+    return total / max(n, 1)
 
 
 @dataclass
@@ -29,13 +185,15 @@ class TrainConfig:
     lr: float = 3e-3
     epochs: int = 3
     seed: int = 0
+    objective: Objective | None = None                 # None: ce (the paper's)
 
 
 @dataclass
 class TrainResult:
     status: str                                        # "done" | "stopped" | "diverged"
-    epochs: list[dict] = field(default_factory=list)   # per epoch: train_loss, eval_loss
+    epochs: list[dict] = field(default_factory=list)   # per epoch: train_loss, eval_loss (the objective)
     scales: torch.Tensor | None = None                 # last good scalars (float32, CPU)
+    channel_scales: torch.Tensor | None = None         # last good per-channel multipliers (granularity channel)
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -46,24 +204,32 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 def _run_epoch(hs: Hopscotch, rows: Sequence[Row], opt: torch.optim.Optimizer, order: list[int],
                on_step: Callable[[int, float], None] | None = None,
-               should_stop: Callable[[], bool] | None = None) -> tuple[float, int, bool]:
+               should_stop: Callable[[], bool] | None = None,
+               objective: Objective | None = None) -> tuple[float, int, bool]:
     """One pass over rows in `order`. Returns (token-mean loss, steps done, diverged)."""
     total, tokens, steps = 0.0, 0, 0
+    params = hs.trainable()
+
+    def restore(good: list[torch.Tensor]) -> None:
+        hs.set_scales(good[0])
+        if len(good) > 1:
+            hs.set_channel_scales(good[1])
+
     for k, i in enumerate(order):
         if should_stop is not None and should_stop():
             break
         row = rows[i]
-        good = hs.scales.detach().clone()
+        good = [p.detach().clone() for p in params]
         opt.zero_grad(set_to_none=True)
-        loss = row_loss(hs.model, row, "mean")
+        loss = objective_loss(hs, row, objective, key=i)
         value = float(loss.detach())
         if not math.isfinite(value):
-            hs.set_scales(good)
+            restore(good)
             return total / max(tokens, 1), steps, True
         loss.backward()
         opt.step()
-        if not torch.isfinite(hs.scales.detach()).all():
-            hs.set_scales(good)
+        if not all(torch.isfinite(p.detach()).all() for p in params):
+            restore(good)
             return total / max(tokens, 1), steps, True
         total += value * row.n_tokens
         tokens += row.n_tokens
@@ -90,7 +256,7 @@ def train_scales(
     `start_epoch` and that `opt_state` continues exactly as if never interrupted.
     """
     cfg = cfg or TrainConfig()
-    opt = torch.optim.Adam([hs.scales], lr=cfg.lr)
+    opt = torch.optim.Adam(hs.trainable(), lr=cfg.lr)
     if opt_state is not None:
         load_adam_state(opt, opt_state)
     hs.model.eval()  # dropout off: the model is a fixed function of the scalars
@@ -102,7 +268,8 @@ def train_scales(
                 on_progress(epoch * len(train_rows) + k, total, {"stage": "train", "epoch": epoch, "loss": loss})
 
         train_loss, steps, diverged = _run_epoch(hs, train_rows, opt, _epoch_order(len(train_rows), cfg.seed,
-                                                                                   epoch), step, should_stop)
+                                                                                   epoch), step, should_stop,
+                                                 cfg.objective)
         if diverged:
             result.status = "diverged"
             break
@@ -110,28 +277,40 @@ def train_scales(
             result.status = "stopped"
             break
         record = {"epoch": epoch, "train_loss": train_loss,
-                  "eval_loss": dataset_loss(hs.model, eval_rows) if eval_rows else None}
+                  "eval_loss": dataset_objective(hs, eval_rows, cfg.objective) if eval_rows else None}
         result.epochs.append(record)
         if on_epoch is not None:
             on_epoch(epoch, record, hs.effective_scales(), adam_state(opt))
     result.scales = hs.effective_scales()
+    result.channel_scales = hs.effective_channel_scales()
     return result
 
 
+CHANNEL_PREFIX = "channel."  # adam_state keys of the second parameter (channel_scales)
+
+
 def adam_state(opt: torch.optim.Adam) -> dict[str, torch.Tensor]:
-    """The Adam moments of the single scales parameter, as plain tensors (safetensors-friendly)."""
-    st = opt.state_dict()["state"].get(0)
-    if not st:
-        return {}
-    return {k: torch.as_tensor(v).detach().cpu().clone().float() for k, v in st.items()}
+    """The Adam moments of the scales parameter (keys exp_avg, exp_avg_sq, step) and, with granularity
+    channel, of channel_scales (the same keys after CHANNEL_PREFIX), as plain tensors (safetensors-friendly)."""
+    out = {}
+    for n, prefix in ((0, ""), (1, CHANNEL_PREFIX)):
+        st = opt.state_dict()["state"].get(n)
+        if st:
+            out.update({prefix + k: torch.as_tensor(v).detach().cpu().clone().float() for k, v in st.items()})
+    return out
 
 
 def load_adam_state(opt: torch.optim.Adam, state: dict[str, torch.Tensor]) -> None:
     if not state:
         return
-    dev = opt.param_groups[0]["params"][0].device
-    st = {k: (v.to(dev) if k != "step" else v.cpu()) for k, v in state.items()}
-    opt.load_state_dict({"state": {0: st}, "param_groups": opt.state_dict()["param_groups"]})
+    params = opt.param_groups[0]["params"]
+    dev = params[0].device
+    per: dict[int, dict] = {}
+    for key, v in state.items():
+        n, k = (1, key[len(CHANNEL_PREFIX):]) if key.startswith(CHANNEL_PREFIX) else (0, key)
+        if n < len(params):
+            per.setdefault(n, {})[k] = v.to(dev) if k != "step" else v.cpu()
+    opt.load_state_dict({"state": per, "param_groups": opt.state_dict()["param_groups"]})
 
 
 def score_candidate(
@@ -142,15 +321,18 @@ def score_candidate(
     lr: float = 1e-2,
     seed: int = 0,
     on_step: Callable[[int, float], None] | None = None,
+    objective: Objective | None = None,
 ) -> float:
     """The paper's score: skip removed + [candidate], scalars from all ones, one epoch of Adam at `lr`;
-    the token-mean training loss over that pass. Leaves hs reset to all ones with `removed` skipped.
+    the token-mean training loss (`objective`, default ce) over that pass. Trains what the handle's granularity
+    trains. Leaves hs reset to all ones with `removed` skipped.
     """
     hs.reset()
     hs.skip([*removed, candidate])
-    opt = torch.optim.Adam([hs.scales], lr=lr)
+    opt = torch.optim.Adam(hs.trainable(), lr=lr)
     hs.model.eval()
-    loss, _, diverged = _run_epoch(hs, rows, opt, _epoch_order(len(rows), seed, 0), on_step)
+    loss, _, diverged = _run_epoch(hs, rows, opt, _epoch_order(len(rows), seed, 0), on_step,
+                                   objective=objective)
     hs.reset()
     hs.skip(list(removed))
     return float("inf") if diverged else loss
