@@ -38,9 +38,11 @@ with st.expander("Start a new selection", expanded=run is None):
                                         "influence; random; one-round: the paper's round-1 scores, k at once")
         epochs = c2.number_input("Training epochs", 1, 200, 3, key="sel_epochs")
         train_baselines = c3.checkbox("Train baselines' scalars", True, key="sel_train_bl")
+        recovery = common.recovery_settings("sel", (run.manifest.get("settings") if run else None))
         name = st.text_input("Run name", value="", key="sel_name", placeholder="(automatic)").strip()
         if d is not None:
-            settings = {**common.model_settings(), **d, "k": int(k), "mode": mode, "shortlist": int(shortlist),
+            settings = {**common.model_settings(), **d, **recovery, "k": int(k), "mode": mode,
+                        "shortlist": int(shortlist),
                         "shortlist_by": shortlist_by, "baselines": baselines, "epochs": int(epochs),
                         "train_baselines": bool(train_baselines)}
             common.job_launcher("sel", jobs.cli_args(settings, "run"), name, f"{mode}-k{int(k)}",
