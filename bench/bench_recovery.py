@@ -112,6 +112,9 @@ def main(argv=None) -> None:
     ap.add_argument("--n-eval", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--gen-batch", type=int, default=8)
+    ap.add_argument("--train-prompts", type=int, default=16, help="use the first N calibration answers for training")
+    ap.add_argument("--eval-prompts", type=int, default=24, help="use the first N held-out answers for the figures")
+    ap.add_argument("--answer-cap", type=int, default=96, help="cut the cached answers to this many tokens")
     ap.add_argument("--batch-tokens", type=int, default=256, help="tokens per training step (row)")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--lr", type=float, default=1e-2, help="one epoch at 1e-2 (the paper's scoring budget) moves the "
@@ -128,11 +131,15 @@ def main(argv=None) -> None:
 
     model, tok = hc.load_model("default", device="cpu")
     calib, held = answers(model, tok, args, work)
+    calib, held = calib[: args.train_prompts], held[: args.eval_prompts]
+    for a in calib + held:  # a subset of the one cached data set (it is generated at the larger sizes once)
+        if len(a.response_ids) > args.answer_cap:
+            a.response_ids, a.finished = a.response_ids[: args.answer_cap], False
     rows = data.pack(data.build_examples(calib), args.batch_tokens)
     eval_rows = [data.pack([ex], 10 ** 9)[0] for ex in data.build_examples(held)]  # one row per prompt
     weights = [r.n_tokens for r in eval_rows]
     unfinished = sum(not a.finished for a in calib + held)
-    print(f"data: {len(calib)} calibration / {len(held)} held-out prompts, answers <= {args.max_new_tokens} tokens "
+    print(f"data: {len(calib)} calibration / {len(held)} held-out prompts, answers <= {args.answer_cap} tokens "
           f"({unfinished} hit the cap); {sum(r.n_tokens for r in rows)} calibration / {sum(weights)} held-out "
           f"answer tokens; {len(rows)} steps per epoch", flush=True)
 

@@ -56,12 +56,14 @@ class RunSettings:
     lr: float = _opt(3e-3, "lr of the final scale training")
     epochs: int = _opt(3, "epochs of the final scale training")
     batch_tokens: int = _opt(1024, "tokens per packed row (one step)")
-    objective: str = _opt("ce", "what scoring and scale training minimise: ce (the paper's: cross-entropy on the "
-                          "model's own answers) | kl (KL(original || modified), the original model as teacher) | "
-                          "ce+kl (ce + kl-weight * kl)")
+    # defaults kl + channel: measured best at restoring the original (README "Recovery objectives",
+    # bench/bench_recovery.py); the paper's setting is --objective ce --granularity scalar
+    objective: str = _opt("kl", "what scoring and scale training minimise: kl (default: KL(original || modified), "
+                          "the original model as teacher) | ce (the paper's: cross-entropy on the model's own "
+                          "answers) | ce+kl (ce + kl-weight * kl)")
     kl_weight: float = _opt(1.0, "weight of the KL term in --objective ce+kl")
-    granularity: str = _opt("scalar", "scalar (the paper's: one b per branch) | channel (b_att and b_mlp are "
-                            "per-channel vectors; still folds into the output projections)")
+    granularity: str = _opt("channel", "channel (default: b_att and b_mlp are per-channel vectors; still folds into "
+                            "the output projections) | scalar (the paper's: one b per branch)")
     threshold: float | None = _opt(None, "stop selecting once the loss passes this")
     blocks: list[int] | None = _opt(None, "train this skip set instead of selecting", flag="--skip", kind="blocks")
     baselines: list[str] = _opt([], "comma list of attn-bi,shortgpt,random,one-round, or 'all'", kind="names")
