@@ -428,3 +428,31 @@ def put(key: str, value) -> None:
     """Set a kept widget's value (from a callback, or before the widget is drawn)."""
     st.session_state[f"_kept_{key}"] = value
     st.session_state[key] = value
+
+
+def recovery_settings(key: str, defaults: dict | None = None) -> dict:
+    """Widgets for what scoring and scale training minimise (objective, KL weight) and the granularity of the
+    scalars; returns those RunSettings fields. `paper` = objective ce, granularity scalar (the paper's)."""
+    from hopscotch_core.method.settings import GRANULARITIES, OBJECTIVES, PAPER, RunSettings
+
+    default = RunSettings()
+    d = {"objective": default.objective, "kl_weight": default.kl_weight, "granularity": default.granularity,
+         **{k: v for k, v in (defaults or {}).items() if k in ("objective", "kl_weight", "granularity")}}
+
+    def label(value: str) -> str:
+        return f"{value} (paper)" if value in PAPER.values() else value
+
+    c1, c2, c3 = st.columns(3)
+    objective = c1.selectbox("Objective", list(OBJECTIVES), index=list(OBJECTIVES).index(d["objective"]),
+                             format_func=label, key=f"{key}_objective",
+                             help="ce: cross-entropy on the model's own answers (the paper's); kl: KL(original || "
+                                  "modified), the original model as teacher; ce+kl: ce + weight * kl")
+    weight = c2.number_input("KL weight", 0.0, 100.0, float(d["kl_weight"]), key=f"{key}_kl_weight",
+                             disabled=objective != "ce+kl", help="weight of the KL term in ce+kl")
+    granularity = c3.selectbox("Granularity", list(GRANULARITIES), index=list(GRANULARITIES).index(d["granularity"]),
+                               format_func=label, key=f"{key}_granularity",
+                               help="scalar: one b per branch (the paper's); channel: b_att and b_mlp are vectors "
+                                    "over the hidden size (still folds into the output projections)")
+    if objective == PAPER["objective"] and granularity == PAPER["granularity"]:
+        st.caption("paper: the paper's exact setting (--objective ce --granularity scalar)")
+    return {"objective": objective, "kl_weight": float(weight), "granularity": granularity}

@@ -56,6 +56,7 @@ scaled = c3.toggle("Scaled: apply the run's trained scalars", disabled=adapter i
                    help="Off: the blocks are skipped with all other scalars at 1 (unscaled). On: the run's adapter.")
 skip = sorted(int(b) for b in (st.session_state.get("cmp_skip") or []))
 scales = adapter[0] if scaled and adapter is not None else None
+channels = run.channel_scales() if scales is not None and run is not None else None  # granularity channel
 if scales is not None and sorted(adapter[1].get("skipped") or []) != skip:
     st.caption(f"Note: these scalars were trained with blocks {sorted(adapter[1].get('skipped') or [])} skipped.")
 
@@ -95,7 +96,8 @@ if go:
     b: list[int] = []
     try:
         shown = 0.0
-        for a, b in compare.stream_pair(model, tok, prompt, skip, scales, max_new_tokens=int(max_new), lock=lock):
+        for a, b in compare.stream_pair(model, tok, prompt, skip, scales, max_new_tokens=int(max_new), lock=lock,
+                                        channel_scales=channels):
             if time.perf_counter() - shown > 0.25:  # at most 4 redraws a second: the browser shares the CPU
                 render(a, b, label, False)
                 shown = time.perf_counter()

@@ -23,12 +23,13 @@ with st.expander("Train scalars for a skip set", expanded=run is None):
         c1, c2 = st.columns(2)
         epochs = c1.number_input("Epochs", 1, 200, int(base.get("epochs") or 3), key="sc_epochs")
         lr = c2.number_input("Learning rate", 1e-5, 1.0, float(base.get("lr") or 3e-3), format="%.4f", key="sc_lr")
+        recovery = common.recovery_settings("sc", base)
         name = st.text_input("Run name", value="", key="sc_name", placeholder="(automatic)").strip()
         if not blocks:
             st.caption("Choose at least one block to skip.")
         elif d is not None:
-            settings = {**common.model_settings(), **d, "blocks": sorted(blocks), "epochs": int(epochs),
-                        "lr": float(lr)}
+            settings = {**common.model_settings(), **d, **recovery, "blocks": sorted(blocks),
+                        "epochs": int(epochs), "lr": float(lr)}
             common.job_launcher("sc", jobs.cli_args(settings, "train"), name,
                                 "train-" + "-".join(str(b) for b in sorted(blocks)), "Start training job")
 

@@ -46,9 +46,11 @@ with st.expander("Start a new selection", expanded=run is None):
                    f"thread{'s' if jobs.threads_per_process(nproc, cores) > 1 else ''} on {cores} cores"
                    + (" (torchrun, gloo on CPU / nccl on GPUs; a GPU machine gets one GPU per process)"
                       if nproc > 1 else ""))
+        recovery = common.recovery_settings("sel", (run.manifest.get("settings") if run else None))
         name = st.text_input("Run name", value="", key="sel_name", placeholder="(automatic)").strip()
         if d is not None:
-            settings = {**common.model_settings(), **d, "k": int(k), "mode": mode, "shortlist": int(shortlist),
+            settings = {**common.model_settings(), **d, **recovery, "k": int(k), "mode": mode,
+                        "shortlist": int(shortlist),
                         "shortlist_by": shortlist_by, "baselines": baselines, "epochs": int(epochs),
                         "train_baselines": bool(train_baselines)}
             common.job_launcher("sel", jobs.cli_args(settings, "run"), name, f"{mode}-k{int(k)}",

@@ -79,7 +79,7 @@ def _attach(model, args):
     from .engine.scaling import attach, load_adapter
 
     if getattr(args, "adapter", None):
-        hs = load_adapter(model, args.adapter)
+        hs = load_adapter(model, args.adapter, granularity=getattr(args, "granularity", None))
         if args.skip:
             hs.set_skipped(args.skip)
         return hs
@@ -252,7 +252,8 @@ def cmd_pipeline(args) -> int:
         from .method.runs import RunStore
         from .method.settings import RunSettings
 
-        settings = RunSettings(**group.on_main(lambda: RunStore(args.runs_dir).open(args.resume).manifest["settings"]))
+        settings = RunSettings.from_manifest(
+            group.on_main(lambda: RunStore(args.runs_dir).open(args.resume).manifest["settings"]))
         name = args.resume
     else:
         settings = _settings(args)
@@ -428,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompt", required=True)
     s.add_argument("--skip", type=_blocks, default=[], help="attention blocks to skip, e.g. 4,17")
     s.add_argument("--adapter", default=None, help="adapter directory (scales + skip set) to apply")
+    s.add_argument("--granularity", default=None, choices=["scalar", "channel"],
+                   help="refuse an --adapter trained with another granularity (default: take the adapter's)")
     s.add_argument("--max-new-tokens", type=int, default=64)
     s.add_argument("--raw", action="store_true", help="do not wrap the prompt in the chat template")
     s.set_defaults(func=cmd_ask)
@@ -436,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(s, model=None)  # None: 'default', or with --run the run's own model
     s.add_argument("--skip", type=_blocks, default=[], help="attention blocks to remove, e.g. 4,17")
     s.add_argument("--adapter", default=None, help="adapter directory (scales + skip set) to apply")
+    s.add_argument("--granularity", default=None, choices=["scalar", "channel"],
+                   help="refuse an --adapter trained with another granularity (default: take the adapter's)")
     s.add_argument("--run", default=None, help="export this run's trained adapter (on the run's model)")
     s.add_argument("--runs-dir", default="runs")
     s.add_argument("--format", default="compact", choices=["compact", "hf", "gguf"],

@@ -64,6 +64,12 @@ BAD_RUN_INPUT = [  # (command, extra flags, what the one error line must say)
     ("run", ["--data", "{tmp}/empty.jsonl"], "holds no records"),             # an empty calibration set
     ("run", ["--data", "{tmp}/nocol.jsonl"], "no prompt column found"),
     ("run", ["--data", "{tmp}/missing.jsonl"], "does not exist"),
+    ("run", ["--objective", "mse"], "unknown objective 'mse'"),
+    ("train", ["--skip", "1", "--objective", "KL"], "unknown objective 'KL'"),
+    ("run", ["--granularity", "row"], "unknown granularity 'row'"),
+    ("run", ["--objective", "ce+kl", "--kl-weight", "-0.5"], "kl-weight must be a finite number >= 0"),
+    ("train", ["--skip", "1", "--kl-weight", "nan"], "kl-weight must be a finite number >= 0"),
+    ("run", ["--kl-weight", "inf"], "kl-weight must be a finite number >= 0"),
 ]
 
 
@@ -104,3 +110,29 @@ def test_the_python_api_refuses_the_same_settings():
     with pytest.raises(hc.HopscotchError, match="lr must be a positive number"):
         RunSettings(lr=float("nan")).validate()
     RunSettings(blocks=[1, 29]).validate(num_layers=30)  # fine
+
+
+@pytest.mark.parametrize("command", ["ask", "export"])
+def test_an_adapter_of_another_granularity_is_refused_before_any_work(command, tiny_dir, tmp_path, capsys,
+                                                                      monkeypatch):
+    from hopscotch_core.engine import generation
+    from hopscotch_core.integrations import export
+
+    model, _ = hc.load_model(tiny_dir, device="cpu")
+    hs = hc.attach(model).skip([1])
+    hs.set_granularity("channel")
+    hs.save(tmp_path / "adapter", objective="kl")
+    hs.detach()
+
+    def no_work(*a, **k):
+        raise AssertionError("work started for a refused request")
+
+    monkeypatch.setattr(generation, "generate_text", no_work)
+    monkeypatch.setattr(export, "export", no_work)
+    extra = ["--prompt", "hi"] if command == "ask" else ["--out", str(tmp_path / "out")]
+    code = cli.main([command, "--model", str(tiny_dir), "--device", "cpu", "--adapter", str(tmp_path / "adapter"),
+                     "--granularity", "scalar", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "error: the adapter at" in err and "trained with granularity 'channel', but 'scalar' was asked" in err
+    assert not (tmp_path / "out").exists()

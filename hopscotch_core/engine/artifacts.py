@@ -3,7 +3,11 @@
 An adapter directory holds two files:
 
     scales.safetensors   {"scales": float32 [num_layers, 4]}   columns b_att, s_att, b_mlp, s_mlp
-    hopscotch.json       {"format_version", "kind": "adapter" | "compact", "skipped", "base": identity, ...}
+                         + "channel_scales": float32 [num_layers, 2, hidden] with granularity "channel"
+    hopscotch.json       {"format_version", "kind": "adapter" | "compact", "skipped", "base": identity,
+                          "granularity": "scalar" | "channel", "objective": "ce" | "kl" | "ce+kl" | null, ...}
+
+Artifacts written before granularity existed have no such field and read as "scalar".
 
 A compact model directory is a transformers model directory (config.json + model.safetensors, without the
 weights of the removed attention blocks) plus the same two files with kind "compact".
@@ -86,12 +90,20 @@ def _atomic_write(path: Path, write) -> None:
     atomic_write(path, lambda tmp: write(Path(tmp)))
 
 
-def write_artifact(path: str | os.PathLike, scales: torch.Tensor, meta: dict[str, Any]) -> Path:
+GRANULARITIES = ("scalar", "channel")
+OBJECTIVES = ("ce", "kl", "ce+kl")
+
+
+def write_artifact(path: str | os.PathLike, scales: torch.Tensor, meta: dict[str, Any],
+                   channel_scales: torch.Tensor | None = None) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tensor = scales.detach().to(device="cpu", dtype=torch.float32).contiguous().clone()
-    _atomic_write(path / SCALES_FILE, lambda p: save_file({"scales": tensor}, str(p)))
-    body = {"format_version": FORMAT_VERSION, **meta}
+    tensors = {"scales": scales.detach().to(device="cpu", dtype=torch.float32).contiguous().clone()}
+    if channel_scales is not None:
+        tensors["channel_scales"] = channel_scales.detach().to(device="cpu", dtype=torch.float32).contiguous().clone()
+    _atomic_write(path / SCALES_FILE, lambda p: save_file(tensors, str(p)))
+    body = {"format_version": FORMAT_VERSION, **meta,
+            "granularity": "channel" if channel_scales is not None else "scalar"}
     _atomic_write(path / META_FILE, lambda p: p.write_text(json.dumps(body, indent=2)))
     return path
 
@@ -134,9 +146,36 @@ def read_artifact(path: str | os.PathLike, kind: str | None = None) -> tuple[tor
         )
     if not torch.isfinite(scales).all():
         raise ArtifactError(f"{scales_path} contains NaN or inf")
+    if meta.get("granularity", "scalar") not in GRANULARITIES:
+        raise ArtifactError(f"{meta_path}: unknown granularity {meta.get('granularity')!r}; this hopscotch_core "
+                            f"knows {', '.join(GRANULARITIES)}")
+    if meta.get("objective") not in (None, *OBJECTIVES):
+        raise ArtifactError(f"{meta_path}: unknown objective {meta.get('objective')!r}; this hopscotch_core "
+                            f"knows {', '.join(OBJECTIVES)}")
     for key in ("skipped", "skipped_mlp"):
         blocks = meta.get(key, [] if key == "skipped_mlp" else None)
         if not isinstance(blocks, list) or not all(isinstance(i, int) and 0 <= i < n for i in blocks) \
                 or len(set(blocks)) != len(blocks):
             raise ArtifactError(f"{meta_path}: '{key}' must be a list of distinct block indices in [0, {n})")
     return scales, meta
+
+
+def read_channel_scales(path: str | os.PathLike, meta: dict[str, Any]) -> torch.Tensor | None:
+    """The per-channel multipliers [num_layers, 2, hidden] of an artifact with granularity "channel" (None for
+    "scalar"); ArtifactError when the file lacks them or they are malformed."""
+    if meta.get("granularity", "scalar") != "channel":
+        return None
+    scales_path = Path(path) / SCALES_FILE
+    try:
+        ch = load_file(str(scales_path)).get("channel_scales")
+    except (SafetensorError, OSError) as e:
+        raise ArtifactError(f"{scales_path} is corrupt ({e})") from None
+    n = (meta.get("base") or {}).get("num_layers")
+    if ch is None:
+        raise ArtifactError(f"{scales_path} lacks 'channel_scales', but {META_FILE} says granularity 'channel'")
+    if ch.dtype != torch.float32 or ch.ndim != 3 or ch.shape[0] != n or ch.shape[1] != 2:
+        raise ArtifactError(f"{scales_path}: channel_scales is {ch.dtype} {tuple(ch.shape)}; expected float32 "
+                            f"({n}, 2, hidden)")
+    if not torch.isfinite(ch).all():
+        raise ArtifactError(f"{scales_path}: channel_scales contains NaN or inf")
+    return ch

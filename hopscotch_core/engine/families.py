@@ -190,19 +190,25 @@ def get_family(model: nn.Module) -> ModelFamily:
 get_adapter = get_family
 
 
-def fold_scale(layer: nn.Module, target: tuple[str, str], scale: float) -> None:
-    """Multiply the output of the module at `target` by `scale`, in its weights (exact up to rounding)."""
+def fold_scale(layer: nn.Module, target: tuple[str, str], scale: float | torch.Tensor) -> None:
+    """Multiply the output of the module at `target` by `scale`, in its weights (exact up to rounding).
+
+    `scale` is a number, or a vector over the output channels (granularity "channel"): a linear layer's rows
+    (and bias) and a norm's per-channel weight each scale one output channel."""
     path, kind = target
     mod = layer.get_submodule(path)
     with torch.no_grad():
+        if isinstance(scale, torch.Tensor):
+            scale = scale.to(device=mod.weight.device, dtype=torch.float64)
         if kind == "linear":
-            mod.weight.mul_(scale)
+            w = mod.weight
+            w.copy_(w.double() * (scale[:, None] if isinstance(scale, torch.Tensor) else scale))
             if getattr(mod, "bias", None) is not None:
-                mod.bias.mul_(scale)
+                mod.bias.copy_(mod.bias.double() * scale)
         elif kind == "rmsnorm":
-            mod.weight.mul_(scale)
+            mod.weight.copy_(mod.weight.double() * scale)
         elif kind == "rmsnorm_plus1":
-            mod.weight.copy_((1.0 + mod.weight.float()) * scale - 1.0)
+            mod.weight.copy_((1.0 + mod.weight.double()) * scale - 1.0)
         else:  # pragma: no cover - families only declare the kinds above
             raise ValueError(kind)
 

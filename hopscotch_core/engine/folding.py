@@ -88,6 +88,7 @@ def fold_model(hs) -> nn.Module:
         new = copy.deepcopy(hs.model)
     for p in new.parameters():
         p.requires_grad_(False)
+    channels = hs.effective_channel_scales()  # None, or [L, 2, hidden] (granularity "channel")
     branch = hs.family.layer
     layers = new.get_decoder().layers
     for i, layer in enumerate(layers):
@@ -98,10 +99,12 @@ def fold_model(hs) -> nn.Module:
             negate_norm(layer.get_submodule(branch.attn_in_norm[0]), branch.attn_in_norm[1])
         if c1 < 0 and branch.mlp_in_norm is not None:
             negate_norm(layer.get_submodule(branch.mlp_in_norm[0]), branch.mlp_in_norm[1])
-        if b_a / c1 != 1.0:
-            fold_scale(layer, branch.attn_out, b_a / c1)
-        if b_m / c2 != 1.0:
-            fold_scale(layer, branch.mlp_out, b_m / c2)
+        for col, factor, target in ((0, b_a / c1, branch.attn_out), (1, b_m / c2, branch.mlp_out)):
+            vec = None if channels is None else channels[i, col].double()
+            if vec is not None and not bool((vec == 1.0).all()):
+                fold_scale(layer, target, vec * factor)  # one scale per output channel (rows of o_proj/down_proj)
+            elif factor != 1.0:
+                fold_scale(layer, target, factor)
     if cs[-1][0] < 0:
         negate_norm(final_norm(new), branch.final_norm_kind)
     return new

@@ -201,7 +201,8 @@ def _finish_compact(model, path: Path, missing: list[str]) -> None:
         if not ok:
             raise ArtifactError(f"compact model at {path} is missing weight {key}, which it should have")
     # removed blocks were initialised from nothing by from_pretrained: install_compact drops them again
-    install_compact(model, scales, skipped, meta["base"], fold=False, skipped_mlp=skipped_mlp)
+    install_compact(model, scales, skipped, meta["base"], fold=False, skipped_mlp=skipped_mlp,
+                    channel_scales=artifacts.read_channel_scales(path, meta))
     model._hopscotch_compact.folded = bool(meta.get("folded"))
 
 
@@ -369,7 +370,7 @@ def save_model(model, path: str | os.PathLike, tokenizer=None) -> Path:
         meta = {"kind": "compact", "skipped": list(info.skipped), "skipped_mlp": list(info.skipped_mlp),
                 "folded": info.folded, "base": info.base,
                 "columns": ["b_att", "s_att", "b_mlp", "s_mlp"]}
-        artifacts.write_artifact(path, info.scales, meta)
+        artifacts.write_artifact(path, info.scales, meta, channel_scales=info.channel_scales)
         _guard_compact_config(path)
     return path
 

@@ -4,7 +4,11 @@
     out = b_mlp[l] * M(x1) + s_mlp[l] * x1       (M = MLP branch)
 
 `attach(model)` gives a `Hopscotch` handle holding one float32 nn.Parameter `scales` of shape [num_layers, 4]
-(columns b_att, s_att, b_mlp, s_mlp), all ones: the model then computes exactly what it computed before. It
+(columns b_att, s_att, b_mlp, s_mlp), all ones: the model then computes exactly what it computed before.
+Granularity "channel" (`hs.set_granularity("channel")`) adds per-channel branch multipliers: a second float32
+Parameter `channel_scales` [num_layers, 2, hidden] (b_att and b_mlp vectors, all ones by default) multiplied
+with the b columns, so b_att * A(x) becomes (b_att * c_att) ⊙ A(x); s stays scalar, and everything still folds
+into the output projections' rows (folding.py). With granularity "scalar" (the paper's) they are not used. It
 overrides `forward` on each decoder-layer *instance* (the class, the module tree and the state dict are not
 touched) and freezes the model's own parameters; `detach()` undoes both. A skipped block's attention is not
 called at all, and its KV-cache layer only counts tokens (cache.py). `compact()` returns a copy of the model
@@ -34,9 +38,10 @@ from torch import nn
 from . import artifacts
 from .families import ModelFamily, fold_scale, get_family
 from .cache import record_skipped
-from ..errors import DetachedError, HopscotchError, InvalidBlocksError, InvalidScalesError
+from ..errors import AdapterMismatchError, DetachedError, HopscotchError, InvalidBlocksError, InvalidScalesError
 
 COLUMNS = ("b_att", "s_att", "b_mlp", "s_mlp")
+GRANULARITIES = ("scalar", "channel")
 _HANDLE_ATTR = "_hopscotch"
 _COMPACT_ATTR = "_hopscotch_compact"
 # Hopscotch.in_thread(): per thread, {id(handle): (skipped set, per-layer python floats)} (module level: a handle
@@ -69,7 +74,8 @@ def _layer_forward(family: ModelFamily, layer: nn.Module, idx: int, owner: Any) 
     """A forward for decoder layer `idx` implementing the Hopscotch formula.
 
     `owner` (a Hopscotch handle, or the frozen state of a compact model) answers `_is_skipped(idx)`,
-    `_mlp_skipped(idx)`, `_scales_on(x)` (an [L, 4] tensor, or per-layer tuples of python floats) and holds
+    `_mlp_skipped(idx)`, `_scales_on(x)` (an [L, 4] tensor, or per-layer tuples of python floats),
+    `_channels_on(x)` (None, or [L, 2, C] per-channel multipliers of b_att / b_mlp) and holds
     `_probe`: None, or a callable(idx, x, x1, out) that sees each layer's input, mid and output states.
     """
     branch = family.layer
@@ -89,6 +95,9 @@ def _layer_forward(family: ModelFamily, layer: nn.Module, idx: int, owner: Any) 
         sc = owner._scales_on(x)
         b_att, s_att, b_mlp, s_mlp = (sc[idx, 0], sc[idx, 1], sc[idx, 2], sc[idx, 3]) if isinstance(
             sc, torch.Tensor) else sc[idx]
+        ch = owner._channels_on(x)
+        if ch is not None:  # (C,) vectors: b ⊙ branch broadcasts over (B, T, C)
+            b_att, b_mlp = b_att * ch[idx, 0], b_mlp * ch[idx, 1]
         if owner._is_skipped(idx):
             cache = kwargs.get(cache_kw)
             if cache is not None:
@@ -166,6 +175,11 @@ class Hopscotch:
         self.num_layers = family.num_layers
         device = next(model.parameters()).device
         self.scales = nn.Parameter(torch.ones(self.num_layers, 4, dtype=torch.float32, device=device))
+        self.hidden_size = int(family.text_config.hidden_size)
+        # granularity "channel": per-channel multipliers of b_att (column 0) and b_mlp (column 1)
+        self.channel_scales = nn.Parameter(torch.ones(self.num_layers, 2, self.hidden_size, dtype=torch.float32,
+                                                      device=device))
+        self.granularity = "scalar"
         # skipped blocks, in the order they were skipped: column 0 (attention) and column 2 (MLP, for baselines
         # that remove whole layers)
         self._skips: dict[int, list[int]] = {0: [], 2: []}
@@ -226,6 +240,21 @@ class Hopscotch:
             return self._snapshot
         s = self.scales
         return s if s.device == x.device else s.to(x.device)
+
+    def _channels_on(self, x: torch.Tensor) -> torch.Tensor | None:
+        mine = _mine(self)
+        if mine is not None:
+            ch = mine[2]
+        elif self._rows is not None or self.granularity != "channel":
+            return None
+        elif torch.is_grad_enabled():
+            ch = self.channel_scales
+            return ch if ch.device == x.device else ch.to(x.device)
+        else:
+            ch = self.channel_scales.detach()
+        if ch is None:
+            return None
+        return ch if (ch.device == x.device and ch.dtype == x.dtype) else ch.to(device=x.device, dtype=x.dtype)
 
     def _mask_grad(self, grad: torch.Tensor) -> torch.Tensor:
         if not (self._skips[0] or self._skips[2]):
@@ -297,32 +326,71 @@ class Hopscotch:
                 self.scales[blocks, col] = 0.0
         return self
 
+    def set_granularity(self, granularity: str) -> Hopscotch:
+        """"scalar" (the paper's: one b per branch) or "channel" (b_att and b_mlp also get per-channel
+        multipliers, `channel_scales`). Switching to "scalar" resets the multipliers to ones."""
+        self._check()
+        check_granularity(granularity)
+        self.granularity = granularity
+        if granularity == "scalar":
+            with torch.no_grad():
+                self.channel_scales.fill_(1.0)
+        return self
+
+    def set_channel_scales(self, values: torch.Tensor | Iterable) -> Hopscotch:
+        """Copy `values` ([num_layers, 2, hidden], finite) into the per-channel multipliers of b_att / b_mlp and
+        switch to granularity "channel"."""
+        self._check()
+        t = check_channel_scales(values, self.num_layers, self.hidden_size)
+        with torch.no_grad():
+            self.channel_scales.copy_(t.to(self.channel_scales.device))
+        self.granularity = "channel"
+        return self
+
+    def effective_channel_scales(self) -> torch.Tensor | None:
+        """A float32 CPU copy of the per-channel multipliers, or None with granularity "scalar"."""
+        if self.granularity != "channel":
+            return None
+        return self.channel_scales.detach().float().cpu().clone()
+
+    def trainable(self) -> list[nn.Parameter]:
+        """The parameters a training step updates: [scales], plus channel_scales with granularity "channel"."""
+        return [self.scales] + ([self.channel_scales] if self.granularity == "channel" else [])
+
     def reset(self) -> Hopscotch:
-        """All ones, nothing skipped: the original model."""
+        """All ones, nothing skipped: the original model (the granularity stays)."""
         self._check()
         self._skips = {0: [], 2: []}
         with torch.no_grad():
             self.scales.fill_(1.0)
+            self.channel_scales.fill_(1.0)
         return self
 
     def configure(self, skipped: Iterable[int] = (), scales: torch.Tensor | None = None,
-                  skipped_mlp: Iterable[int] = ()) -> "Hopscotch":
-        """Reset, then apply exactly this state: skipped attention (and MLP) blocks and optional [L, 4] scales."""
+                  skipped_mlp: Iterable[int] = (), channel_scales: torch.Tensor | None = None) -> "Hopscotch":
+        """Reset, then apply exactly this state: skipped attention (and MLP) blocks, optional [L, 4] scales and
+        optional [L, 2, hidden] channel multipliers (which switch the granularity to "channel")."""
         self.reset()
         self.skip(list(skipped)).skip_mlp(list(skipped_mlp))
         if scales is not None:
             self.set_scales(scales)
+        if channel_scales is not None:
+            self.set_channel_scales(channel_scales)
         return self
 
     @contextmanager
     def applied(self, skipped: Iterable[int] = (), scales: torch.Tensor | None = None,
-                skipped_mlp: Iterable[int] = ()) -> Iterator["Hopscotch"]:
-        """Within: `configure(...)`; afterwards the handle is reset (all ones, nothing skipped)."""
-        self.configure(skipped, scales, skipped_mlp)
+                skipped_mlp: Iterable[int] = (), channel_scales: torch.Tensor | None = None
+                ) -> Iterator["Hopscotch"]:
+        """Within: `configure(...)`; afterwards the handle is reset (all ones, nothing skipped, granularity as
+        before)."""
+        before = self.granularity
+        self.configure(skipped, scales, skipped_mlp, channel_scales)
         try:
             yield self
         finally:
             self.reset()
+            self.granularity = before
 
     def _effective(self, skipped: Iterable[int], scales) -> tuple[list[int], torch.Tensor]:
         """(validated blocks, float32 [L, 4] CPU scalars with b_att = 0 on them) of one configuration."""
@@ -338,16 +406,21 @@ class Hopscotch:
         return blocks, eff
 
     @contextmanager
-    def in_thread(self, skipped: Iterable[int] = (), scales: torch.Tensor | None = None) -> Iterator["Hopscotch"]:
-        """Within, and only in the calling thread: forwards run with `skipped` attention blocks and optional
-        [L, 4] `scales`; other threads keep seeing the handle's own configuration. Several threads can so run
-        different skip sets on one model at the same time, each computing exactly what configure() would (the
-        same inference kernels). Inference only: no gradients reach `scales`."""
+    def in_thread(self, skipped: Iterable[int] = (), scales: torch.Tensor | None = None,
+                  channel_scales: torch.Tensor | None = None) -> Iterator["Hopscotch"]:
+        """Within, and only in the calling thread: forwards run with `skipped` attention blocks, optional
+        [L, 4] `scales` and optional [L, 2, hidden] `channel_scales`; other threads keep seeing the handle's own
+        configuration. Several threads can so run different skip sets on one model at the same time, each
+        computing exactly what configure() would (the same inference kernels). With nothing given it is the
+        original model (the teacher of the KL objective). Inference only: no gradients reach the scalars."""
         self._check()
         blocks, eff = self._effective(skipped, scales)
+        ch = None
+        if channel_scales is not None:
+            ch = check_channel_scales(channel_scales, self.num_layers, self.hidden_size).to(self.scales.device)
         if not hasattr(_THREAD, "cfg"):
             _THREAD.cfg = {}
-        _THREAD.cfg[id(self)] = (frozenset(blocks), [tuple(row) for row in eff.tolist()])
+        _THREAD.cfg[id(self)] = (frozenset(blocks), [tuple(row) for row in eff.tolist()], ch)
         try:
             yield self
         finally:
@@ -395,12 +468,15 @@ class Hopscotch:
             self._probe = None
 
     # ----------------------------------------------------------------------------------------- artifacts
-    def save(self, path: str | Path) -> Path:
-        """Write scales.safetensors + hopscotch.json into directory `path`."""
+    def save(self, path: str | Path, objective: str | None = None) -> Path:
+        """Write scales.safetensors (+ channel_scales with granularity "channel") and hopscotch.json into
+        directory `path`; `objective` (what the scalars were trained on: ce | kl | ce+kl) is recorded."""
         self._check()
         meta = {"kind": "adapter", "skipped": list(self._skips[0]), "skipped_mlp": list(self._skips[2]),
-                "columns": list(COLUMNS), "base": artifacts.model_identity(self.model)}
-        return artifacts.write_artifact(path, self.effective_scales(), meta)
+                "columns": list(COLUMNS), "base": artifacts.model_identity(self.model),
+                "granularity": self.granularity, "objective": objective}
+        return artifacts.write_artifact(path, self.effective_scales(), meta,
+                                        channel_scales=self.effective_channel_scales())
 
     # ----------------------------------------------------------------------------------------- lifecycle
     def detach(self) -> nn.Module:
@@ -489,7 +565,7 @@ class Hopscotch:
             p.requires_grad_(self._grad_flags.get(name, True))
         identity = artifacts.model_identity(self.model)
         install_compact(new, self.effective_scales(), self.skipped, identity, fold=fold,
-                        skipped_mlp=self.skipped_mlp)
+                        skipped_mlp=self.skipped_mlp, channel_scales=self.effective_channel_scales())
         return new
 
 
@@ -503,15 +579,42 @@ def handle_of(model: nn.Module) -> Hopscotch | None:
     return getattr(model, _HANDLE_ATTR, None)
 
 
-def load_adapter(model: nn.Module, path: str | Path) -> Hopscotch:
-    """Attach the adapter saved at `path` to `model`, after checking it was made for this model."""
+def check_granularity(granularity: str) -> None:
+    if granularity not in GRANULARITIES:
+        raise HopscotchError(f"unknown granularity {granularity!r}; use one of {', '.join(GRANULARITIES)}")
+
+
+def check_channel_scales(values, num_layers: int, hidden: int) -> torch.Tensor:
+    """`values` as a float32 CPU tensor [num_layers, 2, hidden], or InvalidScalesError."""
+    t = values.detach() if isinstance(values, torch.Tensor) else torch.as_tensor(values)
+    t = t.to(device="cpu", dtype=torch.float32)
+    if tuple(t.shape) != (num_layers, 2, hidden):
+        raise InvalidScalesError(f"channel scales must have shape ({num_layers}, 2, {hidden}), got {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise InvalidScalesError("channel scales contain NaN or inf")
+    return t
+
+
+def load_adapter(model: nn.Module, path: str | Path, granularity: str | None = None) -> Hopscotch:
+    """Attach the adapter saved at `path` to `model`, after checking it was made for this model (and, when
+    `granularity` is given, trained with that granularity: AdapterMismatchError otherwise)."""
     scales, meta = artifacts.read_artifact(path, kind="adapter")
     artifacts.check_identity(meta["base"], model, Path(path))
+    saved = meta.get("granularity") or "scalar"
+    if granularity is not None:
+        check_granularity(granularity)
+        if granularity != saved:
+            raise AdapterMismatchError(
+                f"the adapter at {path} was trained with granularity {saved!r}, but {granularity!r} was asked; "
+                f"pass --granularity {saved} (or retrain the adapter with --granularity {granularity})")
+    channels = artifacts.read_channel_scales(path, meta)
     hs = attach(model)
     try:
         hs.skip(meta["skipped"])
         hs.skip_mlp(meta.get("skipped_mlp", []))
         hs.set_scales(scales)
+        if channels is not None:
+            hs.set_channel_scales(channels)
     except Exception:
         hs.detach()
         raise
@@ -519,12 +622,15 @@ def load_adapter(model: nn.Module, path: str | Path) -> Hopscotch:
 
 
 class CompactInfo:
-    """The frozen Hopscotch state of a compacted model (its layers' forward reads it; save_model writes it)."""
+    """The frozen Hopscotch state of a compacted model (its layers' forward reads it; save_model writes it).
+    `channel_scales`: per-channel b multipliers not folded into weights (fold=False), or None."""
 
     def __init__(self, scales: torch.Tensor, skipped: tuple[int, ...], skipped_mlp: tuple[int, ...], base: dict,
-                 folded: bool):
+                 folded: bool, channel_scales: torch.Tensor | None = None):
         self.scales, self.skipped, self.skipped_mlp, self.base, self.folded = (
             scales, skipped, skipped_mlp, base, folded)
+        self.channel_scales = channel_scales
+        self._ch_on: dict[tuple, torch.Tensor] = {}
         self._consts = [tuple(float(v) for v in row) for row in scales]
         self._att, self._mlp = frozenset(skipped), frozenset(skipped_mlp)
         self._probe = None
@@ -538,12 +644,21 @@ class CompactInfo:
     def _scales_on(self, x: torch.Tensor) -> list[tuple[float, float, float, float]]:
         return self._consts
 
+    def _channels_on(self, x: torch.Tensor) -> torch.Tensor | None:
+        if self.channel_scales is None:
+            return None
+        key = (x.device, x.dtype)
+        if key not in self._ch_on:
+            self._ch_on[key] = self.channel_scales.to(device=x.device, dtype=x.dtype)
+        return self._ch_on[key]
+
 
 def install_compact(
     model: nn.Module, scales: torch.Tensor, skipped: Iterable[int], base: dict, fold: bool = True,
-    skipped_mlp: Iterable[int] = (),
+    skipped_mlp: Iterable[int] = (), channel_scales: torch.Tensor | None = None,
 ) -> nn.Module:
-    """Turn `model` (in place) into a compact Hopscotch model with frozen `scales` and removed blocks."""
+    """Turn `model` (in place) into a compact Hopscotch model with frozen `scales` (and per-channel b
+    multipliers `channel_scales` [L, 2, hidden], granularity "channel") and removed blocks."""
     family = get_family(model)
     n = family.num_layers
     skipped = tuple(sorted(_as_blocks(list(skipped), n)))
@@ -556,17 +671,23 @@ def install_compact(
         for i in blocks:
             if not isinstance(getattr(layers[i], name), RemovedBlock):
                 setattr(layers[i], name, RemovedBlock(i, name))
+    hidden = int(family.text_config.hidden_size)
+    ch = None if channel_scales is None else check_channel_scales(channel_scales, n, hidden).clone()
     if fold:
         for i, layer in enumerate(layers):
-            if i not in skipped and scales[i, 0] != 1.0:
-                fold_scale(layer, family.layer.attn_out, float(scales[i, 0]))
-                scales[i, 0] = 1.0
-            if i not in skipped_mlp and scales[i, 2] != 1.0:
-                fold_scale(layer, family.layer.mlp_out, float(scales[i, 2]))
-                scales[i, 2] = 1.0
+            for col, c, blocks, target in ((0, 0, skipped, family.layer.attn_out),
+                                           (2, 1, skipped_mlp, family.layer.mlp_out)):
+                if i in blocks:
+                    continue
+                if ch is not None and not bool((ch[i, c] == 1.0).all()):
+                    fold_scale(layer, target, ch[i, c] * scales[i, col])  # per output channel
+                elif scales[i, col] != 1.0:
+                    fold_scale(layer, target, float(scales[i, col]))
+                scales[i, col] = 1.0
+        ch = None
     scales[list(skipped), 0] = 0.0
     scales[list(skipped_mlp), 2] = 0.0
-    info = CompactInfo(scales, skipped, skipped_mlp, base, fold)
+    info = CompactInfo(scales, skipped, skipped_mlp, base, fold, ch)
     for i, layer in enumerate(layers):
         vars(layer).pop("forward", None)
         layer.forward = _layer_forward(family, layer, i, info)

@@ -64,6 +64,12 @@ def last_scales(folder: Path) -> torch.Tensor | None:
     return load_file(str(done[-1]))["scales"] if done else None
 
 
+def last_channel_scales(folder: Path) -> torch.Tensor | None:
+    """The per-channel multipliers after the last saved epoch (granularity channel), or None."""
+    done = sorted(Path(folder).glob("epoch_*.safetensors"))
+    return load_file(str(done[-1])).get("channel_scales") if done else None
+
+
 def variants_of(run: Run) -> list[dict]:
     """The variants of a finished run: [{"variant", "method", "scaled", "attention", "mlp", "scales"}]."""
     m = run.manifest
@@ -78,7 +84,7 @@ def variants_of(run: Run) -> list[dict]:
     out = [{"variant": "hopscotch-unscaled", "method": "hopscotch", "scaled": False, "attention": sel, "mlp": [],
             "scales": None},
            {"variant": "hopscotch", "method": "hopscotch", "scaled": True, "attention": sel, "mlp": [],
-            "scales": trained}]
+            "scales": trained, "channel_scales": last_channel_scales(run.file("scales"))}]
     for name, entry in (read_json(run.file("baselines.json"), {}) or {}).items():
         if not entry.get("done"):
             continue
@@ -86,7 +92,8 @@ def variants_of(run: Run) -> list[dict]:
         out.append({**base, "variant": f"{name}-unscaled", "scaled": False, "scales": None})
         sc = last_scales(run.file(f"scales-{name}"))
         if sc is not None and entry.get("eval_loss_trained") is not None:
-            out.append({**base, "variant": name, "scaled": True, "scales": sc})
+            out.append({**base, "variant": name, "scaled": True, "scales": sc,
+                        "channel_scales": last_channel_scales(run.file(f"scales-{name}"))})
     return out
 
 
@@ -264,8 +271,8 @@ def evaluate_run(run: Run, model, tok, max_new_tokens: int | None = None, gen_ba
     layer_mmd: dict[str, list[float]] = {}
     with attach(model) as hs:
         progress(0, 1, {"stage": "eval: teacher-forced"})
-        cfg = {v["variant"]: {"skipped": v["attention"], "scales": v["scales"], "skipped_mlp": v["mlp"]}
-               for v in variants}
+        cfg = {v["variant"]: {"skipped": v["attention"], "scales": v["scales"], "skipped_mlp": v["mlp"],
+                              "channel_scales": v.get("channel_scales")} for v in variants}
         tf = metrics.compare(hs, rows, cfg, per_example=True)
         texts: dict[str, list[str]] = {}
         if generate:
@@ -288,7 +295,8 @@ def evaluate_run(run: Run, model, tok, max_new_tokens: int | None = None, gen_ba
                     progress(base + step, len(names) * len(prompts), {"stage": "eval: generate", "variant": name})
 
                 if len(done) < len(prompts):
-                    with hs.applied(v.get("skipped", ()), v.get("scales"), v.get("skipped_mlp", ())):
+                    with hs.applied(v.get("skipped", ()), v.get("scales"), v.get("skipped_mlp", ()),
+                                    v.get("channel_scales")):
                         new = data.generate_answers(model, tok, prompts, max_new, batch, skip=done, on_batch=save,
                                                     on_progress=prog, should_stop=stopped)
                     done.update({a.index: tok.decode(a.response_ids, skip_special_tokens=True) for a in new})
@@ -298,7 +306,8 @@ def evaluate_run(run: Run, model, tok, max_new_tokens: int | None = None, gen_ba
             for j, (name, v) in enumerate(cfg.items()):
                 progress(j, len(cfg), {"stage": "eval: layer MMD", "variant": name})
                 layer_mmd[name] = metrics.layer_mmd(hs, rows, v["skipped"], v["scales"],
-                                                    skipped_mlp=v["skipped_mlp"])
+                                                    skipped_mlp=v["skipped_mlp"],
+                                                    channel_scales=v.get("channel_scales"))
     if stopped():
         return {"status": "stopped"}
     ref = texts.get("original")

@@ -36,7 +36,7 @@ from ..errors import HopscotchError
 from ..fileio import atomic_write
 from .runs import Run, RunError, RunStore, append_jsonl, read_json, read_jsonl, write_json
 from ..engine.scaling import attach, handle_of
-from .settings import RunSettings  # noqa: F401 - the run settings live there (one schema)
+from .settings import LEGACY, RunSettings  # noqa: F401 - the run settings live there (one schema)
 
 Progress = Callable[[int, int, dict], None]
 STAGES = ("prompts", "generate", "select", "train", "evaluate", "baselines")
@@ -62,7 +62,7 @@ def open_run(settings: RunSettings, runs_dir: str, name: str | None = None) -> t
     wanted = dataclasses.asdict(settings)
     if (path / "manifest.json").is_file():
         run = Run(path)
-        old = run.manifest.get("settings", {})
+        old = {**LEGACY, **run.manifest.get("settings", {})}  # a run older than a setting had its LEGACY value
         if old != wanted:
             raise RunError(f"run {name!r} exists with other settings; resume it with the same ones or pick another "
                            "name. Differences: " + "; ".join(_diff(old, wanted)))
@@ -206,7 +206,25 @@ class Pipeline:
     def rows(self, answers: list[data.Answer]) -> list[data.Row]:
         return data.pack(data.build_examples(answers), self.s.batch_tokens)
 
-    def select(self, hs, rows) -> selection.Selection:
+    def objective(self, hs, rows) -> training.Objective:
+        """The run's objective; for kl / ce+kl with the original model's top-k log-probs on the calibration
+        rows, computed once and kept in teacher.safetensors (written atomically: a kill leaves none or all)."""
+        obj = training.Objective(self.s.objective, self.s.kl_weight)
+        if obj.needs_teacher:
+            def load_or_build() -> training.TeacherCache:  # on rank 0; the other ranks get its cache
+                path = self.run.file("teacher.safetensors")
+                cache = training.TeacherCache.load(path, rows)
+                if cache is None:
+                    self.run.log(f"teacher: top-{training.TEACHER_TOP_K} log-probs of the original model on "
+                                 f"{len(rows)} rows")
+                    cache = training.TeacherCache.build(hs, rows, on_progress=self._progress)
+                    cache.save(path)
+                return cache
+
+            obj.teacher = self._on_main(load_or_build)
+        return obj
+
+    def select(self, hs, rows, objective: training.Objective | None = None) -> selection.Selection:
         if self.s.blocks is not None:  # a given skip set: nothing to select
             hs.set_skipped(self.s.blocks)  # validates the indices
             hs.reset()
@@ -214,7 +232,7 @@ class Pipeline:
             self.run.update(selected=sel.selected, selection={"rounds": [], "status": sel.status})
             return sel
         cfg = selection.SelectConfig(self.s.k, self.s.mode, self.s.shortlist, self.s.shortlist_by, self.s.score_lr,
-                                     self.s.threshold, self.s.seed)
+                                     self.s.threshold, self.s.seed, objective)
         done = self._on_main(lambda: read_jsonl(self.run.file("scores.jsonl")))
         save = (lambda r: append_jsonl(self.run.file("scores.jsonl"), [r])) if self.main else None
         sel = selection.greedy_select(hs, rows, cfg, done=done, on_score=save, on_progress=self._progress,
@@ -222,7 +240,8 @@ class Pipeline:
         self.run.update(selected=sel.selected, selection={"rounds": sel.rounds, "status": sel.status})
         return sel
 
-    def train(self, hs, blocks: list[int], rows, eval_rows, tag: str = "", mlp: list[int] = ()) -> dict:
+    def train(self, hs, blocks: list[int], rows, eval_rows, tag: str = "", mlp: list[int] = (),
+              objective: training.Objective | None = None) -> dict:
         """Train scales with `blocks` skipped; resumable per epoch. Returns the metrics of the last epoch."""
         hs.configure(blocks, skipped_mlp=mlp)
 
@@ -236,18 +255,23 @@ class Pipeline:
         start, opt_state = epoch + 1, None
         if last is not None:
             hs.set_scales(last.pop("scales"))
+            channels = last.pop("channel_scales", None)
+            if channels is not None:
+                hs.set_channel_scales(channels)
             opt_state = last
 
         def on_epoch(epoch: int, record: dict, scales: torch.Tensor, adam: dict) -> None:
             final = self.run.file(f"scales{tag}") / f"epoch_{epoch:03d}.safetensors"
+            channels = hs.effective_channel_scales()
+            tensors = {"scales": scales, **({"channel_scales": channels} if channels is not None else {}), **adam}
             # a kill mid-write leaves no torn epoch file
-            atomic_write(final, lambda tmp: save_file({"scales": scales, **adam}, tmp))
+            atomic_write(final, lambda tmp: save_file(tensors, tmp))
             append_jsonl(self.run.file("metrics.jsonl"), [{"stage": f"train{tag}", **record, "time": time.time()}])
 
         def progress(step: int, total: int, info: dict) -> None:
             self._progress(step, total, {**info, "stage": f"train{tag}"})
 
-        cfg = training.TrainConfig(self.s.lr, self.s.epochs, self.s.seed)
+        cfg = training.TrainConfig(self.s.lr, self.s.epochs, self.s.seed, objective)
         res = training.train_scales(hs, rows, eval_rows, cfg, start_epoch=start, opt_state=opt_state,
                                     on_progress=progress, on_epoch=on_epoch if self.main else None,
                                     should_stop=self._stopped, group=self.g)
@@ -260,18 +284,20 @@ class Pipeline:
     def evaluate(self, hs, blocks: list[int], eval_rows, mlp: list[int] = ()) -> dict:
         """Held-out NLL of the original / unscaled / trained model, and KL(original || modified) and top-1
         agreement for the last two (NLL alone rewards scalars that sharpen the model's own answers)."""
-        trained = hs.effective_scales()
-        variants = {tag: {"skipped": blocks, "scales": scales, "skipped_mlp": mlp}
-                    for tag, scales in (("unscaled", None), ("trained", trained))}
+        trained, channels = hs.effective_scales(), hs.effective_channel_scales()
+        variants = {"unscaled": {"skipped": blocks, "scales": None, "skipped_mlp": mlp},
+                    "trained": {"skipped": blocks, "scales": trained, "skipped_mlp": mlp,
+                                "channel_scales": channels}}
         res = metrics.compare(hs, eval_rows, variants)  # the original model runs once for both
         out = {"eval_loss_original": res["original"]["nll"]}
         for tag in variants:
             out.update({f"eval_loss_{tag}": res[tag]["nll"], f"eval_kl_{tag}": res[tag]["kl"],
                         f"eval_agreement_{tag}": res[tag]["agreement"]})
-        hs.configure(blocks, trained, mlp)  # leave the trained state applied (the adapter is saved from it)
+        hs.configure(blocks, trained, mlp, channels)  # leave the trained state applied (the adapter is saved
+        # from it)
         return out
 
-    def baselines(self, hs, rows, eval_rows) -> dict:
+    def baselines(self, hs, rows, eval_rows, objective: training.Objective | None = None) -> dict:
         def write(results: dict) -> None:
             if self.main:
                 write_json(self.run.file("baselines.json"), results)
@@ -287,12 +313,13 @@ class Pipeline:
                 continue
             entry = results.get(name) or selection.baseline_blocks(
                 name, hs, rows, self.s.k, self.s.seed, round_one if self.s.mode == "paper" else None,
-                self.s.score_lr, self._progress, group=self.g)
+                self.s.score_lr, self._progress, objective=objective, group=self.g)
             entry = self.g.broadcast(entry)  # rank 0's blocks: every rank trains the same set
             results[name] = entry
             write(results)
             if self.s.train_baselines:
-                tr = self.train(hs, entry["attention"], rows, eval_rows, tag=f"-{name}", mlp=entry["mlp"])
+                tr = self.train(hs, entry["attention"], rows, eval_rows, tag=f"-{name}", mlp=entry["mlp"],
+                                objective=objective)
                 if tr["status"] == "stopped":
                     break
             else:
@@ -322,21 +349,25 @@ class Pipeline:
             if "select" not in stages:
                 return self._finish("generated")
             with attach(self.model) as hs:
-                sel = self._timed("select", lambda: self.select(hs, rows))
+                hs.set_granularity(s.granularity)
+                objective = (self._timed("teacher", lambda: self.objective(hs, rows)) if s.objective != "ce"
+                             else self.objective(hs, rows))
+                sel = self._timed("select", lambda: self.select(hs, rows, objective))
                 if self._stopped():
                     return self._finish("stopped")
                 if "train" not in stages:
                     return self._finish("selected")
-                tr = self._timed("train", lambda: self.train(hs, sel.selected, rows, eval_rows))
+                tr = self._timed("train", lambda: self.train(hs, sel.selected, rows, eval_rows,
+                                                             objective=objective))
                 if tr["status"] == "stopped":
                     return self._finish("stopped")
                 results = self._timed("evaluate", lambda: self.evaluate(hs, sel.selected, eval_rows))
                 results["train_status"] = tr["status"]
                 run.update(results=results)
                 if self.main:
-                    hs.save(run.file("adapter"))
+                    hs.save(run.file("adapter"), objective=s.objective)
                 if "baselines" in stages and s.baselines:
-                    self._timed("baselines", lambda: self.baselines(hs, rows, eval_rows))
+                    self._timed("baselines", lambda: self.baselines(hs, rows, eval_rows, objective))
                     if self._stopped():
                         return self._finish("stopped")
             return self._finish("done")

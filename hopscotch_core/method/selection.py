@@ -35,7 +35,7 @@ from .data import Row, dataset_loss, forward_rows
 from ..errors import HopscotchError
 from ..engine.scaling import Hopscotch
 from .settings import BASELINES, MODES, RunSettings  # noqa: F401 - one list of each, in the run settings
-from .training import score_candidate
+from .training import Objective, dataset_objective, score_candidate
 
 Progress = Callable[[int, int, dict], None]
 
@@ -56,6 +56,7 @@ class SelectConfig:
     score_lr: float = _RUN.score_lr
     threshold: float | None = _RUN.threshold  # stop early once the best loss of a round exceeds this
     seed: int = _RUN.seed
+    objective: Objective | None = None  # what a candidate's score minimises (None: ce, the paper's)
 
 
 @dataclass
@@ -77,10 +78,14 @@ def check_config(cfg: SelectConfig, num_layers: int) -> None:
         raise SelectionError(f"unknown shortlist ranking '{cfg.shortlist_by}'; use bi or loss")
 
 
-def skipped_loss(hs: Hopscotch, rows: Sequence[Row], skipped: Sequence[int]) -> float:
-    """Held-out style loss with `skipped` attention blocks and all-ones scalars (forward only)."""
+def skipped_loss(hs: Hopscotch, rows: Sequence[Row], skipped: Sequence[int],
+                 objective: Objective | None = None) -> float:
+    """Held-out style loss (the objective, default ce) with `skipped` attention blocks and all-ones scalars
+    (forward only)."""
     with hs.applied(skipped):
-        return dataset_loss(hs.model, rows)
+        if objective is None or objective.name == "ce":
+            return dataset_loss(hs.model, rows)
+        return dataset_objective(hs, rows, objective)
 
 
 def greedy_select(
@@ -154,14 +159,14 @@ def greedy_select(
                     return cache["bi"][c]
             else:
                 def metric(c: int) -> float:
-                    return skipped_loss(hs, rows, [*sel.selected, c])
+                    return skipped_loss(hs, rows, [*sel.selected, c], cfg.objective)
             quick = score_all(rnd, "shortlist", remaining, metric)
             if quick is None:
                 sel.status = "stopped"
                 return sel
             candidates = sorted(remaining, key=lambda c: (quick[c], c))[:cfg.shortlist]
         losses = score_all(rnd, "paper", candidates, lambda c, rnd=rnd: score_candidate(
-            hs, rows, sel.selected, c, lr=cfg.score_lr, seed=cfg.seed + rnd))
+            hs, rows, sel.selected, c, lr=cfg.score_lr, seed=cfg.seed + rnd, objective=cfg.objective))
         if losses is None:
             sel.status = "stopped"
             return sel
@@ -245,7 +250,7 @@ def block_influence(hs: Hopscotch, rows: Sequence[Row], skipped: Sequence[int] =
 def baseline_blocks(
     name: str, hs: Hopscotch, rows: Sequence[Row], k: int, seed: int = 0,
     round_one: dict[int, float] | None = None, score_lr: float = 1e-2,
-    on_progress: Progress | None = None, group=None,
+    on_progress: Progress | None = None, objective: Objective | None = None, group=None,
 ) -> dict:
     """{"attention": [...], "mlp": [...], "scores": {...}} for baseline `name` (see module docstring)."""
     n = hs.num_layers
@@ -266,12 +271,15 @@ def baseline_blocks(
             if on_progress is not None:
                 on_progress(len(scores), n, {"stage": "baseline one-round", "candidate": c})
 
+        def one(c: int) -> float:
+            return score_candidate(hs, rows, [], c, lr=score_lr, seed=seed, objective=objective)
+
         todo = [c for c in range(n) if c not in scores]
         if group is None or group.world == 1:
             for c in todo:
-                got(c, score_candidate(hs, rows, [], c, lr=score_lr, seed=seed))
+                got(c, one(c))
         else:  # spread over the ranks, as the paper rounds are
-            group.shard_map(todo, lambda c: score_candidate(hs, rows, [], c, lr=score_lr, seed=seed), got)
+            group.shard_map(todo, one, got)
         blocks = sorted(range(n), key=lambda i: (scores[i], i))[:k]
         return {"attention": blocks, "mlp": [], "scores": [scores[i] for i in range(n)]}
     raise SelectionError(f"unknown baseline '{name}'; use any of {', '.join(BASELINES)}")

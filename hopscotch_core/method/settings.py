@@ -26,6 +26,11 @@ DEFAULT_EVAL = 32
 DEFAULT_MAX_NEW_TOKENS = 288
 BASELINES = ("attn-bi", "shortgpt", "random", "one-round")
 SHORTLIST_BY = ("bi", "loss")
+OBJECTIVES = ("ce", "kl", "ce+kl")       # what candidate scoring and scale training minimise (training.py)
+GRANULARITIES = ("scalar", "channel")     # one b per branch (the paper's) | per-channel b_att / b_mlp vectors
+PAPER = {"objective": "ce", "granularity": "scalar"}  # the paper's exact setting (`paper` in docs and the app)
+# what a manifest written before a setting existed meant by it (resume and display of old runs)
+LEGACY = {"objective": "ce", "kl_weight": 1.0, "granularity": "scalar"}
 
 
 def _opt(default, help: str, flag: str | None = None, kind: str = "value", shared: bool = False, **kw):
@@ -57,6 +62,14 @@ class RunSettings:
     lr: float = _opt(3e-3, "lr of the final scale training")
     epochs: int = _opt(3, "epochs of the final scale training")
     batch_tokens: int = _opt(1024, "tokens per packed row (one step)")
+    # defaults kl + channel: measured best at restoring the original (README "Recovery objectives",
+    # bench/bench_recovery.py); the paper's setting is --objective ce --granularity scalar
+    objective: str = _opt("kl", "what scoring and scale training minimise: kl (default: KL(original || modified), "
+                          "the original model as teacher) | ce (the paper's: cross-entropy on the model's own "
+                          "answers) | ce+kl (ce + kl-weight * kl)")
+    kl_weight: float = _opt(1.0, "weight of the KL term in --objective ce+kl")
+    granularity: str = _opt("channel", "channel (default: b_att and b_mlp are per-channel vectors; still folds into "
+                            "the output projections) | scalar (the paper's: one b per branch)")
     threshold: float | None = _opt(None, "stop selecting once the loss passes this")
     blocks: list[int] | None = _opt(None, "train this skip set instead of selecting", flag="--skip", kind="blocks")
     baselines: list[str] = _opt([], "comma list of attn-bi,shortgpt,random,one-round, or 'all'", kind="names")
@@ -64,6 +77,16 @@ class RunSettings:
     seed: int = _opt(0, "seed of the data split, sampling and random baseline")
     device: str = _opt("auto", "auto | cpu | cuda | mps", shared=True)
     dtype: str | None = _opt(None, "float32 | bfloat16 | float16 (default: fp32 on CPU, bf16 on CUDA)", shared=True)
+
+    @classmethod
+    def from_manifest(cls, settings: dict) -> "RunSettings":
+        """The settings a manifest recorded (fields it predates take what they meant then: LEGACY)."""
+        return cls(**{**LEGACY, **settings})
+
+    @property
+    def is_paper(self) -> bool:
+        """Whether objective and granularity are the paper's (ce, scalar)."""
+        return self.objective == PAPER["objective"] and self.granularity == PAPER["granularity"]
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunSettings":
@@ -83,6 +106,15 @@ class RunSettings:
             raise SelectionError(f"unknown mode '{self.mode}'; use one of {', '.join(MODES)}")
         if self.shortlist_by not in SHORTLIST_BY:
             raise SelectionError(f"unknown shortlist ranking '{self.shortlist_by}'; use bi or loss")
+        if self.objective not in OBJECTIVES:
+            raise HopscotchError(f"unknown objective {self.objective!r}; use one of {', '.join(OBJECTIVES)} "
+                                 "(ce is the paper's)")
+        if self.granularity not in GRANULARITIES:
+            raise HopscotchError(f"unknown granularity {self.granularity!r}; use one of {', '.join(GRANULARITIES)} "
+                                 "(scalar is the paper's)")
+        if isinstance(self.kl_weight, bool) or not isinstance(self.kl_weight, (int, float)) \
+                or not math.isfinite(self.kl_weight) or self.kl_weight < 0:
+            raise HopscotchError(f"kl-weight must be a finite number >= 0, not {self.kl_weight!r}")
         bad = [b for b in self.baselines if b not in BASELINES]
         if bad:
             raise SelectionError(f"unknown baseline(s) {bad}; use any of {', '.join(BASELINES)}")

@@ -160,7 +160,10 @@ def command_of(manifest: dict) -> str:
 
 def command_line(manifest: dict, runs_dir: str | None = None) -> str:
     """`hopscotch ...` that made (or resumes) this run."""
-    args = cli_args(manifest.get("settings") or {}, command_of(manifest))
+    from ..method.settings import LEGACY
+
+    # a run older than a setting had its LEGACY value (not today's default)
+    args = cli_args({**LEGACY, **(manifest.get("settings") or {})}, command_of(manifest))
     if runs_dir is not None:
         args += ["--runs-dir", str(runs_dir)]
     if manifest.get("name"):

@@ -245,6 +245,16 @@ class RunView:
             return self.selected
         return list((self.baselines().get(folder[len("scales-"):]) or {}).get("attention") or [])
 
+    def channel_scales(self) -> torch.Tensor | None:
+        """The final adapter's per-channel multipliers (granularity channel), or None."""
+        from ..engine.artifacts import read_channel_scales
+
+        got = self.adapter()
+        try:
+            return None if got is None else read_channel_scales(self.dir / "adapter", got[1])
+        except (ValueError, OSError):
+            return None
+
     def adapter(self) -> tuple[torch.Tensor, dict] | None:
         """(scales, meta) of the run's final adapter, or None before training finished."""
         from ..engine.artifacts import read_artifact

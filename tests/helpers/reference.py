@@ -31,8 +31,12 @@ def branches(family: str, layer, kw: dict):
     raise KeyError(family)
 
 
-def reference_layer(family: str, layer, x: torch.Tensor, kw: dict, scales, skipped: bool) -> torch.Tensor:
+def reference_layer(family: str, layer, x: torch.Tensor, kw: dict, scales, skipped: bool,
+                    channels=None) -> torch.Tensor:
+    """The layer's output; `channels` ([2, C], granularity "channel"): b_att and b_mlp multiplied per channel."""
     b_att, s_att, b_mlp, s_mlp = (float(v) for v in scales)
+    if channels is not None:
+        b_att, b_mlp = b_att * channels[0], b_mlp * channels[1]
     A, M = branches(family, layer, kw)
     x1 = s_att * x if skipped else b_att * A(x) + s_att * x
     return b_mlp * M(x1) + s_mlp * x1

@@ -45,16 +45,18 @@ def build(base: Path) -> World:
         return _CACHE[key]
     import hopscotch_core as hc
     from hopscotch_core.method import pipeline
+    from hopscotch_core.method.settings import PAPER
 
     model_dir = save_model(base / "tiny-llama")
     other_dir = save_model(base / "tiny-qwen2", "qwen2", num_hidden_layers=5)
     data = write_prompts(base / "prompts.jsonl")
     model, tok = hc.load_model(model_dir, device="cpu")
+    # the paper's objective and granularity, like the bundled example runs (made before kl/channel were defaults)
     s = pipeline.RunSettings(model=str(model_dir), data=str(data), k=2, mode="fast", shortlist=3,
-                             baselines=["attn-bi", "random"], **SMALL)
+                             baselines=["attn-bi", "random"], **PAPER, **SMALL)
     pipeline.run_pipeline(s, base / "examples", "example-run", model=model, tok=tok)
     other, otok = hc.load_model(other_dir, device="cpu")
-    s2 = pipeline.RunSettings(model=str(other_dir), data=str(data), k=1, mode="fast", shortlist=2, **SMALL)
+    s2 = pipeline.RunSettings(model=str(other_dir), data=str(data), k=1, mode="fast", shortlist=2, **PAPER, **SMALL)
     pipeline.run_pipeline(s2, base / "other-runs", "qwen2-k1", model=other, tok=otok)
     world = World(model_dir, other_dir, data, base / "examples", base / "examples" / "example-run",
                   base / "other-runs" / "qwen2-k1")

@@ -65,7 +65,9 @@ def test_cli_run_end_to_end(model_dir, data_file, tmp_path, mode, capsys):
     assert len([s for s in scores if s["kind"] == "paper"]) == (5 + 4 if mode == "paper" else 4 + 4)
     assert len([s for s in scores if s["kind"] == "shortlist"]) == (0 if mode == "paper" else 5 + 4)
     r = m["results"]
-    assert r["eval_loss_trained"] <= r["eval_loss_unscaled"] + 1e-3 and r["eval_loss_original"] > 0
+    # training lowers what it minimises: the NLL of the own answers (ce, the paper's) or the KL to the original
+    figure = "loss" if m["settings"]["objective"] == "ce" else "kl"
+    assert r[f"eval_{figure}_trained"] <= r[f"eval_{figure}_unscaled"] + 1e-3 and r["eval_loss_original"] > 0
     for tag in ("unscaled", "trained"):
         assert r[f"eval_kl_{tag}"] >= 0 and 0 <= r[f"eval_agreement_{tag}"] <= 1
     assert sorted(p.name for p in (run / "scales").iterdir()) == [f"epoch_00{i}.safetensors" for i in range(3)]
@@ -99,17 +101,24 @@ def crash_after(n: int):
 
 def outcome(run_dir: Path) -> dict:
     m = json.loads((run_dir / "manifest.json").read_text())
-    scales = load_file(str(run_dir / "adapter" / "scales.safetensors"))["scales"]
+    tensors = load_file(str(run_dir / "adapter" / "scales.safetensors"))
+    scales, channels = tensors["scales"], tensors.get("channel_scales")
     base = json.loads((run_dir / "baselines.json").read_text())
     return {"selected": m["selected"], "results": m["results"], "scales": scales.tolist(),
+            "channel_scales": None if channels is None else channels.tolist(),
             "baselines": {k: (v["attention"], v["eval_loss_trained"]) for k, v in base.items()},
             "scores": [(r["round"], r["kind"], r["candidate"], r["loss"]) for r in read_jsonl(run_dir / "scores.jsonl")]}
 
 
+OBJECTIVE_SETTINGS = {"paper": {"objective": "ce", "granularity": "scalar"}, "kl-channel": {"objective": "kl", "granularity": "channel"},
+                      "ce+kl": {"objective": "ce+kl", "kl_weight": 0.5}}
+
+
+@pytest.mark.parametrize("objective", list(OBJECTIVE_SETTINGS))
 @pytest.mark.parametrize("when", [0.1, 0.3, 0.5, 0.7, 0.9])  # generation, selection, training, baselines
-def test_resume_after_a_crash_equals_an_uninterrupted_run(data_file, tmp_path, when):
+def test_resume_after_a_crash_equals_an_uninterrupted_run(data_file, tmp_path, when, objective):
     model, tok = make_model("llama", num_hidden_layers=4), make_tokenizer()
-    s = settings(data_file)
+    s = settings(data_file, **OBJECTIVE_SETTINGS[objective])
     events = []
     ref = pipeline.run_pipeline(s, tmp_path / "a", "r", model=model, tok=tok,
                                 on_progress=lambda *a: events.append(a[2].get("stage")))
@@ -123,9 +132,13 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(data_file, tmp_path, w
 
 
 @pytest.mark.subprocess
-def test_kill_9_at_any_moment_then_resume(model_dir, data_file, tmp_path):
+@pytest.mark.parametrize("objective", [["--objective", "ce", "--granularity", "scalar"],
+                                       ["--objective", "kl", "--granularity", "channel"]],
+                         ids=["paper", "kl-channel"])
+def test_kill_9_at_any_moment_then_resume(model_dir, data_file, tmp_path, objective):
     args = ["run", "--model", str(model_dir), "--data", str(data_file), "--k", "2", "--mode", "paper",
-            "--runs-dir", str(tmp_path / "runs"), "--name", "r", "--seed", "0", "--device", "cpu", *SMALL]
+            "--runs-dir", str(tmp_path / "runs"), "--name", "r", "--seed", "0", "--device", "cpu", *objective,
+            *SMALL]
     assert cli.main(args[:-len(SMALL)] + SMALL + ["--runs-dir", str(tmp_path / "ref")]) == 0
     proc = subprocess.Popen([sys.executable, "-m", "hopscotch_core.cli", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -141,8 +154,9 @@ def test_kill_9_at_any_moment_then_resume(model_dir, data_file, tmp_path):
     got, ref = tmp_path / "runs" / "r", tmp_path / "ref" / "r"
     m, mr = (json.loads((d / "manifest.json").read_text()) for d in (got, ref))
     assert m["selected"] == mr["selected"] and m["results"] == mr["results"]
-    assert torch.equal(load_file(str(got / "adapter/scales.safetensors"))["scales"],
-                       load_file(str(ref / "adapter/scales.safetensors"))["scales"])
+    a, b = (load_file(str(d / "adapter/scales.safetensors")) for d in (got, ref))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert ("channel_scales" in a) == ("channel" in objective)
 
 
 def test_should_stop_saves_state_and_resumes(data_file, tmp_path):
@@ -247,3 +261,39 @@ def test_resume_by_name_uses_the_runs_own_settings(model_dir, data_file, tmp_pat
     m = RunStore(tmp_path).open("x").manifest
     assert m["state"] == "done" and len(m["selected"]) == 1 and m["settings"]["n_calib"] == 10
     assert cli.main(["run", "--resume", "nope", "--runs-dir", str(tmp_path)]) == 2
+
+
+def test_kl_channel_run_records_its_objective_and_keeps_the_teacher(model_dir, data_file, tmp_path):
+    rc = cli.main(["train", "--model", str(model_dir), "--data", str(data_file), "--skip", "1,3", "--objective", "kl",
+                   "--granularity", "channel", "--runs-dir", str(tmp_path), "--name", "t", "--device", "cpu", *SMALL])
+    assert rc == 0
+    run = tmp_path / "t"
+    m = json.loads((run / "manifest.json").read_text())
+    assert m["settings"]["objective"] == "kl" and m["settings"]["granularity"] == "channel"
+    assert (run / "teacher.safetensors").is_file() and "teacher" in m["timings"]
+    meta = json.loads((run / "adapter" / "hopscotch.json").read_text())
+    assert meta["objective"] == "kl" and meta["granularity"] == "channel"
+    epochs = [r for r in read_jsonl(run / "metrics.jsonl") if r["stage"] == "train"]
+    assert all(0 <= r["train_loss"] < 5 for r in epochs)  # a KL, not a cross-entropy of ~log(101)
+    model, _ = hc.load_model(model_dir, device="cpu")
+    hs = hc.load_adapter(model, run / "adapter", granularity="channel")
+    last = load_file(str(run / "scales" / "epoch_001.safetensors"))
+    assert torch.equal(hs.effective_channel_scales(), last["channel_scales"])
+    assert any(k.startswith("channel.") for k in last)  # the vectors' Adam moments, for resume
+
+
+def test_runs_older_than_the_objective_settings_resume_as_the_paper(data_file, tmp_path):
+    model, tok = make_model("llama", num_hidden_layers=4), make_tokenizer()
+    s = settings(data_file, baselines=[], objective="ce", granularity="scalar")
+    pipeline.run_pipeline(s, tmp_path, "r", model=model, tok=tok, stages=("prompts",))
+    path = tmp_path / "r" / "manifest.json"
+    m = json.loads(path.read_text())
+    for key in ("objective", "kl_weight", "granularity"):
+        del m["settings"][key]
+    path.write_text(json.dumps(m))
+    old = pipeline.RunSettings.from_manifest(m["settings"])
+    assert (old.objective, old.granularity, old.is_paper) == ("ce", "scalar", True)
+    assert pipeline.run_pipeline(s, tmp_path, "r", model=model, tok=tok, stages=("prompts",)).manifest["state"]
+    with pytest.raises(RunError, match=r"objective: 'ce' -> 'kl'"):
+        pipeline.run_pipeline(settings(data_file, baselines=[], objective="kl", granularity="scalar"), tmp_path, "r",
+                              model=model, tok=tok)

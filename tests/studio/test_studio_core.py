@@ -336,6 +336,7 @@ def test_every_run_setting_is_a_flag_and_comes_back_from_the_command_line():
     changed = {"model": "m/", "data": "x.csv", "column": "q", "n_calib": 5, "n_eval": 3, "max_new_tokens": 40,
                "gen_batch": 2, "k": 6, "mode": "paper", "shortlist": 2, "shortlist_by": "loss", "score_lr": 0.02,
                "lr": 0.004, "epochs": 5, "batch_tokens": 512, "threshold": 1.5, "blocks": None,
+               "objective": "ce+kl", "kl_weight": 0.5, "granularity": "scalar",
                "baselines": ["random", "one-round"], "train_baselines": False, "seed": 9, "device": "cpu",
                "dtype": "float16"}
     fields = [f.name for f in dataclasses.fields(RunSettings)]
