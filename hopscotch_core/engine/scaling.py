@@ -96,8 +96,9 @@ def _layer_forward(family: ModelFamily, layer: nn.Module, idx: int, owner: Any) 
         b_att, s_att, b_mlp, s_mlp = (sc[idx, 0], sc[idx, 1], sc[idx, 2], sc[idx, 3]) if isinstance(
             sc, torch.Tensor) else sc[idx]
         ch = owner._channels_on(x)
-        if ch is not None:  # (C,) vectors: b ⊙ branch broadcasts over (B, T, C)
-            b_att, b_mlp = b_att * ch[idx, 0], b_mlp * ch[idx, 1]
+        if ch is not None:  # (C,) vectors: b ⊙ branch broadcasts over (B, T, C); in the activations' dtype, since a
+            # float32 vector would promote bf16 activations to float32 (the parameter itself stays float32)
+            b_att, b_mlp = (b_att * ch[idx, 0]).to(x.dtype), (b_mlp * ch[idx, 1]).to(x.dtype)
         if owner._is_skipped(idx):
             cache = kwargs.get(cache_kw)
             if cache is not None:

@@ -73,6 +73,23 @@ def test_the_vectors_act_in_training_and_inference_alike_and_get_gradients(ids):
     assert torch.equal(g[2, 0], torch.zeros(HIDDEN))  # skipped attention: its vector is not in the graph
 
 
+def test_bf16_activations_stay_bf16_with_float32_channel_vectors(ids):
+    """The float32 vectors must not promote bf16 hidden states (the next layer's bf16 weights would refuse them);
+    found on a GPU, where bf16 is the default dtype. The parameter stays float32 and gets a gradient."""
+    model = make_model("llama").to(torch.bfloat16)
+    hs = hc.attach(model).set_granularity("channel")
+    with torch.no_grad():
+        hs.channel_scales.mul_(1.1)
+    hs.skip([1])
+    seen = []
+    hs._probe = lambda idx, x, x1, out: seen.append(out.dtype)
+    logits = model(ids).logits  # training mode: grad enabled, the vectors are the parameter
+    assert set(seen) == {torch.bfloat16}
+    logits.float().sum().backward()
+    assert hs.channel_scales.dtype == torch.float32 and hs.channel_scales.grad is not None
+    assert torch.isfinite(hs.channel_scales.grad).all() and hs.channel_scales.grad.abs().sum() > 0
+
+
 def test_set_granularity_and_bad_channel_scales_are_refused(ids):
     hs = hc.attach(make_model("llama"))
     with pytest.raises(HopscotchError, match="unknown granularity 'row'"):
