@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import hopscotch_core as hc  # noqa: E402
+from benchargs import data_size_flags  # noqa: E402
 from hopscotch_core.fileio import atomic_write  # noqa: E402
 from hopscotch_core.measure.stats import excludes_zero, mean_ci, paired_diff_ci, weighted_mean  # noqa: E402
 from hopscotch_core.method import data, training  # noqa: E402
@@ -108,9 +109,7 @@ def main(argv=None) -> None:
     ap.add_argument("--ks", default="4,7")
     ap.add_argument("--objectives", default="ce,kl,ce+kl")
     ap.add_argument("--granularities", default="scalar,channel")
-    ap.add_argument("--n-calib", type=int, default=32)
-    ap.add_argument("--n-eval", type=int, default=32)
-    ap.add_argument("--max-new-tokens", type=int, default=128)
+    data_size_flags(ap, n_calib=32, n_eval=32, max_new_tokens=128)
     ap.add_argument("--gen-batch", type=int, default=8)
     ap.add_argument("--train-prompts", type=int, default=16, help="use the first N calibration answers for training")
     ap.add_argument("--eval-prompts", type=int, default=24, help="use the first N held-out answers for the figures")

@@ -16,6 +16,7 @@ import time
 import torch
 
 import hopscotch_core as hc
+from benchargs import data_size_flags
 from hopscotch_core.method import data, selection, training
 
 
@@ -25,9 +26,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--data", default="gsm8k")
     ap.add_argument("--k", type=int, default=2)
-    ap.add_argument("--n-calib", type=int, default=16)
-    ap.add_argument("--n-eval", type=int, default=16)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
+    data_size_flags(ap, n_calib=16, n_eval=16, max_new_tokens=64)
     ap.add_argument("--shortlist", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
