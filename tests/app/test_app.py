@@ -401,7 +401,7 @@ def test_objective_and_granularity_reach_the_job(runs, world, monkeypatch, page,
     from hopscotch_core.method.settings import RunSettings
 
     started = []
-    monkeypatch.setattr(jobs, "start", lambda args, runs_dir, name, env=None: started.append((args, name)) or {})
+    monkeypatch.setattr(jobs, "start", lambda args, runs_dir, name, env=None, nproc=1: started.append((args, name)) or {})
     at = visit(start(), page)
     labels = at.selectbox(key=f"{key}_objective").options
     assert "ce (paper)" in labels and "kl" in labels

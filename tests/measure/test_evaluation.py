@@ -196,7 +196,7 @@ def _reference_per_prompt(finished, run):
         lpo = logprobs(ids, len(resp))
         out["original"]["nll"].append(float(-lpo[torch.arange(len(resp)), tgt].mean()))
         for v in variants:
-            with hs.applied(v["attention"], v["scales"], v["mlp"]):
+            with hs.applied(v["attention"], v["scales"], v["mlp"], v.get("channel_scales")):
                 lpm = logprobs(ids, len(resp))
             o = out[v["variant"]]
             o["nll"].append(float(-lpm[torch.arange(len(resp)), tgt].mean()))

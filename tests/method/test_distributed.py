@@ -179,7 +179,16 @@ def test_collectives_and_data_parallel_training_in_process(tmp_path):
     """Two gloo ranks in spawned processes: candidates dealt round-robin (a, c, e on rank 0; b, d on rank 1) and
     gathered in item order on both; a stop on one rank is seen on both; different settings and a failed check are
     one SharedError on both ranks; data-parallel training gives the one-process scalars within 1e-5."""
-    torch.multiprocessing.spawn(_spawned, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    # two fresh interpreters (not multiprocessing's spawn, whose children inherit the parent's sys.path as the
+    # earlier tests left it): each imports this module and runs its rank
+    here = Path(__file__).resolve().parent
+    code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; from test_distributed import _spawned; "
+            "_spawned(int(sys.argv[3]), 2, sys.argv[4], sys.argv[5])")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(here.parent), str(here), str(rank),
+                               str(tmp_path / "store"), str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}) for rank in (0, 1)]
+    outs = [pr.communicate(timeout=240)[0] for pr in procs]
+    assert [pr.returncode for pr in procs] == [0, 0], "\n".join(outs)[-4000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["computed"] == ["a", "c", "e"] and r1["computed"] == ["b", "d"]
     assert r0["got"] == r1["got"] == [[x, x.upper()] for x in "abcde"]
