@@ -321,11 +321,16 @@ def pack(examples: Sequence[Example], batch_tokens: int = 1024) -> list[Row]:
     return [_make_row([examples[i] for i in b], b) for b in bins]
 
 
+def example_spans(row: Row) -> list[tuple[int, int]]:
+    """(start, end) token columns of each example packed in `row` (position ids restart at 0 where one begins)."""
+    starts = (row.position_ids[0] == 0).nonzero().flatten().tolist() + [row.input_ids.shape[1]]
+    return list(itertools.pairwise(starts))
+
+
 def split_row(row: Row, parts: int) -> list[Row | None]:
     """`row`'s examples dealt round-robin into `parts` rows (None where a part gets no example), for data-parallel
     training: packed examples never attend to each other, so the parts' summed losses are the row's."""
-    starts = (row.position_ids[0] == 0).nonzero().flatten().tolist() + [row.input_ids.shape[1]]
-    spans = list(itertools.pairwise(starts))  # (start, end) of each example in the row
+    spans = example_spans(row)
     ids = row.example_ids or list(range(len(spans)))
     out: list[Row | None] = []
     for p in range(parts):

@@ -23,7 +23,6 @@ follows the handle: hs.trainable() is [scales] or [scales, channel_scales].
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -33,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .data import Row, dataset_loss, row_logits, row_loss, split_row
+from .data import Row, dataset_loss, example_spans, row_logits, row_loss, split_row
 from ..engine.scaling import Hopscotch
 from ..errors import HopscotchError
 from .settings import RunSettings
@@ -260,8 +259,7 @@ def _run_epoch(hs: Hopscotch, rows: Sequence[Row], opt: torch.optim.Optimizer, o
 
 def _part_positions(row: Row, parts: int, rank: int) -> torch.Tensor:
     """Indices into `row`'s response positions of the ones in data.split_row(row, parts)[rank], in its order."""
-    starts = (row.position_ids[0] == 0).nonzero().flatten().tolist() + [row.input_ids.shape[1]]
-    spans = list(itertools.pairwise(starts))[rank::parts]
+    spans = example_spans(row)[rank::parts]  # the spans data.split_row gives this rank
     return torch.cat([((row.positions >= a) & (row.positions < b)).nonzero().flatten() for a, b in spans])
 
 
