@@ -58,16 +58,17 @@ class EvalError(HopscotchError, ValueError):
     """A run that cannot be evaluated (yet)."""
 
 
+def last_epoch(folder: Path) -> dict[str, torch.Tensor] | None:
+    """The tensors saved after the last epoch in `folder` (scales/ or scales-NAME/): "scales", with granularity
+    channel also "channel_scales", and the Adam state; None before the first epoch."""
+    done = sorted(Path(folder).glob("epoch_*.safetensors"))
+    return load_file(str(done[-1])) if done else None
+
+
 def last_scales(folder: Path) -> torch.Tensor | None:
-    """The scalars after the last saved epoch in `folder` (scales/ or scales-NAME/), or None."""
-    done = sorted(Path(folder).glob("epoch_*.safetensors"))
-    return load_file(str(done[-1]))["scales"] if done else None
-
-
-def last_channel_scales(folder: Path) -> torch.Tensor | None:
-    """The per-channel multipliers after the last saved epoch (granularity channel), or None."""
-    done = sorted(Path(folder).glob("epoch_*.safetensors"))
-    return load_file(str(done[-1])).get("channel_scales") if done else None
+    """The scalars after the last saved epoch in `folder`, or None."""
+    saved = last_epoch(folder)
+    return saved["scales"] if saved is not None else None
 
 
 def variants_of(run: Run) -> list[dict]:
@@ -77,23 +78,23 @@ def variants_of(run: Run) -> list[dict]:
     if "eval_loss_trained" not in res or res.get("train_status") == "stopped":
         raise EvalError(f"run {run.name!r} has no finished training (state: {m.get('state')}, stage: "
                         f"{m.get('stage')}); finish it first: hopscotch run --resume {run.name}")
-    trained = last_scales(run.file("scales"))
-    if trained is None:
+    saved = last_epoch(run.file("scales"))
+    if saved is None:
         raise EvalError(f"run {run.name!r} has no trained scalars in {run.file('scales')}")
     sel = list(m["selected"])
     out = [{"variant": "hopscotch-unscaled", "method": "hopscotch", "scaled": False, "attention": sel, "mlp": [],
             "scales": None},
            {"variant": "hopscotch", "method": "hopscotch", "scaled": True, "attention": sel, "mlp": [],
-            "scales": trained, "channel_scales": last_channel_scales(run.file("scales"))}]
+            "scales": saved["scales"], "channel_scales": saved.get("channel_scales")}]
     for name, entry in (read_json(run.file("baselines.json"), {}) or {}).items():
         if not entry.get("done"):
             continue
         base = {"method": name, "attention": list(entry["attention"]), "mlp": list(entry.get("mlp", []))}
         out.append({**base, "variant": f"{name}-unscaled", "scaled": False, "scales": None})
-        sc = last_scales(run.file(f"scales-{name}"))
-        if sc is not None and entry.get("eval_loss_trained") is not None:
-            out.append({**base, "variant": name, "scaled": True, "scales": sc,
-                        "channel_scales": last_channel_scales(run.file(f"scales-{name}"))})
+        saved = last_epoch(run.file(f"scales-{name}"))
+        if saved is not None and entry.get("eval_loss_trained") is not None:
+            out.append({**base, "variant": name, "scaled": True, "scales": saved["scales"],
+                        "channel_scales": saved.get("channel_scales")})
     return out
 
 
