@@ -436,8 +436,9 @@ def recovery_settings(key: str, defaults: dict | None = None) -> dict:
     from hopscotch_core.method.settings import GRANULARITIES, OBJECTIVES, PAPER, RunSettings
 
     default = RunSettings()
-    d = {"objective": default.objective, "kl_weight": default.kl_weight, "granularity": default.granularity,
-         **{k: v for k, v in (defaults or {}).items() if k in ("objective", "kl_weight", "granularity")}}
+    fields = ("objective", "kl_weight", "granularity", "lora_rank", "lora_lr")
+    d = {**{k: getattr(default, k) for k in fields},
+         **{k: v for k, v in (defaults or {}).items() if k in fields and v is not None}}
 
     def label(value: str) -> str:
         return f"{value} (paper)" if value in PAPER.values() else value
@@ -453,6 +454,14 @@ def recovery_settings(key: str, defaults: dict | None = None) -> dict:
                                format_func=label, key=f"{key}_granularity",
                                help="scalar: one b per branch (the paper's); channel: b_att and b_mlp are vectors "
                                     "over the hidden size (still folds into the output projections)")
-    if objective == PAPER["objective"] and granularity == PAPER["granularity"]:
-        st.caption("paper: the paper's exact setting (--objective ce --granularity scalar)")
-    return {"objective": objective, "kl_weight": float(weight), "granularity": granularity}
+    c4, c5, _ = st.columns(3)
+    rank = c4.number_input("Low-rank deltas (rank)", 0, 4096, int(d["lora_rank"]), step=1, key=f"{key}_lora_rank",
+                           help="rank-R corrections on every kept branch's output projection (o_proj, down_proj), "
+                                "trained with the scalars once the blocks are chosen and folded into those weights "
+                                "on export; 0 = none (the paper's)")
+    lora_lr = c5.number_input("Delta learning rate", 1e-6, 1.0, float(d["lora_lr"]), format="%.5f",
+                              key=f"{key}_lora_lr", disabled=rank == 0, help="Adam learning rate of the deltas")
+    if objective == PAPER["objective"] and granularity == PAPER["granularity"] and rank == 0:
+        st.caption("paper: the paper's exact setting (--objective ce --granularity scalar --lora-rank 0)")
+    return {"objective": objective, "kl_weight": float(weight), "granularity": granularity,
+            "lora_rank": int(rank), "lora_lr": float(lora_lr)}

@@ -57,6 +57,7 @@ scaled = c3.toggle("Scaled: apply the run's trained scalars", disabled=adapter i
 skip = sorted(int(b) for b in (st.session_state.get("cmp_skip") or []))
 scales = adapter[0] if scaled and adapter is not None else None
 channels = run.channel_scales() if scales is not None and run is not None else None  # granularity channel
+deltas = run.lora() if scales is not None and run is not None else {}  # low-rank healing
 if scales is not None and sorted(adapter[1].get("skipped") or []) != skip:
     st.caption(f"Note: these scalars were trained with blocks {sorted(adapter[1].get('skipped') or [])} skipped.")
 
@@ -97,7 +98,7 @@ if go:
     try:
         shown = 0.0
         for a, b in compare.stream_pair(model, tok, prompt, skip, scales, max_new_tokens=int(max_new), lock=lock,
-                                        channel_scales=channels):
+                                        channel_scales=channels, lora=deltas):
             if time.perf_counter() - shown > 0.25:  # at most 4 redraws a second: the browser shares the CPU
                 render(a, b, label, False)
                 shown = time.perf_counter()

@@ -107,7 +107,7 @@ if m:
             st.caption("Time per stage (s): " + ", ".join(f"{k} {v}" for k, v in m["timings"].items()))
         rounds = run.rounds()
         c1, c2 = st.columns(2)
-        common.chart(figures.elbow(rounds, run.overlay()), "runs_elbow", f"{stem}-elbow", container=c1)
+        common.chart(figures.elbow(rounds, run.overlay(), **run.objective()), "runs_elbow", f"{stem}-elbow", container=c1)
         common.chart(figures.loss_curves(run.epochs()), "runs_loss", f"{stem}-loss", container=c2)
     with tabs[1]:
         fid = run.fidelity()

@@ -64,7 +64,7 @@ def panel() -> None:
     rounds, scores = run.rounds(), run.scores()
     c1, c2 = st.columns(2)
     stem = run.manifest.get("name") or run.name
-    common.chart(figures.elbow(rounds, run.overlay()), "sel_elbow", f"{stem}-elbow", container=c1)
+    common.chart(figures.elbow(rounds, run.overlay(), **run.objective()), "sel_elbow", f"{stem}-elbow", container=c1)
     knee, why = selection.suggest_k(rounds)
     c1.caption("Elbow: the loss after each removal (line; calibration data, scalars trained one epoch) and the "
                "held-out loss at k of the selected set and each baseline (markers). A bend marks where removing "

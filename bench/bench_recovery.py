@@ -1,6 +1,9 @@
-"""Recovery objectives x granularities on the embedded model: which scale training restores the original?
+"""Recovery on the embedded model: which training (objective x granularity x low-rank deltas x calibration size)
+restores the original?
 
     OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python bench/bench_recovery.py --work ~/.cache/hopscotch/bench-recovery
+    ... --lora-ranks 0,4,16,64 --calib-sizes 16,32,64,128 --objectives kl --granularities channel   (the grid)
+    ... --report                                     (print every cell measured so far, from --work/results.json)
 
 For k = 4 and k = 7 (the skip sets of the bundled example runs, assets/example-run-k4 and assets/example-run, so
 nothing is selected here) it trains the scalars with every objective (ce = the paper's, kl, ce+kl) and
@@ -14,6 +17,13 @@ variant) and top-1 agreement with the original (teacher-forced), each with a 95%
 (measure/stats.py: per-prompt token means weighted by response tokens), the paired difference of KL and agreement
 against the paper's setting (ce, scalar) with its interval (* where it excludes 0), and the wall time of each
 training. Results also go to --work/results.json. CPU only, one process; threads = --threads.
+
+Low-rank healing and calibration size: every cell of --lora-ranks x --calib-sizes (x --lora-lrs for ranks > 0)
+trains on the first N calibration answers; after every epoch it measures the held-out figures (so one run gives
+the epoch curve), and it records train seconds and the peak resident memory during the cell (psutil, sampled every
+50 ms). Each cell is written to results.json as it finishes; a rerun skips the cells already there (--redo
+repeats them), so the grid can be filled over several invocations. Paired differences are taken against the
+rank-0 cell of the same calibration size, objective and granularity.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import argparse
 import hashlib
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -79,27 +90,82 @@ def answers(model, tok, args, work: Path) -> tuple[list[data.Answer], list[data.
     return ordered[: args.n_calib], ordered[args.n_calib:]
 
 
-def per_prompt(hs, eval_rows, variants: dict[str, dict]) -> dict[str, dict[str, list[float]]]:
-    """Per held-out prompt (one row each): token-mean nll, kl, agreement of each variant; the original once."""
-    out = {name: {"nll": [], "kl": [], "agreement": []} for name in ["original", *variants]}
+def measure(hs, eval_rows) -> dict[str, list[float]]:
+    """Per held-out prompt (one row each): token-mean nll, kl, agreement of the handle's current state against the
+    original model (the same handle with nothing applied, in this thread)."""
+    out = {"nll": [], "kl": [], "agreement": []}
     with torch.no_grad():
         for row in eval_rows:
-            hs.reset()
-            lo = torch.log_softmax(data.row_logits(hs.model, row), -1)  # (N, V) the original, once per prompt
-            tgt = row.targets
-            out["original"]["nll"].append(float(torch.nn.functional.nll_loss(lo, tgt)))
-            for name, v in variants.items():
-                hs.configure(v["skipped"], v.get("scales"), channel_scales=v.get("channel_scales"))
-                lm = torch.log_softmax(data.row_logits(hs.model, row), -1)
-                out[name]["nll"].append(float(torch.nn.functional.nll_loss(lm, tgt)))
-                out[name]["kl"].append(float((lo.exp() * (lo - lm)).sum(-1).mean()))
-                out[name]["agreement"].append(float((lo.argmax(-1) == lm.argmax(-1)).float().mean()))
-    hs.reset()
+            with hs.in_thread():
+                lo = torch.log_softmax(data.row_logits(hs.model, row), -1)  # (N, V) the original
+            lm = torch.log_softmax(data.row_logits(hs.model, row), -1)
+            out["nll"].append(float(torch.nn.functional.nll_loss(lm, row.targets)))
+            out["kl"].append(float((lo.exp() * (lo - lm)).sum(-1).mean()))
+            out["agreement"].append(float((lo.argmax(-1) == lm.argmax(-1)).float().mean()))
     return out
+
+
+class PeakRSS:
+    """The peak resident memory of this process while inside (sampled every 50 ms), in GiB."""
+
+    def __enter__(self):
+        import psutil
+
+        self.proc, self.peak, self.stop = psutil.Process(), 0, threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def _watch(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            self.stop.wait(0.05)
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+        self.gib = self.peak / 2 ** 30
 
 
 def fmt_ci(v: float, ci) -> str:
     return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def cell_name(obj: str, gran: str, rank: int, n: int, lora_lr: float | None) -> str:
+    return f"{obj}/{gran}/r{rank}/n{n}" + (f"/lr{lora_lr:g}" if rank else "")
+
+
+def summarise(per: dict[str, list[float]], weights: list[int], ref: dict | None = None) -> dict:
+    row = {}
+    for m in ("nll", "kl", "agreement"):
+        row[m] = weighted_mean(per[m], weights)
+        row[f"{m}_ci"] = list(mean_ci(per[m], weights))
+        if ref is not None and m in ("kl", "agreement"):
+            row[f"{m}_vs_r0"] = list(paired_diff_ci(per[m], ref[m], weights))
+    return row
+
+
+def report(results: dict) -> None:
+    for k, entry in sorted(results.get("ks", {}).items(), key=lambda kv: int(kv[0])):
+        print(f"\nk = {k}, attention skipped {entry['blocks']}; original NLL {entry['original_nll']:.3f}; "
+              f"held-out: {entry['eval_prompts']} prompts, {entry['eval_tokens']} answer tokens")
+        print("| cell (objective/granularity/rank/calibration prompts/delta lr) | epochs | KL [95% CI] | "
+              "top-1 agreement [95% CI] | ΔKL vs rank 0 | Δagreement vs rank 0 | KL per epoch | train s | "
+              "peak RSS GiB |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for name, c in entry["cells"].items():
+            def delta(key):
+                d = c.get(key)
+                return "–" if d is None else f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" + (
+                    " ✱" if excludes_zero(d[1:]) else "")
+            curve = " → ".join(f"{e['kl']:.3f}" for e in c.get("per_epoch", []))
+            train_s = "–" if c.get("train_s") is None else f"{c['train_s']:.0f}"
+            mem = "–" if c.get("peak_rss_gib") is None else f"{c['peak_rss_gib']:.2f}"
+            print(f"| {name} | {c.get('epochs', 0)} | {fmt_ci(c['kl'], c['kl_ci'])} | "
+                  f"{fmt_ci(c['agreement'], c['agreement_ci'])} | {delta('kl_vs_r0')} | {delta('agreement_vs_r0')} "
+                  f"| {curve or '–'} | {train_s} | {mem} |", flush=True)
+    print("\n✱ = the 95% interval of the paired difference (same held-out prompts) excludes 0.")
 
 
 def main(argv=None) -> None:
@@ -107,108 +173,126 @@ def main(argv=None) -> None:
     ap.add_argument("--work", default=str(Path.home() / ".cache/hopscotch/bench-recovery"),
                     help="folder for the cached answers, teacher and results")
     ap.add_argument("--ks", default="4,7")
-    ap.add_argument("--objectives", default="ce,kl,ce+kl")
-    ap.add_argument("--granularities", default="scalar,channel")
-    data_size_flags(ap, n_calib=32, n_eval=32, max_new_tokens=128)
+    ap.add_argument("--objectives", default="kl")
+    ap.add_argument("--granularities", default="channel")
+    ap.add_argument("--lora-ranks", default="0,4,16,64", help="ranks of the low-rank deltas (0 = none)")
+    ap.add_argument("--lora-lrs", default="1e-3", help="learning rates of the deltas (cells with rank > 0)")
+    ap.add_argument("--calib-sizes", default="16,32,64", help="calibration prompts per cell (the first N)")
+    data_size_flags(ap, n_calib=128, n_eval=32, max_new_tokens=128)
     ap.add_argument("--gen-batch", type=int, default=8)
-    ap.add_argument("--train-prompts", type=int, default=16, help="use the first N calibration answers for training")
-    ap.add_argument("--eval-prompts", type=int, default=24, help="use the first N held-out answers for the figures")
+    ap.add_argument("--eval-prompts", type=int, default=32, help="use the first N held-out answers for the figures")
     ap.add_argument("--answer-cap", type=int, default=96, help="cut the cached answers to this many tokens")
     ap.add_argument("--batch-tokens", type=int, default=256, help="tokens per training step (row)")
-    ap.add_argument("--epochs", type=int, default=3, help="the pipeline's default (one epoch at lr 1e-2 was measured "
-                    "too coarse to help: README)")
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--epochs", type=int, default=3, help="epochs per cell (held-out figures after each)")
+    ap.add_argument("--lr", type=float, default=3e-3, help="lr of the scalars and channel multipliers")
     ap.add_argument("--kl-weight", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--redo", action="store_true", help="measure cells already in results.json again")
+    ap.add_argument("--report", action="store_true", help="only print the cells in results.json")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
     work = Path(args.work).expanduser()
     work.mkdir(parents=True, exist_ok=True)
+    res_path = work / "results.json"
+    results = json.loads(res_path.read_text()) if res_path.is_file() else {"ks": {}}
+    if args.report:
+        report(results)
+        return
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
     t_all = time.perf_counter()
 
+    def save() -> None:
+        atomic_write(res_path, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1)))
+
     model, tok = hc.load_model("default", device="cpu")
-    calib, held = answers(model, tok, args, work)
-    calib, held = calib[: args.train_prompts], held[: args.eval_prompts]
-    for a in calib + held:  # a subset of the one cached data set (it is generated at the larger sizes once)
+    calib_all, held = answers(model, tok, args, work)
+    held = held[: args.eval_prompts]
+    for a in calib_all + held:  # a subset of the one cached data set (it is generated at the larger sizes once)
         if len(a.response_ids) > args.answer_cap:
             a.response_ids, a.finished = a.response_ids[: args.answer_cap], False
-    rows = data.pack(data.build_examples(calib), args.batch_tokens)
     eval_rows = [data.pack([ex], 10 ** 9)[0] for ex in data.build_examples(held)]  # one row per prompt
     weights = [r.n_tokens for r in eval_rows]
-    unfinished = sum(not a.finished for a in calib + held)
-    print(f"data: {len(calib)} calibration / {len(held)} held-out prompts, answers <= {args.answer_cap} tokens "
-          f"({unfinished} hit the cap); {sum(r.n_tokens for r in rows)} calibration / {sum(weights)} held-out "
-          f"answer tokens; {len(rows)} steps per epoch", flush=True)
+    sizes = [int(x) for x in args.calib_sizes.split(",")]
+    if max(sizes) > len(calib_all):
+        raise SystemExit(f"--calib-sizes asks for {max(sizes)} prompts; --n-calib made {len(calib_all)}")
+    ranks = [int(x) for x in args.lora_ranks.split(",")]
+    lora_lrs = [float(x) for x in args.lora_lrs.split(",")]
+    results["data"] = {"eval_prompts": len(held), "answer_cap": args.answer_cap,
+                       "unfinished_eval": sum(not a.finished for a in held)}
 
-    results: dict = {"settings": vars(args), "ks": {}}
     with hc.attach(model) as hs:
-        t = time.perf_counter()
-        tpath = work / f"teacher-{args.batch_tokens}-{len(rows)}.safetensors"
-        teacher = training.TeacherCache.load(tpath, rows)
-        if teacher is None:
-            teacher = training.TeacherCache.build(hs, rows)
-            teacher.save(tpath)
-        t_teacher = time.perf_counter() - t
-        print(f"teacher top-{teacher.top_k} log-probs: {t_teacher:.1f} s", flush=True)
         for k in [int(x) for x in args.ks.split(",")]:
             blocks = skip_set(k)
-            variants = {"unscaled": {"skipped": blocks}}
-            times = {}
-            for obj in args.objectives.split(","):
-                for gran in args.granularities.split(","):
-                    name = f"{obj}/{gran}"
-                    hs.set_granularity(gran)
-                    hs.configure(blocks)
-                    cfg = training.TrainConfig(args.lr, args.epochs, args.seed,
-                                               training.Objective(obj, args.kl_weight, teacher))
-                    t = time.perf_counter()
-                    res = training.train_scales(hs, rows, (), cfg)
-                    times[name] = time.perf_counter() - t
-                    variants[name] = {"skipped": blocks, "scales": res.scales, "channel_scales": res.channel_scales,
-                                      "status": res.status}
-                    print(f"k={k} trained {name}: {res.status}, {times[name]:.0f} s, last train loss "
-                          f"{res.epochs[-1]['train_loss'] if res.epochs else float('nan'):.4f}", flush=True)
-                    hs.set_granularity("scalar")
-            t = time.perf_counter()
-            per = per_prompt(hs, eval_rows, variants)
-            t_eval = time.perf_counter() - t
-            paper = "ce/scalar" if "ce/scalar" in variants else None
-            table = []
-            for name in variants:
-                row = {"variant": name, "train_s": times.get(name)}
-                for m in ("nll", "kl", "agreement"):
-                    vals = per[name][m]
-                    row[m] = weighted_mean(vals, weights)
-                    row[f"{m}_ci"] = list(mean_ci(vals, weights))
-                    if paper and name != paper and m in ("kl", "agreement"):
-                        d, lo, hi = paired_diff_ci(vals, per[paper][m], weights)
-                        row[f"{m}_vs_paper"] = [d, lo, hi]
-                table.append(row)
-            orig = weighted_mean(per["original"]["nll"], weights)
-            results["ks"][str(k)] = {"blocks": blocks, "original_nll": orig, "eval_s": t_eval, "rows": table}
-            atomic_write(work / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1)))
-            print(f"\nk = {k}, attention skipped {blocks}; original NLL {orig:.3f}; evaluation of "
-                  f"{len(variants)} variants {t_eval:.0f} s")
-            print("| variant | NLL [95% CI] | KL [95% CI] | top-1 agreement [95% CI] | ΔKL vs paper | "
-                  "Δagreement vs paper | train s |")
-            print("|---|---|---|---|---|---|---|")
-            for r in table:
-                def delta(key):
-                    d = r.get(key)
-                    return "–" if d is None else f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" + (
-                        "*" if excludes_zero(d[1:]) else "")
-                label = r["variant"] + (" (paper)" if r["variant"] == paper else "")
-                train_s = "–" if r["train_s"] is None else f"{r['train_s']:.0f}"
-                print(f"| {label} | {fmt_ci(r['nll'], r['nll_ci'])} | {fmt_ci(r['kl'], r['kl_ci'])} | "
-                      f"{fmt_ci(r['agreement'], r['agreement_ci'])} | {delta('kl_vs_paper')} | "
-                      f"{delta('agreement_vs_paper')} | {train_s} |", flush=True)
-    results["teacher_s"] = t_teacher
-    results["total_s"] = time.perf_counter() - t_all
-    atomic_write(work / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1)))
-    print(f"\n* = the 95% interval of the paired difference excludes 0. Total {results['total_s']:.0f} s "
-          f"({args.threads} threads); results in {work / 'results.json'}")
+            entry = results["ks"].setdefault(str(k), {"blocks": blocks, "cells": {}})
+            if "unscaled" not in entry:
+                hs.configure(blocks)
+                base = measure(hs, eval_rows)
+                hs.configure([])
+                orig = measure(hs, eval_rows)
+                entry.update(original_nll=weighted_mean(orig["nll"], weights), eval_prompts=len(held),
+                             eval_tokens=sum(weights), unscaled=summarise(base, weights), unscaled_per=base)
+                entry["cells"]["unscaled"] = {**entry["unscaled"], "epochs": 0}
+                save()
+            for n in sizes:
+                calib = calib_all[:n]
+                rows = data.pack(data.build_examples(calib), args.batch_tokens)
+                teacher = None
+                for obj in args.objectives.split(","):
+                    if obj != "ce" and teacher is None:
+                        t = time.perf_counter()
+                        tpath = work / f"teacher-{args.batch_tokens}-n{n}-{len(rows)}.safetensors"
+                        teacher = training.TeacherCache.load(tpath, rows)
+                        if teacher is None:
+                            hs.configure([])
+                            teacher = training.TeacherCache.build(hs, rows)
+                            teacher.save(tpath)
+                            print(f"teacher for {n} prompts: {time.perf_counter() - t:.0f} s", flush=True)
+                    for gran in args.granularities.split(","):
+                        ref_name = cell_name(obj, gran, 0, n, None)
+                        for rank in ranks:
+                            for lora_lr in (lora_lrs if rank else [None]):
+                                name = cell_name(obj, gran, rank, n, lora_lr)
+                                if name in entry["cells"] and not args.redo:
+                                    continue
+                                hs.set_granularity(gran)
+                                hs.set_lora_rank(rank)
+                                hs.configure(blocks)
+                                cfg = training.TrainConfig(args.lr, args.epochs, args.seed,
+                                                           training.Objective(obj, args.kl_weight, teacher),
+                                                           lora_lr=lora_lr or args.lr)
+                                curve, in_eval = [], [0.0]
+
+                                def on_epoch(epoch, record, scales, adam, curve=curve, in_eval=in_eval):
+                                    t0 = time.perf_counter()
+                                    per = measure(hs, eval_rows)
+                                    curve.append({"epoch": epoch, "train_loss": record["train_loss"],
+                                                  "kl": weighted_mean(per["kl"], weights),
+                                                  "agreement": weighted_mean(per["agreement"], weights),
+                                                  "per": per})
+                                    in_eval[0] += time.perf_counter() - t0  # the held-out pass is not train time
+
+                                t = time.perf_counter()
+                                with PeakRSS() as mem:
+                                    res = training.train_scales(hs, rows, (), cfg, on_epoch=on_epoch)
+                                train_s = time.perf_counter() - t - in_eval[0]
+                                last = curve[-1]["per"] if curve else measure(hs, eval_rows)
+                                ref = entry["cells"].get(ref_name, {}).get("per") if rank else None
+                                cell = {**summarise(last, weights, ref), "status": res.status, "epochs": len(curve),
+                                        "rows": len(rows), "calib_tokens": sum(r.n_tokens for r in rows),
+                                        "train_s": train_s, "peak_rss_gib": mem.gib, "per": last,
+                                        "per_epoch": [{kk: vv for kk, vv in e.items() if kk != "per"} for e in curve]}
+                                entry["cells"][name] = cell
+                                save()
+                                print(f"k={k} {name}: {res.status}, {train_s:.0f} s, held-out KL "
+                                      + " -> ".join(f"{e['kl']:.3f}" for e in curve)
+                                      + f", agreement {cell['agreement']:.3f}, peak {mem.gib:.2f} GiB", flush=True)
+            hs.set_lora_rank(0)
+            hs.set_granularity("scalar")
+    results["total_s"] = results.get("total_s", 0) + time.perf_counter() - t_all
+    save()
+    report(results)
+    print(f"this invocation: {time.perf_counter() - t_all:.0f} s ({args.threads} threads); results in {res_path}")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,16 @@ def _baselines(text: str) -> list[str]:
     return names
 
 
+def _rank(text: str) -> int:
+    try:
+        rank = int(text)
+    except ValueError:
+        rank = -1
+    if rank < 0:
+        raise argparse.ArgumentTypeError(f"--lora-rank takes a whole number >= 0; got {text!r}")
+    return rank
+
+
 def _model_args(p: argparse.ArgumentParser, model: str | None = "default", device: str | None = "auto",
                 model_help: str | None = None) -> None:
     """--model, --device, --dtype: every command that loads a model (help texts from the run settings' schema).
@@ -79,7 +89,8 @@ def _attach(model, args):
     from .engine.scaling import attach, load_adapter
 
     if getattr(args, "adapter", None):
-        hs = load_adapter(model, args.adapter, granularity=getattr(args, "granularity", None))
+        hs = load_adapter(model, args.adapter, granularity=getattr(args, "granularity", None),
+                          lora_rank=getattr(args, "lora_rank", None))
         if args.skip:
             hs.set_skipped(args.skip)
         return hs
@@ -431,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--adapter", default=None, help="adapter directory (scales + skip set) to apply")
     s.add_argument("--granularity", default=None, choices=["scalar", "channel"],
                    help="refuse an --adapter trained with another granularity (default: take the adapter's)")
+    s.add_argument("--lora-rank", type=_rank, default=None,
+                   help="refuse an --adapter whose low-rank deltas have another rank (default: take the adapter's)")
     s.add_argument("--max-new-tokens", type=int, default=64)
     s.add_argument("--raw", action="store_true", help="do not wrap the prompt in the chat template")
     s.set_defaults(func=cmd_ask)
@@ -441,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--adapter", default=None, help="adapter directory (scales + skip set) to apply")
     s.add_argument("--granularity", default=None, choices=["scalar", "channel"],
                    help="refuse an --adapter trained with another granularity (default: take the adapter's)")
+    s.add_argument("--lora-rank", type=_rank, default=None,
+                   help="refuse an --adapter whose low-rank deltas have another rank (default: take the adapter's)")
     s.add_argument("--run", default=None, help="export this run's trained adapter (on the run's model)")
     s.add_argument("--runs-dir", default="runs")
     s.add_argument("--format", default="compact", choices=["compact", "hf", "gguf"],

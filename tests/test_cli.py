@@ -70,6 +70,10 @@ BAD_RUN_INPUT = [  # (command, extra flags, what the one error line must say)
     ("run", ["--objective", "ce+kl", "--kl-weight", "-0.5"], "kl-weight must be a finite number >= 0"),
     ("train", ["--skip", "1", "--kl-weight", "nan"], "kl-weight must be a finite number >= 0"),
     ("run", ["--kl-weight", "inf"], "kl-weight must be a finite number >= 0"),
+    ("run", ["--lora-rank", "-1"], "lora-rank must be a whole number >= 0"),
+    ("run", ["--lora-rank", "1.5"], "invalid int value"),
+    ("train", ["--skip", "1", "--lora-rank", "33"], "use at most 32"),   # the tiny model's o_proj is 32 x 32
+    ("run", ["--lora-lr", "0"], "lora-lr must be a positive number"),
 ]
 
 
@@ -136,3 +140,22 @@ def test_an_adapter_of_another_granularity_is_refused_before_any_work(command, t
     assert code == 2 and "Traceback" not in err
     assert "error: the adapter at" in err and "trained with granularity 'channel', but 'scalar' was asked" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_adapter_with_deltas_of_another_rank_is_refused_before_any_work(tiny_dir, tmp_path, capsys, monkeypatch):
+    from hopscotch_core.engine import generation
+
+    model, _ = hc.load_model(tiny_dir, device="cpu")
+    hs = hc.attach(model).skip([1]).set_lora_rank(2)
+    hs.save(tmp_path / "adapter", objective="kl")
+    hs.detach()
+
+    def no_work(*a, **k):
+        raise AssertionError("work started for a refused request")
+
+    monkeypatch.setattr(generation, "generate_text", no_work)
+    code = cli.main(["ask", "--model", str(tiny_dir), "--device", "cpu", "--adapter", str(tmp_path / "adapter"),
+                     "--lora-rank", "4", "--prompt", "hi"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "has low-rank deltas of rank 2, but rank 4 was asked" in err

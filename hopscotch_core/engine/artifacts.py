@@ -4,10 +4,12 @@ An adapter directory holds two files:
 
     scales.safetensors   {"scales": float32 [num_layers, 4]}   columns b_att, s_att, b_mlp, s_mlp
                          + "channel_scales": float32 [num_layers, 2, hidden] with granularity "channel"
+                         + "lora.L.attn.A" (R, in), "lora.L.attn.B" (out, R), ... with lora_rank R > 0
     hopscotch.json       {"format_version", "kind": "adapter" | "compact", "skipped", "base": identity,
-                          "granularity": "scalar" | "channel", "objective": "ce" | "kl" | "ce+kl" | null, ...}
+                          "granularity": "scalar" | "channel", "objective": "ce" | "kl" | "ce+kl" | null,
+                          "lora_rank": R, ...}
 
-Artifacts written before granularity existed have no such field and read as "scalar".
+Artifacts written before granularity (or lora_rank) existed have no such field and read as "scalar" (and 0).
 
 A compact model directory is a transformers model directory (config.json + model.safetensors, without the
 weights of the removed attention blocks) plus the same two files with kind "compact".
@@ -91,18 +93,24 @@ def _atomic_write(path: Path, write) -> None:
 
 
 GRANULARITIES = ("scalar", "channel")
+LORA_PREFIX = "lora."  # the low-rank deltas' names in scales.safetensors (and in a run's epoch files)
 OBJECTIVES = ("ce", "kl", "ce+kl")
 
 
 def write_artifact(path: str | os.PathLike, scales: torch.Tensor, meta: dict[str, Any],
-                   channel_scales: torch.Tensor | None = None) -> Path:
+                   channel_scales: torch.Tensor | None = None, lora: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write an artifact directory; `lora`: low-rank deltas in Hopscotch.lora_state() form (or none)."""
+    from .lowrank import rank_of
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = {"scales": scales.detach().to(device="cpu", dtype=torch.float32).contiguous().clone()}
     if channel_scales is not None:
         tensors["channel_scales"] = channel_scales.detach().to(device="cpu", dtype=torch.float32).contiguous().clone()
+    for k, v in (lora or {}).items():
+        tensors[LORA_PREFIX + k] = v.detach().to(device="cpu", dtype=torch.float32).contiguous().clone()
     _atomic_write(path / SCALES_FILE, lambda p: save_file(tensors, str(p)))
-    body = {"format_version": FORMAT_VERSION, **meta,
+    body = {"format_version": FORMAT_VERSION, "lora_rank": rank_of(lora or {}), **meta,
             "granularity": "channel" if channel_scales is not None else "scalar"}
     _atomic_write(path / META_FILE, lambda p: p.write_text(json.dumps(body, indent=2)))
     return path
@@ -152,6 +160,9 @@ def read_artifact(path: str | os.PathLike, kind: str | None = None) -> tuple[tor
     if meta.get("objective") not in (None, *OBJECTIVES):
         raise ArtifactError(f"{meta_path}: unknown objective {meta.get('objective')!r}; this hopscotch_core "
                             f"knows {', '.join(OBJECTIVES)}")
+    rank = meta.get("lora_rank", 0)
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise ArtifactError(f"{meta_path}: lora_rank must be a whole number >= 0, not {rank!r}")
     for key in ("skipped", "skipped_mlp"):
         blocks = meta.get(key, [] if key == "skipped_mlp" else None)
         if not isinstance(blocks, list) or not all(isinstance(i, int) and 0 <= i < n for i in blocks) \
@@ -179,3 +190,23 @@ def read_channel_scales(path: str | os.PathLike, meta: dict[str, Any]) -> torch.
     if not torch.isfinite(ch).all():
         raise ArtifactError(f"{scales_path}: channel_scales contains NaN or inf")
     return ch
+
+
+def read_lora(path: str | os.PathLike, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The low-rank deltas of an artifact ({} when its lora_rank is 0); ArtifactError when the file lacks them or
+    their rank is not the one hopscotch.json records. (Whether they fit a model: Hopscotch.set_lora.)"""
+    from .lowrank import rank_of
+
+    rank = meta.get("lora_rank", 0)
+    if not rank or meta.get("kind") == "compact":  # a compact model holds them merged into its weights
+        return {}
+    scales_path = Path(path) / SCALES_FILE
+    try:
+        tensors = load_file(str(scales_path))
+    except (SafetensorError, OSError) as e:
+        raise ArtifactError(f"{scales_path} is corrupt ({e})") from None
+    state = {k[len(LORA_PREFIX):]: v for k, v in tensors.items() if k.startswith(LORA_PREFIX)}
+    if not state or rank_of(state) != rank:
+        raise ArtifactError(f"{scales_path} holds low-rank deltas of rank {rank_of(state)}, but {META_FILE} says "
+                            f"lora_rank {rank}")
+    return state

@@ -37,6 +37,10 @@ class LayerFamily:
     # kind "rmsnorm_plus1": y = (1 + w) * n(x) -> w' = b (1 + w) - 1.
     attn_out: tuple[str, str] = ("self_attn.o_proj", "linear")
     mlp_out: tuple[str, str] = ("mlp.down_proj", "linear")
+    # the projections low-rank healing adapts (lowrank.py): the last linear map of each branch; None where a
+    # family has no such linear layer (then --lora-rank is refused for it)
+    attn_delta: str | None = "self_attn.o_proj"
+    mlp_delta: str | None = "mlp.down_proj"
     # (path, kind) of the norm through which each branch reads the residual stream, or None where the branch
     # reads the raw stream (OLMo 2). A scale-invariant norm there lets a residual scale be folded (export.py).
     attn_in_norm: tuple[str, str] | None = ("input_layernorm", "rmsnorm")

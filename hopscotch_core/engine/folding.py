@@ -18,7 +18,8 @@ stream as h = c * h', with c = 1 on the embeddings. If layer l gets h = c h' the
 
 which is a stock layer on h' whose output projections are multiplied by b_a / c1 and b_m / c2 (and whose input
 norms are negated where c or c1 is negative). After the last layer, the final norm removes c the same way, so
-the logits are unchanged. A skipped block has b = 0: its output projection becomes zero, so this format still
+the logits are unchanged. Low-rank deltas (lowrank.py) sit inside the branches, on the projection the b's fold
+into, so they merge first (W + B A) and the scaling above then applies to the merged weight. A skipped block has b = 0: its output projection becomes zero, so this format still
 computes the block (it exists for portability: vLLM, TGI, any Hugging Face tool); the compact and GGUF formats
 drop it instead.
 
@@ -43,6 +44,7 @@ import copy
 import torch
 from torch import nn
 
+from . import lowrank
 from .families import final_norm, fold_scale, negate_norm
 from ..errors import HopscotchError
 
@@ -88,9 +90,11 @@ def fold_model(hs) -> nn.Module:
         new = copy.deepcopy(hs.model)
     for p in new.parameters():
         p.requires_grad_(False)
-    channels = hs.effective_channel_scales()  # None, or [L, 2, hidden] (granularity "channel")
     branch = hs.family.layer
     layers = new.get_decoder().layers
+    if hs.lora_rank:  # low-rank deltas first: W + B A, inside the branch the scalars below multiply
+        lowrank.merge(layers, hs._slots(), hs.lora, hs.lora_rank, hs.skipped, hs.skipped_mlp)
+    channels = hs.effective_channel_scales()  # None, or [L, 2, hidden] (granularity "channel")
     for i, layer in enumerate(layers):
         b_a, _, b_m, _ = scales[i].tolist()
         c, c1 = cs[i]

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import artifacts
+from . import artifacts, lowrank
 from .families import ModelFamily, fold_scale, get_family
 from .cache import record_skipped
 from ..errors import AdapterMismatchError, DetachedError, HopscotchError, InvalidBlocksError, InvalidScalesError
@@ -181,6 +181,12 @@ class Hopscotch:
         self.channel_scales = nn.Parameter(torch.ones(self.num_layers, 2, self.hidden_size, dtype=torch.float32,
                                                       device=device))
         self.granularity = "scalar"
+        # low-rank healing (lowrank.py): rank-R deltas on each branch's output projection, one flat float32
+        # vector; rank 0 = none. Forward hooks on those projections add them (registered on first use).
+        self.lora_rank = 0
+        self.lora = nn.Parameter(torch.zeros(0, dtype=torch.float32, device=device))
+        self._lora_slots: list[lowrank.Slot] | None = None
+        self._lora_hooks: list = []
         # skipped blocks, in the order they were skipped: column 0 (attention) and column 2 (MLP, for baselines
         # that remove whole layers)
         self._skips: dict[int, list[int]] = {0: [], 2: []}
@@ -256,6 +262,43 @@ class Hopscotch:
         if ch is None:
             return None
         return ch if (ch.device == x.device and ch.dtype == x.dtype) else ch.to(device=x.device, dtype=x.dtype)
+
+    def _delta(self, idx: int, part: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(A, B) of the low-rank delta on layer idx's `part` projection as it acts now in this thread, or None."""
+        mine = _mine(self)
+        if mine is not None:
+            got = mine[3].get((idx, part)) if mine[3] else None
+        elif self._rows is not None or not self.lora_rank:
+            return None
+        else:
+            flat = self.lora if torch.is_grad_enabled() else self.lora.detach()
+            got = lowrank.views(flat, self._lora_slots, self.lora_rank)[(idx, part)]
+        if got is None:
+            return None
+        a, b = got
+        if a.device != x.device or a.dtype != x.dtype:
+            a, b = a.to(device=x.device, dtype=x.dtype), b.to(device=x.device, dtype=x.dtype)
+        return a, b
+
+    def _slots(self) -> list[lowrank.Slot]:
+        if self._lora_slots is None:
+            self._lora_slots = lowrank.layout(self.family)[0]
+        return self._lora_slots
+
+    def _ensure_lora_hooks(self) -> None:
+        if self._lora_hooks:
+            return
+        import torch.nn.functional as F
+
+        for idx, part, mod, _ in lowrank.targets(self.family):
+            def hook(mod, args, out, idx=idx, part=part):
+                d = self._delta(idx, part, out)
+                if d is None:
+                    return None
+                a, b = d
+                return out + F.linear(F.linear(args[0], a), b)  # W x + B (A x)
+
+            self._lora_hooks.append((mod, mod.register_forward_hook(hook)))
 
     def _mask_grad(self, grad: torch.Tensor) -> torch.Tensor:
         if not (self._skips[0] or self._skips[2]):
@@ -354,44 +397,94 @@ class Hopscotch:
             return None
         return self.channel_scales.detach().float().cpu().clone()
 
+    def set_lora_rank(self, rank: int) -> Hopscotch:
+        """Give every kept branch's output projection a rank-`rank` delta B A (lowrank.py), B = 0 so the model
+        is unchanged until training moves it; 0 removes the deltas. LoraError for a bad rank, a rank above the
+        projections' width or a family whose projections are not known."""
+        self._check()
+        rank = lowrank.check_rank(rank, self.family if rank else None)
+        if rank:
+            self._ensure_lora_hooks()
+            data = lowrank.init_flat(self._slots(), rank, self.scales.device)
+        else:
+            data = torch.zeros(0, dtype=torch.float32, device=self.scales.device)
+        self.lora = nn.Parameter(data)
+        self.lora_rank = rank
+        return self
+
+    def set_lora(self, state: dict[str, torch.Tensor]) -> Hopscotch:
+        """Load low-rank deltas ({"L.attn.A": (R, in), "L.attn.B": (out, R), ...}, as lora_state() gives; an
+        empty dict removes them); LoraError when they were made for another shape."""
+        self._check()
+        if not state:
+            return self.set_lora_rank(0)
+        flat, rank = lowrank.from_state(state, self._slots())
+        if rank != self.lora_rank:
+            self.set_lora_rank(rank)
+        with torch.no_grad():
+            self.lora.copy_(flat.to(self.lora.device))
+        return self
+
+    def lora_state(self) -> dict[str, torch.Tensor]:
+        """The low-rank deltas as float32 CPU tensors {"L.part.A", "L.part.B"}; {} with rank 0."""
+        if not self.lora_rank:
+            return {}
+        return lowrank.to_state(self.lora, self._slots(), self.lora_rank)
+
     def trainable(self) -> list[nn.Parameter]:
-        """The parameters a training step updates: [scales], plus channel_scales with granularity "channel"."""
-        return [self.scales] + ([self.channel_scales] if self.granularity == "channel" else [])
+        """The parameters a training step updates: [scales], plus channel_scales with granularity "channel",
+        plus the flat low-rank deltas `lora` with lora_rank > 0 (always in this order)."""
+        return ([self.scales] + ([self.channel_scales] if self.granularity == "channel" else [])
+                + ([self.lora] if self.lora_rank else []))
+
+    def trainable_names(self) -> list[str]:
+        """A name per trainable() entry: "scales", "channel_scales", "lora"."""
+        return (["scales"] + (["channel_scales"] if self.granularity == "channel" else [])
+                + (["lora"] if self.lora_rank else []))
 
     def reset(self) -> Hopscotch:
-        """All ones, nothing skipped: the original model (the granularity stays)."""
+        """All ones, nothing skipped, deltas back at their start (B = 0): the original model (the granularity and
+        the lora rank stay)."""
         self._check()
         self._skips = {0: [], 2: []}
         with torch.no_grad():
             self.scales.fill_(1.0)
             self.channel_scales.fill_(1.0)
+            if self.lora_rank:
+                self.lora.copy_(lowrank.init_flat(self._slots(), self.lora_rank, self.lora.device))
         return self
 
     def configure(self, skipped: Iterable[int] = (), scales: torch.Tensor | None = None,
-                  skipped_mlp: Iterable[int] = (), channel_scales: torch.Tensor | None = None) -> "Hopscotch":
-        """Reset, then apply exactly this state: skipped attention (and MLP) blocks, optional [L, 4] scales and
-        optional [L, 2, hidden] channel multipliers (which switch the granularity to "channel")."""
+                  skipped_mlp: Iterable[int] = (), channel_scales: torch.Tensor | None = None,
+                  lora: dict[str, torch.Tensor] | None = None) -> "Hopscotch":
+        """Reset, then apply exactly this state: skipped attention (and MLP) blocks, optional [L, 4] scales,
+        optional [L, 2, hidden] channel multipliers (which switch the granularity to "channel") and optional
+        low-rank deltas (lora_state() form; they set the rank)."""
         self.reset()
         self.skip(list(skipped)).skip_mlp(list(skipped_mlp))
         if scales is not None:
             self.set_scales(scales)
         if channel_scales is not None:
             self.set_channel_scales(channel_scales)
+        if lora:
+            self.set_lora(lora)
         return self
 
     @contextmanager
     def applied(self, skipped: Iterable[int] = (), scales: torch.Tensor | None = None,
-                skipped_mlp: Iterable[int] = (), channel_scales: torch.Tensor | None = None
-                ) -> Iterator["Hopscotch"]:
-        """Within: `configure(...)`; afterwards the handle is reset (all ones, nothing skipped, granularity as
-        before)."""
-        before = self.granularity
-        self.configure(skipped, scales, skipped_mlp, channel_scales)
+                skipped_mlp: Iterable[int] = (), channel_scales: torch.Tensor | None = None,
+                lora: dict[str, torch.Tensor] | None = None) -> Iterator["Hopscotch"]:
+        """Within: `configure(...)`; afterwards the handle is reset (all ones, nothing skipped, granularity and
+        lora rank as before)."""
+        before, rank = self.granularity, self.lora_rank
+        self.configure(skipped, scales, skipped_mlp, channel_scales, lora)
         try:
             yield self
         finally:
             self.reset()
             self.granularity = before
+            if self.lora_rank != rank:
+                self.set_lora_rank(rank)
 
     def _effective(self, skipped: Iterable[int], scales) -> tuple[list[int], torch.Tensor]:
         """(validated blocks, float32 [L, 4] CPU scalars with b_att = 0 on them) of one configuration."""
@@ -408,9 +501,11 @@ class Hopscotch:
 
     @contextmanager
     def in_thread(self, skipped: Iterable[int] = (), scales: torch.Tensor | None = None,
-                  channel_scales: torch.Tensor | None = None) -> Iterator["Hopscotch"]:
+                  channel_scales: torch.Tensor | None = None,
+                  lora: dict[str, torch.Tensor] | None = None) -> Iterator["Hopscotch"]:
         """Within, and only in the calling thread: forwards run with `skipped` attention blocks, optional
-        [L, 4] `scales` and optional [L, 2, hidden] `channel_scales`; other threads keep seeing the handle's own
+        [L, 4] `scales`, optional [L, 2, hidden] `channel_scales` and optional low-rank deltas `lora`
+        (lora_state() form); other threads keep seeing the handle's own
         configuration. Several threads can so run different skip sets on one model at the same time, each
         computing exactly what configure() would (the same inference kernels). With nothing given it is the
         original model (the teacher of the KL objective). Inference only: no gradients reach the scalars."""
@@ -419,9 +514,14 @@ class Hopscotch:
         ch = None
         if channel_scales is not None:
             ch = check_channel_scales(channel_scales, self.num_layers, self.hidden_size).to(self.scales.device)
+        deltas = None
+        if lora:
+            flat, rank = lowrank.from_state(lora, self._slots())
+            self._ensure_lora_hooks()
+            deltas = lowrank.views(flat.to(self.scales.device), self._slots(), rank)
         if not hasattr(_THREAD, "cfg"):
             _THREAD.cfg = {}
-        _THREAD.cfg[id(self)] = (frozenset(blocks), [tuple(row) for row in eff.tolist()], ch)
+        _THREAD.cfg[id(self)] = (frozenset(blocks), [tuple(row) for row in eff.tolist()], ch, deltas)
         try:
             yield self
         finally:
@@ -436,8 +536,12 @@ class Hopscotch:
         multiplied by b = 0 in those rows, which gives exactly s * x there (0 * a finite branch is 0). The scalars
         act in the activations' dtype. Inference only (no gradients reach `scales`); MLP skips are not supported.
         Outputs equal the rows' own single-configuration forwards up to the float rounding of batched matmuls.
+        Low-rank deltas do not run per row: a handle with lora_rank > 0 refuses (use in_thread instead).
         """
         self._check()
+        if self.lora_rank:
+            raise HopscotchError("per_row() runs without low-rank deltas, and this handle has them (lora_rank "
+                                 f"{self.lora_rank}); use in_thread() for each configuration instead")
         rows, common = [], None
         for skipped, scales in configs:
             blocks, eff = self._effective(skipped, scales)
@@ -477,7 +581,7 @@ class Hopscotch:
                 "columns": list(COLUMNS), "base": artifacts.model_identity(self.model),
                 "granularity": self.granularity, "objective": objective}
         return artifacts.write_artifact(path, self.effective_scales(), meta,
-                                        channel_scales=self.effective_channel_scales())
+                                        channel_scales=self.effective_channel_scales(), lora=self.lora_state())
 
     # ----------------------------------------------------------------------------------------- lifecycle
     def detach(self) -> nn.Module:
@@ -486,6 +590,9 @@ class Hopscotch:
             return self.model
         for layer in self.family.layers:
             vars(layer).pop("forward", None)
+        for _, h in self._lora_hooks:
+            h.remove()
+        self._lora_hooks = []
         for name, p in self.model.named_parameters():
             p.requires_grad_(self._grad_flags.get(name, p.requires_grad))
         self._hook.remove()
@@ -530,15 +637,18 @@ class Hopscotch:
 
     @contextmanager
     def _bare(self) -> Iterator[None]:
-        """Within: the model without patches or handle (for copying)."""
+        """Within: the model without patches, delta hooks or handle (for copying)."""
         layers = self.family.layers
         fwd = [vars(layer).pop("forward") for layer in layers]
+        hooks = [(mod, h.id, mod._forward_hooks.pop(h.id)) for mod, h in self._lora_hooks]
         delattr(self.model, _HANDLE_ATTR)
         try:
             yield
         finally:
             for layer, f in zip(layers, fwd):
                 layer.forward = f
+            for mod, hid, fn in hooks:
+                mod._forward_hooks[hid] = fn
             setattr(self.model, _HANDLE_ATTR, self)
 
     def compact(self, fold: bool = True) -> nn.Module:
@@ -564,6 +674,9 @@ class Hopscotch:
                     setattr(layers[i], name, module)
         for name, p in new.named_parameters():
             p.requires_grad_(self._grad_flags.get(name, True))
+        if self.lora_rank:  # deltas always merge into the copy's weights (exact up to rounding)
+            lowrank.merge(get_family(new).layers, self._slots(), self.lora, self.lora_rank, self.skipped,
+                          self.skipped_mlp)
         identity = artifacts.model_identity(self.model)
         install_compact(new, self.effective_scales(), self.skipped, identity, fold=fold,
                         skipped_mlp=self.skipped_mlp, channel_scales=self.effective_channel_scales())
@@ -596,9 +709,10 @@ def check_channel_scales(values, num_layers: int, hidden: int) -> torch.Tensor:
     return t
 
 
-def load_adapter(model: nn.Module, path: str | Path, granularity: str | None = None) -> Hopscotch:
+def load_adapter(model: nn.Module, path: str | Path, granularity: str | None = None,
+                 lora_rank: int | None = None) -> Hopscotch:
     """Attach the adapter saved at `path` to `model`, after checking it was made for this model (and, when
-    `granularity` is given, trained with that granularity: AdapterMismatchError otherwise)."""
+    `granularity` / `lora_rank` are given, trained with them: AdapterMismatchError otherwise)."""
     scales, meta = artifacts.read_artifact(path, kind="adapter")
     artifacts.check_identity(meta["base"], model, Path(path))
     saved = meta.get("granularity") or "scalar"
@@ -608,7 +722,13 @@ def load_adapter(model: nn.Module, path: str | Path, granularity: str | None = N
             raise AdapterMismatchError(
                 f"the adapter at {path} was trained with granularity {saved!r}, but {granularity!r} was asked; "
                 f"pass --granularity {saved} (or retrain the adapter with --granularity {granularity})")
+    saved_rank = int(meta.get("lora_rank", 0))
+    if lora_rank is not None and lora_rank != saved_rank:
+        raise AdapterMismatchError(
+            f"the adapter at {path} has low-rank deltas of rank {saved_rank}, but rank {lora_rank} was asked; "
+            f"pass --lora-rank {saved_rank} (or retrain the adapter with --lora-rank {lora_rank})")
     channels = artifacts.read_channel_scales(path, meta)
+    deltas = artifacts.read_lora(path, meta)
     hs = attach(model)
     try:
         hs.skip(meta["skipped"])
@@ -616,6 +736,11 @@ def load_adapter(model: nn.Module, path: str | Path, granularity: str | None = N
         hs.set_scales(scales)
         if channels is not None:
             hs.set_channel_scales(channels)
+        if deltas:
+            try:
+                hs.set_lora(deltas)
+            except lowrank.LoraError as e:
+                raise AdapterMismatchError(f"the adapter at {path}: {e}") from None
     except Exception:
         hs.detach()
         raise

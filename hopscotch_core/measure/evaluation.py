@@ -43,6 +43,8 @@ from ..method import data
 from . import metrics, stats
 from ..errors import HopscotchError
 from ..method.runs import Run, append_jsonl, read_json, read_jsonl, write_csv, write_json
+from ..engine.artifacts import LORA_PREFIX
+from ..engine.lowrank import split_state
 from ..engine.scaling import attach
 
 Progress = Callable[[int, int, dict], None]
@@ -85,7 +87,8 @@ def variants_of(run: Run) -> list[dict]:
     out = [{"variant": "hopscotch-unscaled", "method": "hopscotch", "scaled": False, "attention": sel, "mlp": [],
             "scales": None},
            {"variant": "hopscotch", "method": "hopscotch", "scaled": True, "attention": sel, "mlp": [],
-            "scales": saved["scales"], "channel_scales": saved.get("channel_scales")}]
+            "scales": saved["scales"], "channel_scales": saved.get("channel_scales"),
+            "lora": split_state(saved, LORA_PREFIX)}]
     for name, entry in (read_json(run.file("baselines.json"), {}) or {}).items():
         if not entry.get("done"):
             continue
@@ -94,7 +97,7 @@ def variants_of(run: Run) -> list[dict]:
         saved = last_epoch(run.file(f"scales-{name}"))
         if saved is not None and entry.get("eval_loss_trained") is not None:
             out.append({**base, "variant": name, "scaled": True, "scales": saved["scales"],
-                        "channel_scales": saved.get("channel_scales")})
+                        "channel_scales": saved.get("channel_scales"), "lora": split_state(saved, LORA_PREFIX)})
     return out
 
 
@@ -273,7 +276,7 @@ def evaluate_run(run: Run, model, tok, max_new_tokens: int | None = None, gen_ba
     with attach(model) as hs:
         progress(0, 1, {"stage": "eval: teacher-forced"})
         cfg = {v["variant"]: {"skipped": v["attention"], "scales": v["scales"], "skipped_mlp": v["mlp"],
-                              "channel_scales": v.get("channel_scales")} for v in variants}
+                              "channel_scales": v.get("channel_scales"), "lora": v.get("lora")} for v in variants}
         tf = metrics.compare(hs, rows, cfg, per_example=True)
         texts: dict[str, list[str]] = {}
         if generate:
@@ -297,7 +300,7 @@ def evaluate_run(run: Run, model, tok, max_new_tokens: int | None = None, gen_ba
 
                 if len(done) < len(prompts):
                     with hs.applied(v.get("skipped", ()), v.get("scales"), v.get("skipped_mlp", ()),
-                                    v.get("channel_scales")):
+                                    v.get("channel_scales"), v.get("lora")):
                         new = data.generate_answers(model, tok, prompts, max_new, batch, skip=done, on_batch=save,
                                                     on_progress=prog, should_stop=stopped)
                     done.update({a.index: tok.decode(a.response_ids, skip_special_tokens=True) for a in new})
@@ -308,7 +311,7 @@ def evaluate_run(run: Run, model, tok, max_new_tokens: int | None = None, gen_ba
                 progress(j, len(cfg), {"stage": "eval: layer MMD", "variant": name})
                 layer_mmd[name] = metrics.layer_mmd(hs, rows, v["skipped"], v["scales"],
                                                     skipped_mlp=v["skipped_mlp"],
-                                                    channel_scales=v.get("channel_scales"))
+                                                    channel_scales=v.get("channel_scales"), lora=v.get("lora"))
     if stopped():
         return {"status": "stopped"}
     ref = texts.get("original")

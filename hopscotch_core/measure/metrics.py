@@ -162,7 +162,7 @@ def compare(hs, rows, variants: dict[str, dict], per_example: bool = False) -> d
             add("original", "nll", torch.nn.functional.nll_loss(lpo, tgt, reduction="none"))
             for name, v in variants.items():
                 hs.configure(v.get("skipped", ()), v.get("scales"), v.get("skipped_mlp", ()),
-                             v.get("channel_scales"))
+                             v.get("channel_scales"), v.get("lora"))
                 lm = row_logits(hs.model, row)
                 lpm = torch.log_softmax(lm, -1)
                 add(name, "nll", torch.nn.functional.nll_loss(lpm, tgt, reduction="none"))
@@ -269,7 +269,7 @@ def row_tokens(rows) -> int:
 
 
 def layer_mmd(hs, rows, skipped, scales=None, max_tokens: int = 512, seed: int = 0, skipped_mlp=(),
-              layers=None, channel_scales=None) -> list[float]:
+              layers=None, channel_scales=None, lora=None) -> list[float]:
     """Per layer, unbiased MMD^2 between the output hidden states of the original and the modified model.
 
     Tokens: all positions of `rows`, of which the same `max_tokens` (seeded choice, `sample_positions`) are used
@@ -285,7 +285,7 @@ def layer_mmd(hs, rows, skipped, scales=None, max_tokens: int = 512, seed: int =
     idx = sample_positions(total, max_tokens, seed)
     hs.reset()
     orig = sampled_states(hs, rows, wanted, idx)
-    with hs.applied(skipped, scales, skipped_mlp, channel_scales):
+    with hs.applied(skipped, scales, skipped_mlp, channel_scales, lora):
         mod = sampled_states(hs, rows, wanted, idx)
     return [mmd2(orig[i], mod[i]) for i in wanted]
 

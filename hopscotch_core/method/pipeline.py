@@ -31,7 +31,8 @@ from safetensors.torch import load_file, save_file
 from .. import __version__
 from . import data, distributed, selection, training
 from ..measure import metrics
-from ..engine.artifacts import model_identity
+from ..engine import lowrank
+from ..engine.artifacts import LORA_PREFIX, model_identity
 from ..errors import HopscotchError
 from ..fileio import atomic_write
 from .runs import Run, RunError, RunStore, append_jsonl, read_json, read_jsonl, write_json
@@ -251,6 +252,7 @@ class Pipeline:
             done = sorted(folder.glob("epoch_*.safetensors"))
             return (int(done[-1].stem.split("_")[1]), load_file(str(done[-1]))) if done else (-1, None)
 
+        hs.set_lora_rank(self.s.lora_rank)  # deltas are trained once the set is chosen (selection scores without)
         epoch, last = self._on_main(last_epoch)
         start, opt_state = epoch + 1, None
         if last is not None:
@@ -258,12 +260,16 @@ class Pipeline:
             channels = last.pop("channel_scales", None)
             if channels is not None:
                 hs.set_channel_scales(channels)
-            opt_state = last
+            deltas = lowrank.split_state(last, LORA_PREFIX)
+            if deltas:
+                hs.set_lora(deltas)
+            opt_state = {k: v for k, v in last.items() if not k.startswith(LORA_PREFIX)}
 
         def on_epoch(epoch: int, record: dict, scales: torch.Tensor, adam: dict) -> None:
             final = self.run.file(f"scales{tag}") / f"epoch_{epoch:03d}.safetensors"
             channels = hs.effective_channel_scales()
-            tensors = {"scales": scales, **({"channel_scales": channels} if channels is not None else {}), **adam}
+            tensors = {"scales": scales, **({"channel_scales": channels} if channels is not None else {}),
+                       **{LORA_PREFIX + k: v for k, v in hs.lora_state().items()}, **adam}
             # a kill mid-write leaves no torn epoch file
             atomic_write(final, lambda tmp: save_file(tensors, tmp))
             append_jsonl(self.run.file("metrics.jsonl"), [{"stage": f"train{tag}", **record, "time": time.time()}])
@@ -271,7 +277,7 @@ class Pipeline:
         def progress(step: int, total: int, info: dict) -> None:
             self._progress(step, total, {**info, "stage": f"train{tag}"})
 
-        cfg = training.TrainConfig(self.s.lr, self.s.epochs, self.s.seed, objective)
+        cfg = training.TrainConfig(self.s.lr, self.s.epochs, self.s.seed, objective, self.s.lora_lr)
         res = training.train_scales(hs, rows, eval_rows, cfg, start_epoch=start, opt_state=opt_state,
                                     on_progress=progress, on_epoch=on_epoch if self.main else None,
                                     should_stop=self._stopped, group=self.g)
@@ -284,16 +290,16 @@ class Pipeline:
     def evaluate(self, hs, blocks: list[int], eval_rows, mlp: list[int] = ()) -> dict:
         """Held-out NLL of the original / unscaled / trained model, and KL(original || modified) and top-1
         agreement for the last two (NLL alone rewards scalars that sharpen the model's own answers)."""
-        trained, channels = hs.effective_scales(), hs.effective_channel_scales()
+        trained, channels, deltas = hs.effective_scales(), hs.effective_channel_scales(), hs.lora_state()
         variants = {"unscaled": {"skipped": blocks, "scales": None, "skipped_mlp": mlp},
                     "trained": {"skipped": blocks, "scales": trained, "skipped_mlp": mlp,
-                                "channel_scales": channels}}
+                                "channel_scales": channels, "lora": deltas}}
         res = metrics.compare(hs, eval_rows, variants)  # the original model runs once for both
         out = {"eval_loss_original": res["original"]["nll"]}
         for tag in variants:
             out.update({f"eval_loss_{tag}": res[tag]["nll"], f"eval_kl_{tag}": res[tag]["kl"],
                         f"eval_agreement_{tag}": res[tag]["agreement"]})
-        hs.configure(blocks, trained, mlp, channels)  # leave the trained state applied (the adapter is saved
+        hs.configure(blocks, trained, mlp, channels, deltas)  # leave the trained state applied (the adapter is saved
         # from it)
         return out
 
@@ -311,6 +317,7 @@ class Pipeline:
                 break
             if results.get(name, {}).get("done"):
                 continue
+            hs.set_lora_rank(0)  # baseline sets are scored like selection candidates: scalars (and channels) only
             entry = results.get(name) or selection.baseline_blocks(
                 name, hs, rows, self.s.k, self.s.seed, round_one if self.s.mode == "paper" else None,
                 self.s.score_lr, self._progress, objective=objective, group=self.g)
@@ -421,7 +428,9 @@ def run_pipeline(settings: RunSettings, runs_dir: str, name: str | None = None, 
         if tok is None:
             raise HopscotchError(f"{settings.model} has no tokenizer; the method generates the model's own "
                                  "answers, so the model directory must include one")
-        settings.validate(get_family(model).num_layers)  # blocks and k against the model, before any answer
+        family = get_family(model)
+        settings.validate(family.num_layers)  # blocks and k against the model, before any answer
+        lowrank.check_rank(settings.lora_rank, family)  # the rank against the projections' widths
 
     g.check_all(check_model)
 

@@ -30,7 +30,7 @@ OBJECTIVES = ("ce", "kl", "ce+kl")       # what candidate scoring and scale trai
 GRANULARITIES = ("scalar", "channel")     # one b per branch (the paper's) | per-channel b_att / b_mlp vectors
 PAPER = {"objective": "ce", "granularity": "scalar"}  # the paper's exact setting (`paper` in docs and the app)
 # what a manifest written before a setting existed meant by it (resume and display of old runs)
-LEGACY = {"objective": "ce", "kl_weight": 1.0, "granularity": "scalar"}
+LEGACY = {"objective": "ce", "kl_weight": 1.0, "granularity": "scalar", "lora_rank": 0}
 
 
 def _opt(default, help: str, flag: str | None = None, kind: str = "value", shared: bool = False, **kw):
@@ -70,6 +70,9 @@ class RunSettings:
     kl_weight: float = _opt(1.0, "weight of the KL term in --objective ce+kl")
     granularity: str = _opt("channel", "channel (default: b_att and b_mlp are per-channel vectors; still folds into "
                             "the output projections) | scalar (the paper's: one b per branch)")
+    lora_rank: int = _opt(0, "rank of the low-rank deltas trained on every kept branch's output projection "
+                          "(o_proj, down_proj) after selection, folded into those weights on export; 0 = none")
+    lora_lr: float = _opt(1e-3, "lr of the low-rank deltas")
     threshold: float | None = _opt(None, "stop selecting once the loss passes this")
     blocks: list[int] | None = _opt(None, "train this skip set instead of selecting", flag="--skip", kind="blocks")
     baselines: list[str] = _opt([], "comma list of attn-bi,shortgpt,random,one-round, or 'all'", kind="names")
@@ -85,8 +88,9 @@ class RunSettings:
 
     @property
     def is_paper(self) -> bool:
-        """Whether objective and granularity are the paper's (ce, scalar)."""
-        return self.objective == PAPER["objective"] and self.granularity == PAPER["granularity"]
+        """Whether objective and granularity are the paper's (ce, scalar) and no low-rank deltas are trained."""
+        return self.objective == PAPER["objective"] and self.granularity == PAPER["granularity"] \
+            and not self.lora_rank
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunSettings":
@@ -129,7 +133,9 @@ class RunSettings:
                 raise HopscotchError(f"{name.replace('_', '-')} must be a whole number, not {value!r}")
             if value < 1:
                 raise HopscotchError(f"{name.replace('_', '-')} must be at least 1, not {value}")
-        for name in ("lr", "score_lr"):
+        if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            raise HopscotchError(f"lora-rank must be a whole number >= 0 (0 = off), not {self.lora_rank!r}")
+        for name in ("lr", "score_lr", "lora_lr"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or value <= 0:

@@ -18,7 +18,8 @@ The teacher comes either from a forward per step (exact KL, one extra no-grad fo
 mass, computed once (saved in the run directory), so a step needs no teacher forward. With the cache the KL is
 that of the two distributions coarsened to the k teacher tokens + one "rest" bucket (a lower bound of the exact
 KL; the gap is the student's KL inside the rest, which carries the teacher's tail mass only). The granularity
-follows the handle: hs.trainable() is [scales] or [scales, channel_scales].
+follows the handle: hs.trainable() is [scales], [scales, channel_scales], and + [lora] (the flat low-rank
+deltas, engine/lowrank.py) when the handle has a lora rank; the deltas take their own learning rate (lora_lr).
 """
 
 from __future__ import annotations
@@ -193,6 +194,17 @@ class TrainConfig:
     epochs: int = _RUN.epochs
     seed: int = _RUN.seed
     objective: Objective | None = None                 # None: ce (the paper's)
+    lora_lr: float = _RUN.lora_lr                      # lr of the low-rank deltas (when the handle has them)
+
+
+def make_optimizer(hs: Hopscotch, lr: float, lora_lr: float | None = None) -> torch.optim.Adam:
+    """Adam over hs.trainable(): the scalars (and channel multipliers) at `lr`, the low-rank deltas at
+    `lora_lr` (default: lr)."""
+    params = hs.trainable()
+    groups = [{"params": [p for p, n in zip(params, hs.trainable_names()) if n != "lora"], "lr": lr}]
+    if hs.lora_rank:
+        groups.append({"params": [hs.lora], "lr": lora_lr if lora_lr is not None else lr})
+    return torch.optim.Adam(groups)
 
 
 @dataclass
@@ -201,6 +213,7 @@ class TrainResult:
     epochs: list[dict] = field(default_factory=list)   # per epoch: train_loss, eval_loss (the objective)
     scales: torch.Tensor | None = None                 # last good scalars (float32, CPU)
     channel_scales: torch.Tensor | None = None         # last good per-channel multipliers (granularity channel)
+    lora: dict[str, torch.Tensor] = field(default_factory=dict)  # last good low-rank deltas (lora_rank > 0)
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -225,9 +238,10 @@ def _run_epoch(hs: Hopscotch, rows: Sequence[Row], opt: torch.optim.Optimizer, o
     params = hs.trainable()
 
     def restore(good: list[torch.Tensor]) -> None:
-        hs.set_scales(good[0])
-        if len(good) > 1:
-            hs.set_channel_scales(good[1])
+        with torch.no_grad():
+            for p, g in zip(params, good):
+                p.copy_(g)
+        hs.set_scales(hs.scales.detach().clone())  # skipped blocks keep b = 0
 
     for k, i in enumerate(order):
         if should_stop is not None and should_stop():
@@ -316,9 +330,9 @@ def train_scales(
     training is data parallel over each row's examples (see _run_epoch); every rank ends with the same scalars.
     """
     cfg = cfg or TrainConfig()
-    opt = torch.optim.Adam(hs.trainable(), lr=cfg.lr)
+    opt = make_optimizer(hs, cfg.lr, cfg.lora_lr)
     if opt_state is not None:
-        load_adam_state(opt, opt_state)
+        load_adam_state(opt, opt_state, hs.trainable_names())
     hs.model.eval()  # dropout off: the model is a fixed function of the scalars
     result = TrainResult("done")
     total = len(train_rows) * cfg.epochs
@@ -340,36 +354,50 @@ def train_scales(
                   "eval_loss": shared_objective(hs, eval_rows, cfg.objective, group) if eval_rows else None}
         result.epochs.append(record)
         if on_epoch is not None:
-            on_epoch(epoch, record, hs.effective_scales(), adam_state(opt))
+            on_epoch(epoch, record, hs.effective_scales(), adam_state(opt, hs.trainable_names()))
     result.scales = hs.effective_scales()
     result.channel_scales = hs.effective_channel_scales()
+    result.lora = hs.lora_state()
     return result
 
 
-CHANNEL_PREFIX = "channel."  # adam_state keys of the second parameter (channel_scales)
+CHANNEL_PREFIX = "channel."  # adam_state keys of channel_scales
+LORA_ADAM_PREFIX = "lora_adam."  # adam_state keys of the flat low-rank deltas
+_ADAM_PREFIX = {"scales": "", "channel_scales": CHANNEL_PREFIX, "lora": LORA_ADAM_PREFIX}
+_ADAM_KEYS = ("exp_avg", "exp_avg_sq", "step")
 
 
-def adam_state(opt: torch.optim.Adam) -> dict[str, torch.Tensor]:
-    """The Adam moments of the scales parameter (keys exp_avg, exp_avg_sq, step) and, with granularity
-    channel, of channel_scales (the same keys after CHANNEL_PREFIX), as plain tensors (safetensors-friendly)."""
+def adam_state(opt: torch.optim.Adam, names: Sequence[str] = ("scales", "channel_scales")) -> dict[str, torch.Tensor]:
+    """The Adam moments of each trained parameter (`names`: hs.trainable_names(), in the optimiser's order):
+    keys exp_avg, exp_avg_sq, step for the scales, the same after CHANNEL_PREFIX for channel_scales and after
+    LORA_ADAM_PREFIX for the low-rank deltas, as plain tensors (safetensors-friendly)."""
     out = {}
-    for n, prefix in ((0, ""), (1, CHANNEL_PREFIX)):
-        st = opt.state_dict()["state"].get(n)
+    state = opt.state_dict()["state"]
+    for n, name in enumerate(names):
+        st = state.get(n)
         if st:
-            out.update({prefix + k: torch.as_tensor(v).detach().cpu().clone().float() for k, v in st.items()})
+            out.update({_ADAM_PREFIX[name] + k: torch.as_tensor(v).detach().cpu().clone().float()
+                        for k, v in st.items()})
     return out
 
 
-def load_adam_state(opt: torch.optim.Adam, state: dict[str, torch.Tensor]) -> None:
+def is_adam_key(key: str) -> bool:
+    """Whether `key` of an epoch file is Adam state (not a trained tensor)."""
+    return any(key == p + k for p in _ADAM_PREFIX.values() for k in _ADAM_KEYS)
+
+
+def load_adam_state(opt: torch.optim.Adam, state: dict[str, torch.Tensor],
+                    names: Sequence[str] = ("scales", "channel_scales")) -> None:
     if not state:
         return
-    params = opt.param_groups[0]["params"]
+    params = [p for g in opt.param_groups for p in g["params"]]
     dev = params[0].device
     per: dict[int, dict] = {}
-    for key, v in state.items():
-        n, k = (1, key[len(CHANNEL_PREFIX):]) if key.startswith(CHANNEL_PREFIX) else (0, key)
-        if n < len(params):
-            per.setdefault(n, {})[k] = v.to(dev) if k != "step" else v.cpu()
+    for n, name in enumerate(names[:len(params)]):
+        prefix = _ADAM_PREFIX[name]
+        got = {k: state[prefix + k] for k in _ADAM_KEYS if prefix + k in state}
+        if len(got) == len(_ADAM_KEYS) and got["exp_avg"].shape == params[n].shape:
+            per[n] = {k: v.to(dev) if k != "step" else v.cpu() for k, v in got.items()}
     opt.load_state_dict({"state": per, "param_groups": opt.state_dict()["param_groups"]})
 
 
@@ -389,7 +417,7 @@ def score_candidate(
     """
     hs.reset()
     hs.skip([*removed, candidate])
-    opt = torch.optim.Adam(hs.trainable(), lr=lr)
+    opt = make_optimizer(hs, lr)
     hs.model.eval()
     loss, _, diverged = _run_epoch(hs, rows, opt, _epoch_order(len(rows), seed, 0), on_step,
                                    objective=objective)

@@ -53,8 +53,8 @@ def _borrowed(model, lock: threading.Lock | None, needed: bool) -> Iterator:
 
 def stream_pair(model, tok, prompt: str, skipped: Iterable[int] = (), scales: torch.Tensor | None = None, *,
                 max_new_tokens: int = 48, chat: bool = True, lock: threading.Lock | None = None, hold_s: float = 0.5,
-                parallel: str | None = None,
-                channel_scales: torch.Tensor | None = None) -> Iterator[tuple[list[int], list[int]]]:
+                parallel: str | None = None, channel_scales: torch.Tensor | None = None,
+                lora: dict[str, torch.Tensor] | None = None) -> Iterator[tuple[list[int], list[int]]]:
     """Greedy decoding of the original model and of the model with `skipped` blocks (and optional [L, 4]
     `scales`) side by side: after each step, yields (original ids, modified ids), each grown by one token until
     it reaches an end-of-sequence token or `max_new_tokens`. Token ids exclude the prompt and EOS.
@@ -65,8 +65,8 @@ def stream_pair(model, tok, prompt: str, skipped: Iterable[int] = (), scales: to
     `parallel="batch"` (the default on GPU) runs both as the two rows of one batched forward (Hopscotch.per_row;
     equal up to the rounding of batched matmuls). The lock is held, and the handle attached, for up to `hold_s`
     seconds of steps at a time, so other users interleave without a re-attach per token; stopping the iteration
-    early releases both. `channel_scales` ([L, 2, hidden], granularity channel) runs in threads (per_row takes
-    [L, 4] scalars only).
+    early releases both. `channel_scales` ([L, 2, hidden], granularity channel) and low-rank deltas `lora`
+    (Hopscotch.lora_state() form) run in threads (per_row takes [L, 4] scalars only).
     """
     if compact_info(model) is not None:
         raise HopscotchError("this is a compact model (attention already removed); load the original model to "
@@ -76,14 +76,16 @@ def stream_pair(model, tok, prompt: str, skipped: Iterable[int] = (), scales: to
     if not ids:
         raise HopscotchError("the prompt is empty")
     dev = model.device
-    parallel = parallel or ("threads" if dev.type == "cpu" or channel_scales is not None else "batch")
+    extra = channel_scales is not None or bool(lora)
+    parallel = parallel or ("threads" if dev.type == "cpu" or extra else "batch")
     if parallel not in ("threads", "batch"):
         raise HopscotchError(f"parallel must be 'threads' or 'batch', not {parallel!r}")
     eos = eos_ids(model, tok)
-    if channel_scales is not None and parallel == "batch":
-        raise HopscotchError("parallel='batch' takes [L, 4] scalars only; use 'threads' with channel scales")
+    if extra and parallel == "batch":
+        raise HopscotchError("parallel='batch' takes [L, 4] scalars only; use 'threads' with channel scales or "
+                             "low-rank deltas")
     configs = [((), None), (skipped, scales)]
-    thread_configs = [((), None, None), (skipped, scales, channel_scales)]
+    thread_configs = [((), None, None, None), (skipped, scales, channel_scales, lora or None)]
     outs: list[list[int]] = [[], []]
     done = [False, False]
     caches: list = [None, None]

@@ -60,14 +60,26 @@ def singular_value_heatmap(df: pd.DataFrame, log_color: bool = False) -> go.Figu
 
 
 # ------------------------------------------------------------------------------------------------ selection
+def objective_label(objective: str = "ce", kl_weight: float = 1.0) -> str:
+    """What a loss of `objective` is, for an axis title."""
+    if objective == "kl":
+        return "KL(original ‖ modified) per token"
+    if objective == "ce+kl":
+        return f"NLL + {kl_weight:g} × KL per token"
+    return "loss (mean NLL per token)"
+
+
 def elbow(rounds: pd.DataFrame, overlay: pd.DataFrame | None = None, title: str | None = None,
-          knee: bool = True) -> go.Figure:
+          knee: bool = True, objective: str = "ce", kl_weight: float = 1.0) -> go.Figure:
     """The elbow curve: x = attention blocks removed, y = the best candidate's loss in that selection round
     (one epoch of scalar training on the calibration data). `overlay` adds held-out losses at k blocks
     (hopscotch and each baseline, trained = filled marker, unscaled = open) and the original model's held-out
-    loss as a dashed line. With `knee`, the k that selection.suggest_k suggests (Kneedle) is marked: a star on
-    the curve named "suggested k = N" and a dashed vertical line (nothing when the curve has no knee)."""
-    title = title or "Elbow: best loss per removed block"
+    loss as a dashed line. All of them are values of the run's `objective` (ce | kl | ce+kl with `kl_weight`:
+    RunView.objective() and .overlay()), which the y-axis names. With `knee`, the k that selection.suggest_k
+    suggests (Kneedle) is marked: a star on the curve named "suggested k = N" and a dashed vertical line
+    (nothing when the curve has no knee)."""
+    what = objective_label(objective, kl_weight)
+    title = title or f"Elbow: best {'loss' if objective == 'ce' else objective} per removed block"
     has_rounds = rounds is not None and len(rounds) > 0
     has_overlay = overlay is not None and len(overlay) > 0
     if not has_rounds and not has_overlay:
@@ -78,7 +90,7 @@ def elbow(rounds: pd.DataFrame, overlay: pd.DataFrame | None = None, title: str 
             x=list(rounds["n_removed"]), y=list(rounds["loss"]), mode="lines+markers+text", name="selection "
             "(calibration, best candidate)", text=[f"{int(b)}" for b in rounds["removed"]], textposition="top "
             "center", customdata=list(rounds["removed"]), line={"color": _color(0), "width": 3},
-            hovertemplate="%{x} removed (last: block %{customdata})<br>loss %{y:.4f}<extra></extra>"))
+            hovertemplate="%{x} removed (last: block %{customdata})<br>" + objective + " %{y:.4f}<extra></extra>"))
     if has_overlay:
         orig = overlay[overlay["method"] == "original"]
         if len(orig):
@@ -86,7 +98,7 @@ def elbow(rounds: pd.DataFrame, overlay: pd.DataFrame | None = None, title: str 
             y0 = float(orig["loss"].iloc[0])
             fig.add_trace(go.Scatter(x=[0.7, right], y=[y0, y0], mode="lines", name="original (held-out)",
                                      line={"color": "#555", "dash": "dash"},
-                                     hovertemplate="original model<br>held-out loss %{y:.4f}<extra></extra>"))
+                                     hovertemplate="original model<br>held-out " + objective + " %{y:.4f}<extra></extra>"))
         methods = [m for m in dict.fromkeys(overlay["method"]) if m != "original"]
         for i, method in enumerate(methods):
             for scaled in (True, False):
@@ -100,7 +112,7 @@ def elbow(rounds: pd.DataFrame, overlay: pd.DataFrame | None = None, title: str 
                                 "symbol": "circle" if scaled else "circle-open", "line": {"width": 2}},
                     customdata=[", ".join(str(b) for b in bl) for bl in part["blocks"]],
                     hovertemplate=f"{method} {'trained' if scaled else 'unscaled'}<br>k = %{{x}}, blocks "
-                                  "%{customdata}<br>held-out loss %{y:.4f}<extra></extra>"))
+                                  "%{customdata}<br>held-out " + objective + " %{y:.4f}<extra></extra>"))
     if has_rounds and knee:
         from ..method.selection import suggest_k
 
@@ -112,10 +124,10 @@ def elbow(rounds: pd.DataFrame, overlay: pd.DataFrame | None = None, title: str 
                 x=[k], y=[float(at["loss"].iloc[0])], mode="markers", name=f"suggested k = {k}",
                 marker={"symbol": "star", "size": 18, "color": "#ffd700", "line": {"color": "black", "width": 1}},
                 hovertext=[reason], hovertemplate="%{hovertext}<extra></extra>"))
-    fig.update_layout(title=title, xaxis_title="attention blocks removed", yaxis_title="loss (mean NLL per token)",
+    fig.update_layout(title=title, xaxis_title="attention blocks removed", yaxis_title=what,
                       height=420, **_LAYOUT)
     fig.update_xaxes(dtick=1)
-    _log_if_spread(fig, "loss (mean NLL per token, log scale)")
+    _log_if_spread(fig, f"{what} (log scale)")
     return fig
 
 

@@ -100,7 +100,7 @@ def _sections(run: RunView) -> list[_Section]:
     sec = _Section("Selection")
     rounds, scores, overlay = run.rounds(), run.scores(), run.overlay()
     if len(rounds) or len(overlay):
-        sec.items.append(_Figure("elbow", figures.elbow(rounds, overlay),
+        sec.items.append(_Figure("elbow", figures.elbow(rounds, overlay, **run.objective()),
                                  "The loss after each removal (line; calibration data, scalars trained one epoch) and "
                                  "the held-out loss at k of the selected set and each baseline (markers)."))
     layers = run.num_layers or (int(scores["candidate"].max()) + 1 if len(scores) else 0)

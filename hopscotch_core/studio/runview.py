@@ -175,37 +175,57 @@ class RunView:
     def baselines(self) -> dict:
         return self._json("baselines.json", {}) or {}
 
+    def objective(self) -> dict:
+        """{"objective", "kl_weight"} the run's selection and training minimised (ce for runs made before the
+        setting existed); figures.elbow takes them as they are."""
+        from ..method.settings import RunSettings
+
+        s = RunSettings.from_manifest({k: v for k, v in (self.manifest.get("settings") or {}).items()
+                                       if k in ("objective", "kl_weight")})
+        return {"objective": s.objective, "kl_weight": float(s.kl_weight)}
+
     def overlay(self) -> pd.DataFrame:
-        """Held-out losses at k blocks removed: label, method, scaled, k, loss, blocks; plus the original model
-        (k = 0). From eval.json when present, else the manifest's results and baselines.json."""
+        """Held-out values of the run's objective (objective()) at k blocks removed: label, method, scaled, k,
+        loss, blocks; plus the original model (k = 0) where the objective has a value for it (ce: its NLL, ce+kl:
+        its NLL; kl: none, KL of the original to itself is 0). ce+kl: nll + kl_weight * kl. From eval.json when
+        present, else the manifest's results and baselines.json."""
         cols = ["label", "method", "scaled", "k", "loss", "blocks"]
+        name, weight = self.objective().values()
+
+        def value(nll, kl, original=False):
+            if name == "ce" or (original and name == "ce+kl"):
+                return float(nll) if isinstance(nll, (int, float)) else None
+            if original or not isinstance(kl, (int, float)):
+                return None
+            if name == "kl":
+                return float(kl)
+            return float(nll) + weight * float(kl) if isinstance(nll, (int, float)) else None
+
         out: list[dict] = []
+
+        def add(label, method, scaled, k, loss, blocks):
+            if loss is not None:
+                out.append({"label": label, "method": method, "scaled": scaled, "k": k, "loss": loss,
+                            "blocks": blocks})
+
         ev = self.eval_rows()
         if ev:
             for r in ev:
-                if not isinstance(r.get("nll"), (int, float)):
-                    continue
                 k = int(r.get("k") or len(r.get("attention") or []))
-                out.append({"label": r.get("variant", "?"), "method": r.get("method") or r.get("variant", "?"),
-                            "scaled": bool(r.get("scaled")), "k": k, "loss": float(r["nll"]),
-                            "blocks": list(r.get("attention") or [])})
+                method = r.get("method") or r.get("variant", "?")
+                add(r.get("variant", "?"), method, bool(r.get("scaled")), k,
+                    value(r.get("nll"), r.get("kl"), method == "original"), list(r.get("attention") or []))
             return pd.DataFrame(out, columns=cols)
         res = self.manifest.get("results") or {}
         sel = self.selected
-        if isinstance(res.get("eval_loss_original"), (int, float)):
-            out.append({"label": "original", "method": "original", "scaled": False, "k": 0,
-                        "loss": float(res["eval_loss_original"]), "blocks": []})
+        add("original", "original", False, 0, value(res.get("eval_loss_original"), None, True), [])
         for tag, scaled in (("unscaled", False), ("trained", True)):
-            if isinstance(res.get(f"eval_loss_{tag}"), (int, float)):
-                out.append({"label": "hopscotch" + ("" if scaled else "-unscaled"), "method": "hopscotch",
-                            "scaled": scaled, "k": len(sel), "loss": float(res[f"eval_loss_{tag}"]),
-                            "blocks": sel})
-        for name, b in self.baselines().items():
+            add("hopscotch" + ("" if scaled else "-unscaled"), "hopscotch", scaled, len(sel),
+                value(res.get(f"eval_loss_{tag}"), res.get(f"eval_kl_{tag}")), sel)
+        for bname, b in self.baselines().items():
             for tag, scaled in (("unscaled", False), ("trained", True)):
-                if isinstance(b.get(f"eval_loss_{tag}"), (int, float)):
-                    out.append({"label": name + ("" if scaled else "-unscaled"), "method": name, "scaled": scaled,
-                                "k": len(b.get("attention") or []), "loss": float(b[f"eval_loss_{tag}"]),
-                                "blocks": list(b.get("attention") or [])})
+                add(bname + ("" if scaled else "-unscaled"), bname, scaled, len(b.get("attention") or []),
+                    value(b.get(f"eval_loss_{tag}"), b.get(f"eval_kl_{tag}")), list(b.get("attention") or []))
         return pd.DataFrame(out, columns=cols)
 
     # -------------------------------------------------------------------------------------- training
@@ -254,6 +274,16 @@ class RunView:
             return None if got is None else read_channel_scales(self.dir / "adapter", got[1])
         except (ValueError, OSError):
             return None
+
+    def lora(self) -> dict[str, torch.Tensor]:
+        """The final adapter's low-rank deltas ({} without them)."""
+        from ..engine.artifacts import read_lora
+
+        got = self.adapter()
+        try:
+            return {} if got is None else read_lora(self.dir / "adapter", got[1])
+        except (ValueError, OSError):
+            return {}
 
     def adapter(self) -> tuple[torch.Tensor, dict] | None:
         """(scales, meta) of the run's final adapter, or None before training finished."""

@@ -260,6 +260,24 @@ def test_gguf_f32_runs_in_llama_cpp_with_the_attached_logits(fam, skip, whole, t
 
 
 @needs_llamacpp
+def test_gguf_carries_merged_low_rank_deltas_with_the_attached_logits(tmp_path, smol_tokenizer_gguf):
+    model = _smol_vocab_model("llama")
+    hs = hc.attach(model).skip([1]).set_granularity("channel").set_lora_rank(4)
+    _random_scales(hs, 0.1)
+    g = torch.Generator().manual_seed(5)
+    hs.set_lora({k: 0.05 * torch.randn(v.shape, generator=g) for k, v in hs.lora_state().items()})
+    ids = _ids()
+    ref = _logits(model, ids)[0]
+    with hs.in_thread([1], hs.effective_scales()):  # the same state without the deltas, for contrast
+        without = _logits(model, ids)[0]
+    assert _rel(ref, without) > 1e-2  # the deltas matter here
+    out = export(hs, tmp_path / "g", format="gguf", quant="f32", tokenizer_gguf=smol_tokenizer_gguf)
+    got = _gguf_logits(out, ids)
+    assert _rel(ref, got) <= 2e-3, _rel(ref, got)  # as the scalar-only files above
+    assert torch.equal(ref.argmax(-1), got.argmax(-1))
+
+
+@needs_llamacpp
 def test_gguf_decoding_with_attention_free_layers_matches_transformers_greedy(tmp_path, smol_tokenizer_gguf):
     from hopscotch_core.integrations.llamacpp import LlamaCpp
 
@@ -387,3 +405,30 @@ def test_default_model_gguf_tokenizer_from_hugging_face_files(tmp_path):
             assert lm.tokenize(t, add_bos=False) == tok(t, add_special_tokens=False)["input_ids"], t
         assert lm.detokenize(tok("Natalia sold 48 clips.")["input_ids"]) == "Natalia sold 48 clips."
     assert json.loads(_gguf_meta(gguf_file(out))["hopscotch.export"])["skipped_attention"] == []
+
+
+@pytest.mark.slow
+def test_default_model_healed_exports_match_in_stock_transformers_and_llama_cpp(default_model, tmp_path):
+    """Low-rank deltas on the real model (the skip set of the k = 4 example run, channel multipliers and rank-8
+    deltas of the size training gives them) fold into the hf and gguf files."""
+    model, tok = default_model
+    hs = hc.attach(model).skip(json.loads((ROOT / "assets/example-run-k4/manifest.json").read_text())["selected"])
+    try:
+        g = torch.Generator().manual_seed(0)
+        hs.set_channel_scales(1 + 0.05 * torch.randn(hs.num_layers, 2, hs.hidden_size, generator=g))
+        hs.set_lora_rank(8)
+        hs.set_lora({k: v if k.endswith(".A") else 0.01 * torch.randn(v.shape, generator=g)
+                     for k, v in hs.lora_state().items()})
+        ids = tok("What is 12 * 3? Let me think step by step: 12 * 3 = 36.", return_tensors="pt")["input_ids"]
+        ref = _logits(model, ids)[0]
+        out = export(hs, tmp_path / "hf", format="hf", tokenizer=tok)
+        stock = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+        got = _logits(stock, ids)[0]
+        assert _rel(ref, got) <= 1e-4, _rel(ref, got)
+        assert torch.equal(ref.argmax(-1), got.argmax(-1))
+        if not _llama_cpp_available():
+            return
+        got = _gguf_logits(export(hs, tmp_path / "gguf", format="gguf", quant="f32"), ids)
+        assert torch.equal(ref.argmax(-1), got.argmax(-1))
+    finally:
+        hs.detach()

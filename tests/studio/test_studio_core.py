@@ -195,6 +195,29 @@ def test_runview_reads_a_live_run_and_optional_measurements(world, tmp_path):
     assert v.eval_rows() is None  # a damaged optional file is ignored, not fatal
 
 
+@pytest.mark.parametrize("objective,weight", [("ce", 1.0), ("kl", 1.0), ("ce+kl", 0.5)])
+def test_the_elbow_speaks_the_runs_objective(world, tmp_path, objective, weight):
+    from hopscotch_core.studio import figures
+
+    d = tmp_path / "obj"
+    shutil.copytree(world.example, d)
+    m = read_json(d / "manifest.json")
+    write_json(d / "manifest.json", {**m, "settings": {**m["settings"], "objective": objective, "kl_weight": weight}})
+    (d / "eval.json").unlink(missing_ok=True)
+    v = RunView(d)
+    res, ov = m["results"], v.overlay().set_index("label")
+    want = {"ce": lambda t: res[f"eval_loss_{t}"], "kl": lambda t: res[f"eval_kl_{t}"],
+            "ce+kl": lambda t: res[f"eval_loss_{t}"] + weight * res[f"eval_kl_{t}"]}[objective]
+    assert ov.loc["hopscotch", "loss"] == pytest.approx(want("trained"))
+    assert ov.loc["hopscotch-unscaled", "loss"] == pytest.approx(want("unscaled"))
+    assert ("original" in ov.index) == (objective != "kl")  # KL of the original to itself is no point to plot
+    fig = figures.elbow(v.rounds(), v.overlay(), **v.objective())
+    title = fig.layout.yaxis.title.text
+    assert ("KL" in title) == (objective != "ce") and ("NLL" in title) == (objective != "kl")
+    marker = next(t for t in fig.data if t.name.startswith("hopscotch trained"))
+    assert objective in marker.hovertemplate
+
+
 # ----------------------------------------------------------------------------------------------- compare
 def test_stream_pair_equals_two_greedy_generations_and_leaves_the_model_alone(tiny):
     model, tok = tiny
@@ -336,7 +359,7 @@ def test_every_run_setting_is_a_flag_and_comes_back_from_the_command_line():
     changed = {"model": "m/", "data": "x.csv", "column": "q", "n_calib": 5, "n_eval": 3, "max_new_tokens": 40,
                "gen_batch": 2, "k": 6, "mode": "paper", "shortlist": 2, "shortlist_by": "loss", "score_lr": 0.02,
                "lr": 0.004, "epochs": 5, "batch_tokens": 512, "threshold": 1.5, "blocks": None,
-               "objective": "ce+kl", "kl_weight": 0.5, "granularity": "scalar",
+               "objective": "ce+kl", "kl_weight": 0.5, "granularity": "scalar", "lora_rank": 7, "lora_lr": 0.0007,
                "baselines": ["random", "one-round"], "train_baselines": False, "seed": 9, "device": "cpu",
                "dtype": "float16"}
     fields = [f.name for f in dataclasses.fields(RunSettings)]
