@@ -396,7 +396,8 @@ def test_compare_drift_view_on_a_long_prompt_samples_positions(runs, world):
 
 @pytest.mark.parametrize("page,key,command", [("selection", "sel", "run"), ("scaling", "sc", "train")])
 def test_objective_and_granularity_reach_the_job(runs, world, monkeypatch, page, key, command):
-    """The Selection and Scaling forms put objective, KL weight and granularity into the job's command line."""
+    """The Selection and Scaling forms put objective, KL weight, granularity and the low-rank deltas' rank and
+    learning rate into the job's command line."""
     from hopscotch_core import cli
     from hopscotch_core.method.settings import RunSettings
 
@@ -408,17 +409,22 @@ def test_objective_and_granularity_reach_the_job(runs, world, monkeypatch, page,
     assert "scalar (paper)" in at.selectbox(key=f"{key}_granularity").options
     at.selectbox(key=f"{key}_objective").set_value("ce").run()
     at.selectbox(key=f"{key}_granularity").set_value("scalar").run()
+    at.number_input(key=f"{key}_lora_rank").set_value(0).run()
     assert "paper: the paper's exact setting" in texts(at)
     assert ("--objective ce" in at.code[0].value) == (RunSettings().objective != "ce")
     at.selectbox(key=f"{key}_objective").set_value("ce+kl").run()
     at.number_input(key=f"{key}_kl_weight").set_value(0.25).run()
     other = "scalar" if RunSettings().granularity == "channel" else "channel"  # a flag only when not the default
     at.selectbox(key=f"{key}_granularity").set_value(other).run()
+    at.number_input(key=f"{key}_lora_rank").set_value(3).run()
+    at.number_input(key=f"{key}_lora_lr").set_value(0.002).run()
     cmd = at.code[0].value
     assert "--objective ce+kl" in cmd and "--kl-weight 0.25" in cmd and f"--granularity {other}" in cmd
+    assert "--lora-rank 3" in cmd and "--lora-lr 0.002" in cmd
     at.text_input(key=f"{key}_name").input(f"{key}-kl").run()
     at.button(key=f"{key}_start").click().run()
     (args, name), = started
     assert name == f"{key}-kl" and args[0] == command
     parsed = RunSettings.from_args(cli.build_parser().parse_args(args))
     assert (parsed.objective, parsed.kl_weight, parsed.granularity) == ("ce+kl", 0.25, other)
+    assert (parsed.lora_rank, parsed.lora_lr) == (3, 0.002)

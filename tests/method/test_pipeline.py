@@ -106,12 +106,14 @@ def outcome(run_dir: Path) -> dict:
     base = json.loads((run_dir / "baselines.json").read_text())
     return {"selected": m["selected"], "results": m["results"], "scales": scales.tolist(),
             "channel_scales": None if channels is None else channels.tolist(),
+            "lora": {k: v.tolist() for k, v in tensors.items() if k.startswith("lora.")},
             "baselines": {k: (v["attention"], v["eval_loss_trained"]) for k, v in base.items()},
             "scores": [(r["round"], r["kind"], r["candidate"], r["loss"]) for r in read_jsonl(run_dir / "scores.jsonl")]}
 
 
 OBJECTIVE_SETTINGS = {"paper": {"objective": "ce", "granularity": "scalar"}, "kl-channel": {"objective": "kl", "granularity": "channel"},
-                      "ce+kl": {"objective": "ce+kl", "kl_weight": 0.5}}
+                      "ce+kl": {"objective": "ce+kl", "kl_weight": 0.5},
+                      "kl-channel-lora": {"objective": "kl", "granularity": "channel", "lora_rank": 2}}
 
 
 @pytest.mark.parametrize("objective", list(OBJECTIVE_SETTINGS))
@@ -297,3 +299,36 @@ def test_runs_older_than_the_objective_settings_resume_as_the_paper(data_file, t
     with pytest.raises(RunError, match=r"objective: 'ce' -> 'kl'"):
         pipeline.run_pipeline(settings(data_file, baselines=[], objective="kl", granularity="scalar"), tmp_path, "r",
                               model=model, tok=tok)
+
+
+@pytest.mark.subprocess
+def test_a_healed_run_trains_saves_and_exports_its_deltas(model_dir, data_file, tmp_path):
+    """--lora-rank: selection scores without deltas, training adds them; epoch files keep them and their Adam
+    moments (resume), the adapter records the rank, and the hf export from the adapter carries them."""
+    rc = cli.main(["run", "--model", str(model_dir), "--data", str(data_file), "--k", "1", "--objective", "kl",
+                   "--granularity", "channel", "--lora-rank", "2", "--lora-lr", "0.01", "--runs-dir", str(tmp_path),
+                   "--name", "h", "--device", "cpu", *SMALL])
+    assert rc == 0
+    run = tmp_path / "h"
+    m = json.loads((run / "manifest.json").read_text())
+    assert m["settings"]["lora_rank"] == 2 and m["results"]["eval_kl_trained"] < m["results"]["eval_kl_unscaled"]
+    meta = json.loads((run / "adapter" / "hopscotch.json").read_text())
+    assert meta["lora_rank"] == 2
+    last = load_file(str(run / "scales" / "epoch_001.safetensors"))
+    assert last["lora.0.attn.A"].shape == (2, 32) and last["lora.0.mlp.B"].abs().sum() > 0
+    assert any(k.startswith("lora_adam.") for k in last)
+    model, _ = hc.load_model(model_dir, device="cpu")
+    hs = hc.load_adapter(model, run / "adapter", lora_rank=2)
+    assert all(torch.equal(v, last["lora." + k]) for k, v in hs.lora_state().items())
+    ids = torch.tensor([[5, 9, 14, 3, 22, 7]])
+    with torch.no_grad():
+        ref = model(ids).logits.double()
+    hs.detach()
+    assert cli.main(["export", "--model", str(model_dir), "--adapter", str(run / "adapter"), "--format", "hf",
+                     "--out", str(tmp_path / "hf"), "--device", "cpu"]) == 0
+    code = ("import sys, torch, transformers; m = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1]); "
+            "print(m(torch.tensor([[5, 9, 14, 3, 22, 7]])).logits.double().flatten().tolist())")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "hf")], capture_output=True, text=True,
+                         check=True).stdout  # stock transformers, a fresh process, the folder alone
+    got = torch.tensor(json.loads(out)).view_as(ref)
+    assert ((ref - got).abs().max() / ref.abs().max()).item() <= 1e-4
