@@ -27,6 +27,19 @@ import sys
 from pathlib import Path
 
 from .errors import HopscotchError
+from .method.runs import (
+    BENCH_CSV,
+    BENCH_FILE,
+    EVAL_CSV,
+    EVAL_FILE,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_STOPPED,
+    FINISHED,
+    PROGRESS_FILE,
+    SCALES_DIR,
+)
 
 
 def _blocks(text: str) -> list[int]:
@@ -102,7 +115,7 @@ def cmd_info(args) -> int:
 
     model, _ = _load(args)
     print(json.dumps(summary(model), indent=2))
-    return 0
+    return EXIT_OK
 
 
 def cmd_ask(args) -> int:
@@ -118,13 +131,13 @@ def cmd_ask(args) -> int:
             raise HopscotchError(f"{args.model} is a compact model; --skip/--adapter apply to an original model")
         text = generate_text(model, tok, args.prompt, max_new_tokens=args.max_new_tokens, chat=not args.raw)
         print(f"--- compact model (attention removed from blocks {list(info.skipped)})\n{text}")
-        return 0
+        return EXIT_OK
     with _attach(model, args) as hs:  # validates --skip/--adapter before any generation
         skipped, scales = list(hs.skipped), hs.effective_scales()
     kw = {"max_new_tokens": args.max_new_tokens, "chat": not args.raw}
     print(f"--- original\n{generate_text(model, tok, args.prompt, **kw)}")
     print(f"--- skipped {skipped}\n{generate_text(model, tok, args.prompt, skipped, scales, **kw)}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_export(args) -> int:
@@ -170,7 +183,7 @@ def cmd_export(args) -> int:
               f"{check['positions']} positions")
     elif check.get("skipped"):
         print(f"check skipped: {check['skipped']}")
-    return 0
+    return EXIT_OK
 
 
 def _settings(args):
@@ -268,7 +281,7 @@ def cmd_pipeline(args) -> int:
         name = args.resume
     else:
         settings = _settings(args)
-    bars = _Bars(Path(args.runs_dir) / name / "progress.json" if name else None) if group.main else None
+    bars = _Bars(Path(args.runs_dir) / name / PROGRESS_FILE if name else None) if group.main else None
     try:
         run = run_pipeline(settings, args.runs_dir, name, stages=stages, on_progress=bars,
                            should_stop=_stop_flag(), group=group)
@@ -279,7 +292,7 @@ def cmd_pipeline(args) -> int:
     distributed.shutdown(group)
     _GROUP["group"] = None
     if not group.main:
-        return 0 if m.get("state") in ("done", "selected", "generated", "prompts") else 3
+        return EXIT_OK if m.get("state") in FINISHED else EXIT_STOPPED
     print(f"run {run.name}: {m['state']}  ({run.dir})")
     if m.get("selected"):
         print(f"selected blocks (in order): {m['selected']}")
@@ -287,7 +300,7 @@ def cmd_pipeline(args) -> int:
         print(f"  {key}: {val:.4f}" if isinstance(val, float) else f"  {key}: {val}")
     if m.get("timings"):
         print("  timings (s): " + ", ".join(f"{k} {v}" for k, v in m["timings"].items()))
-    return 0 if m["state"] in ("done", "selected", "generated", "prompts") else 3
+    return EXIT_OK if m["state"] in FINISHED else EXIT_STOPPED
 
 
 def cmd_runs(args) -> int:
@@ -296,7 +309,7 @@ def cmd_runs(args) -> int:
     rows = RunStore(args.runs_dir).list()
     if not rows:
         print(f"no runs in {args.runs_dir}")
-        return 0
+        return EXIT_OK
     print(f"{'name':<40}{'state':<10}{'mode':<7}{'k':>3}  {'selected':<24}{'held-out loss (orig/unscaled/trained)'}")
     for m in rows:
         s, r = m.get("settings", {}), m.get("results", {})
@@ -304,7 +317,7 @@ def cmd_runs(args) -> int:
                           if isinstance(r.get(k), float))
         print(f"{m.get('name', '?'):<40}{m.get('state', '?'):<10}{s.get('mode', ''):<7}{s.get('k', ''):>3}  "
               f"{m.get('selected', '')!s:<24}{losses}")
-    return 0
+    return EXIT_OK
 
 
 def _ints(text: str) -> list[int]:
@@ -354,11 +367,11 @@ def cmd_eval(args) -> int:
         bars.close()
     if res.get("status") != "done":
         print("stopped; rerun the same command to continue (generated answers are kept)")
-        return 3
+        return EXIT_STOPPED
     print(format_table(res))
-    print(f"wrote {run.file('eval.json')} and eval.csv ({res['prompts']} held-out prompts, {res['tokens']} "
+    print(f"wrote {run.file(EVAL_FILE)} and {EVAL_CSV} ({res['prompts']} held-out prompts, {res['tokens']} "
           f"answer tokens, answers <= {res['max_new_tokens']} tokens)")
-    return 0
+    return EXIT_OK
 
 
 def cmd_bench(args) -> int:
@@ -372,7 +385,7 @@ def cmd_bench(args) -> int:
         if not run.manifest.get("selected"):
             raise HopscotchError(f"run {args.run!r} has no selected blocks yet (state: {run.manifest.get('state')})")
         model, _ = _run_model(args, run)
-        sets = [(run.manifest["selected"], last_scales(run.file("scales")))]
+        sets = [(run.manifest["selected"], last_scales(run.file(SCALES_DIR)))]
     else:
         if not args.skip:
             raise HopscotchError("give --run NAME, or --model and --skip with the blocks to measure")
@@ -394,8 +407,8 @@ def cmd_bench(args) -> int:
     out = run.dir if run is not None else (Path(args.out) if args.out else None)
     if out is not None and rows:
         speed.save(out, rows, model)
-        print(f"wrote {out / 'bench.json'} and bench.csv")
-    return 0
+        print(f"wrote {out / BENCH_FILE} and {BENCH_CSV}")
+    return EXIT_OK
 
 
 def cmd_report(args) -> int:
@@ -411,7 +424,7 @@ def cmd_report(args) -> int:
         run_dir = RunStore(args.runs_dir).open(args.run).dir
     out = write_report(run_dir, args.out)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB; open it in any browser, no network needed)")
-    return 0
+    return EXIT_OK
 
 
 def cmd_app(args) -> int:
@@ -538,8 +551,8 @@ def main(argv: list[str] | None = None) -> int:
         group = _GROUP["group"]
         if group is not None and group.world > 1:  # leave at once: the group's teardown would wait for the peers
             sys.stderr.flush()
-            os._exit(130)
-        return 130
+            os._exit(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
     except (HopscotchError, FileNotFoundError, ValueError, OSError) as e:
         if os.environ.get("HOPSCOTCH_DEBUG"):
             raise
@@ -547,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(e: BaseException) -> int:
-    """Print one `error:` line (under torchrun: a shared error on rank 0 only) and return 2. A process that is in a
+    """Print one `error:` line (under torchrun: a shared error on rank 0 only) and return EXIT_ERROR (2). A process that is in a
     process group leaves at once (os._exit): its peers may be gone, and the group's teardown at interpreter exit
     would abort or wait for them."""
     from .method.distributed import SharedError
@@ -558,8 +571,8 @@ def _fail(e: BaseException) -> int:
     if group is not None and group.world > 1:
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(2)
-    return 2
+        os._exit(EXIT_ERROR)
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -39,6 +39,14 @@ class DetachedError(HopscotchError, RuntimeError):
     """A Hopscotch handle used after `detach()`."""
 
 
+class SelectionError(HopscotchError, ValueError):
+    """Bad selection settings: k out of range, unknown mode, shortlist ranking or baseline."""
+
+
+class DataError(HopscotchError, ValueError):
+    """A data file or source that cannot be used: missing, empty, malformed, or without the asked column."""
+
+
 class FigureExportError(HopscotchError, RuntimeError):
     """A static image (PNG/SVG) of a figure that cannot be made: kaleido or a Chrome/Chromium is missing, or the
     browser that renders it failed."""

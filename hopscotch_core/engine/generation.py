@@ -13,8 +13,28 @@ from collections.abc import Iterable
 
 import torch
 
-from ..method.data import encode_prompt
 from .scaling import attach, handle_of
+
+
+def encode_prompt(tok, text: str, chat: bool = True) -> list[int]:
+    """The prompt's token ids: in the chat template (with the generation prompt) when `chat` and the tokenizer has
+    one, else the plain text. The one encoding of prompts for generation, the run data and the app."""
+    if chat and getattr(tok, "chat_template", None):
+        return list(tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                            tokenize=True, return_dict=False))
+    return list(tok(text)["input_ids"])
+
+
+def eos_ids(model, tok) -> set[int]:
+    """Every end-of-sequence id of the model's generation config and of the tokenizer: where an answer ends, for
+    generate_text, the run data's answers (method/data.py) and the side-by-side decode (studio/compare.py)."""
+    ids: set[int] = set()
+    for v in (getattr(model.generation_config, "eos_token_id", None), getattr(tok, "eos_token_id", None)):
+        if isinstance(v, int):
+            ids.add(v)
+        elif isinstance(v, (list, tuple)):
+            ids.update(int(x) for x in v)
+    return ids
 
 
 def generate_text(
@@ -43,5 +63,6 @@ def generate_text(
                 hs.skip(skipped)
             with torch.no_grad():
                 out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                     max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+                                     max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                                     eos_token_id=sorted(eos_ids(model, tok)) or None)
     return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()

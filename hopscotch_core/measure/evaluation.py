@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from ..method import data
 from . import metrics, stats
 from ..errors import HopscotchError
+from ..method import runs
 from ..method.runs import Run, append_jsonl, read_json, read_jsonl, write_csv, write_json
 from ..engine.artifacts import LORA_PREFIX
 from ..engine.lowrank import split_state
@@ -62,9 +62,8 @@ class EvalError(HopscotchError, ValueError):
 
 def last_epoch(folder: Path) -> dict[str, torch.Tensor] | None:
     """The tensors saved after the last epoch in `folder` (scales/ or scales-NAME/): "scales", with granularity
-    channel also "channel_scales", and the Adam state; None before the first epoch."""
-    done = sorted(Path(folder).glob("epoch_*.safetensors"))
-    return load_file(str(done[-1])) if done else None
+    channel also "channel_scales", and the Adam state; None before the first epoch (runs.last_epoch)."""
+    return runs.last_epoch(folder)[1]
 
 
 def last_scales(folder: Path) -> torch.Tensor | None:
@@ -80,21 +79,21 @@ def variants_of(run: Run) -> list[dict]:
     if "eval_loss_trained" not in res or res.get("train_status") == "stopped":
         raise EvalError(f"run {run.name!r} has no finished training (state: {m.get('state')}, stage: "
                         f"{m.get('stage')}); finish it first: hopscotch run --resume {run.name}")
-    saved = last_epoch(run.file("scales"))
+    saved = last_epoch(run.file(runs.SCALES_DIR))
     if saved is None:
-        raise EvalError(f"run {run.name!r} has no trained scalars in {run.file('scales')}")
+        raise EvalError(f"run {run.name!r} has no trained scalars in {run.file(runs.SCALES_DIR)}")
     sel = list(m["selected"])
     out = [{"variant": "hopscotch-unscaled", "method": "hopscotch", "scaled": False, "attention": sel, "mlp": [],
             "scales": None},
            {"variant": "hopscotch", "method": "hopscotch", "scaled": True, "attention": sel, "mlp": [],
             "scales": saved["scales"], "channel_scales": saved.get("channel_scales"),
             "lora": split_state(saved, LORA_PREFIX)}]
-    for name, entry in (read_json(run.file("baselines.json"), {}) or {}).items():
+    for name, entry in (read_json(run.file(runs.BASELINES_FILE), {}) or {}).items():
         if not entry.get("done"):
             continue
         base = {"method": name, "attention": list(entry["attention"]), "mlp": list(entry.get("mlp", []))}
         out.append({**base, "variant": f"{name}-unscaled", "scaled": False, "scales": None})
-        saved = last_epoch(run.file(f"scales-{name}"))
+        saved = last_epoch(run.file(f"{runs.SCALES_DIR}-{name}"))
         if saved is not None and entry.get("eval_loss_trained") is not None:
             out.append({**base, "variant": name, "scaled": True, "scales": saved["scales"],
                         "channel_scales": saved.get("channel_scales"), "lora": split_state(saved, LORA_PREFIX)})
@@ -221,10 +220,10 @@ def _eval_of(run) -> tuple[dict, str]:
     if isinstance(run, dict):
         return run, "this evaluation"
     folder = Path(getattr(run, "dir", run))
-    res = read_json(folder / "eval.json")
+    res = read_json(folder / runs.EVAL_FILE)
     if not isinstance(res, dict):
         raise EvalError(f"{folder} has no eval.json; run `hopscotch eval --run {folder.name}` first")
-    return res, str(folder / "eval.json")
+    return res, str(folder / runs.EVAL_FILE)
 
 
 def compare_variants(run, a: str, b: str, other=None, figures: Sequence[str] = FIGURES) -> list[dict]:
@@ -255,8 +254,8 @@ def evaluate_run(run: Run, model, tok, max_new_tokens: int | None = None, gen_ba
     batch = int(gen_batch or s["gen_batch"])
     if max_new < 1 or batch < 1:
         raise EvalError("max-new-tokens and gen-batch must be at least 1")
-    split = read_json(run.file("prompts.json"))
-    answers = {a["index"]: data.Answer.from_json(a) for a in read_jsonl(run.file("answers.jsonl"))}
+    split = read_json(run.file(runs.PROMPTS_FILE))
+    answers = {a["index"]: data.Answer.from_json(a) for a in read_jsonl(run.file(runs.ANSWERS_FILE))}
     nc = len(split["calib"])
     held = [answers[i] for i in sorted(answers) if i >= nc]
     if len(held) != len(split["eval"]):
@@ -280,7 +279,7 @@ def evaluate_run(run: Run, model, tok, max_new_tokens: int | None = None, gen_ba
         tf = metrics.compare(hs, rows, cfg, per_example=True)
         texts: dict[str, list[str]] = {}
         if generate:
-            path = run.file("eval-answers.jsonl")
+            path = run.file(runs.EVAL_ANSWERS_FILE)
             have = [r for r in read_jsonl(path) if r.get("max_new_tokens") == max_new]
             names = ["original", *cfg]
             for j, name in enumerate(names):
@@ -364,8 +363,8 @@ def evaluate_run(run: Run, model, tok, max_new_tokens: int | None = None, gen_ba
               "prompts": len(prompts), "tokens": tf["original"]["tokens"], "max_new_tokens": max_new,
               "confidence": stats.CONFIDENCE, "rows": json_rows, "diffs": diffs, "per_prompt": per_prompt,
               "layer_mmd": layer_mmd, "status": "done"}
-    write_json(run.file("eval.json"), result)
-    write_csv(run.file("eval.csv"), out_rows, COLUMNS)
+    write_json(run.file(runs.EVAL_FILE), result)
+    write_csv(run.file(runs.EVAL_CSV), out_rows, COLUMNS)
     return result
 
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..engine.families import get_family
-from ..method.data import forward_rows, row_logits
+from ..method.data import example_spans, forward_rows, row_logits
 from ..errors import HopscotchError
 from ..engine.loading import read_derived, weights_stamp, write_derived
 
@@ -120,10 +120,12 @@ def cached_singular_values(stamp: str | None, top_k: int | None = None):
 # ------------------------------------------------------------------------------------------------- fidelity
 def example_index(row) -> torch.Tensor:
     """(N,) int64: for each response position of a packed `row`, the index (into the examples given to data.pack)
-    of the example it belongs to; an example starts where position_ids restart at 0."""
-    starts = torch.cumsum((row.position_ids[0] == 0).long(), 0) - 1  # (T,) example slot within the row
+    of the example it belongs to (the row's example spans, data.example_spans)."""
+    slot = torch.zeros(row.input_ids.shape[1], dtype=torch.long)  # (T,) example slot within the row
+    for j, (a, b) in enumerate(example_spans(row)):
+        slot[a:b] = j
     ids = torch.as_tensor(list(row.example_ids), dtype=torch.long)
-    return ids[starts[row.positions.cpu()]]
+    return ids[slot[row.positions.cpu()]]
 
 
 def compare(hs, rows, variants: dict[str, dict], per_example: bool = False) -> dict[str, dict]:

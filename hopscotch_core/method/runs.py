@@ -5,11 +5,17 @@
       prompts.json         the seeded calibration / held-out split (prompt texts and reference answers)
       answers.jsonl        the model's own greedy answers, one line per prompt, appended per batch
       scores.jsonl         every candidate score of every selection round, appended one by one
-      scales/epoch_NNN.safetensors   scalars (and Adam state) after each training epoch
+      teacher.safetensors  the original model's top-k log-probabilities (KL objectives), made once
+      scales/epoch_NNN.safetensors   scalars (and Adam state) after each training epoch; scales-BASELINE/ likewise
       metrics.jsonl        one line per epoch / evaluation
       baselines.json       baseline block sets and their held-out losses
       adapter/             the final adapter (hc.load_adapter(model, "runs/NAME/adapter"))
+      eval.json, eval.csv  `hopscotch eval`; bench.json, bench.csv  `hopscotch bench`
+      progress.json        the CLI's live progress (step, total, stage, info) while it runs, for the app
       log.txt
+
+The file names, the run states and the CLI's exit codes are defined here, once; the pipeline, the CLI, the jobs
+and the app use these names.
 
 JSON files are replaced atomically (write, fsync, rename); JSONL files are appended with a flush + fsync per
 record, and a torn last line (a kill in mid-write) is ignored when read back.
@@ -33,7 +39,43 @@ import psutil
 from ..errors import HopscotchError
 from ..fileio import atomic_write
 
+# ------------------------------------------------------------------------------------------------ file names
 MANIFEST = "manifest.json"
+PROMPTS_FILE = "prompts.json"
+ANSWERS_FILE = "answers.jsonl"
+SCORES_FILE = "scores.jsonl"
+TEACHER_FILE = "teacher.safetensors"
+SCALES_DIR = "scales"                    # a baseline's: scales-NAME
+METRICS_FILE = "metrics.jsonl"
+BASELINES_FILE = "baselines.json"
+ADAPTER_DIR = "adapter"
+EVAL_FILE, EVAL_CSV = "eval.json", "eval.csv"
+EVAL_ANSWERS_FILE = "eval-answers.jsonl"  # generated answers of `hopscotch eval`, kept for its resume
+BENCH_FILE, BENCH_CSV = "bench.json", "bench.csv"
+PROGRESS_FILE = "progress.json"
+LOG_FILE = "log.txt"
+
+# ------------------------------------------------------------------------------------------------ run states
+# manifest["state"]: created, then running; a run ends as one of FINISHED (the last stage it was asked for is
+# done), stopped (asked to stop, resumable) or failed
+CREATED, RUNNING, STOPPED, FAILED = "created", "running", "stopped", "failed"
+DONE, SELECTED, GENERATED, PROMPTED = "done", "selected", "generated", "prompts"
+FINISHED = (DONE, SELECTED, GENERATED, PROMPTED)
+# read back, not written: a running run whose process is gone (resumable), a manifest that cannot be read
+INTERRUPTED, CORRUPT = "interrupted", "corrupt"
+# a job's state (studio/jobs.status) adds: loading before the run exists, a stop asked, a job that is not a run
+# and ended, and a name with neither job nor run
+STARTING, STOPPING, EXITED, MISSING = "starting", "stopping", "exited", "missing"
+ACTIVE = (STARTING, RUNNING, STOPPING)     # its process is alive
+RESUMABLE = (STOPPED, INTERRUPTED, FAILED)
+
+# ------------------------------------------------------------------------------------------------ exit codes
+# of `hopscotch` (cli.main) and of a job process
+EXIT_OK = 0
+EXIT_ERROR = 2         # an error it printed (`error: ...`), or a usage error
+EXIT_STOPPED = 3       # stopped before the end (Ctrl-C / SIGTERM): state saved, rerun to resume
+EXIT_INTERRUPTED = 130  # a second Ctrl-C: stopped at once
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -93,6 +135,28 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return out
 
 
+def epoch_file(folder: str | os.PathLike, epoch: int) -> Path:
+    """The file of training epoch `epoch` in a scalars folder (scales/ or scales-NAME/)."""
+    return Path(folder) / f"epoch_{epoch:03d}.safetensors"
+
+
+def epoch_numbers(folder: str | os.PathLike) -> list[int]:
+    """The epochs saved in a scalars folder, in order ([] when none or no folder)."""
+    return sorted(int(p.stem.split("_")[1]) for p in Path(folder).glob("epoch_*.safetensors"))
+
+
+def last_epoch(folder: str | os.PathLike) -> tuple[int, dict | None]:
+    """(the last saved epoch, its tensors) of a scalars folder: "scales", with granularity channel also
+    "channel_scales", the low-rank deltas (engine.artifacts.LORA_PREFIX) and the Adam state; (-1, None) before
+    the first epoch. The one reader of the epoch files (the pipeline's resume, evaluation, bench)."""
+    epochs = epoch_numbers(folder)
+    if not epochs:
+        return -1, None
+    from safetensors.torch import load_file  # torch only once there is a file to read
+
+    return epochs[-1], load_file(str(epoch_file(folder, epochs[-1])))
+
+
 def pid_exists(pid: Any) -> bool:
     """Whether a process with this pid exists (psutil, any OS; a pid of another user counts as existing)."""
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
@@ -144,9 +208,9 @@ class RunStore:
                 try:
                     m = read_json(d / MANIFEST)
                 except RunError:
-                    m = {"name": d.name, "state": "corrupt"}
-                if m.get("state") == "running" and not pid_exists(m.get("pid")):
-                    m["state"] = "interrupted"  # its process is gone (killed, crashed machine): resumable
+                    m = {"name": d.name, "state": CORRUPT}
+                if m.get("state") == RUNNING and not pid_exists(m.get("pid")):
+                    m["state"] = INTERRUPTED  # its process is gone (killed, crashed machine): resumable
                 out.append(m)
         return out
 
@@ -179,5 +243,5 @@ class Run:
         return m
 
     def log(self, message: str) -> None:
-        with self.file("log.txt").open("a", encoding="utf-8") as f:
+        with self.file(LOG_FILE).open("a", encoding="utf-8") as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")

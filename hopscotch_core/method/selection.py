@@ -32,17 +32,12 @@ import numpy as np
 import torch
 
 from .data import Row, dataset_loss, forward_rows
-from ..errors import HopscotchError
+from ..errors import SelectionError  # noqa: F401 - defined in errors; importable from here as before
 from ..engine.scaling import Hopscotch
-from .settings import BASELINES, MODES, RunSettings  # noqa: F401 - one list of each, in the run settings
+from .settings import BASELINES, MODES, RunSettings, check_k, check_selection  # noqa: F401 - one list of each
 from .training import Objective, dataset_objective, score_candidate
 
 Progress = Callable[[int, int, dict], None]
-
-
-class SelectionError(HopscotchError, ValueError):
-    """Bad selection settings: k out of range, unknown mode or baseline."""
-
 
 _RUN = RunSettings()  # the defaults come from the run settings' schema (method/settings.py), the one place
 
@@ -67,15 +62,8 @@ class Selection:
 
 
 def check_config(cfg: SelectConfig, num_layers: int) -> None:
-    if cfg.mode not in MODES:
-        raise SelectionError(f"unknown mode '{cfg.mode}'; use one of {', '.join(MODES)}")
-    if not 1 <= cfg.k < num_layers:
-        raise SelectionError(f"k = {cfg.k}: this model has {num_layers} attention blocks; choose 1 <= k < "
-                             f"{num_layers}")
-    if cfg.mode == "fast" and cfg.shortlist < 1:
-        raise SelectionError("shortlist must be at least 1")
-    if cfg.shortlist_by not in ("bi", "loss"):
-        raise SelectionError(f"unknown shortlist ranking '{cfg.shortlist_by}'; use bi or loss")
+    """Refuse a selection this model cannot make (the run settings' check, settings.check_selection)."""
+    check_selection(cfg.k, cfg.mode, cfg.shortlist, cfg.shortlist_by, num_layers)
 
 
 def skipped_loss(hs: Hopscotch, rows: Sequence[Row], skipped: Sequence[int],
@@ -254,8 +242,7 @@ def baseline_blocks(
 ) -> dict:
     """{"attention": [...], "mlp": [...], "scores": {...}} for baseline `name` (see module docstring)."""
     n = hs.num_layers
-    if not 1 <= k < n:
-        raise SelectionError(f"k = {k}: choose 1 <= k < {n}")
+    check_k(k, n)
     if name in ("attn-bi", "shortgpt"):
         att, lay = block_influence(hs, rows)
         scores = att if name == "attn-bi" else lay

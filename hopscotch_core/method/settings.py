@@ -15,7 +15,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from ..errors import HopscotchError, check_blocks
+from ..errors import DataError, HopscotchError, SelectionError, check_blocks
 
 MODES = ("paper", "fast")
 # Default data sizes (issue 12, measured on the embedded model, README "Default sizes"): 32 held-out prompts
@@ -104,12 +104,7 @@ class RunSettings:
     def validate(self, num_layers: int | None = None) -> None:
         """Refuse a bad setting (HopscotchError subclasses naming it) before any work; with `num_layers` (once the
         model is known) also blocks and k out of the model's range."""
-        from .selection import SelectionError
-
-        if self.mode not in MODES:
-            raise SelectionError(f"unknown mode '{self.mode}'; use one of {', '.join(MODES)}")
-        if self.shortlist_by not in SHORTLIST_BY:
-            raise SelectionError(f"unknown shortlist ranking '{self.shortlist_by}'; use bi or loss")
+        check_selection(None, self.mode, None, self.shortlist_by)
         if self.objective not in OBJECTIVES:
             raise HopscotchError(f"unknown objective {self.objective!r}; use one of {', '.join(OBJECTIVES)} "
                                  "(ce is the paper's)")
@@ -146,22 +141,38 @@ class RunSettings:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise HopscotchError(f"seed must be a whole number >= 0, not {self.seed!r}")
         if num_layers is not None and self.blocks is None:
-            from . import selection
-
-            selection.check_config(selection.SelectConfig(self.k, self.mode, self.shortlist, self.shortlist_by),
-                                   num_layers)
+            check_selection(self.k, self.mode, self.shortlist, self.shortlist_by, num_layers)
 
     def split_sizes(self, total: int) -> tuple[int, int]:
         """(calibration, held-out) prompt counts for a data set of `total` records."""
         if self.n_calib is not None and self.n_eval is not None:
             return self.n_calib, self.n_eval
         if total < 2:
-            from .data import DataError
-
             raise DataError(f"the data has {total} record(s); at least 2 are needed (calibration + held-out)")
         calib = self.n_calib if self.n_calib is not None else min(DEFAULT_CALIB, max(1, (2 * total) // 3))
         held = self.n_eval if self.n_eval is not None else min(DEFAULT_EVAL, max(1, total - calib))
         return calib, held
+
+
+def check_k(k: int, num_layers: int) -> None:
+    """k attention blocks to remove from a model of `num_layers`: 1 <= k < num_layers."""
+    if not 1 <= k < num_layers:
+        raise SelectionError(f"k = {k}: this model has {num_layers} attention blocks; choose 1 <= k < {num_layers}")
+
+
+def check_selection(k: int | None, mode: str, shortlist: int | None, shortlist_by: str,
+                    num_layers: int | None = None) -> None:
+    """The selection settings (method/selection.py): a known mode and shortlist ranking, a fast-mode shortlist of
+    at least 1, and (given `k` and `num_layers`) k in the model's range. The one check of these, for the run
+    settings and for selection itself."""
+    if mode not in MODES:
+        raise SelectionError(f"unknown mode '{mode}'; use one of {', '.join(MODES)}")
+    if k is not None and num_layers is not None:
+        check_k(k, num_layers)
+    if mode == "fast" and shortlist is not None and shortlist < 1:
+        raise SelectionError("shortlist must be at least 1")
+    if shortlist_by not in SHORTLIST_BY:
+        raise SelectionError(f"unknown shortlist ranking '{shortlist_by}'; use {' or '.join(SHORTLIST_BY)}")
 
 
 def field_help(name: str) -> str:

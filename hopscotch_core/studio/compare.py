@@ -24,7 +24,8 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
-from ..method.data import Example, eos_ids, encode_prompt, pack
+from ..engine.generation import encode_prompt, eos_ids
+from ..method.data import Example, pack
 from ..errors import HopscotchError
 from ..engine.scaling import attach, compact_info, handle_of
 

@@ -5,15 +5,16 @@
     jobs.stop("runs", "my-run")       # SIGTERM: the CLI finishes the current step, saves its state, exits
     jobs.start(["run", "--resume", "my-run"], "runs", "my-run")             # continue it later
 
-A job is one process, `python -m hopscotch_core.studio.jobs JOBFILE -- ARGS`: the CLI's `main(ARGS)` in-process (so
-SIGTERM reaches the CLI's graceful-stop handler), plus a record of its exit code. A pipeline job on N > 1 local
+A job is one process, `python -m hopscotch_core.studio.jobrunner JOBFILE -- ARGS`: the CLI's `main(ARGS)` in-process
+(so SIGTERM reaches the CLI's graceful-stop handler), plus a record of its exit code. A pipeline job on N > 1 local
 processes (`start(..., nproc=N)`) runs torchrun in that process instead (`torchrun --standalone --nproc-per-node N -m
 hopscotch_core ARGS`, torch.distributed.run in-process) with OMP_NUM_THREADS = cores // N, so the processes do not
 oversubscribe the cores; SIGTERM reaches torchrun, which passes it to the ranks (they stop together at the next
 step, or are killed after 30 s: the run resumes from its last saved step either way). The record lives beside the
 runs, in `RUNS/.jobs/NAME.json` (command, pid, start time, stop request, exit code, error) with the job's
 stdout and stderr in `RUNS/.jobs/NAME.log`. Pipeline commands (run/generate/select/train) get `--runs-dir RUNS
---name NAME`, so their run directory is `RUNS/NAME`, where the CLI also keeps `progress.json` current. Everything
+--name NAME`, so their run directory is `RUNS/NAME`, where the CLI also keeps `progress.json` current. The
+command lines (the one run, the one shown in the app and in the log) come from studio/commands.py. Everything
 is read back from files: a reloaded page, another browser tab or a restarted app finds its jobs again. Jobs run in
 their own session (a Ctrl-C on the app's terminal does not reach them) and load their own copy of the model.
 
@@ -28,7 +29,6 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,9 @@ import psutil
 from filelock import FileLock
 
 from ..errors import HopscotchError
+from ..method import runs
 from ..method.runs import (
+    ACTIVE,  # noqa: F401 - the job states whose process is alive, as before
     MANIFEST,
     RunError,
     RunStore,
@@ -45,10 +47,19 @@ from ..method.runs import (
     read_json,
     write_json,
 )
+from .commands import (  # noqa: F401 - the command lines, importable from here as before
+    PIPELINE_COMMANDS,
+    cli_args,
+    command_line,
+    command_of,
+    job_args,
+    shown,
+    threads_per_process,
+    torchrun_args,
+)
 
 JOBS_DIR = ".jobs"
-PIPELINE_COMMANDS = ("run", "generate", "select", "train")
-ACTIVE = ("starting", "running", "stopping")
+RUNNER = "hopscotch_core.studio.jobrunner"  # the module a job process runs (python -m)
 
 _CHILDREN: dict[int, subprocess.Popen] = {}  # processes this Python process started (polled, so never zombies)
 
@@ -135,7 +146,7 @@ def _pid_of(runs_dir, name: str) -> tuple[int | None, str | None]:
     if rec and rec.get("pid"):
         return rec["pid"], rec.get("proc_start")
     m = _manifest(runs_dir, name)  # a run started by hand: its pid counts while the run says it is running
-    return (m.get("pid"), None) if m.get("state") == "running" else (None, None)
+    return (m.get("pid"), None) if m.get("state") == runs.RUNNING else (None, None)
 
 
 def is_alive(runs_dir: str | os.PathLike, name: str) -> bool:
@@ -143,52 +154,7 @@ def is_alive(runs_dir: str | os.PathLike, name: str) -> bool:
     return alive(pid, start)
 
 
-# ------------------------------------------------------------------------------------------------ commands
-def cli_args(settings: dict, command: str = "run") -> list[str]:
-    """CLI arguments that reproduce `settings` (a RunSettings as a dict): the command, then non-default flags."""
-    from ..method.settings import to_args
-
-    return [command, *to_args(settings)]
-
-
-def command_of(manifest: dict) -> str:
-    """The pipeline command a run was made with: train (given blocks), select, generate or run."""
-    if (manifest.get("settings") or {}).get("blocks") is not None:
-        return "train"
-    return {"selected": "select", "generated": "generate", "prompts": "generate"}.get(manifest.get("state"), "run")
-
-
-def command_line(manifest: dict, runs_dir: str | None = None) -> str:
-    """`hopscotch ...` that made (or resumes) this run."""
-    from ..method.settings import LEGACY
-
-    # a run older than a setting had its LEGACY value (not today's default)
-    args = cli_args({**LEGACY, **(manifest.get("settings") or {})}, command_of(manifest))
-    if runs_dir is not None:
-        args += ["--runs-dir", str(runs_dir)]
-    if manifest.get("name"):
-        args += ["--name", manifest["name"]]
-    return "hopscotch " + " ".join(_quote(a) for a in args)
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
-
-
 # ------------------------------------------------------------------------------------------------ control
-def threads_per_process(nproc: int, cores: int | None = None) -> int:
-    """Threads each of `nproc` local processes gets so that together they use the cores once (at least 1)."""
-    cores = cores or os.cpu_count() or 1
-    return max(1, cores // max(1, nproc))
-
-
-def torchrun_args(args: list[str], nproc: int) -> list[str]:
-    """torchrun's arguments that run `hopscotch ARGS` on `nproc` local processes (a free port: --standalone)."""
-    return ["--standalone", "--nproc-per-node", str(nproc), "-m", "hopscotch_core", *args]
-
-
 def start(args: list[str], runs_dir: str | os.PathLike, name: str, env: dict[str, str] | None = None,
           nproc: int = 1) -> dict:
     """Start `hopscotch ARGS` as job `name` (pipeline commands write the run RUNS/NAME); returns its record.
@@ -209,14 +175,10 @@ def start(args: list[str], runs_dir: str | os.PathLike, name: str, env: dict[str
         raise JobError(f"the process count must be a whole number >= 1, not {nproc!r}")
     if nproc > 1 and args[0] not in PIPELINE_COMMANDS:
         raise JobError(f"only {', '.join(PIPELINE_COMMANDS)} run on several processes, not {args[0]!r}")
-    if args[0] in PIPELINE_COMMANDS:
-        if "--runs-dir" not in args:
-            args += ["--runs-dir", str(store.root)]
-        if "--resume" not in args and "--name" not in args:
-            args += ["--name", name]
+    args = job_args(args, store.root, name)
     jf, lf = job_file(runs_dir, name), log_file(runs_dir, name)
     jf.parent.mkdir(exist_ok=True)
-    progress = store.root / name / "progress.json"
+    progress = store.root / name / runs.PROGRESS_FILE
     if progress.is_file():
         progress.unlink()  # the previous attempt's progress
     rec = {"name": name, "command": args, "nproc": nproc, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -224,23 +186,21 @@ def start(args: list[str], runs_dir: str | os.PathLike, name: str, env: dict[str
     with FileLock(str(jf) + ".lock", timeout=30):
         write_json(jf, rec)
     with lf.open("a", encoding="utf-8") as log:
-        shown = (f"OMP_NUM_THREADS={threads_per_process(nproc)} torchrun {' '.join(torchrun_args(args, nproc))}"
-                 if nproc > 1 else f"hopscotch {' '.join(_quote(a) for a in args)}")
-        log.write(f"\n$ {shown}\n")
+        log.write(f"\n$ {shown(args, nproc)}\n")
         log.flush()
         full_env = {**os.environ, "TQDM_MININTERVAL": "2", "PYTHONUNBUFFERED": "1", **(env or {})}
         if nproc > 1 and "OMP_NUM_THREADS" not in (env or {}):  # cores // N threads each, unless asked otherwise
             full_env["OMP_NUM_THREADS"] = str(threads_per_process(nproc))
-        proc = subprocess.Popen([sys.executable, "-m", "hopscotch_core.studio.jobs", str(jf), "--", *args],
+        proc = subprocess.Popen([sys.executable, "-m", RUNNER, str(jf), "--", *args],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=full_env,
                                 start_new_session=True, cwd=os.getcwd())
     _CHILDREN[proc.pid] = proc
     rec.update(pid=proc.pid, proc_start=_proc_start(proc.pid))
-    _update(jf, pid=rec["pid"], proc_start=rec["proc_start"])
+    update(jf, pid=rec["pid"], proc_start=rec["proc_start"])
     return rec
 
 
-def _update(jf: Path, **fields: Any) -> dict:
+def update(jf: Path, **fields: Any) -> dict:
     """Set `fields` in the job record: read, change and replace under the record's file lock, so the app (start,
     stop) and the job process (its exit status) never overwrite each other's fields."""
     with FileLock(str(jf) + ".lock", timeout=30):
@@ -262,7 +222,7 @@ def stop(runs_dir: str | os.PathLike, name: str, force: bool = False) -> bool:
         return False
     jf = job_file(runs_dir, name)
     if jf.is_file():
-        _update(jf, stop_requested=time.time())
+        update(jf, stop_requested=time.time())
     return True
 
 
@@ -287,7 +247,7 @@ def _manifest(runs_dir, name: str) -> dict:
     try:
         return read_json(Path(runs_dir).expanduser() / name / MANIFEST, {}) or {}
     except RunError:
-        return {"state": "corrupt"}
+        return {"state": runs.CORRUPT}
 
 
 def _last_error_line(text: str) -> str | None:
@@ -311,22 +271,23 @@ def status(runs_dir: str | os.PathLike, name: str) -> dict:
     log = log_tail(runs_dir, name, 30) if rec else ""
     error = None
     if live:
-        state = "stopping" if rec.get("stop_requested") else ("running" if m else "starting")
+        state = runs.STOPPING if rec.get("stop_requested") else (runs.RUNNING if m else runs.STARTING)
     elif m:
-        state = m.get("state") or "created"
-        if state in ("running", "created"):
-            state = "failed" if rec.get("error") or rec.get("returncode") not in (None, 0, 3) else "interrupted"
+        state = m.get("state") or runs.CREATED
+        if state in (runs.RUNNING, runs.CREATED):
+            ended = (None, runs.EXIT_OK, runs.EXIT_STOPPED)
+            state = runs.FAILED if rec.get("error") or rec.get("returncode") not in ended else runs.INTERRUPTED
         error = m.get("error")
     elif rec:
         rc = rec.get("returncode")
-        state = "exited" if rc == 0 else ("stopped" if rec.get("stop_requested") else "failed")
+        state = runs.EXITED if rc == runs.EXIT_OK else (runs.STOPPED if rec.get("stop_requested") else runs.FAILED)
     else:
-        state = "missing"
-    if state == "failed" and not error:
+        state = runs.MISSING
+    if state == runs.FAILED and not error:
         error = rec.get("error") or _last_error_line(log) or (
             f"the job ended with exit status {rec.get('returncode')}" if rec.get("returncode") is not None
             else "the job's process is gone")
-    prog = read_json(Path(runs_dir).expanduser() / name / "progress.json", None) if live else None
+    prog = read_json(Path(runs_dir).expanduser() / name / runs.PROGRESS_FILE, None) if live else None
     out = {"name": name, "state": state, "alive": live, "pid": pid, "stage": m.get("stage"),
            "command": rec.get("command"), "returncode": rec.get("returncode"), "error": error, "log": log,
            "step": None, "total": None, "fraction": None, "info": {}, "updated": None}
@@ -339,47 +300,3 @@ def status(runs_dir: str | os.PathLike, name: str) -> dict:
         if isinstance(step, (int, float)) and isinstance(total, (int, float)) and total > 0:
             out["fraction"] = max(0.0, min(1.0, step / total))
     return out
-
-
-# ------------------------------------------------------------------------------------------------ runner
-def _torchrun(argv: list[str], nproc: int) -> int:
-    """torchrun in this process (its agent starts the ranks and forwards SIGTERM to them); the ranks' exit status."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import main as torchrun
-
-    try:
-        torchrun(torchrun_args(argv, nproc))
-    except ChildFailedError as e:  # a rank exited non-zero (2: an error it printed; 3: stopped)
-        codes = [f.exitcode for f in e.failures.values() if isinstance(f.exitcode, int) and f.exitcode > 0]
-        return min(codes) if codes else 1
-    except SignalException:
-        return 3
-    return 0
-
-
-def _run(job: str, argv: list[str]) -> int:
-    """Body of a job process: the CLI (or torchrun over it) in-process, then its exit status into the job record."""
-    from .. import cli
-
-    rc, error = 1, None
-    nproc = int((read_json(job, {}) or {}).get("nproc") or 1) if Path(job).is_file() else 1
-    try:
-        rc = _torchrun(argv, nproc) if nproc > 1 else cli.main(argv)
-    except SystemExit as e:  # argparse: usage error, message already on stderr
-        rc = e.code if isinstance(e.code, int) else 2
-    except BaseException as e:  # noqa: BLE001 - recorded, printed to the log, then the process ends
-        error = f"{type(e).__name__}: {e}"
-        traceback.print_exc()
-    finally:
-        path = Path(job)
-        if path.parent.is_dir():
-            _update(path, returncode=rc, ended=time.strftime("%Y-%m-%dT%H:%M:%S"), error=error)
-    return rc
-
-
-if __name__ == "__main__":
-    if len(sys.argv) < 3 or sys.argv[2] != "--":
-        print("usage: python -m hopscotch_core.studio.jobs JOBFILE -- HOPSCOTCH-ARGS...", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(_run(sys.argv[1], sys.argv[3:]))

@@ -30,7 +30,7 @@ import plotly.io as pio
 from . import figures
 from .figexport import figure_csv, file_stem
 from ..fileio import atomic_write
-from .jobs import command_line
+from .commands import command_line
 from ..method.runs import MANIFEST, RunError
 from .runview import RunView, diff_table
 

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from . import jobs
+from ..method import runs
 from ..method.runs import MANIFEST, RunError, read_json, read_jsonl
 
 SCALE_COLUMNS = ("b_att", "s_att", "b_mlp", "s_mlp")
@@ -137,7 +138,7 @@ class RunView:
     # -------------------------------------------------------------------------------------- selection
     def scores(self) -> pd.DataFrame:
         """Every candidate score: round, candidate, kind (paper | shortlist), loss, removed."""
-        rows = self._jsonl("scores.jsonl")
+        rows = self._jsonl(runs.SCORES_FILE)
         cols = ["round", "candidate", "kind", "loss", "removed"]
         return pd.DataFrame(rows, columns=cols) if rows else pd.DataFrame(columns=cols)
 
@@ -173,7 +174,7 @@ class RunView:
         return df[cols]
 
     def baselines(self) -> dict:
-        return self._json("baselines.json", {}) or {}
+        return self._json(runs.BASELINES_FILE, {}) or {}
 
     def objective(self) -> dict:
         """{"objective", "kl_weight"} the run's selection and training minimised (ce for runs made before the
@@ -232,36 +233,36 @@ class RunView:
     def epochs(self) -> pd.DataFrame:
         """Per training epoch: stage (train, train-<baseline>), epoch, train_loss, eval_loss."""
         cols = ["stage", "epoch", "train_loss", "eval_loss"]
-        rows = [r for r in self._jsonl("metrics.jsonl") if str(r.get("stage", "")).startswith("train")]
+        rows = [r for r in self._jsonl(runs.METRICS_FILE) if str(r.get("stage", "")).startswith("train")]
         return pd.DataFrame(rows, columns=cols) if rows else pd.DataFrame(columns=cols)
 
     def scale_sets(self) -> list[str]:
         """Folders of per-epoch scalars: "scales" (the selected set), "scales-<baseline>"."""
         return sorted(p.name for p in self.dir.glob("scales*") if p.is_dir() and any(p.glob("epoch_*.safetensors")))
 
-    def scale_epochs(self, folder: str = "scales") -> list[int]:
-        return sorted(int(p.stem.split("_")[1]) for p in (self.dir / folder).glob("epoch_*.safetensors"))
+    def scale_epochs(self, folder: str = runs.SCALES_DIR) -> list[int]:
+        return runs.epoch_numbers(self.dir / folder)
 
-    def scales(self, folder: str = "scales", epoch: int | None = None) -> torch.Tensor | None:
+    def scales(self, folder: str = runs.SCALES_DIR, epoch: int | None = None) -> torch.Tensor | None:
         """[num_layers, 4] scalars after `epoch` (default: the last) of `folder`; or the adapter's when
         folder == "adapter". None when absent."""
         from safetensors.torch import load_file
 
-        if folder == "adapter":
+        if folder == runs.ADAPTER_DIR:
             ad = self.adapter()
             return None if ad is None else ad[0]
         epochs = self.scale_epochs(folder)
         if not epochs:
             return None
         e = epochs[-1] if epoch is None else epoch
-        path = self.dir / folder / f"epoch_{e:03d}.safetensors"
+        path = runs.epoch_file(self.dir / folder, e)
         if not path.is_file():
             return None
         return load_file(str(path))["scales"].float()
 
-    def scale_blocks(self, folder: str = "scales") -> list[int]:
+    def scale_blocks(self, folder: str = runs.SCALES_DIR) -> list[int]:
         """The attention blocks skipped while `folder`'s scalars were trained."""
-        if folder in ("scales", "adapter"):
+        if folder in (runs.SCALES_DIR, runs.ADAPTER_DIR):
             return self.selected
         return list((self.baselines().get(folder[len("scales-"):]) or {}).get("attention") or [])
 
@@ -271,7 +272,7 @@ class RunView:
 
         got = self.adapter()
         try:
-            return None if got is None else read_channel_scales(self.dir / "adapter", got[1])
+            return None if got is None else read_channel_scales(self.dir / runs.ADAPTER_DIR, got[1])
         except (ValueError, OSError):
             return None
 
@@ -281,7 +282,7 @@ class RunView:
 
         got = self.adapter()
         try:
-            return {} if got is None else read_lora(self.dir / "adapter", got[1])
+            return {} if got is None else read_lora(self.dir / runs.ADAPTER_DIR, got[1])
         except (ValueError, OSError):
             return {}
 
@@ -289,16 +290,16 @@ class RunView:
         """(scales, meta) of the run's final adapter, or None before training finished."""
         from ..engine.artifacts import read_artifact
 
-        if not (self.dir / "adapter").is_dir():
+        if not (self.dir / runs.ADAPTER_DIR).is_dir():
             return None
         try:
-            return read_artifact(self.dir / "adapter", kind="adapter")
+            return read_artifact(self.dir / runs.ADAPTER_DIR, kind="adapter")
         except (ValueError, OSError):
             return None
 
     def adapter_zip(self) -> bytes | None:
         """The adapter directory as a zip (for a download button)."""
-        folder = self.dir / "adapter"
+        folder = self.dir / runs.ADAPTER_DIR
         if not folder.is_dir():
             return None
         buf = io.BytesIO()
@@ -310,11 +311,11 @@ class RunView:
 
     # -------------------------------------------------------------------------------------- measurements
     def eval_rows(self) -> list[dict] | None:
-        return _rows(self._json("eval.json"))
+        return _rows(self._json(runs.EVAL_FILE))
 
     def eval_layer_mmd(self) -> dict[str, list[float]]:
         """Per variant, eval.json's per-layer MMD^2 (hopscotch eval), or {} when absent."""
-        obj = self._json("eval.json") or {}
+        obj = self._json(runs.EVAL_FILE) or {}
         mmd = obj.get("layer_mmd") if _rows(obj) is not None else None
         if not isinstance(mmd, dict):
             return {}
@@ -324,13 +325,13 @@ class RunView:
     def eval_diffs(self) -> list[dict]:
         """eval.json's paired differences between variants (`diffs`: a, b, metric, diff, ci, excludes_zero), or []
         for a file written before they were kept."""
-        obj = self._json("eval.json") or {}
+        obj = self._json(runs.EVAL_FILE) or {}
         diffs = obj.get("diffs") if _rows(obj) is not None else None
         return [d for d in diffs or [] if isinstance(d, dict) and _interval(d.get("ci")) is not None
                 and isinstance(d.get("diff"), (int, float))]
 
     def bench(self) -> dict | None:
-        obj = self._json("bench.json")
+        obj = self._json(runs.BENCH_FILE)
         return obj if _rows(obj) is not None else None
 
     def fidelity(self) -> pd.DataFrame:
@@ -354,7 +355,7 @@ class RunView:
 
     # -------------------------------------------------------------------------------------- data
     def prompts(self, split: str = "eval", n: int | None = None) -> list[str]:
-        obj = self._json("prompts.json", {}) or {}
+        obj = self._json(runs.PROMPTS_FILE, {}) or {}
         out = [r["prompt"] for r in obj.get(split) or [] if isinstance(r, dict) and r.get("prompt")]
         return out[:n] if n is not None else out
 
@@ -362,14 +363,14 @@ class RunView:
         """The model's own answers (data.Answer) for the held-out (or calibration) prompts."""
         from ..method.data import Answer
 
-        obj = self._json("prompts.json", {}) or {}
+        obj = self._json(runs.PROMPTS_FILE, {}) or {}
         n_calib = len(obj.get("calib") or [])
-        rows = sorted(self._jsonl("answers.jsonl"), key=lambda a: a.get("index", 0))
+        rows = sorted(self._jsonl(runs.ANSWERS_FILE), key=lambda a: a.get("index", 0))
         keep = [Answer.from_json(a) for a in rows if (a.get("index", 0) >= n_calib) == (split == "eval")]
         return keep[:n] if n is not None else keep
 
     def log(self, lines: int = 30) -> str:
-        path = self.dir / "log.txt"
+        path = self.dir / runs.LOG_FILE
         if not path.is_file():
             return ""
         return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
@@ -416,7 +417,7 @@ def list_runs(runs_dir: str | os.PathLike, examples: list[Path] = ()) -> list[di
         names |= {d.name for d in root.iterdir() if d.is_dir() and (d / MANIFEST).is_file()}
     for name in sorted(names):
         st = jobs.status(root, name)
-        if st["state"] == "missing":
+        if st["state"] == runs.MISSING:
             continue
         view = RunView(root / name)
         row = view.summary() if view.exists() else {"name": name, "example": False, "path": str(root / name)}

@@ -331,7 +331,7 @@ def test_job_record_updates_from_several_writers_lose_nothing(tmp_path):
 
     def writer(i: int) -> None:
         for j in range(25):
-            jobs._update(jf, **{f"w{i}_{j}": j})
+            jobs.update(jf, **{f"w{i}_{j}": j})
 
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(6)]
     for t in threads:

@@ -1,0 +1,83 @@
+"""The command lines of jobs and runs, built in one place: what the app's launcher shows, what `jobs.start` runs
+(and writes at the top of the job's log) and the report's "made by" line are the same text.
+
+    args = cli_args(settings, "run")                       # ["run", "--model", ..., non-default flags]
+    args = job_args(args, "runs", "my-run")                # + --runs-dir runs --name my-run (pipeline commands)
+    shown(args)                                            # "hopscotch run --model ... --name my-run"
+    shown(args, nproc=2)                                   # "OMP_NUM_THREADS=.. torchrun --standalone ... -m hopscotch_core run ..."
+    command_line(manifest, "runs")                         # the command that made (or resumes) a run
+
+No torch import, no process started here: jobs.py starts them.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+
+from ..method import runs
+
+PIPELINE_COMMANDS = ("run", "generate", "select", "train")  # the commands that write a run directory
+
+
+def cli_args(settings: dict, command: str = "run") -> list[str]:
+    """CLI arguments that reproduce `settings` (a RunSettings as a dict): the command, then non-default flags."""
+    from ..method.settings import to_args
+
+    return [command, *to_args(settings)]
+
+
+def job_args(args: list[str], runs_dir: str | os.PathLike, name: str) -> list[str]:
+    """`args` as a job named `name` runs them: a pipeline command gets --runs-dir RUNS (unless given) and --name NAME
+    (unless it names or resumes a run itself), so its run directory is RUNS/NAME. Other commands are unchanged."""
+    args = [str(a) for a in args]
+    if args and args[0] in PIPELINE_COMMANDS:
+        if "--runs-dir" not in args:
+            args += ["--runs-dir", str(runs_dir)]
+        if "--resume" not in args and "--name" not in args:
+            args += ["--name", name]
+    return args
+
+
+def threads_per_process(nproc: int, cores: int | None = None) -> int:
+    """Threads each of `nproc` local processes gets so that together they use the cores once (at least 1)."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(1, nproc))
+
+
+def torchrun_args(args: list[str], nproc: int) -> list[str]:
+    """torchrun's arguments that run `hopscotch ARGS` on `nproc` local processes (a free port: --standalone)."""
+    return ["--standalone", "--nproc-per-node", str(nproc), "-m", "hopscotch_core", *args]
+
+
+def shown(args: list[str], nproc: int = 1) -> str:
+    """The shell command that runs `hopscotch ARGS` (on `nproc` local processes under torchrun, with cores // N
+    threads each, when nproc > 1), each argument quoted for the shell."""
+    if nproc > 1:
+        return f"OMP_NUM_THREADS={threads_per_process(nproc)} torchrun {_join(torchrun_args(args, nproc))}"
+    return f"hopscotch {_join(args)}"
+
+
+def command_of(manifest: dict) -> str:
+    """The pipeline command a run was made with: train (given blocks), select, generate or run."""
+    if (manifest.get("settings") or {}).get("blocks") is not None:
+        return "train"
+    return {runs.SELECTED: "select", runs.GENERATED: "generate", runs.PROMPTED: "generate"}.get(
+        manifest.get("state"), "run")
+
+
+def command_line(manifest: dict, runs_dir: str | None = None) -> str:
+    """`hopscotch ...` that made (or resumes) this run."""
+    from ..method.settings import LEGACY
+
+    # a run older than a setting had its LEGACY value (not today's default)
+    args = cli_args({**LEGACY, **(manifest.get("settings") or {})}, command_of(manifest))
+    if runs_dir is not None:
+        args += ["--runs-dir", str(runs_dir)]
+    if manifest.get("name"):
+        args += ["--name", manifest["name"]]
+    return shown(args)
+
+
+def _join(args: list[str]) -> str:
+    return " ".join(shlex.quote(str(a)) for a in args)
