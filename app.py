@@ -20,7 +20,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import hopscotch_core as hc
-from app_pages import common
+from app_pages import state, tasks
 from hopscotch_core.studio.explain import explain
 from hopscotch_core.engine.loading import source_stamp
 from hopscotch_core.studio.runview import list_runs
@@ -29,65 +29,65 @@ st.set_page_config(page_title="Hopscotch Studio", page_icon=":material/grid_view
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
-def model_slot(source: str, device: str, dtype: str) -> common.Task:
+def model_slot(source: str, device: str, dtype: str) -> tasks.Task:
     """One model per (source, device, dtype) for the whole process, loaded in a thread of its own so that every
     page draws at once; its result is (model, tokenizer, lock). trust_remote_code stays off."""
     def load():
         model, tok = hc.load_model(source, device=device, dtype=None if dtype == "auto" else dtype)
         return model, tok, threading.Lock()
 
-    return common.Task.thread(load, name="hopscotch-load-model")
+    return tasks.Task.thread(load, name="hopscotch-load-model")
 
 
 with st.sidebar:
     st.markdown("### Model")
-    source = st.text_input("Source", value=os.environ.get("HOPSCOTCH_MODEL", "default"), key="model_source",
+    source = st.text_input("Source", value=os.environ.get("HOPSCOTCH_MODEL", "default"), key=state.MODEL_SOURCE,
                            help="'default' (the embedded SmolLM2-135M-Instruct), a Hub id (needs network or the "
                                 "local HF cache), a model directory, or a .gguf file. Remote code is never run.")
     c1, c2 = st.columns(2)
-    device = c1.selectbox("Device", ["auto", "cpu", "cuda", "mps"], key="model_device")
-    dtype = c2.selectbox("Dtype", ["auto", "float32", "bfloat16", "float16"], key="model_dtype")
+    device = c1.selectbox("Device", ["auto", "cpu", "cuda", "mps"], key=state.MODEL_DEVICE)
+    dtype = c2.selectbox("Dtype", ["auto", "float32", "bfloat16", "float16"], key=state.MODEL_DTYPE)
 
 key = (source.strip(), device, dtype)
 slot = model_slot(*key)
-st.session_state["model"] = st.session_state["model_error"] = st.session_state["model_loading"] = None
+st.session_state[state.MODEL] = st.session_state[state.MODEL_ERROR] = st.session_state[state.MODEL_LOADING] = None
 if slot.done() and slot.future.exception() is not None:
-    st.session_state["model_error"] = explain(slot.future.exception(), "loading the model")
+    st.session_state[state.MODEL_ERROR] = explain(slot.future.exception(), "loading the model")
     model_slot.clear()  # not kept: the next run tries again (after the files were fixed, say)
 elif slot.done():
-    st.session_state["model"] = slot.future.result()
+    st.session_state[state.MODEL] = slot.future.result()
 else:
-    st.session_state["model_loading"] = slot
-st.session_state["model_key"] = key
+    st.session_state[state.MODEL_LOADING] = slot
+st.session_state[state.MODEL_KEY] = key
 try:
-    st.session_state["model_stamp"] = source_stamp(key[0], None if device == "auto" else device,
+    st.session_state[state.MODEL_STAMP] = source_stamp(key[0], None if device == "auto" else device,
                                                    None if dtype == "auto" else dtype)  # the on-disk cards of this model (Model page)
 except Exception:  # noqa: BLE001 - no stamp: nothing cached is shown, the model is waited for
-    st.session_state["model_stamp"] = None
+    st.session_state[state.MODEL_STAMP] = None
 
-runs = list_runs(common.runs_dir(), common.examples())
+runs = list_runs(state.runs_dir(), state.examples())
 paths = [r["path"] for r in runs]
 labels = {r["path"]: ("example · " if r.get("example") else "") + r["name"] for r in runs}
 # The current run is kept in a shadow key: the picker's options change as runs come and go (which makes Streamlit
 # treat it as a new widget), and a page may ask for another run ("run_next", set before the widget exists).
-current = st.session_state.pop("run_next", None) or st.session_state.get("_kept_run")
+current = st.session_state.pop(state.RUN_NEXT, None) or st.session_state.get(state.KEPT_RUN)
 if current not in paths:
     current = paths[0] if paths else None
-common.put("run", current)
+state.put(state.RUN, current)
 with st.sidebar:
     st.markdown("### Run")
     if paths:
-        st.selectbox("Current run", paths, key="run", format_func=lambda p: labels.get(p, Path(p).name),
-                     on_change=common.keep, args=("run",),
+        st.selectbox("Current run", paths, key=state.RUN, format_func=lambda p: labels.get(p, Path(p).name),
+                     on_change=state.keep, args=(state.RUN,),
                      help="Shown on Selection, Scaling and Compare. Runs live in the runs directory "
                           "(HOPSCOTCH_RUNS); examples are bundled and read-only.")
     else:
         st.caption("No runs yet: start one on the Selection page.")
-    st.caption(f"Runs directory: `{common.runs_dir()}`")
-    if st.session_state["model_loading"] is not None:
-        common.when_ready(slot, lambda _: None, "Loading the model (the default model's first load converts it: "
+    st.caption(f"Runs directory: `{state.runs_dir()}`")
+    if st.session_state[state.MODEL_LOADING] is not None:
+        tasks.when_ready(slot, lambda _: None, "Loading the model (the default model's first load converts it: "
                           "~30 s)", "loading the model", every=0.5)
-    elif st.session_state["model"] is None:
+    elif st.session_state[state.MODEL] is None:
         st.error("Model not loaded (see the page).")
 
 pages = [

@@ -7,7 +7,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from app_pages import common
+from app_pages import state, tasks, ui
 from hopscotch_core.studio import compare, drift, figures
 from hopscotch_core.studio.explain import explain
 from hopscotch_core.engine.scaling import compact_info
@@ -16,7 +16,7 @@ st.title("Compare")
 st.caption("Click blocks to skip them, then generate: the original model (left) and the modified one (right) answer "
            "the same prompt, greedily, token by token. Your choices only affect your own browser tab.")
 
-model, tok, lock = common.model_or_stop()
+model, tok, lock = state.model_or_stop()
 if tok is None:
     st.error("**Cause:** this model has no tokenizer.\n\n**Fix:** load a model directory that includes one.")
     st.stop()
@@ -26,33 +26,33 @@ if compact_info(model) is not None:
     st.stop()
 
 n_layers = model.config.get_text_config().num_hidden_layers
-run = common.current_run()
-problem = common.run_model_problem(run, model) if run is not None else None
+run = state.current_run()
+problem = state.run_model_problem(run, model) if run is not None else None
 run_blocks = [b for b in run.selected if 0 <= b < n_layers] if run is not None and problem is None else []
 adapter = run.adapter() if run is not None and problem is None else None
 
 source = str(run.dir) if run is not None else None
 if st.session_state.get("cmp_from") != source:  # a new current run: start from its blocks and scalars
     st.session_state["cmp_from"] = source
-    common.put("cmp_skip", list(run_blocks))
-    common.put("cmp_scaled", adapter is not None)
+    state.put("cmp_skip", list(run_blocks))
+    state.put("cmp_scaled", adapter is not None)
 if problem is not None:
     st.warning("The current run was made with another model, so its blocks and scalars are not applied here.\n\n"
                + explain(problem))
 
 
 def _set_skip(blocks: list[int]) -> None:
-    common.put("cmp_skip", list(blocks))
+    state.put("cmp_skip", list(blocks))
 
 
 st.pills("Skipped attention blocks (click a block to toggle it)", list(range(n_layers)), selection_mode="multi",
-         **common.kept("cmp_skip", list(run_blocks)))
+         **state.kept("cmp_skip", list(run_blocks)))
 c1, c2, c3 = st.columns([1, 1, 3])
 c1.button("Blocks of the run", on_click=_set_skip, args=(run_blocks,), disabled=not run_blocks, key="cmp_from_run",
           help=f"The current run's selected blocks: {run_blocks}" if run_blocks else "No selected blocks in the run")
 c2.button("Skip none", on_click=_set_skip, args=([],), key="cmp_none")
 scaled = c3.toggle("Scaled: apply the run's trained scalars", disabled=adapter is None,
-                   **common.kept("cmp_scaled", adapter is not None),
+                   **state.kept("cmp_scaled", adapter is not None),
                    help="Off: the blocks are skipped with all other scalars at 1 (unscaled). On: the run's adapter.")
 skip = sorted(int(b) for b in (st.session_state.get("cmp_skip") or []))
 scales = adapter[0] if scaled and adapter is not None else None
@@ -66,13 +66,13 @@ presets = list(compare.PRESET_PROMPTS) + (run.prompts("eval", 5) if run is not N
 
 def _use_preset() -> None:
     if st.session_state.get("cmp_preset"):
-        common.put("cmp_prompt", st.session_state["cmp_preset"])
+        state.put("cmp_prompt", st.session_state["cmp_preset"])
 
 
 st.selectbox("Preset prompts", presets, index=None, key="cmp_preset", on_change=_use_preset,
              placeholder="Pick a preset prompt (the last ones are the run's held-out prompts) ...")
-prompt = st.text_area("Prompt", height=90, **common.kept("cmp_prompt", compare.PRESET_PROMPTS[0]))
-max_new = st.slider("Max new tokens", 4, 256, **common.kept("cmp_max_new", 32))
+prompt = st.text_area("Prompt", height=90, **state.kept("cmp_prompt", compare.PRESET_PROMPTS[0]))
+max_new = st.slider("Max new tokens", 4, 256, **state.kept("cmp_max_new", 32))
 go = st.button("Generate side by side", type="primary", key="cmp_go", disabled=not prompt.strip())
 
 label = f"Skipped {skip}" if skip else "Nothing skipped"
@@ -105,7 +105,7 @@ if go:
         render(a, b, label, True)
         st.session_state["cmp_result"] = {"a": a, "b": b, "label": label}
     except Exception as e:  # noqa: BLE001 - shown with cause and fix
-        common.show_error(e, "generating")
+        ui.show_error(e, "generating")
 elif st.session_state.get("cmp_result"):
     res = st.session_state["cmp_result"]
     render(res["a"], res["b"], res["label"], True)
@@ -127,7 +127,7 @@ elif on == measured_on[1] and not prompt.strip():
 else:
     answers = run.answers("eval", 4) if on == measured_on[0] and run is not None and problem is None else []
     prompts = [prompt] if on == measured_on[1] else list(compare.PRESET_PROMPTS)
-    key = ("drift", common.model_key(), tuple(skip), scales is not None, source if answers else None,
+    key = ("drift", state.model_key(), tuple(skip), scales is not None, source if answers else None,
            hashlib.sha256("\x00".join(prompts).encode()).hexdigest() if not answers else None)
 
     last = st.session_state.get("cmp_drift_last")
@@ -136,14 +136,14 @@ else:
         res = drift.prompt_drift(model, tok, prompts, skip, scales, answers=answers, lock=lock, reuse=last, **kw)
         return None if res is None else (res, figures.drift(res, skip, max_panels=8))  # 12 panels: 0.7 s to draw
 
-    job = common.task(key, measure, progress=True, stoppable=True, slot="cmp_drift")
+    job = tasks.task(key, measure, progress=True, stoppable=True, slot="cmp_drift")
 
     def show(got, previous: bool = False) -> None:
         res, fig = got
         if not previous:
             st.session_state["cmp_drift_last"] = res  # the next skip set reuses the original's pass when it can
             st.session_state["cmp_drift_shown"] = got
-        common.chart(fig, "cmp_drift_fig", "hidden-state-drift")
+        ui.chart(fig, "cmp_drift_fig", "hidden-state-drift")
         st.caption(("**Previous measurement** (blocks " + ", ".join(str(b) for b in res.skipped) + ") until the "
                     "new one is in. " if previous else "")
                    + f"Measured on {len(res.positions)} of {res.total_tokens} token positions"
@@ -152,7 +152,7 @@ else:
                    + (" (the original's pass reused)" if res.seconds.get("original") == 0.0 else "") + ".")
 
     shown = st.session_state.get("cmp_drift_shown")
-    common.when_ready(job, show, "Measuring MMD and drift", "measuring the hidden-state drift",
+    tasks.when_ready(job, show, "Measuring MMD and drift", "measuring the hidden-state drift",
                       meanwhile=(lambda: show(shown, previous=True)) if shown is not None else None)
 
 st.subheader("Speed and memory")
@@ -181,7 +181,7 @@ if speed is not None:
                                      variants=("original", "skipped", "compact") if skip else ("original",))
             st.session_state["cmp_speed"] = {"skip": skip, "rows": rows}
         except Exception as e:  # noqa: BLE001 - shown with cause and fix
-            common.show_error(e, "measuring speed")
+            ui.show_error(e, "measuring speed")
     res = st.session_state.get("cmp_speed")
     if res:
         df = pd.DataFrame(res["rows"])

@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from app_pages import common
+from app_pages import state, tasks, ui
 from hopscotch_core.studio import figures
 from hopscotch_core.measure import metrics
 from hopscotch_core.measure.info import cached_summary, summary
@@ -14,7 +14,7 @@ st.markdown(
     "(Eyceoz et al. 2025, [arXiv 2506.03303](https://arxiv.org/abs/2506.03303)): every layer gets four trainable "
     "scalars, a skipped block is not computed at all, and the scalars are trained to recover quality.")
 
-run = common.current_run()
+run = state.current_run()
 if run is not None and run.example:
     st.info(f"**Example run loaded:** `{run.name}` — a finished run of the project's own pipeline "
             f"(`{run.manifest.get('settings', {}).get('model', '?')}` model). Every page shows it until you start "
@@ -25,12 +25,12 @@ if run is not None and run.example:
                                          ("app_pages/compare.py", "Compare"), ("app_pages/runs.py", "Runs")]):
         col.page_link(page, label=f"Open {label}", icon=":material/arrow_forward:")
 
-stamp = st.session_state.get("model_stamp")
-loaded = st.session_state.get("model")
+stamp = st.session_state.get(state.MODEL_STAMP)
+loaded = st.session_state.get(state.MODEL)
 # while the model loads, what was computed from the same weights before (kept on disk) is drawn at once
 info = summary(loaded[0]) if loaded is not None else cached_summary(stamp)
 if info is None:
-    model, tok, lock = common.model_or_stop()
+    model, tok, lock = state.model_or_stop()
 st.subheader(f"Architecture · {info['family']}")
 cols = st.columns(5)
 cols[0].metric("Layers", info["layers"])
@@ -52,14 +52,14 @@ log_color = st.toggle("Log colour scale", value=True, key="sv_log")
 
 
 def heatmap(sv) -> None:
-    common.chart(figures.singular_value_heatmap(sv, log_color=log_color), "sv_heatmap", "singular-values")
+    ui.chart(figures.singular_value_heatmap(sv, log_color=log_color), "sv_heatmap", "singular-values")
 
 
 sv = metrics.cached_singular_values(stamp) if loaded is None else None
 if sv is not None:
     heatmap(sv)
 else:
-    model, tok, lock = common.model_or_stop()
-    job = common.task(("singular_values", common.model_key()), metrics.singular_values, model)
-    common.when_ready(job, heatmap, "Computing singular values (once per model: kept on disk)",
+    model, tok, lock = state.model_or_stop()
+    job = tasks.task(("singular_values", state.model_key()), metrics.singular_values, model)
+    tasks.when_ready(job, heatmap, "Computing singular values (once per model: kept on disk)",
                       "computing singular values")

@@ -6,17 +6,18 @@ from functools import partial
 import pandas as pd
 import streamlit as st
 
-from app_pages import common
-from hopscotch_core.studio import figures, jobs
+from app_pages import jobpanel, state, ui
+from hopscotch_core.method import runs
+from hopscotch_core.studio import commands, figures, jobs
 from hopscotch_core.studio.report import build_report
 from hopscotch_core.studio.runview import RunView, diff_table, fidelity_diffs, list_runs
 
 st.title("Runs")
-st.caption(f"Runs in `{common.runs_dir()}` (set HOPSCOTCH_RUNS to use another folder) and the bundled examples "
+st.caption(f"Runs in `{state.runs_dir()}` (set HOPSCOTCH_RUNS to use another folder) and the bundled examples "
            "(read-only). Jobs keep running when you leave the page or close the tab.")
 
-rows = list_runs(common.runs_dir(), common.examples())
-any_alive = any(r.get("state") in jobs.ACTIVE for r in rows)
+rows = list_runs(state.runs_dir(), state.examples())
+any_alive = any(r.get("state") in runs.ACTIVE for r in rows)
 
 
 def _fmt(v):
@@ -24,7 +25,7 @@ def _fmt(v):
 
 
 def table() -> None:
-    fresh = list_runs(common.runs_dir(), common.examples())
+    fresh = list_runs(state.runs_dir(), state.examples())
     if not fresh:
         st.info("No runs yet: start one on the Selection or Scaling page.")
         return
@@ -44,50 +45,50 @@ def table() -> None:
                "`hopscotch eval` adds more in eval.json).")
 
 
-common.live(table, active=any_alive, every=3.0)
+jobpanel.live(table, active=any_alive, every=3.0)
 if not rows:
     st.stop()
 
 st.subheader("Open a run")
 paths = [r["path"] for r in rows]
 names = {r["path"]: ("example · " if r.get("example") else "") + r["name"] for r in rows}
-cur = st.session_state.get("run")
+cur = st.session_state.get(state.RUN)
 c1, c2 = st.columns([3, 1])
 chosen = c1.selectbox("Run", paths, index=paths.index(cur) if cur in paths else 0, format_func=names.get,
                       key="runs_pick")
 if chosen != cur and c2.button("Make current", key="runs_open", help="Selection, Scaling and Compare show it"):
-    common.set_run(chosen)
+    state.set_run(chosen)
 
-run = RunView(chosen, example=common.is_example(chosen))
+run = RunView(chosen, example=state.is_example(chosen))
 m = run.manifest
-status = common.status_of(run)
-common.job_header(run, status, "runs")
+status = jobpanel.status_of(run)
+jobpanel.job_header(run, status, "runs")
 
 c1, c2, c3 = st.columns(3)
 if not run.example:
-    resumable = not status["alive"] and m and status["state"] in ("stopped", "interrupted", "failed")
+    resumable = not status["alive"] and m and status["state"] in runs.RESUMABLE
     if c1.button("Resume", key="runs_resume", disabled=not resumable,
                  help="Continue from the last saved step, with the run's own settings"):
-        rec = jobs.record(common.runs_dir(), run.name) or {}
-        command = (rec.get("command") or [jobs.command_of(m)])[0]
-        if command not in jobs.PIPELINE_COMMANDS:
-            command = jobs.command_of(m)
-        common.start_job([command, "--resume", run.name, "--runs-dir", str(common.runs_dir())], run.name)
+        rec = jobs.record(state.runs_dir(), run.name) or {}
+        command = (rec.get("command") or [commands.command_of(m)])[0]
+        if command not in commands.PIPELINE_COMMANDS:
+            command = commands.command_of(m)
+        jobpanel.start_job([command, "--resume", run.name, "--runs-dir", str(state.runs_dir())], run.name)
     confirm = c3.checkbox("Yes, delete it", key="runs_confirm", disabled=status["alive"])
     if c2.button("Delete", key="runs_delete", disabled=status["alive"] or not confirm,
                  help="Removes the run directory and its job files"):
         try:
-            jobs.delete(common.runs_dir(), run.name)
-            st.session_state.pop("_kept_run", None)
+            jobs.delete(state.runs_dir(), run.name)
+            st.session_state.pop(state.KEPT_RUN, None)
             st.rerun()
         except Exception as e:  # noqa: BLE001 - shown with cause and fix
-            common.show_error(e, "deleting the run")
+            ui.show_error(e, "deleting the run")
 else:
     c1.caption("Bundled example: read-only (no resume or delete).")
 
 if m:
     st.markdown("**Command that made it**")
-    st.code(jobs.command_line(m, None if run.example else str(common.runs_dir())), language="bash")
+    st.code(commands.command_line(m, None if run.example else str(state.runs_dir())), language="bash")
     stem = m.get("name") or run.name
     st.download_button("Download report (HTML)", partial(build_report, run.dir), file_name=f"{stem}-report.html",
                        mime="text/html", key="runs_report", on_click="ignore", icon=":material/download:",
@@ -107,8 +108,8 @@ if m:
             st.caption("Time per stage (s): " + ", ".join(f"{k} {v}" for k, v in m["timings"].items()))
         rounds = run.rounds()
         c1, c2 = st.columns(2)
-        common.chart(figures.elbow(rounds, run.overlay(), **run.objective()), "runs_elbow", f"{stem}-elbow", container=c1)
-        common.chart(figures.loss_curves(run.epochs()), "runs_loss", f"{stem}-loss", container=c2)
+        ui.chart(figures.elbow(rounds, run.overlay(), **run.objective()), "runs_elbow", f"{stem}-elbow", container=c1)
+        ui.chart(figures.loss_curves(run.epochs()), "runs_loss", f"{stem}-loss", container=c2)
     with tabs[1]:
         fid = run.fidelity()
         if len(fid):
@@ -117,7 +118,7 @@ if m:
                        "bootstrap interval over the held-out prompts [low, high] (files from before have none).")
             bars = fid[fid["variant"] != "original"].assign(run=run.name)
             if len(bars) and {"nll", "kl", "agreement"} <= set(bars.columns):
-                common.chart(figures.fidelity(bars), "runs_fid", f"{stem}-fidelity")
+                ui.chart(figures.fidelity(bars), "runs_fid", f"{stem}-fidelity")
             diffs = run.eval_diffs()
             if diffs:
                 st.dataframe(diff_table(diffs), hide_index=True)
@@ -128,7 +129,7 @@ if m:
                 variant = st.selectbox("Per-layer MMD of", list(mmd), key="runs_mmd_variant")
                 blocks = next((r.get("attention") or [] for r in run.eval_rows() or []
                                if r.get("variant") == variant), [])
-                common.chart(figures.layer_mmd(mmd[variant], blocks), "runs_mmd", f"{stem}-mmd-{variant}")
+                ui.chart(figures.layer_mmd(mmd[variant], blocks), "runs_mmd", f"{stem}-mmd-{variant}")
         else:
             st.info("Not evaluated yet.")
     with tabs[2]:
@@ -148,9 +149,9 @@ st.subheader("Compare runs")
 picked = st.multiselect("Runs to compare", paths, default=paths[:min(2, len(paths))], format_func=names.get,
                         key="runs_compare")
 if picked:
-    views = [RunView(p, example=common.is_example(p)) for p in picked]
+    views = [RunView(p, example=state.is_example(p)) for p in picked]
     c1, c2 = st.columns(2)
-    common.chart(figures.elbows({names[p]: v.rounds() for p, v in zip(picked, views)}), "runs_elbows",
+    ui.chart(figures.elbows({names[p]: v.rounds() for p, v in zip(picked, views)}), "runs_elbows",
                  "elbows", container=c1)
     c1.caption("Each run's elbow curve: best candidate loss after each removal.")
     fid = []
@@ -160,7 +161,7 @@ if picked:
             if r.get("variant") != "original":
                 fid.append({"run": v.name, "variant": r.get("variant"),
                             **{k: r.get(k) for k in ("nll", "kl", "agreement", "nll_ci", "kl_ci", "agreement_ci")}})
-    common.chart(figures.fidelity(pd.DataFrame(fid)), "runs_fidelity", "fidelity", container=c2)
+    ui.chart(figures.fidelity(pd.DataFrame(fid)), "runs_fidelity", "fidelity", container=c2)
     c2.caption("Held-out NLL, KL from the original and top-1 agreement, per run and variant; error bars: 95% "
                "bootstrap intervals over the held-out prompts (when eval.json has them).")
     diffs = fidelity_diffs(views)

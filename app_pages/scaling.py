@@ -3,11 +3,12 @@ layer, and export (the adapter, or a compact model without the skipped weights).
 
 import streamlit as st
 
-from app_pages import common
-from hopscotch_core.studio import figures, jobs
+from app_pages import forms, jobpanel, state, ui
+from hopscotch_core.method import runs
+from hopscotch_core.studio import commands, figures, jobs
 from hopscotch_core.studio.explain import explain
 
-model, n_layers, run = common.page_head(
+model, n_layers, run = state.page_head(
     "Scaling",
     "With blocks skipped, the four scalars of every layer (b_att, s_att, b_mlp, s_mlp; all 1 = the original "
     "model) are trained by self-distillation on the model's own answers; the model's weights stay frozen.",
@@ -19,44 +20,44 @@ with st.expander("Train scalars for a skip set", expanded=run is None):
         default_blocks = [b for b in (run.selected if run is not None else []) if b < n_layers]
         blocks = st.multiselect("Attention blocks to skip", list(range(n_layers)), default=default_blocks,
                                 key="sc_blocks", help="Initialised from the current run's selected blocks.")
-        d = common.data_settings("sc", base)
+        d = forms.data_settings("sc", base)
         c1, c2 = st.columns(2)
         epochs = c1.number_input("Epochs", 1, 200, int(base.get("epochs") or 3), key="sc_epochs")
         lr = c2.number_input("Learning rate", 1e-5, 1.0, float(base.get("lr") or 3e-3), format="%.4f", key="sc_lr")
-        recovery = common.recovery_settings("sc", base)
+        recovery = forms.recovery_settings("sc", base)
         name = st.text_input("Run name", value="", key="sc_name", placeholder="(automatic)").strip()
         if not blocks:
             st.caption("Choose at least one block to skip.")
         elif d is not None:
-            settings = {**common.model_settings(), **d, **recovery, "blocks": sorted(blocks),
+            settings = {**state.model_settings(), **d, **recovery, "blocks": sorted(blocks),
                         "epochs": int(epochs), "lr": float(lr)}
-            common.job_launcher("sc", jobs.cli_args(settings, "train"), name,
+            jobpanel.job_launcher("sc", commands.cli_args(settings, "train"), name,
                                 "train-" + "-".join(str(b) for b in sorted(blocks)), "Start training job")
 
 
 def panel() -> None:
-    if not common.panel_head(run, "sc", "No run yet: train a skip set above, or start a selection."):
+    if not jobpanel.panel_head(run, "sc", "No run yet: train a skip set above, or start a selection."):
         return
     epochs = run.epochs()
-    common.chart(figures.loss_curves(epochs), "sc_loss", f"{run.manifest.get('name') or run.name}-loss")
+    ui.chart(figures.loss_curves(epochs), "sc_loss", f"{run.manifest.get('name') or run.name}-loss")
     st.caption("Loss per epoch of scalar training: train (solid) and held-out (dashed), for the selected set "
                "(hopscotch) and each trained baseline. Held-out below its first value = the scalars help.")
 
 
-common.live(panel, active=run is not None and common.status_of(run)["alive"])
+jobpanel.live(panel, active=run is not None and jobpanel.status_of(run)["alive"])
 
 if run is not None:
     st.subheader("Learned scalars")
-    sets = run.scale_sets() + (["adapter"] if run.adapter() is not None else [])
+    sets = run.scale_sets() + ([runs.ADAPTER_DIR] if run.adapter() is not None else [])
     if not sets:
         st.info("No trained scalars in this run yet.")
     else:
         c1, c2 = st.columns([1, 2])
         folder = c1.selectbox("Scalars of", sets, key="sc_folder",
-                              format_func=lambda f: {"scales": "hopscotch (selected set)", "adapter":
+                              format_func=lambda f: {runs.SCALES_DIR: "hopscotch (selected set)", runs.ADAPTER_DIR:
                                                      "final adapter"}.get(f, f.removeprefix("scales-")))
         epoch = None
-        if folder != "adapter":
+        if folder != runs.ADAPTER_DIR:
             eps = run.scale_epochs(folder)
             if len(eps) > 1:
                 epoch = c2.select_slider("After epoch", eps, value=eps[-1], key="sc_epoch",
@@ -64,7 +65,7 @@ if run is not None:
         scales = run.scales(folder, epoch)
         if scales is not None:
             stem = f"{run.manifest.get('name') or run.name}-{folder}" + ("" if epoch is None else f"-epoch{epoch + 1}")
-            common.chart(figures.scalars(scales, run.scale_blocks(folder)), "sc_scalars", stem)
+            ui.chart(figures.scalars(scales, run.scale_blocks(folder)), "sc_scalars", stem)
             st.caption("The four scalars of each layer: b scales a block's output, s its residual path; 1 everywhere "
                        "is the original model, b_att = 0 on skipped blocks (shaded).")
 
@@ -84,11 +85,11 @@ if run is not None:
                                                   "gguf": "gguf (llama.cpp, attention-free layers)"}[f])
         quant = c2.selectbox("GGUF weights", ["f32", "f16", "q8_0", "q4_0", "q4_k_m"], key="sc_quant",
                              disabled=fmt != "gguf", help="q4_0 / q4_k_m go through llama.cpp's own quantizer")
-        out = c2.text_input("Output directory", value=str(common.runs_dir() / "exports" / f"{run.name}-{fmt}"),
+        out = c2.text_input("Output directory", value=str(state.runs_dir() / "exports" / f"{run.name}-{fmt}"),
                             key="sc_out")
         job = f"{run.name}.export"
-        exp = jobs.status(common.runs_dir(), job)
-        problem = common.run_model_problem(run, model[0]) if model else None
+        exp = jobs.status(state.runs_dir(), job)
+        problem = state.run_model_problem(run, model[0]) if model else None
         if problem is not None:
             c2.warning("This run was made with another model than the one loaded, so it cannot be exported with "
                        f"it.\n\n{explain(problem)}")
@@ -97,22 +98,23 @@ if run is not None:
                             "hf: a plain checkpoint any Hugging Face tool loads; gguf: one .gguf file for llama.cpp"):
             try:
                 extra = ["--quant", quant] if fmt == "gguf" else []
-                jobs.start(["export", "--model", common.model_settings()["model"], "--adapter",
-                            str(run.dir / "adapter"), "--format", fmt, *extra, "--out", out], common.runs_dir(), job)
+                jobs.start(["export", "--model", state.model_settings()["model"], "--adapter",
+                            str(run.dir / runs.ADAPTER_DIR), "--format", fmt, *extra, "--out", out],
+                           state.runs_dir(), job)
                 st.rerun()
             except Exception as e:  # noqa: BLE001 - shown with cause and fix
-                common.show_error(e, "starting the export")
+                ui.show_error(e, "starting the export")
 
         def export_panel() -> None:
-            s = jobs.status(common.runs_dir(), job)
+            s = jobs.status(state.runs_dir(), job)
             if s["alive"]:
                 st.progress(0.5, text="Exporting the model ...")
-            elif s["state"] == "exited":
+            elif s["state"] == runs.EXITED:
                 st.success(f"Model written: `{(s.get('command') or ['?'])[-1]}` — "
                            f"{(s.get('log') or '').splitlines()[-1] if s.get('log') else ''}")
-            elif s["state"] == "failed":
+            elif s["state"] == runs.FAILED:
                 st.error(f"**Cause:** the export failed: {s.get('error')}\n\n**Fix:** check the output directory "
-                         "and that the loaded model is the one the run was made with.", icon=common.ERROR_ICON)
+                         "and that the loaded model is the one the run was made with.", icon=ui.ERROR_ICON)
 
         with c2:
-            common.live(export_panel, active=exp["alive"])
+            jobpanel.live(export_panel, active=exp["alive"])

@@ -4,11 +4,11 @@ import os
 
 import streamlit as st
 
-from app_pages import common
-from hopscotch_core.studio import figures, jobs
+from app_pages import forms, jobpanel, state, ui
+from hopscotch_core.studio import commands, figures
 from hopscotch_core.method import selection
 
-model, n_layers, run = common.page_head(
+model, n_layers, run = state.page_head(
     "Selection",
     "Which attention blocks can go? Each round, every remaining block (fast mode: a shortlist) is scored by "
     "skipping it and training the scalars for one epoch; the lowest loss is removed. Runs as a background "
@@ -17,7 +17,7 @@ model, n_layers, run = common.page_head(
 
 with st.expander("Start a new selection", expanded=run is None):
     if model is not None:
-        d = common.data_settings("sel", (run.manifest.get("settings") if run else None))
+        d = forms.data_settings("sel", (run.manifest.get("settings") if run else None))
         c1, c2, c3, c4 = st.columns(4)
         k = c1.number_input("Blocks to remove (k)", 1, max(1, n_layers - 1), min(4, max(1, n_layers - 1)),
                             key="sel_k")
@@ -42,29 +42,29 @@ with st.expander("Start a new selection", expanded=run is None):
                                     help="Local processes (torchrun): each round's candidates, the answers and the "
                                          "training rows are spread over them; same result as one process. Each "
                                          "gets cores / processes threads."))
-        c2.caption(f"{nproc} process{'es' if nproc > 1 else ''} × {jobs.threads_per_process(nproc, cores)} "
-                   f"thread{'s' if jobs.threads_per_process(nproc, cores) > 1 else ''} on {cores} cores"
+        c2.caption(f"{nproc} process{'es' if nproc > 1 else ''} × {commands.threads_per_process(nproc, cores)} "
+                   f"thread{'s' if commands.threads_per_process(nproc, cores) > 1 else ''} on {cores} cores"
                    + (" (torchrun, gloo on CPU / nccl on GPUs; a GPU machine gets one GPU per process)"
                       if nproc > 1 else ""))
-        recovery = common.recovery_settings("sel", (run.manifest.get("settings") if run else None))
+        recovery = forms.recovery_settings("sel", (run.manifest.get("settings") if run else None))
         name = st.text_input("Run name", value="", key="sel_name", placeholder="(automatic)").strip()
         if d is not None:
-            settings = {**common.model_settings(), **d, **recovery, "k": int(k), "mode": mode,
+            settings = {**state.model_settings(), **d, **recovery, "k": int(k), "mode": mode,
                         "shortlist": int(shortlist),
                         "shortlist_by": shortlist_by, "baselines": baselines, "epochs": int(epochs),
                         "train_baselines": bool(train_baselines)}
-            common.job_launcher("sel", jobs.cli_args(settings, "run"), name, f"{mode}-k{int(k)}",
+            jobpanel.job_launcher("sel", commands.cli_args(settings, "run"), name, f"{mode}-k{int(k)}",
                                 "Start selection job", nproc=nproc)
 
 
 def panel() -> None:
-    if not common.panel_head(run, "sel", "No run yet: start a selection above."):
+    if not jobpanel.panel_head(run, "sel", "No run yet: start a selection above."):
         return
     layers = run.num_layers or n_layers or 0
     rounds, scores = run.rounds(), run.scores()
     c1, c2 = st.columns(2)
     stem = run.manifest.get("name") or run.name
-    common.chart(figures.elbow(rounds, run.overlay(), **run.objective()), "sel_elbow", f"{stem}-elbow", container=c1)
+    ui.chart(figures.elbow(rounds, run.overlay(), **run.objective()), "sel_elbow", f"{stem}-elbow", container=c1)
     knee, why = selection.suggest_k(rounds)
     c1.caption("Elbow: the loss after each removal (line; calibration data, scalars trained one epoch) and the "
                "held-out loss at k of the selected set and each baseline (markers). A bend marks where removing "
@@ -78,7 +78,7 @@ def panel() -> None:
                                     help="Fast mode ranks every block cheaply first and trains only the shortlist"
                                     ) or "paper"
         label = "loss" if kind == "paper" else short
-    common.chart(figures.candidate_heatmap(scores, layers, rounds, kind, label), "sel_heatmap",
+    ui.chart(figures.candidate_heatmap(scores, layers, rounds, kind, label), "sel_heatmap",
                  f"{stem}-candidates-{kind}", container=c2)
     c2.caption("Every scored candidate in every round (green: cheap to remove; empty: not scored or already "
                "removed); stars: the block removed that round.")
@@ -86,4 +86,4 @@ def panel() -> None:
         st.dataframe(rounds.rename(columns={"n_removed": "blocks removed"}), hide_index=True)
 
 
-common.live(panel, active=run is not None and common.status_of(run)["alive"])
+jobpanel.live(panel, active=run is not None and jobpanel.status_of(run)["alive"])

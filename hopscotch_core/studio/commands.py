@@ -4,7 +4,7 @@
     args = cli_args(settings, "run")                       # ["run", "--model", ..., non-default flags]
     args = job_args(args, "runs", "my-run")                # + --runs-dir runs --name my-run (pipeline commands)
     shown(args)                                            # "hopscotch run --model ... --name my-run"
-    shown(args, nproc=2)                                   # "OMP_NUM_THREADS=.. torchrun --standalone ... -m hopscotch_core run ..."
+    shown(args, nproc=2)                                   # "OMP_NUM_THREADS=N torchrun ... -m hopscotch_core run ..."
     command_line(manifest, "runs")                         # the command that made (or resumes) a run
 
 No torch import, no process started here: jobs.py starts them.

@@ -76,11 +76,11 @@ def wait_job(runs: Path, name: str, timeout: float = 180) -> dict:
 
 
 def settle(at: AppTest, timeout: float = 120) -> AppTest:
-    """Wait for the page's background computations (common.task), then rerun: their figures are drawn."""
-    from app_pages import common
+    """Wait for the page's background computations (tasks.task), then rerun: their figures are drawn."""
+    from app_pages import tasks
 
     deadline = time.time() + timeout
-    while any(not t.future.done() for t in list(common._TASKS.values())):
+    while tasks.pending():
         assert time.time() < deadline, "background computations still running"
         time.sleep(0.05)
     at.run()
