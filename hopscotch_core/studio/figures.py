@@ -20,8 +20,11 @@ from plotly.subplots import make_subplots
 SCALE_COLUMNS = ("b_att", "s_att", "b_mlp", "s_mlp")
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
             "#bcbd22")
+# The legend stands right of the plot area, outside it (plotly widens the right margin to fit it), where it covers
+# neither the plot nor an axis title; a horizontal legend below the plot covered the x-axis title.
 _LAYOUT = {"margin": {"l": 50, "r": 20, "t": 50, "b": 45}, "template": "plotly_white",
-           "legend": {"orientation": "h", "yanchor": "top", "y": -0.25}}
+           "legend": {"orientation": "v", "x": 1.02, "xanchor": "left", "y": 1, "yanchor": "top",
+                      "font": {"size": 11}}}
 
 
 def _color(i: int) -> str:
@@ -398,5 +401,7 @@ def fidelity(table: pd.DataFrame, title: str = "Fidelity to the original model (
                           row=1, col=col)
     if has_ci:
         title = f"{title}<br><sup>error bars: 95% bootstrap intervals over the held-out prompts</sup>"
-    fig.update_layout(title=title, barmode="group", height=420 if has_ci else 400, **_LAYOUT)
+    fig.update_layout(title=title, barmode="group", height=440 if has_ci else 420, **_LAYOUT)
+    # room above the panels' own titles for the title and its note (centred in the top margin)
+    fig.update_layout(margin={"t": 110 if has_ci else 90})
     return fig
