@@ -1,6 +1,7 @@
 """The run settings: one schema for the Python API, the `hopscotch run|generate|select|train` flags, the app's job
 arguments and the manifest. Adding a setting = one field here (its default, CLI flag, help text; its check in
-validate()); cli.py and jobs.cli_args are generated from these fields. No torch import: the CLI parses with it.
+validate()); cli.py and studio/commands.cli_args are generated from these fields. No torch import: the CLI parses
+with it.
 
     s = RunSettings(k=4, mode="fast"); s.validate()                 # refused here, before any work
     add_arguments(parser)                                           # the flags (cli.py)

@@ -179,6 +179,7 @@ def test_selection_job_started_from_the_app(runs, world):
     assert not at.exception, at.exception
     assert at.selectbox(key="run").value == str(runs / "from-app")  # the new run is the current one
     assert jobs.record(runs, "from-app")["command"][0] == "run"
+    assert f"$ {cmd}\n" in jobs.log_file(runs, "from-app").read_text()  # the preview is the command the job ran
     s = wait_job(runs, "from-app")
     assert s["state"] == "done", s
     at.run()

@@ -17,7 +17,7 @@ from helpers.studio_world import build
 
 import hopscotch_core as hc
 from hopscotch_core import cli
-from hopscotch_core.studio import compare, jobs
+from hopscotch_core.studio import commands, compare, jobs
 from hopscotch_core.method.data import encode_prompt
 from hopscotch_core.errors import AdapterMismatchError, ModelNotAvailableError
 from hopscotch_core.studio.explain import cause_and_fix, explain, is_oom
@@ -73,6 +73,24 @@ def test_command_line_of_a_run(world):
     assert line.startswith("hopscotch run --model ") and "--k 2" in line and "--baselines attn-bi,random" in line
     assert line.endswith("--name example-run")
     assert jobs.command_of({"settings": {"blocks": [1]}}) == "train"
+
+
+def test_one_command_line_for_the_launcher_the_job_and_the_report(tmp_path):
+    """studio/commands builds every command line: what a job runs (job_args), what the launcher and the job's log
+    show (shown), and the command that made a run (command_line) are the same text; jobs re-exports the names."""
+    runs_dir = tmp_path / "my runs"
+    args = commands.job_args(commands.cli_args({"model": "m dir/", "k": 2}, "run"), runs_dir, "r")
+    assert args == ["run", "--model", "m dir/", "--k", "2", "--runs-dir", str(runs_dir), "--name", "r"]
+    line = commands.shown(args)
+    assert line == f"hopscotch run --model 'm dir/' --k 2 --runs-dir '{runs_dir}' --name r"
+    manifest = {"name": "r", "state": "done", "settings": dataclasses.asdict(RunSettings(model="m dir/", k=2))}
+    assert commands.command_line(manifest, str(runs_dir)) == line
+    assert commands.shown(args, nproc=2).startswith(
+        f"OMP_NUM_THREADS={commands.threads_per_process(2)} torchrun --standalone --nproc-per-node 2 -m "
+        "hopscotch_core run --model 'm dir/'")
+    assert commands.job_args(["run", "--resume", "r"], runs_dir, "r")[-2:] == ["--runs-dir", str(runs_dir)]
+    assert commands.job_args(["export", "--out", "x"], runs_dir, "r") == ["export", "--out", "x"]
+    assert jobs.command_line is commands.command_line and jobs.cli_args is commands.cli_args
 
 
 # ----------------------------------------------------------------------------------------------- jobs
