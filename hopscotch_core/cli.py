@@ -30,6 +30,7 @@ from .errors import HopscotchError
 from .method.runs import (
     BENCH_CSV,
     BENCH_FILE,
+    DONE,
     EVAL_CSV,
     EVAL_FILE,
     EXIT_ERROR,
@@ -365,7 +366,7 @@ def cmd_eval(args) -> int:
                            should_stop=_stop_flag())
     finally:
         bars.close()
-    if res.get("status") != "done":
+    if res.get("status") != DONE:
         print("stopped; rerun the same command to continue (generated answers are kept)")
         return EXIT_STOPPED
     print(format_table(res))

@@ -76,7 +76,7 @@ def variants_of(run: Run) -> list[dict]:
     """The variants of a finished run: [{"variant", "method", "scaled", "attention", "mlp", "scales"}]."""
     m = run.manifest
     res = m.get("results") or {}
-    if "eval_loss_trained" not in res or res.get("train_status") == "stopped":
+    if "eval_loss_trained" not in res or res.get("train_status") == runs.STOPPED:
         raise EvalError(f"run {run.name!r} has no finished training (state: {m.get('state')}, stage: "
                         f"{m.get('stage')}); finish it first: hopscotch run --resume {run.name}")
     saved = last_epoch(run.file(runs.SCALES_DIR))
@@ -312,7 +312,7 @@ def evaluate_run(run: Run, model, tok, max_new_tokens: int | None = None, gen_ba
                                                     skipped_mlp=v["skipped_mlp"],
                                                     channel_scales=v.get("channel_scales"), lora=v.get("lora"))
     if stopped():
-        return {"status": "stopped"}
+        return {"status": runs.STOPPED}
     ref = texts.get("original")
     n = len(prompts)
 
@@ -362,7 +362,7 @@ def evaluate_run(run: Run, model, tok, max_new_tokens: int | None = None, gen_ba
     result = {"format_version": 1, "run": run.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "prompts": len(prompts), "tokens": tf["original"]["tokens"], "max_new_tokens": max_new,
               "confidence": stats.CONFIDENCE, "rows": json_rows, "diffs": diffs, "per_prompt": per_prompt,
-              "layer_mmd": layer_mmd, "status": "done"}
+              "layer_mmd": layer_mmd, "status": runs.DONE}
     write_json(run.file(runs.EVAL_FILE), result)
     write_csv(run.file(runs.EVAL_CSV), out_rows, COLUMNS)
     return result

@@ -328,7 +328,7 @@ class Pipeline:
             if self.s.train_baselines:
                 tr = self.train(hs, entry["attention"], rows, eval_rows, tag=f"-{name}", mlp=entry["mlp"],
                                 objective=objective)
-                if tr["status"] == "stopped":
+                if tr["status"] == runs.STOPPED:
                     break
             else:
                 hs.reset()
@@ -367,7 +367,7 @@ class Pipeline:
                     return self._finish(runs.SELECTED)
                 tr = self._timed("train", lambda: self.train(hs, sel.selected, rows, eval_rows,
                                                              objective=objective))
-                if tr["status"] == "stopped":
+                if tr["status"] == runs.STOPPED:
                     return self._finish(runs.STOPPED)
                 results = self._timed("evaluate", lambda: self.evaluate(hs, sel.selected, eval_rows))
                 results["train_status"] = tr["status"]

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .data import Row, dataset_loss, forward_rows
+from .runs import DONE, STOPPED
 from ..errors import SelectionError  # noqa: F401 - defined in errors; importable from here as before
 from ..engine.scaling import Hopscotch
 from .settings import BASELINES, MODES, RunSettings, check_k, check_selection  # noqa: F401 - one list of each
@@ -58,7 +59,7 @@ class SelectConfig:
 class Selection:
     selected: list[int] = field(default_factory=list)   # in removal order
     rounds: list[dict] = field(default_factory=list)    # per round: best candidate and loss
-    status: str = "done"                                # "done" | "stopped" | "threshold"
+    status: str = DONE                                  # DONE | STOPPED | "threshold" | "given"
 
 
 def check_config(cfg: SelectConfig, num_layers: int) -> None:
@@ -150,13 +151,13 @@ def greedy_select(
                     return skipped_loss(hs, rows, [*sel.selected, c], cfg.objective)
             quick = score_all(rnd, "shortlist", remaining, metric)
             if quick is None:
-                sel.status = "stopped"
+                sel.status = STOPPED
                 return sel
             candidates = sorted(remaining, key=lambda c: (quick[c], c))[:cfg.shortlist]
         losses = score_all(rnd, "paper", candidates, lambda c, rnd=rnd: score_candidate(
             hs, rows, sel.selected, c, lr=cfg.score_lr, seed=cfg.seed + rnd, objective=cfg.objective))
         if losses is None:
-            sel.status = "stopped"
+            sel.status = STOPPED
             return sel
         best = min(candidates, key=lambda c: (losses[c], c))
         if cfg.threshold is not None and losses[best] > cfg.threshold:

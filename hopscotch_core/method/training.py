@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from .data import Row, dataset_loss, example_spans, row_logits, row_loss, split_row
 from ..engine.scaling import Hopscotch
 from ..errors import HopscotchError
+from .runs import DONE, STOPPED
 from .settings import RunSettings
 
 _RUN = RunSettings()  # the defaults come from the run settings' schema (method/settings.py), the one place
@@ -209,7 +210,7 @@ def make_optimizer(hs: Hopscotch, lr: float, lora_lr: float | None = None) -> to
 
 @dataclass
 class TrainResult:
-    status: str                                        # "done" | "stopped" | "diverged"
+    status: str                                        # DONE | STOPPED | "diverged"
     epochs: list[dict] = field(default_factory=list)   # per epoch: train_loss, eval_loss (the objective)
     scales: torch.Tensor | None = None                 # last good scalars (float32, CPU)
     channel_scales: torch.Tensor | None = None         # last good per-channel multipliers (granularity channel)
@@ -334,7 +335,7 @@ def train_scales(
     if opt_state is not None:
         load_adam_state(opt, opt_state, hs.trainable_names())
     hs.model.eval()  # dropout off: the model is a fixed function of the scalars
-    result = TrainResult("done")
+    result = TrainResult(DONE)
     total = len(train_rows) * cfg.epochs
     for epoch in range(start_epoch, cfg.epochs):
         def step(k: int, loss: float, epoch=epoch) -> None:
@@ -348,7 +349,7 @@ def train_scales(
             result.status = "diverged"
             break
         if steps < len(train_rows):  # stopped mid-epoch: this epoch does not count
-            result.status = "stopped"
+            result.status = STOPPED
             break
         record = {"epoch": epoch, "train_loss": train_loss,
                   "eval_loss": shared_objective(hs, eval_rows, cfg.objective, group) if eval_rows else None}
