@@ -12,11 +12,13 @@
 
 Layout (each sub-package imports only what it needs, when it is first used):
     engine/        families, scaling (the handle), cache, generation, folding, loading, artifacts
-    method/        settings (the one run-settings schema), data, training, selection, pipeline, runs (run store)
+    method/        settings (the one run-settings schema), data, training, selection, pipeline, runs (run store,
+                   run states, exit codes, file names)
     measure/       metrics, evaluation, speed, info
     integrations/  export, gguf_export, llamacpp, lm_eval (lm-evaluation-harness)
-    studio/        what the app shows: jobs, runview, figures, figexport, report, compare, drift, explain
-                   (the only part that imports pandas or plotly)
+    studio/        what the app shows: jobs (the job API), commands (command lines), runview, figures,
+                   figexport, report, compare, drift, explain (the only part that imports pandas or plotly);
+                   jobrunner, the job process body, which nothing imports
     cli, errors, fileio
 
 `import hopscotch_core` is cheap: torch and transformers load with the first name that needs them. The core never
@@ -33,11 +35,13 @@ import sys
 from .errors import (
     AdapterMismatchError,
     ArtifactError,
+    DataError,
     DetachedError,
     HopscotchError,
     InvalidBlocksError,
     InvalidScalesError,
     ModelNotAvailableError,
+    SelectionError,
     UnsupportedArchitectureError,
 )
 
@@ -109,12 +113,14 @@ __all__ = [
     "SUPPORTED_FAMILIES",
     "AdapterMismatchError",
     "ArtifactError",
+    "DataError",
     "DetachedError",
     "Hopscotch",
     "HopscotchError",
     "InvalidBlocksError",
     "InvalidScalesError",
     "ModelNotAvailableError",
+    "SelectionError",
     "UnsupportedArchitectureError",
     "attach",
     "compact_info",

@@ -247,11 +247,12 @@ class Pipeline:
         """Train scales with `blocks` skipped; resumable per epoch. Returns the metrics of the last epoch."""
         hs.configure(blocks, skipped_mlp=mlp)
 
-        folder = self.run.file(f"{runs.SCALES_DIR}{tag}")
+        def folder():  # rank 0 only: the other ranks never touch the run directory
+            return self.run.file(f"{runs.SCALES_DIR}{tag}")
 
         def last_epoch() -> tuple[int, dict | None]:
-            folder.mkdir(exist_ok=True)
-            return runs.last_epoch(folder)
+            folder().mkdir(exist_ok=True)
+            return runs.last_epoch(folder())
 
         hs.set_lora_rank(self.s.lora_rank)  # deltas are trained once the set is chosen (selection scores without)
         epoch, last = self._on_main(last_epoch)
@@ -267,7 +268,7 @@ class Pipeline:
             opt_state = {k: v for k, v in last.items() if not k.startswith(LORA_PREFIX)}
 
         def on_epoch(epoch: int, record: dict, scales: torch.Tensor, adam: dict) -> None:
-            final = runs.epoch_file(folder, epoch)
+            final = runs.epoch_file(folder(), epoch)
             channels = hs.effective_channel_scales()
             tensors = {"scales": scales, **({"channel_scales": channels} if channels is not None else {}),
                        **{LORA_PREFIX + k: v for k, v in hs.lora_state().items()}, **adam}
