@@ -41,8 +41,8 @@ def table() -> None:
     } for r in fresh])
     st.dataframe(df, hide_index=True)
     st.caption("Losses: mean NLL per token of the original model's own answers to held-out prompts; KL(original ‖ "
-               "modified) and top-1 agreement of the trained model against the original (the measurements issue's "
-               "`hopscotch eval` adds more in eval.json).")
+               "modified) and top-1 agreement of the trained model against the original ("
+               "`hopscotch eval` adds intervals, generated answers and per-layer MMD in eval.json).")
 
 
 jobpanel.live(table, active=any_alive, every=3.0)

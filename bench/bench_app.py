@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from appdriver import IDLE, AppServer, idle, launch_browser  # noqa: E402
+from helpers.appdriver import IDLE, AppServer, idle, launch_browser  # noqa: E402
 
 PAGES = ["Selection", "Scaling", "Compare", "Runs", "Model"]
 HEADINGS = {"Model": "Hopscotch Studio"}  # a page's h1 when it is not the page's name

@@ -1,6 +1,6 @@
 """`python -m hopscotch_core.lm_eval_adapter ...`: lm-eval's command line with the "hopscotch" model registered.
 
-This command is part of the interface (README, issue 6); the bridge itself is `integrations/lm_eval.py`, and
+This command is part of the interface (docs/method.md); the bridge itself is `integrations/lm_eval.py`, and
 importing this name gives that module.
 """
 

@@ -8,7 +8,9 @@
 Granularity "channel" (`hs.set_granularity("channel")`) adds per-channel branch multipliers: a second float32
 Parameter `channel_scales` [num_layers, 2, hidden] (b_att and b_mlp vectors, all ones by default) multiplied
 with the b columns, so b_att * A(x) becomes (b_att * c_att) ⊙ A(x); s stays scalar, and everything still folds
-into the output projections' rows (folding.py). With granularity "scalar" (the paper's) they are not used. It
+into the output projections' rows (folding.py). With granularity "scalar" (the paper's) they are not used.
+`hs.set_lora_rank(R)` adds low-rank deltas B A on every kept branch's output projection (lowrank.py: one flat
+float32 Parameter `lora`, applied by forward hooks on those projections, merged into their weights on export). It
 overrides `forward` on each decoder-layer *instance* (the class, the module tree and the state dict are not
 touched) and freezes the model's own parameters; `detach()` undoes both. A skipped block's attention is not
 called at all, and its KV-cache layer only counts tokens (cache.py). `compact()` returns a copy of the model

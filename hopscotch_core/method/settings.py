@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ..errors import DataError, HopscotchError, SelectionError, check_blocks
 
 MODES = ("paper", "fast")
-# Default data sizes (issue 12, measured on the embedded model, README "Default sizes"): 32 held-out prompts
+# Default data sizes (measured on the embedded model, docs/measurements.md "Default sizes"): 32 held-out prompts
 # separate methods that 16 could not; answers up to 288 tokens end before the cap for 23 of the 25 GSM8K answers
 # (of 32) that end at all (the other 7 repeat themselves past 768 tokens).
 DEFAULT_CALIB = 32

@@ -20,7 +20,7 @@ from hopscotch_core.engine.scaling import attach
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """A finished run (given skip set, two trained baselines) on a saved tiny qwen2, with its data file."""
+    """A finished run (given skip set, two trained baselines, rank-2 deltas) on a saved tiny qwen2, with its data file."""
     root = tmp_path_factory.mktemp("evalrun")
     model = make_model("qwen2", num_hidden_layers=5)
     model.save_pretrained(root / "m")
@@ -30,7 +30,8 @@ def finished(tmp_path_factory):
         for i in range(18):
             f.write(json.dumps({"question": f"what is {i} plus {i + 3}?", "answer": f"so #### {2 * i + 3}"}) + "\n")
     s = pipeline.RunSettings(model=str(root / "m"), data=str(data), n_calib=10, n_eval=6, max_new_tokens=12,
-                             gen_batch=4, blocks=[1, 3], epochs=1, baselines=["attn-bi", "shortgpt"], device="cpu")
+                             gen_batch=4, blocks=[1, 3], epochs=1, baselines=["attn-bi", "shortgpt"], device="cpu",
+                             lora_rank=2)  # low-rank deltas too: eval must reproduce the trained variants with them
     pipeline.run_pipeline(s, root / "runs", "r")
     return root
 
@@ -196,7 +197,7 @@ def _reference_per_prompt(finished, run):
         lpo = logprobs(ids, len(resp))
         out["original"]["nll"].append(float(-lpo[torch.arange(len(resp)), tgt].mean()))
         for v in variants:
-            with hs.applied(v["attention"], v["scales"], v["mlp"], v.get("channel_scales")):
+            with hs.applied(v["attention"], v["scales"], v["mlp"], v.get("channel_scales"), v.get("lora")):
                 lpm = logprobs(ids, len(resp))
             o = out[v["variant"]]
             o["nll"].append(float(-lpm[torch.arange(len(resp)), tgt].mean()))
@@ -236,7 +237,9 @@ def test_every_figure_has_an_interval_from_per_prompt_values(finished, tmp_path)
             assert rows[name][fig] == pytest.approx(np.average(values, weights=tokens), rel=1e-4, abs=1e-6)
             low, high = rows[name][f"{fig}_ci"]
             assert low <= rows[name][fig] <= high
-            assert [low, high] == pytest.approx(list(stats.mean_ci(values, weights=tokens)), rel=1e-3, abs=1e-5)
+            # the interval is the bootstrap of the stored per-prompt values (which equal the reference's above; for
+            # the discrete agreement, float noise between the packed and the plain forward can move BCa's bounds)
+            assert [low, high] == pytest.approx(list(stats.mean_ci(got, weights=tokens)), rel=1e-3, abs=1e-5)
             if fig != "agreement":  # continuous values: close to a plain resampling loop (BCa vs percentile)
                 lo_ref, hi_ref = _loop_interval(values, tokens)
                 assert abs(low - lo_ref) < 0.3 * (hi_ref - lo_ref) and abs(high - hi_ref) < 0.3 * (hi_ref - lo_ref)
