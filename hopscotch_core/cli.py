@@ -79,6 +79,15 @@ def _rank(text: str) -> int:
     return rank
 
 
+def _adapter_args(s: argparse.ArgumentParser) -> None:
+    """--adapter, and the checks a user can ask of it (ask, export)."""
+    s.add_argument("--adapter", default=None, help="adapter directory (scales + skip set) to apply")
+    s.add_argument("--granularity", default=None, choices=["scalar", "channel"],
+                   help="refuse an --adapter trained with another granularity (default: take the adapter's)")
+    s.add_argument("--lora-rank", type=_rank, default=None,
+                   help="refuse an --adapter whose low-rank deltas have another rank (default: take the adapter's)")
+
+
 def _model_args(p: argparse.ArgumentParser, model: str | None = "default", device: str | None = "auto",
                 model_help: str | None = None) -> None:
     """--model, --device, --dtype: every command that loads a model (help texts from the run settings' schema).
@@ -453,11 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(s)
     s.add_argument("--prompt", required=True)
     s.add_argument("--skip", type=_blocks, default=[], help="attention blocks to skip, e.g. 4,17")
-    s.add_argument("--adapter", default=None, help="adapter directory (scales + skip set) to apply")
-    s.add_argument("--granularity", default=None, choices=["scalar", "channel"],
-                   help="refuse an --adapter trained with another granularity (default: take the adapter's)")
-    s.add_argument("--lora-rank", type=_rank, default=None,
-                   help="refuse an --adapter whose low-rank deltas have another rank (default: take the adapter's)")
+    _adapter_args(s)
     s.add_argument("--max-new-tokens", type=int, default=64)
     s.add_argument("--raw", action="store_true", help="do not wrap the prompt in the chat template")
     s.set_defaults(func=cmd_ask)
@@ -465,11 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="write the compressed model: compact, stock checkpoint (hf) or llama.cpp GGUF")
     _model_args(s, model=None)  # None: 'default', or with --run the run's own model
     s.add_argument("--skip", type=_blocks, default=[], help="attention blocks to remove, e.g. 4,17")
-    s.add_argument("--adapter", default=None, help="adapter directory (scales + skip set) to apply")
-    s.add_argument("--granularity", default=None, choices=["scalar", "channel"],
-                   help="refuse an --adapter trained with another granularity (default: take the adapter's)")
-    s.add_argument("--lora-rank", type=_rank, default=None,
-                   help="refuse an --adapter whose low-rank deltas have another rank (default: take the adapter's)")
+    _adapter_args(s)
     s.add_argument("--run", default=None, help="export this run's trained adapter (on the run's model)")
     s.add_argument("--runs-dir", default="runs")
     s.add_argument("--format", default="compact", choices=["compact", "hf", "gguf"],

@@ -11,7 +11,8 @@ import json
 import pytest
 import torch
 import transformers
-from helpers.models import CACHE_KW, FAMILIES, N_LAYERS, left_padded_batch, make_model, make_tokenizer
+from helpers.models import (CACHE_KW, FAMILIES, N_LAYERS, check_compact_roundtrip, left_padded_batch, make_model,
+                            make_tokenizer, random_deltas)
 from helpers.reference import capture_layers, reference_layer
 
 import hopscotch_core as hc
@@ -134,19 +135,21 @@ def test_folding_a_channel_adapter_gives_the_attached_logits(fam, tmp_path, ids)
     assert ((ref - logits(stock, ids)).abs().max() / ref.abs().max()).item() <= 1e-5
 
 
+@pytest.mark.parametrize("rank", [0, 3])
 @pytest.mark.parametrize("fold", [True, False])
 @pytest.mark.parametrize("fam", ["llama", "gemma2"])
-def test_compact_channel_models_compute_the_attached_logits_and_reload(fam, fold, tmp_path, ids):
+def test_compact_channel_models_compute_the_attached_logits_and_reload(fam, fold, rank, tmp_path, ids):
+    """With low-rank deltas too (rank 3): they merge into the copy's weights, fold or not."""
     model = make_model(fam)
     hs = channel_handle(model, skip=[1, 2])
+    if rank:
+        hs.set_lora(random_deltas(hs, rank))
     ref = logits(model, ids)
     small = hs.compact(fold=fold)
-    torch.testing.assert_close(logits(small, ids), ref, atol=1e-5, rtol=1e-5)
-    info = hc.compact_info(small)
-    assert (info.channel_scales is None) == fold
-    hc.save_model(small, tmp_path / "c", tokenizer=make_tokenizer())
-    again, _ = hc.load_model(tmp_path / "c", device="cpu")
-    torch.testing.assert_close(logits(again, ids), ref, atol=1e-5, rtol=1e-5)
+    assert (hc.compact_info(small).channel_scales is None) == fold
+    assert not small.get_decoder().layers[0].self_attn.o_proj._forward_hooks  # no hook of the handle copied
+    check_compact_roundtrip(small, ref, tmp_path, ids, logits)
+    torch.testing.assert_close(logits(model, ids), ref)  # the attached model is left as it was
 
 
 def test_adapter_roundtrip_records_objective_and_granularity(tmp_path, ids):

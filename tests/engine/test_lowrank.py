@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 import transformers
-from helpers.models import FAMILIES, N_LAYERS, examples, make_model, make_tokenizer
+from helpers.models import FAMILIES, N_LAYERS, examples, make_model, make_tokenizer, random_deltas
 from helpers.reference import capture_layers, reference_layer
 
 import hopscotch_core as hc
@@ -24,13 +24,6 @@ from hopscotch_core.method import data, training
 from hopscotch_core.method.training import Objective
 
 HIDDEN, INTER = 32, 64
-
-
-def random_deltas(hs, rank=3, seed=0, size=0.05):
-    """A state of the handle's shape with random A and B (B nonzero, so the deltas change the model)."""
-    g = torch.Generator().manual_seed(seed)
-    hs.set_lora_rank(rank)
-    return {k: size * torch.randn(v.shape, generator=g) for k, v in hs.lora_state().items()}
 
 
 def healed(model, skip=(1,), rank=3, seed=0, channel=True, s_ones=False):
@@ -101,21 +94,6 @@ def test_fold_merges_the_deltas_and_stock_transformers_loads_the_export(fam, tmp
     stock = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     got = logits(stock, ids)
     assert rel(ref, got) <= 1e-4 and torch.equal(ref.argmax(-1), got.argmax(-1))
-
-
-@pytest.mark.parametrize("fold", [True, False])
-@pytest.mark.parametrize("fam", ["llama", "gemma2"])
-def test_compact_models_hold_the_merged_deltas_and_reload(fam, fold, tmp_path, ids):
-    model = make_model(fam)
-    hs = healed(model, skip=[1, 2])
-    ref = logits(model, ids)
-    small = hs.compact(fold=fold)
-    assert not small.get_decoder().layers[0].self_attn.o_proj._forward_hooks  # no hook of the handle copied
-    torch.testing.assert_close(logits(small, ids), ref, atol=1e-5, rtol=1e-5)
-    hc.save_model(small, tmp_path / "c", tokenizer=make_tokenizer())
-    again, _ = hc.load_model(tmp_path / "c", device="cpu")
-    torch.testing.assert_close(logits(again, ids), ref, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(logits(model, ids), ref)  # the attached model is left as it was
 
 
 def test_merge_and_unload_folds_the_deltas_into_a_plain_model(ids):
@@ -219,27 +197,3 @@ def test_training_the_deltas_fits_better_than_channels_alone(rows):
             assert res.lora["0.attn.B"].abs().sum() > 0  # B moved off zero
         out[rank] = kl_to(teacher, model, rows)
     assert out[4] < out[0]
-
-
-def test_resume_with_delta_adam_state_equals_uninterrupted(rows):
-    def run(epochs, start=0, state=None, saved=None, on_epoch=None):
-        hs = hc.attach(make_model("llama")).skip([1]).set_granularity("channel").set_lora_rank(2)
-        if saved is not None:
-            hs.set_scales(saved["scales"])
-            hs.set_channel_scales(saved["channels"])
-            hs.set_lora(saved["lora"])
-        cfg = training.TrainConfig(lr=3e-2, epochs=epochs, objective=Objective("kl"), lora_lr=1e-2)
-        training.train_scales(hs, rows, (), cfg, start_epoch=start, opt_state=state, on_epoch=on_epoch)
-        return hs
-
-    full = run(3)
-    saved = {}
-
-    def keep(epoch, record, scales, adam):
-        saved.update(scales=scales, adam=adam)
-
-    first = run(1, on_epoch=keep)
-    assert any(k.startswith(training.LORA_ADAM_PREFIX) for k in saved["adam"])
-    saved.update(channels=first.effective_channel_scales(), lora=first.lora_state())
-    again = run(3, start=1, state=saved["adam"], saved=saved)
-    assert torch.equal(again.lora, full.lora) and torch.equal(again.channel_scales, full.channel_scales)

@@ -103,3 +103,21 @@ def examples(n_list, seed=0):
 
 
 PROMPTS = ["what is 1 plus 2?", "hi", "name three colours please", "2*3=", "ok", "a longer prompt with words"]
+
+
+def check_compact_roundtrip(small, ref, tmp_path, ids, logits) -> None:
+    """A compact model computes `ref` on ids, and so does its saved and reloaded copy (hc.load_model)."""
+    import hopscotch_core as hc
+
+    torch.testing.assert_close(logits(small, ids), ref, atol=1e-5, rtol=1e-5)
+    hc.save_model(small, tmp_path / "c", tokenizer=make_tokenizer())
+    again, _ = hc.load_model(tmp_path / "c", device="cpu")
+    torch.testing.assert_close(logits(again, ids), ref, atol=1e-5, rtol=1e-5)
+
+
+def random_deltas(hs, rank=3, seed=0, size=0.05):
+    """Low-rank deltas of the handle's shape with random A and B (B nonzero, so they change the model); sets the
+    handle's rank."""
+    g = torch.Generator().manual_seed(seed)
+    hs.set_lora_rank(rank)
+    return {k: size * torch.randn(v.shape, generator=g) for k, v in hs.lora_state().items()}

@@ -124,14 +124,16 @@ def test_channel_training_moves_the_vectors_and_fits_better_than_scalars(rows):
     assert out["channel"] < out["scalar"]  # a superset of the scalar model, same data and steps
 
 
-def test_resume_with_channel_adam_state_equals_uninterrupted(rows):
-    def run(epochs, start=0, state=None, channels=None, scales=None, on_epoch=None):
+@pytest.mark.parametrize("rank", [0, 2])
+def test_resume_with_channel_and_delta_adam_state_equals_uninterrupted(rows, rank):
+    def run(epochs, start=0, state=None, channels=None, scales=None, on_epoch=None, deltas=None):
         model, _, hs = setup()
-        hs.set_granularity("channel")
+        hs.set_granularity("channel").set_lora_rank(rank)
         if scales is not None:
             hs.set_scales(scales)
             hs.set_channel_scales(channels)
-        cfg = training.TrainConfig(lr=3e-2, epochs=epochs, objective=Objective("ce+kl", 0.5))
+            hs.set_lora(deltas)
+        cfg = training.TrainConfig(lr=3e-2, epochs=epochs, objective=Objective("ce+kl", 0.5), lora_lr=1e-2)
         training.train_scales(hs, rows, (), cfg, start_epoch=start, opt_state=state, on_epoch=on_epoch)
         return hs
 
@@ -143,8 +145,11 @@ def test_resume_with_channel_adam_state_equals_uninterrupted(rows):
 
     first = run(1, on_epoch=keep)
     assert any(k.startswith(training.CHANNEL_PREFIX) for k in saved["adam"])
-    again = run(3, start=1, state=saved["adam"], scales=saved["scales"], channels=first.effective_channel_scales())
+    assert any(k.startswith(training.LORA_ADAM_PREFIX) for k in saved["adam"]) == bool(rank)
+    again = run(3, start=1, state=saved["adam"], scales=saved["scales"], channels=first.effective_channel_scales(),
+                deltas=first.lora_state())
     assert torch.equal(again.scales, full.scales) and torch.equal(again.channel_scales, full.channel_scales)
+    assert torch.equal(again.lora, full.lora) and again.lora.numel() == (rank > 0) * again.lora.numel()
 
 
 def test_score_candidate_uses_the_objective(rows):
