@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from ..errors import HopscotchError
+from ..fileio import current_umask
 
 FORMATS = ("compact", "hf", "gguf")
 EXPORT_FILE = "hopscotch_export.json"
@@ -112,6 +113,36 @@ def resolve_source(source, model=None, tokenizer=None, device=None, dtype=None):
     raise ExportError(f"{path} is neither a run directory (manifest.json) nor an adapter (hopscotch.json)")
 
 
+def source_gguf_of(model):
+    from .gguf_export import source_gguf
+
+    return source_gguf(model)
+
+
+def source_tokenizer(model):
+    """The tokenizer of the place `model` was loaded from by hc.load_model (the embedded default, a folder, a
+    .gguf file, a Hub id in the local cache), or None when there is none."""
+    src = str(getattr(model, "_hopscotch_source", "") or "")
+    if not src:
+        return None
+    from transformers import AutoTokenizer
+
+    from ..engine.loading import _has_tokenizer, _quiet_transformers, ensure_default_cached
+
+    path = Path(src)
+    try:
+        with _quiet_transformers():
+            if src.startswith("default:"):
+                return AutoTokenizer.from_pretrained(str(ensure_default_cached(progress=False)))
+            if path.is_file() and path.suffix.lower() == ".gguf":
+                return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            if path.is_dir():
+                return AutoTokenizer.from_pretrained(str(path)) if _has_tokenizer(path) else None
+            return AutoTokenizer.from_pretrained(src, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+
+
 def probe_ids(model, tokenizer=None, n: int = 32) -> torch.Tensor:
     """A fixed probe input: the tokenized PROBE_TEXT, else fixed pseudo-random ids."""
     if tokenizer is not None:
@@ -158,6 +189,14 @@ def export(
     out, q = check_request(out_dir, format, quant, force)
     hs, tok, owned = resolve_source(source, model, tokenizer, device, dtype)
     try:
+        if tok is None and (format != "gguf" or (tokenizer_gguf is None and source_gguf_of(hs.model) is None)):
+            tok = source_tokenizer(hs.model)
+        if tok is None and format != "gguf":
+            src = getattr(hs.model, "_hopscotch_source", None)
+            raise ExportError(
+                f"a {format} folder carries the model's tokenizer (and its chat template), but none is known for "
+                f"this model ({'loaded from ' + str(src) if src else 'not loaded with hc.load_model'}, no tokenizer "
+                "files found there); pass tokenizer= (the model's Hugging Face tokenizer) to hc.export")
         return _export(hs, tok, out, format, q, force, tokenizer_gguf, verify, fold, on_progress)
     finally:
         if owned:
@@ -185,18 +224,19 @@ def _export(hs, tok, out: Path, format: str, q, force, tokenizer_gguf, verify, f
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         if format == "compact":
-            small = hs.compact(fold=fold)
+            small = hs.compact(fold=fold, share=True)
             record["parameters"] = {"before": sum(p.numel() for p in hs.model.parameters()),
                                     "after": sum(p.numel() for p in small.parameters())}
             if verify:
                 record["check"] = {"against": "attached model, in memory", **compare_logits(ref, _logits(small, ids))}
             save_model(small, tmp, tokenizer=tok)
         elif format == "hf":
-            folded = fold_model(hs)
+            folded = fold_model(hs, share=True)  # copies only the weights the fold changes
             record["max_eps_effect"] = eps_effect_bound(hs, ids)
             if verify:
                 record["check"] = {"against": "attached model, in memory", **compare_logits(ref, _logits(folded, ids))}
             save_model(folded, tmp, tokenizer=tok)
+            del folded
         else:
             from .gguf_export import write_gguf
 
@@ -231,9 +271,7 @@ def _gguf_name(hs, quant: str) -> str:
 
 
 def _move_into_place(tmp: Path, out: Path, force: bool) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp made it private
     old = None
     if out.exists():
         _refuse_nonempty(out, force)  # again at rename time: it may have filled up meanwhile

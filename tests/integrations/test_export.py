@@ -115,7 +115,7 @@ def test_hf_fold_with_unit_residual_scales_is_exact_at_the_models_epsilon(tmp_pa
     s[:, [0, 2]] = torch.tensor([[0.7, 1.3], [1.1, 0.9], [0.0, 1.2], [0.8, 1.05]])
     hs.set_scales(s)
     ref = _logits(model, ids)
-    out = export(hs, tmp_path / "hf", format="hf")
+    out = export(hs, tmp_path / "hf", format="hf", tokenizer=make_tokenizer())
     rec = read_export(out)
     assert rec["max_eps_effect"] == 0.0  # every running scale is 1
     got = _logits(transformers.AutoModelForCausalLM.from_pretrained(out).eval(), ids)
@@ -129,7 +129,7 @@ def test_hf_fold_epsilon_effect_stays_within_the_stated_bound(tmp_path, ids):
     hs = hc.attach(model).skip([1])
     _random_scales(hs, 0.1)
     ref = _logits(model, ids)
-    rec = read_export(export(hs, tmp_path / "hf", format="hf"))
+    rec = read_export(export(hs, tmp_path / "hf", format="hf", tokenizer=make_tokenizer()))
     assert 0 < rec["max_eps_effect"] < 1e-2
     got = _logits(transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval(), ids)
     assert _rel(ref, got) <= 2 * rec["max_eps_effect"]
@@ -144,9 +144,84 @@ def test_fold_refuses_what_it_cannot_write_exactly(tmp_path):
         s[layer, col] = value
         hs.set_scales(s)
         with pytest.raises(FoldError, match=match):
-            export(hs, tmp_path / out, format="hf")
+            export(hs, tmp_path / out, format="hf", tokenizer=make_tokenizer())
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     assert not list(tmp_path.iterdir())  # no temporary folder left behind either
+
+
+# ------------------------------------------------------------------------------------------------ complete folders
+CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<s>assistant: {% endif %}")
+
+# Runs in a fresh interpreter with nothing of ours importable: stock transformers alone, the folder alone.
+_FRESH = """
+import json, sys
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
+ids = tok.apply_chat_template([{"role": "user", "content": "what is 2+3?"}], add_generation_prompt=True,
+                              return_tensors="pt", return_dict=True)["input_ids"]
+out = model.generate(ids, max_new_tokens=10, do_sample=False)
+assert not any(m.startswith("hopscotch") for m in sys.modules)
+print(json.dumps({"prompt": ids[0].tolist(), "new": out[0, ids.shape[1]:].tolist()}))
+"""
+
+
+def _chat_tokenizer():
+    tok = make_tokenizer()
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+@pytest.mark.parametrize("fmt", ["hf", "compact"])
+def test_folders_carry_tokenizer_generation_config_and_chat_template_with_normal_modes(fmt, tmp_path):
+    hs = hc.attach(make_model("llama")).skip([1])
+    old = os.umask(0o022)
+    try:
+        out = export(hs, tmp_path / fmt, format=fmt, tokenizer=_chat_tokenizer())
+    finally:
+        os.umask(old)
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+            "tokenizer_config.json", "chat_template.jinja"} <= names
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == {n: "0o644" for n in names}
+    assert oct(out.stat().st_mode & 0o777) == "0o755"
+    assert transformers.AutoTokenizer.from_pretrained(out).chat_template == CHAT_TEMPLATE
+
+
+def test_hf_folder_alone_generates_with_its_chat_template_in_a_fresh_process(tmp_path):
+    import subprocess
+    import sys
+
+    model = make_model("llama")
+    hs = hc.attach(model).skip([1])
+    _random_scales(hs, 0.1)
+    tok = _chat_tokenizer()
+    out = export(hs, tmp_path / "hf", format="hf", tokenizer=tok)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", _FRESH, str(out)], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    prompt = tok.apply_chat_template([{"role": "user", "content": "what is 2+3?"}], add_generation_prompt=True,
+                                     return_dict=True)["input_ids"]
+    assert got["prompt"] == prompt
+    ids = torch.tensor([prompt])
+    with torch.no_grad():  # the reference: the attached model itself, greedy, with the same generation config
+        ref = model.generate(ids, max_new_tokens=10, do_sample=False)[0, ids.shape[1]:].tolist()
+    assert got["new"] == ref and len(ref) > 0
+
+
+def test_a_folder_without_a_known_tokenizer_is_refused_before_any_work(tmp_path, tiny_dir):
+    hs = hc.attach(make_model("llama"))  # built from a config: no source, no tokenizer
+    for fmt in ("hf", "compact"):
+        with pytest.raises(ExportError, match="pass tokenizer="):
+            export(hs, tmp_path / fmt, format=fmt)
+    assert [p.name for p in tmp_path.iterdir()] == [tiny_dir.name]  # nothing written
+    model, _ = hc.load_model(tiny_dir, device="cpu")  # loaded from a folder that holds one: taken from there
+    out = export(hc.attach(model), tmp_path / "hf", format="hf")
+    assert (out / "tokenizer.json").is_file()
 
 
 # ------------------------------------------------------------------------------------------------ bad input
@@ -167,7 +242,7 @@ def test_bad_export_requests_are_refused_before_any_work(tmp_path):
     with pytest.raises(ExportError, match="not empty.*--force"):
         export(hs, full, format="hf")
     assert [p.name for p in full.iterdir()] == ["keep.txt"]
-    export(hs, full, format="hf", force=True)
+    export(hs, full, format="hf", force=True, tokenizer=make_tokenizer())
     assert not (full / "keep.txt").exists() and (full / "config.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "full"]
 
