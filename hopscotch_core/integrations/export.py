@@ -197,13 +197,30 @@ def export(
                 f"a {format} folder carries the model's tokenizer (and its chat template), but none is known for "
                 f"this model ({'loaded from ' + str(src) if src else 'not loaded with hc.load_model'}, no tokenizer "
                 "files found there); pass tokenizer= (the model's Hugging Face tokenizer) to hc.export")
-        return _export(hs, tok, out, format, q, force, tokenizer_gguf, verify, fold, on_progress)
+        return _export(hs, tok, out, format, q, force, tokenizer_gguf, verify, fold, on_progress,
+                       _provenance(source))
     finally:
         if owned:
             hs.detach()
 
 
-def _export(hs, tok, out: Path, format: str, q, force, tokenizer_gguf, verify, fold, on_progress) -> Path:
+def _provenance(source) -> dict[str, Any]:
+    """Where the scalars came from: a run (its name and objective), an adapter folder, or a handle in memory."""
+    from ..engine.artifacts import META_FILE
+    from ..engine.scaling import Hopscotch
+
+    if isinstance(source, Hopscotch):
+        return {"scalars_from": "a Hopscotch handle in memory"}
+    path = Path(os.path.expanduser(str(getattr(source, "dir", source))))
+    if (path / "manifest.json").is_file():
+        settings = json.loads((path / "manifest.json").read_text()).get("settings") or {}
+        return {"scalars_from": "run", "run": path.name, "objective": settings.get("objective")}
+    meta = json.loads((path / META_FILE).read_text())
+    return {"scalars_from": "adapter", "adapter": str(path.resolve()), "objective": meta.get("objective")}
+
+
+def _export(hs, tok, out: Path, format: str, q, force, tokenizer_gguf, verify, fold, on_progress,
+            provenance: dict[str, Any]) -> Path:
     from ..engine import artifacts
     from ..engine.folding import check_foldable, eps_effect_bound, fold_model
     from ..engine.loading import save_model
@@ -219,7 +236,7 @@ def _export(hs, tok, out: Path, format: str, q, force, tokenizer_gguf, verify, f
     record: dict[str, Any] = {
         "format": format, "quant": q, "skipped": list(hs.skipped), "skipped_mlp": list(hs.skipped_mlp),
         "scales": hs.effective_scales().tolist(), "base": artifacts.model_identity(hs.model),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "provenance": provenance,
     }
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -238,11 +255,11 @@ def _export(hs, tok, out: Path, format: str, q, force, tokenizer_gguf, verify, f
             save_model(folded, tmp, tokenizer=tok)
             del folded
         else:
-            from .gguf_export import write_gguf
+            from .gguf_export import file_name, write_gguf
 
-            name = _gguf_name(hs, q)
+            name = file_name(hs, q)
             record["gguf"] = write_gguf(hs, tmp / name, quant=q, tokenizer=tok, tokenizer_gguf=tokenizer_gguf,
-                                        on_progress=on_progress)
+                                        on_progress=on_progress, provenance=provenance)
             record["file"] = name
             record["max_eps_effect"] = eps_effect_bound(hs, ids)
             if verify:
@@ -261,13 +278,6 @@ def _export(hs, tok, out: Path, format: str, q, force, tokenizer_gguf, verify, f
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def _gguf_name(hs, quant: str) -> str:
-    src = str(getattr(hs.model, "_hopscotch_source", "") or "model")
-    stem = src.split(":", 1)[1] if src.startswith("default:") else Path(src).name.removesuffix(".gguf")
-    skipped = "-".join(str(i) for i in hs.skipped) or "none"
-    return f"{stem or 'model'}-hopscotch-skip-{skipped}.{quant}.gguf"[:200]
 
 
 def _move_into_place(tmp: Path, out: Path, force: bool) -> None:

@@ -16,6 +16,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -394,6 +395,89 @@ def test_gguf_llama_cpp_quantizer_path(tmp_path, smol_tokenizer_gguf):
     assert f.name.endswith(".q4_0.gguf") and not list(out.glob("*.tmp"))
     assert f.stat().st_size < 0.3 * 4 * sum(p.numel() for p in model.parameters())
     assert read_export(out)["check"]["greedy_agree"] >= 0.5  # 4-bit of a random model: loads and runs
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+
+
+@needs_llamacpp
+def test_gguf_llama3_rope_matches_transformers_past_the_original_context(tmp_path, smol_tokenizer_gguf):
+    # head size 16 at theta 5e5: wavelengths 6.3, 33, 167, ... tokens, so with an original context of 64 the three
+    # llama3 regimes occur (kept: < 16, smoothed: 16..64, divided by 8: > 64); 96 positions go past 64
+    from hopscotch_core.integrations.gguf_export import rope_freq_factors
+
+    model = _smol_vocab_model("llama", rope_parameters=LLAMA3_ROPE)
+    factors = rope_freq_factors(model.config, 16, 500000.0)
+    assert factors[0] == 1.0 and 1.0 < factors[1] < 8.0 and np.allclose(factors[2:], 8.0)
+    hs = hc.attach(model).skip([1, 3])
+    _random_scales(hs, 0.1)
+    ids = _ids(96)
+    ref = _logits(model, ids)[0]
+    plain = make_model("llama", vocab_size=49152, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                       num_key_value_heads=2, rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
+    plain.load_state_dict(model.state_dict())
+    with hc.attach(plain) as h2:  # the same weights and scalars with unscaled RoPE, for contrast
+        h2.skip([1, 3]).set_scales(hs.effective_scales())
+        unscaled = _logits(plain, ids)[0]
+    out = export(hs, tmp_path / "g", format="gguf", quant="f32", tokenizer_gguf=smol_tokenizer_gguf)
+    import gguf
+
+    names = [t.name for t in gguf.GGUFReader(str(gguf_file(out))).tensors]
+    assert "rope_freqs.weight" in names
+    got = _gguf_logits(out, ids)
+    past = slice(LLAMA3_ROPE["original_max_position_embeddings"], None)
+    # measured: rel 2e-5 at every position (the f32 files above: 2.5e-4); unscaled RoPE is off by 2e-2 there
+    assert _rel(ref[past], got[past]) <= 2e-3, _rel(ref[past], got[past])
+    assert _rel(ref, got) <= 2e-3
+    assert torch.equal(ref.argmax(-1), got.argmax(-1))
+    assert _rel(ref[past], unscaled[past]) > 10 * _rel(ref[past], got[past])  # the test can tell the difference
+
+
+@pytest.mark.parametrize("rope,reason", [
+    ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}, "'yarn' also scales attention"),
+    ({"rope_type": "dynamic", "factor": 4.0}, "'dynamic' rescales the frequencies with the sequence length"),
+])
+def test_gguf_refuses_rope_scalings_llama_cpp_deci_does_not_compute(rope, reason, tmp_path, smol_tokenizer_gguf):
+    hs = hc.attach(_smol_vocab_model("llama", rope_parameters={"rope_theta": 10000.0, **rope}))
+    with pytest.raises(GGUFExportError, match=reason + ".*--format hf"):
+        export(hs, tmp_path / "g", format="gguf", tokenizer_gguf=smol_tokenizer_gguf)
+    assert not list(tmp_path.iterdir())
+
+
+@needs_llamacpp
+def test_gguf_metadata_follows_the_spec_and_llama_cpp_reads_it_back(tmp_path, smol_tokenizer_gguf):
+    from hopscotch_core.integrations.llamacpp import LlamaCpp
+
+    src = tmp_path / "Tiny-Llama-3.2-1B-Instruct"
+    _smol_vocab_model("llama").save_pretrained(src)
+    (src / "README.md").write_text("---\nlicense: llama3.2\nlibrary_name: transformers\n---\n# a model card\n")
+    model, _ = hc.load_model(src, device="cpu")
+    hs = hc.attach(model).skip([1, 2])
+    hs.save(tmp_path / "adapter", objective="kl")
+    hs.detach()
+    out = export(tmp_path / "adapter", tmp_path / "g", format="gguf", quant="q8_0", model=model,
+                 tokenizer_gguf=smol_tokenizer_gguf)
+    f = gguf_file(out)
+    n_params = sum(p.numel() for p in model.parameters()) - 2 * (2 * 64 * 64 + 2 * 64 * 32 + 64)  # q,k,v,o, norm
+    size = __import__("gguf").utility.size_label(n_params, 0, 0, 0)
+    assert f.name == f"Tiny-Llama-3.2-{size}-hopscotch-k2-Q8_0.gguf"
+    with LlamaCpp(f, n_ctx=64) as lm:  # llama.cpp's own reading of the file's keys
+        meta = lm.llm.metadata
+    assert meta["general.basename"] == "Tiny-Llama-3.2" and meta["general.size_label"] == size
+    assert meta["general.finetune"] == "hopscotch-k2" and meta["general.license"] == "llama3.2"
+    assert meta["general.name"] == "Tiny-Llama-3.2-1B-Instruct (Hopscotch: 2 attention blocks skipped)"
+    assert meta["general.base_model.count"] == "1"
+    assert meta["general.base_model.0.name"] == "Tiny-Llama-3.2-1B-Instruct"
+    assert meta["general.quantization_version"] == "2" and meta["general.file_type"] == "7"  # MOSTLY_Q8_0
+    assert meta["hopscotch.skipped_attention"] == "1,2"
+    rec = json.loads(meta["hopscotch.export"])
+    assert rec["scalars_from"] == "adapter" and rec["objective"] == "kl" and rec["skipped_attention"] == [1, 2]
+    tags = _gguf_meta(f)["general.tags"]  # arrays: llama.cpp's metadata map holds scalars only
+    assert list(tags) == ["hopscotch", "attention-pruned"]
+    f16 = export(tmp_path / "adapter", tmp_path / "h", format="gguf", quant="f16", model=model,
+                 tokenizer_gguf=smol_tokenizer_gguf)
+    assert "general.quantization_version" not in _gguf_meta(gguf_file(f16))  # nothing quantized in an f16 file
 
 
 def test_gguf_refuses_what_llama_cpp_cannot_represent(tmp_path, smol_tokenizer_gguf):
