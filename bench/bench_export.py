@@ -16,7 +16,7 @@ and the logit check, which for GGUF loads the file in llama.cpp), and reports:
     wall s          hc.export's wall time
 
 Models: `llama-1b`: Llama-3.2-1B's config (16 layers, hidden 2048, 32/8 heads, vocab 128,256, tied embeddings,
-llama3 RoPE) with random weights in bf16, as that model ships; 4 attention blocks skipped with random scalars.
+llama3 RoPE) with random weights in bf16 as that model ships (--dtype float32 for fp32); 4 attention blocks skipped with random scalars.
 Its tokenizer is a byte-level BPE with Llama 3's pre-tokenizer and four merges (no real tokenizer is reachable
 offline; the file's vocabulary is padded to the embedding's rows). `default`: the embedded SmolLM2-135M (fp32),
 the k = 7 example run's trained scalars. `tiny`: a 4-layer random Llama (CI). Use threads <= free cores.
@@ -75,8 +75,8 @@ def byte_tokenizer():
     return tok
 
 
-def source(name: str):
-    """(Hopscotch handle, tokenizer) of a benchmark model."""
+def source(name: str, dtype_name: str = "bfloat16"):
+    """(Hopscotch handle, tokenizer) of a benchmark model (`dtype_name`: the random 1B model's weight type)."""
     import torch
     import transformers
 
@@ -87,7 +87,7 @@ def source(name: str):
         return hc.load_adapter(model, ROOT / "assets" / "example-run" / "adapter"), tok
     torch.manual_seed(0)
     if name == "llama-1b":
-        cfg, dtype = transformers.LlamaConfig(**LLAMA_1B), torch.bfloat16
+        cfg, dtype = transformers.LlamaConfig(**LLAMA_1B), getattr(torch, dtype_name)
     else:
         cfg = transformers.LlamaConfig(**{**LLAMA_1B, "hidden_size": 64, "intermediate_size": 128,
                                           "num_hidden_layers": 4, "num_attention_heads": 4,
@@ -101,14 +101,14 @@ def source(name: str):
     return hs, byte_tokenizer()
 
 
-def one(name: str, fmt: str, out: Path, threads: int) -> dict:
+def one(name: str, fmt: str, out: Path, threads: int, dtype_name: str) -> dict:
     """Run one export in this process and return its figures."""
     import torch
 
     from hopscotch_core.integrations.export import export, read_export
 
     torch.set_num_threads(threads)
-    hs, tok = source(name)
+    hs, tok = source(name, dtype_name)
     model_mb = sum(p.numel() * p.element_size() for p in hs.model.parameters()) / 2 ** 20
     with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS
         f.write("5")
@@ -141,11 +141,12 @@ def main() -> None:
     ap.add_argument("--models", default="llama-1b,default", help="llama-1b, default, tiny (comma-separated)")
     ap.add_argument("--formats", default="hf,gguf:f16,gguf:q8_0", help="hf, compact, gguf:QUANT (comma-separated)")
     ap.add_argument("--threads", type=int, default=1, help="torch and llama.cpp threads (<= free cores)")
+    ap.add_argument("--dtype", default="bfloat16", help="weight type of the random llama-1b (bfloat16, float32)")
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     ap.add_argument("--one", nargs=3, metavar=("MODEL", "FORMAT", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one(args.one[0], args.one[1], Path(args.one[2]), args.threads)))
+        print(json.dumps(one(args.one[0], args.one[1], Path(args.one[2]), args.threads, args.dtype)))
         return
     rows = []
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
@@ -155,7 +156,8 @@ def main() -> None:
     for name in args.models.split(","):
         for fmt in args.formats.split(","):
             with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
-                res = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--one", name, fmt,
+                res = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--dtype", args.dtype,
+                                      "--one", name, fmt,
                                       str(Path(tmp) / "out")], capture_output=True, text=True, env=env)
             if res.returncode:
                 print(f"| {name} | {fmt} | failed: {res.stderr.strip().splitlines()[-1:]} |")

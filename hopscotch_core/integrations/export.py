@@ -17,9 +17,14 @@ Formats:
   (zero output projection) - this format is for portability, not speed.
 - gguf: llama.cpp's deci architecture with attention-free layers (gguf_export.py); the speed-up reaches llama.cpp.
 
+The compact and hf folders carry the tokenizer (given, else the one where hc.load_model found the model, else
+refused), its chat template and the generation config. Memory: the fold copies only the weights it changes and
+the writers stream one tensor at a time, so an export needs the model plus those weights plus one tensor
+(bench/bench_export.py measures it).
+
 Every export checks its input before any work (format, quantization, output folder, skip set representable,
-scalars foldable), writes into a temporary folder beside `out` and renames it into place, so an interrupted or
-failed export leaves nothing behind. `hopscotch_export.json` in the folder records what was written and the
+scalars foldable, tokenizer known), writes into a temporary folder beside `out` and renames it into place, so an
+interrupted or failed export leaves nothing behind. `hopscotch_export.json` in the folder records what was written and the
 logit check made on it (max |logit diff| against the attached model on a probe input).
 """
 

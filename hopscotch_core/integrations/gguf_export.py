@@ -8,7 +8,10 @@ is a plain deci model:
 
     layers kept     every layer except those whose attention and MLP are both removed (renumbered)
     per layer       head_count / head_count_kv = 0 where attention is skipped, else the model's
-    tensors         token_embd, output_norm, [output], blk.N.{attn_norm, attn_q/k/v/output, ffn_norm, ffn_*}
+    tensors         token_embd, output_norm, [output], [rope_freqs], blk.N.{attn_norm, attn_q/k/v/output, ffn_norm,
+                    ffn_*}; each converted and written on its own after a header made from the shapes
+    metadata        general.* as the GGUF spec recommends (name, basename, size_label, finetune "hopscotch-kN",
+                    license, base_model.*, tags, quantization_version) and hopscotch.* (skip set, scalars' origin)
     weights         f32, f16 or q8_0 written here (gguf-py); other types through llama.cpp's own quantizer
     tokenizer       copied from the source GGUF (the embedded default model is one), else built from a
                     Hugging Face byte-level BPE tokenizer with gguf-py's vocab helpers
@@ -16,7 +19,9 @@ is a plain deci model:
 What llama.cpp cannot represent is refused before anything is written: attention skipped in the first layer
 written (llama.cpp reads head sizes from it), an MLP removed while its layer's attention stays (llama.cpp would
 drop that layer's attention output), families whose layer is not the Llama layer (extra norms, multipliers,
-fused projections, q/k norms) and non-default RoPE scaling or sliding windows.
+fused projections, q/k norms), RoPE scalings that depend on the sequence length or scale attention (yarn,
+dynamic, longrope) and sliding windows. Static RoPE scalings (Llama 3.x's llama3, linear) are written as the
+`rope_freqs` tensor llama.cpp divides each frequency by.
 
 Rotary embeddings: Hugging Face Llama-family weights rotate halves of each head (q = [x1, x2] -> [-x2, x1]);
 llama.cpp's `deci` rotates adjacent pairs. The q and k rows of every head are therefore reordered from
