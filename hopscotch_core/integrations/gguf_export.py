@@ -418,7 +418,7 @@ def gguf_name(info: dict[str, str], skipped: int, n_params: int, quant: str) -> 
 
 
 def file_name(hs, quant: str) -> str:
-    """The file name write_gguf's metadata describes, e.g. smollm2-135M-hopscotch-k7-F16.gguf."""
+    """The file name write_gguf's metadata describes, e.g. smollm2-128M-hopscotch-k7-F16.gguf."""
     layout = plan(hs)
     n_params = sum(t.numel() for _, t, _ in _tensors(hs.model, layout))
     return gguf_name(source_info(hs.model), len(hs.skipped), n_params, check_quant(quant))[0]

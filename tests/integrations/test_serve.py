@@ -62,10 +62,11 @@ def test_served_gguf_chat_completion_equals_transformers_greedy_answer(default_m
     finally:
         hs.detach()
     port = _free_port()
+    log = open(tmp_path / "server.log", "w")  # a file, not a pipe: llama.cpp's load log would fill a pipe and block
     server = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--host", "127.0.0.1", "--port", str(port),
          "--n_ctx", "512", "--n_threads", "1", "--model_alias", "hopscotch"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        stdout=log, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}/v1"
         deadline = time.monotonic() + 180
@@ -76,13 +77,14 @@ def test_served_gguf_chat_completion_equals_transformers_greedy_answer(default_m
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"the server did not start: {server.stderr.read()[-2000:] if server.stderr else ''}")
+                    pytest.fail(f"the server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
                 time.sleep(1)
         reply = _post(base + "/chat/completions", {"model": "hopscotch", "messages": messages, "max_tokens": n,
                                                    "temperature": 0, "top_k": 1, "seed": 0})
     finally:
         server.terminate()
         server.wait(timeout=30)
+        log.close()
     text = reply["choices"][0]["message"]["content"]
     assert text.strip() == ref.strip(), (text, ref)
     assert len(ref.strip()) > 0
