@@ -49,7 +49,7 @@ def _post(url: str, body: dict, timeout: float = 300) -> dict:
 @pytest.mark.skipif(not _server_available(), reason="llama-cpp-python[server] not installed")
 def test_served_gguf_chat_completion_equals_transformers_greedy_answer(default_model, tmp_path):
     model, tok = default_model
-    hs = hc.load_adapter(model, ROOT / "assets" / "example-run" / "adapter")  # the k = 7 run's trained scalars
+    hs = hc.load_adapter(model, ROOT / "assets" / "example-run-k4" / "adapter")  # the k = 4 run's trained scalars
     messages = [{"role": "user", "content": "What is 12 * 3? Answer in one sentence."}]
     n = 32
     try:
