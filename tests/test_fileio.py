@@ -52,3 +52,20 @@ def test_concurrent_writers_never_share_a_temporary_file(tmp_path):
     assert not errors
     assert len({w for w in text.split() if w.isdigit()}) == 1  # one writer's whole text, never a mix
     assert [f.name for f in tmp_path.iterdir()] == ["record.json"]
+
+
+def test_files_get_the_normal_mode_not_the_temporary_files_private_one(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        p = tmp_path / "new.json"
+        atomic_write(p, "x")
+        assert p.stat().st_mode & 0o777 == 0o644  # as open(p, "w") under umask 022
+        atomic_write(tmp_path / "w.bin", lambda tmp: open(tmp, "wb").write(b"y"))
+        assert (tmp_path / "w.bin").stat().st_mode & 0o777 == 0o644
+        os.chmod(p, 0o600)  # a file the owner made private stays private when replaced
+        atomic_write(p, "z")
+        assert p.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

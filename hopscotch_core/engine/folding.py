@@ -82,34 +82,71 @@ def check_foldable(hs) -> list[tuple[float, float]]:
     return cs
 
 
-def fold_model(hs) -> nn.Module:
-    """A plain copy of `hs.model` (no Hopscotch attached) computing what the handle computes, all scalars folded."""
+def share_copy(model: nn.Module, changed: list[nn.Module]) -> nn.Module:
+    """A structural copy of `model` whose parameters are the model's own tensors, except those of the modules in
+    `changed`, which are fresh copies (to be modified). Memory: the changed tensors only, not a second model."""
+    memo: dict[int, object] = {id(p): p for p in model.parameters()}
+    for mod in changed:
+        for p in mod.parameters(recurse=False):
+            memo[id(p)] = nn.Parameter(p.detach().clone(), requires_grad=False)
+    return copy.deepcopy(model, memo)
+
+
+def fold_model(hs, share: bool = False) -> nn.Module:
+    """A plain model (no Hopscotch attached) computing what the handle computes, all scalars folded.
+
+    share=False: a full copy of `hs.model`. share=True: only the weights the fold changes (output projections,
+    the norms it negates, the projections the low-rank deltas merge into) are copied; every other weight is the
+    attached model's own tensor, so the result costs a fraction of the model's memory (the exports use this; it
+    must then be treated as read-only, and it reads the attached model's weights, so use it before they change).
+    """
     cs = check_foldable(hs)
     scales = hs.effective_scales().double()
-    with hs._bare():
-        new = copy.deepcopy(hs.model)
-    for p in new.parameters():
-        p.requires_grad_(False)
     branch = hs.family.layer
-    layers = new.get_decoder().layers
-    if hs.lora_rank:  # low-rank deltas first: W + B A, inside the branch the scalars below multiply
-        lowrank.merge(layers, hs._slots(), hs.lora, hs.lora_rank, hs.skipped, hs.skipped_mlp)
     channels = hs.effective_channel_scales()  # None, or [L, 2, hidden] (granularity "channel")
-    for i, layer in enumerate(layers):
+    plan = []  # per layer: (negate attn norm, negate mlp norm, ((target, factor, channel vector), ...))
+    for i in range(hs.num_layers):
         b_a, _, b_m, _ = scales[i].tolist()
         c, c1 = cs[i]
         c2 = cs[i + 1][0]
-        if c < 0 and branch.attn_in_norm is not None:
-            negate_norm(layer.get_submodule(branch.attn_in_norm[0]), branch.attn_in_norm[1])
-        if c1 < 0 and branch.mlp_in_norm is not None:
-            negate_norm(layer.get_submodule(branch.mlp_in_norm[0]), branch.mlp_in_norm[1])
+        folds = []
         for col, factor, target in ((0, b_a / c1, branch.attn_out), (1, b_m / c2, branch.mlp_out)):
             vec = None if channels is None else channels[i, col].double()
-            if vec is not None and not bool((vec == 1.0).all()):
-                fold_scale(layer, target, vec * factor)  # one scale per output channel (rows of o_proj/down_proj)
-            elif factor != 1.0:
-                fold_scale(layer, target, factor)
-    if cs[-1][0] < 0:
+            if vec is not None and bool((vec == 1.0).all()):
+                vec = None
+            if vec is not None or factor != 1.0:
+                folds.append((target, factor, vec))
+        plan.append((c < 0 and branch.attn_in_norm is not None, c1 < 0 and branch.mlp_in_norm is not None,
+                     tuple(folds)))
+    negate_final = cs[-1][0] < 0
+    with hs._bare():
+        if share:
+            changed = [final_norm(hs.model)] if negate_final else []
+            skipped = {"attn": set(hs.skipped), "mlp": set(hs.skipped_mlp)}
+            for layer, (neg_a, neg_m, folds) in zip(hs.family.layers, plan):
+                changed += [layer.get_submodule(t[0]) for t, _, _ in folds]
+                changed += [layer.get_submodule(n[0]) for n, on in ((branch.attn_in_norm, neg_a),
+                                                                     (branch.mlp_in_norm, neg_m)) if on]
+            if hs.lora_rank:
+                changed += [hs.family.layers[s.layer].get_submodule(s.path) for s in hs._slots()
+                            if s.layer not in skipped[s.part]]
+            new = share_copy(hs.model, changed)
+        else:
+            new = copy.deepcopy(hs.model)
+            for p in new.parameters():
+                p.requires_grad_(False)
+    layers = new.get_decoder().layers
+    if hs.lora_rank:  # low-rank deltas first: W + B A, inside the branch the scalars below multiply
+        lowrank.merge(layers, hs._slots(), hs.lora, hs.lora_rank, hs.skipped, hs.skipped_mlp)
+    for layer, (neg_a, neg_m, folds) in zip(layers, plan):
+        if neg_a:
+            negate_norm(layer.get_submodule(branch.attn_in_norm[0]), branch.attn_in_norm[1])
+        if neg_m:
+            negate_norm(layer.get_submodule(branch.mlp_in_norm[0]), branch.mlp_in_norm[1])
+        for target, factor, vec in folds:
+            # one scale per output channel (rows of o_proj/down_proj), else one number
+            fold_scale(layer, target, vec * factor if vec is not None else factor)
+    if negate_final:
         negate_norm(final_norm(new), branch.final_norm_kind)
     return new
 

