@@ -108,7 +108,7 @@ def recovery_settings(key: str, defaults: dict | None = None) -> dict:
          **{k: v for k, v in (defaults or {}).items() if k in fields and v is not None}}
 
     def label(value: str) -> str:
-        return f"{value} (paper)" if value in PAPER.values() else value
+        return f"{value} (paper)" if value in (PAPER["objective"], PAPER["granularity"]) else value
 
     c1, c2, c3 = st.columns(3)
     objective = c1.selectbox("Objective", list(OBJECTIVES), index=list(OBJECTIVES).index(d["objective"]),
@@ -128,7 +128,7 @@ def recovery_settings(key: str, defaults: dict | None = None) -> dict:
                                 "on export; 0 = none (the paper's)")
     lora_lr = c5.number_input("Delta learning rate", 1e-6, 1.0, float(d["lora_lr"]), format="%.5f",
                               key=f"{key}_lora_lr", disabled=rank == 0, help="Adam learning rate of the deltas")
-    if objective == PAPER["objective"] and granularity == PAPER["granularity"] and rank == 0:
+    if (objective, granularity, rank) == (PAPER["objective"], PAPER["granularity"], PAPER["lora_rank"]):
         st.caption("paper: the paper's exact setting (--objective ce --granularity scalar --lora-rank 0)")
     return {"objective": objective, "kl_weight": float(weight), "granularity": granularity,
             "lora_rank": int(rank), "lora_lr": float(lora_lr)}

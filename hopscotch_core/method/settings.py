@@ -29,7 +29,7 @@ BASELINES = ("attn-bi", "shortgpt", "random", "one-round")
 SHORTLIST_BY = ("bi", "loss")
 OBJECTIVES = ("ce", "kl", "ce+kl")       # what candidate scoring and scale training minimise (training.py)
 GRANULARITIES = ("scalar", "channel")     # one b per branch (the paper's) | per-channel b_att / b_mlp vectors
-PAPER = {"objective": "ce", "granularity": "scalar"}  # the paper's exact setting (`paper` in docs and the app)
+PAPER = {"objective": "ce", "granularity": "scalar", "lora_rank": 0}  # the paper's exact setting (`paper` in docs and the app)
 # what a manifest written before a setting existed meant by it (resume and display of old runs)
 LEGACY = {"objective": "ce", "kl_weight": 1.0, "granularity": "scalar", "lora_rank": 0}
 
@@ -64,15 +64,18 @@ class RunSettings:
     epochs: int = _opt(3, "epochs of the final scale training")
     batch_tokens: int = _opt(1024, "tokens per packed row (one step)")
     # defaults kl + channel: measured best at restoring the original (README "Recovery objectives",
-    # bench/bench_recovery.py); the paper's setting is --objective ce --granularity scalar
+    # bench/bench_recovery.py); the paper's setting is --objective ce --granularity scalar --lora-rank 0
     objective: str = _opt("kl", "what scoring and scale training minimise: kl (default: KL(original || modified), "
                           "the original model as teacher) | ce (the paper's: cross-entropy on the model's own "
                           "answers) | ce+kl (ce + kl-weight * kl)")
     kl_weight: float = _opt(1.0, "weight of the KL term in --objective ce+kl")
     granularity: str = _opt("channel", "channel (default: b_att and b_mlp are per-channel vectors; still folds into "
                             "the output projections) | scalar (the paper's: one b per branch)")
-    lora_rank: int = _opt(0, "rank of the low-rank deltas trained on every kept branch's output projection "
-                          "(o_proj, down_proj) after selection, folded into those weights on export; 0 = none")
+    # default rank 4: the smallest rank whose held-out KL gain over no deltas excludes 0 at the default calibration
+    # size, and no larger rank measured did better there (docs/measurements.md "Low-rank healing")
+    lora_rank: int = _opt(4, "rank of the low-rank deltas trained on every kept branch's output projection "
+                          "(o_proj, down_proj) after selection, folded into those weights on export; 0 = none "
+                          "(the paper's)")
     lora_lr: float = _opt(1e-3, "lr of the low-rank deltas")
     threshold: float | None = _opt(None, "stop selecting once the loss passes this")
     blocks: list[int] | None = _opt(None, "train this skip set instead of selecting", flag="--skip", kind="blocks")
@@ -90,8 +93,7 @@ class RunSettings:
     @property
     def is_paper(self) -> bool:
         """Whether objective and granularity are the paper's (ce, scalar) and no low-rank deltas are trained."""
-        return self.objective == PAPER["objective"] and self.granularity == PAPER["granularity"] \
-            and not self.lora_rank
+        return all(getattr(self, k) == v for k, v in PAPER.items())
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunSettings":

@@ -111,7 +111,7 @@ def outcome(run_dir: Path) -> dict:
             "scores": [(r["round"], r["kind"], r["candidate"], r["loss"]) for r in read_jsonl(run_dir / "scores.jsonl")]}
 
 
-OBJECTIVE_SETTINGS = {"paper": {"objective": "ce", "granularity": "scalar"}, "kl-channel": {"objective": "kl", "granularity": "channel"},
+OBJECTIVE_SETTINGS = {"paper": {"objective": "ce", "granularity": "scalar", "lora_rank": 0}, "kl-channel": {"objective": "kl", "granularity": "channel"},
                       "ce+kl": {"objective": "ce+kl", "kl_weight": 0.5},
                       "kl-channel-lora": {"objective": "kl", "granularity": "channel", "lora_rank": 2}}
 
