@@ -27,18 +27,12 @@ from hopscotch_core.integrations.export import ExportError, export, gguf_file, r
 from hopscotch_core.engine.folding import FoldError, residual_scales
 from hopscotch_core.integrations.gguf_export import GGUFExportError
 
-from helpers import ROOT
+from helpers import ROOT, importable
 from helpers.models import FAMILIES, make_model, make_tokenizer
 
 
 def _llama_cpp_available() -> bool:
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        if os.environ.get("HOPSCOTCH_REQUIRE_LLAMACPP"):
-            raise
-        return False
-    return True
+    return importable("llama_cpp")
 
 
 needs_llamacpp = pytest.mark.skipif(not _llama_cpp_available(), reason="llama-cpp-python not installed")

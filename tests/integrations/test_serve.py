@@ -19,17 +19,11 @@ import torch
 import hopscotch_core as hc
 from hopscotch_core.integrations.export import export, gguf_file
 
-from helpers import ROOT
+from helpers import ROOT, importable
 
 
 def _server_available() -> bool:
-    try:
-        import llama_cpp.server.app  # noqa: F401
-    except ImportError:
-        if os.environ.get("HOPSCOTCH_REQUIRE_LLAMACPP"):
-            raise
-        return False
-    return True
+    return importable("llama_cpp.server.app")
 
 
 def _free_port() -> int:
