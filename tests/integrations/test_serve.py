@@ -6,7 +6,6 @@ The reference is the attached model in transformers (greedy, the model's own cha
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
