@@ -31,7 +31,7 @@ OBJECTIVES = ("ce", "kl", "ce+kl")       # what candidate scoring and scale trai
 GRANULARITIES = ("scalar", "channel")     # one b per branch (the paper's) | per-channel b_att / b_mlp vectors
 PAPER = {"objective": "ce", "granularity": "scalar", "lora_rank": 0}  # the paper's exact setting (`paper` in docs and the app)
 # what a manifest written before a setting existed meant by it (resume and display of old runs)
-LEGACY = {"objective": "ce", "kl_weight": 1.0, "granularity": "scalar", "lora_rank": 0}
+LEGACY = {"objective": "ce", "kl_weight": 1.0, "granularity": "scalar", "lora_rank": 0, "lora_lr": 1e-3}
 
 
 def _opt(default, help: str, flag: str | None = None, kind: str = "value", shared: bool = False, **kw):

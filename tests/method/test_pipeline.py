@@ -286,19 +286,19 @@ def test_kl_channel_run_records_its_objective_and_keeps_the_teacher(model_dir, d
 
 def test_runs_older_than_the_objective_settings_resume_as_the_paper(data_file, tmp_path):
     model, tok = make_model("llama", num_hidden_layers=4), make_tokenizer()
-    s = settings(data_file, baselines=[], objective="ce", granularity="scalar")
+    s = settings(data_file, baselines=[], objective="ce", granularity="scalar", lora_rank=0)
     pipeline.run_pipeline(s, tmp_path, "r", model=model, tok=tok, stages=("prompts",))
     path = tmp_path / "r" / "manifest.json"
     m = json.loads(path.read_text())
-    for key in ("objective", "kl_weight", "granularity"):
+    for key in ("objective", "kl_weight", "granularity", "lora_rank", "lora_lr"):
         del m["settings"][key]
     path.write_text(json.dumps(m))
     old = pipeline.RunSettings.from_manifest(m["settings"])
     assert (old.objective, old.granularity, old.is_paper) == ("ce", "scalar", True)
     assert pipeline.run_pipeline(s, tmp_path, "r", model=model, tok=tok, stages=("prompts",)).manifest["state"]
     with pytest.raises(RunError, match=r"objective: 'ce' -> 'kl'"):
-        pipeline.run_pipeline(settings(data_file, baselines=[], objective="kl", granularity="scalar"), tmp_path, "r",
-                              model=model, tok=tok)
+        pipeline.run_pipeline(settings(data_file, baselines=[], objective="kl", granularity="scalar", lora_rank=0),
+                              tmp_path, "r", model=model, tok=tok)
 
 
 @pytest.mark.subprocess
