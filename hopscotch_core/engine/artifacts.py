@@ -195,7 +195,7 @@ def read_channel_scales(path: str | os.PathLike, meta: dict[str, Any]) -> torch.
 def read_lora(path: str | os.PathLike, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The low-rank deltas of an artifact ({} when its lora_rank is 0); ArtifactError when the file lacks them or
     their rank is not the one hopscotch.json records. (Whether they fit a model: Hopscotch.set_lora.)"""
-    from .lowrank import rank_of
+    from .lowrank import rank_of, split_state
 
     rank = meta.get("lora_rank", 0)
     if not rank or meta.get("kind") == "compact":  # a compact model holds them merged into its weights
@@ -205,7 +205,7 @@ def read_lora(path: str | os.PathLike, meta: dict[str, Any]) -> dict[str, torch.
         tensors = load_file(str(scales_path))
     except (SafetensorError, OSError) as e:
         raise ArtifactError(f"{scales_path} is corrupt ({e})") from None
-    state = {k[len(LORA_PREFIX):]: v for k, v in tensors.items() if k.startswith(LORA_PREFIX)}
+    state = split_state(tensors, LORA_PREFIX)
     if not state or rank_of(state) != rank:
         raise ArtifactError(f"{scales_path} holds low-rank deltas of rank {rank_of(state)}, but {META_FILE} says "
                             f"lora_rank {rank}")

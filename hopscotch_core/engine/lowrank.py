@@ -47,10 +47,13 @@ class Slot:
     path: str
     d_in: int
     d_out: int
-    at: int  # offset of A in the flat vector; B follows A
+    at: int  # offset of A in the flat vector (per unit of rank); B follows A
 
-    def size(self, rank: int) -> int:
-        return rank * (self.d_in + self.d_out)
+    def view(self, flat: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A (R, in), B (out, R)) of this delta as views of `flat` (differentiable when flat is)."""
+        a0 = self.at * rank
+        b0 = a0 + rank * self.d_in
+        return flat[a0:b0].view(rank, self.d_in), flat[b0:b0 + rank * self.d_out].view(self.d_out, rank)
 
 
 def targets(family) -> list[tuple[int, str, nn.Module, str]]:
@@ -92,29 +95,28 @@ def check_rank(rank, family=None) -> int:
     return rank
 
 
-def layout(family) -> tuple[list[Slot], int]:
-    """The slots of every delta and the size per unit of rank (the flat vector has rank * that many entries)."""
+def layout(family) -> list[Slot]:
+    """The slots of every delta, in the flat vector's order."""
     slots, at = [], 0
     for i, part, mod, path in targets(family):
         slots.append(Slot(i, part, path, mod.in_features, mod.out_features, at))
         at += mod.in_features + mod.out_features
-    return slots, at
+    return slots
+
+
+def flat_size(slots: list[Slot], rank: int) -> int:
+    """Entries of the flat vector holding every delta at `rank`."""
+    return rank * sum(s.d_in + s.d_out for s in slots)
 
 
 def views(flat: torch.Tensor, slots: list[Slot], rank: int) -> dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]:
     """{(layer, part): (A (R, in), B (out, R))} as views of `flat` (differentiable when flat is)."""
-    out = {}
-    for s in slots:
-        a0 = s.at * rank
-        b0 = a0 + rank * s.d_in
-        out[(s.layer, s.part)] = (flat[a0:b0].view(rank, s.d_in), flat[b0:b0 + rank * s.d_out].view(s.d_out, rank))
-    return out
+    return {(s.layer, s.part): s.view(flat, rank) for s in slots}
 
 
 def init_flat(slots: list[Slot], rank: int, device=None) -> torch.Tensor:
     """A at PEFT's default (kaiming-uniform, a = sqrt(5): uniform in +-1/sqrt(in)) from a fixed seed, B = 0."""
-    per = sum(s.d_in + s.d_out for s in slots)
-    flat = torch.zeros(per * rank, dtype=torch.float32)
+    flat = torch.zeros(flat_size(slots, rank), dtype=torch.float32)
     gen = torch.Generator().manual_seed(INIT_SEED)
     for s in slots:
         a0 = s.at * rank
@@ -147,8 +149,7 @@ def from_state(state: dict[str, torch.Tensor], slots: list[Slot], where: str = "
         extra, missing = sorted(set(state) - want)[:3], sorted(want - set(state))[:3]
         raise LoraError(f"{where} do not fit this model (missing {missing}, unexpected {extra}); they were made "
                         "for a model of another shape")
-    per = sum(s.d_in + s.d_out for s in slots)
-    flat = torch.empty(per * rank, dtype=torch.float32)
+    flat = torch.empty(flat_size(slots, rank), dtype=torch.float32)
     for (i, part), (a, b) in views(flat, slots, rank).items():
         sa, sb = state[f"{i}.{part}.A"], state[f"{i}.{part}.B"]
         if tuple(sa.shape) != tuple(a.shape) or tuple(sb.shape) != tuple(b.shape):

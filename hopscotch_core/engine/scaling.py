@@ -188,6 +188,7 @@ class Hopscotch:
         self.lora_rank = 0
         self.lora = nn.Parameter(torch.zeros(0, dtype=torch.float32, device=device))
         self._lora_slots: list[lowrank.Slot] | None = None
+        self._slot_at: dict[tuple[int, str], lowrank.Slot] = {}  # (layer, part) -> its slot, with _lora_slots
         self._lora_hooks: list = []
         # skipped blocks, in the order they were skipped: column 0 (attention) and column 2 (MLP, for baselines
         # that remove whole layers)
@@ -274,7 +275,7 @@ class Hopscotch:
             return None
         else:
             flat = self.lora if torch.is_grad_enabled() else self.lora.detach()
-            got = lowrank.views(flat, self._lora_slots, self.lora_rank)[(idx, part)]
+            got = self._slot_at[(idx, part)].view(flat, self.lora_rank)  # this delta only: the hook's hot path
         if got is None:
             return None
         a, b = got
@@ -284,7 +285,8 @@ class Hopscotch:
 
     def _slots(self) -> list[lowrank.Slot]:
         if self._lora_slots is None:
-            self._lora_slots = lowrank.layout(self.family)[0]
+            self._lora_slots = lowrank.layout(self.family)
+            self._slot_at = {(s.layer, s.part): s for s in self._lora_slots}
         return self._lora_slots
 
     def _ensure_lora_hooks(self) -> None:
