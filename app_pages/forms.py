@@ -49,6 +49,39 @@ def save_upload(up) -> Path:
     return path.resolve()
 
 
+# ------------------------------------------------------------------------------------------------ presets
+# the widgets (key suffixes) that show a setting a preset sets; choosing a preset resets them to its values
+PRESET_WIDGETS = {"n_calib": "nc", "n_eval": "ne", "max_new_tokens": "mnt", "shortlist": "shortlist",
+                  "epochs": "epochs"}
+
+
+def _reset_preset_widgets(key: str) -> None:
+    for suffix in PRESET_WIDGETS.values():
+        st.session_state.pop(f"{key}_{suffix}", None)  # redrawn with the new preset's value as its default
+
+
+def preset_choice(key: str, measured: dict[str, float]) -> dict:
+    """The preset picker of a new run (quick first), each with its measured time on a 2-core CPU. None picked: the
+    form starts from the open run's settings; a pick resets the widgets it sets to its values (edits still win).
+    Returns those values ({} when none is picked)."""
+    from hopscotch_core.method.estimate import fmt_duration
+
+    def label(name: str) -> str:
+        t = measured.get(name)
+        return f"{name} · {fmt_duration(t)} measured" if t else name
+
+    name = st.segmented_control(
+        "Preset", list(settings.PRESETS), default=None, key=f"{key}_preset", format_func=label,
+        on_change=_reset_preset_widgets, args=(key,),
+        help="quick: a first look in minutes (16 + 16 prompts, answers up to 128 tokens, 2 candidates trained per "
+             "round, 2 epochs); default: the settings the README's results use. Times: the default model, k = 4, "
+             "on a 2-core CPU (README \"Run time\"). None picked: the open run's settings.")
+    if name is None:
+        return {}
+    default = settings.RunSettings()
+    return {**{f: getattr(default, f) for f in PRESET_WIDGETS}, **settings.preset_values(name)}
+
+
 # ------------------------------------------------------------------------------------------------ data
 def data_settings(key: str, defaults: dict | None = None) -> dict | None:
     """Widgets for the data of a new run (source, size, answer length, seed). Returns RunSettings fields, or None

@@ -15,6 +15,7 @@ import streamlit as st
 from app_pages.state import runs_dir, set_run
 from app_pages.ui import ERROR_ICON, show_error
 from hopscotch_core.method import runs
+from hopscotch_core.method.estimate import fmt_duration
 from hopscotch_core.studio import commands, jobs
 from hopscotch_core.studio.runview import RunView
 
@@ -72,8 +73,9 @@ def job_header(run: RunView, status: dict, key: str) -> None:
         detail = " · ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in info.items() if k != "stage")
         step, total = status.get("step"), status.get("total")
+        left = status.get("remaining_s")
         text = f"{status.get('stage') or 'working'}" + (f": {step}/{total}" if total else "") + (
-            f" · {detail}" if detail else "")
+            f" · {detail}" if detail else "") + (f" · about {fmt_duration(left)} left" if left is not None else "")
         st.progress(status.get("fraction") or 0.0, text=text)
         c1, c2 = st.columns([1, 4])
         if state != runs.STOPPING and c1.button("Stop", key=f"stop_{key}", help="SIGTERM: finishes the current "

@@ -7,6 +7,7 @@ from app_pages import state, tasks, ui
 from hopscotch_core.studio import figures
 from hopscotch_core.measure import metrics
 from hopscotch_core.measure.info import cached_summary, summary
+from hopscotch_core.method.settings import describe
 
 st.title("Hopscotch Studio")
 st.markdown(
@@ -19,7 +20,8 @@ if run is not None and run.example:
     st.info(f"**Example run loaded:** `{run.name}` — a finished run of the project's own pipeline "
             f"(`{run.manifest.get('settings', {}).get('model', '?')}` model). Every page shows it until you start "
             "your own: **Selection** (which blocks and why), **Scaling** (the learned scalars), **Compare** "
-            "(generate side by side), **Runs** (all runs, fidelity and speed).", icon=":material/menu_book:")
+            "(generate side by side), **Runs** (all runs, fidelity and speed).\n\n"
+            f"Made with: {describe(run.manifest.get('settings') or {})}.", icon=":material/menu_book:")
     cols = st.columns(4)
     for col, (page, label) in zip(cols, [("app_pages/selection.py", "Selection"), ("app_pages/scaling.py", "Scaling"),
                                          ("app_pages/compare.py", "Compare"), ("app_pages/runs.py", "Runs")]):

@@ -6,7 +6,22 @@ import streamlit as st
 
 from app_pages import forms, jobpanel, state, ui
 from hopscotch_core.studio import commands, figures
-from hopscotch_core.method import selection
+from hopscotch_core.method import estimate, selection
+from hopscotch_core.method.settings import RunSettings
+
+def time_estimate(settings: dict, n_layers: int, model) -> str:
+    """The job's estimated time per stage, from the measured stage times of the bundled default run."""
+    s = RunSettings(**{k: v for k, v in settings.items() if k in RunSettings.__dataclass_fields__})
+    try:
+        s.validate(n_layers)
+    except Exception:  # noqa: BLE001 - the launcher shows the setting's own error
+        return ""
+    est = estimate.estimate(s, n_layers, params=model.num_parameters())
+    parts = " · ".join(f"{estimate.STAGE_NAMES[k]} {estimate.fmt_duration(v)}" for k, v in est.items() if v >= 1)
+    where = "a 2-core CPU" if model.device.type == "cpu" else "a 2-core CPU (a GPU takes a fraction of it)"
+    return (f"Estimated time on {where}: about **{estimate.fmt_duration(sum(est.values()))}** ({parts}); from "
+            "the measured stage times of the bundled default run, scaled to this model's size and these settings.")
+
 
 model, n_layers, run = state.page_head(
     "Selection",
@@ -17,7 +32,8 @@ model, n_layers, run = state.page_head(
 
 with st.expander("Start a new selection", expanded=run is None):
     if model is not None:
-        d = forms.data_settings("sel", (run.manifest.get("settings") if run else None))
+        preset = forms.preset_choice("sel", estimate.MEASURED)
+        d = forms.data_settings("sel", {**((run.manifest.get("settings") or {}) if run else {}), **preset})
         c1, c2, c3, c4 = st.columns(4)
         k = c1.number_input("Blocks to remove (k)", 1, max(1, n_layers - 1), min(4, max(1, n_layers - 1)),
                             key="sel_k")
@@ -25,7 +41,8 @@ with st.expander("Start a new selection", expanded=run is None):
                                     help="paper: every remaining block trained each round (about an hour per "
                                          "round for the default model on a 2-core CPU); fast: a cheap ranking "
                                          "first, then only the shortlist is trained.") or "fast"
-        shortlist = c3.number_input("Shortlist (fast)", 1, n_layers, min(4, n_layers), key="sel_shortlist",
+        shortlist = c3.number_input("Shortlist (fast)", 1, n_layers, min(preset.get("shortlist", 4), n_layers),
+                                    key="sel_shortlist",
                                     disabled=mode != "fast")
         shortlist_by = c4.selectbox("Shortlist by (fast)", ["bi", "loss"], key="sel_shortlist_by",
                                     disabled=mode != "fast", help="bi: attention block influence 1 - cos(x, x1), one "
@@ -34,7 +51,7 @@ with st.expander("Start a new selection", expanded=run is None):
         baselines = c1.multiselect("Baselines", list(selection.BASELINES), default=[], key="sel_baselines",
                                    help="attn-bi: lowest attention block influence; shortgpt: whole layers by block "
                                         "influence; random; one-round: the paper's round-1 scores, k at once")
-        epochs = c2.number_input("Training epochs", 1, 200, 3, key="sel_epochs")
+        epochs = c2.number_input("Training epochs", 1, 200, preset.get("epochs", 3), key="sel_epochs")
         train_baselines = c3.checkbox("Train baselines' scalars", True, key="sel_train_bl")
         c1, c2 = st.columns([1, 3])
         cores = os.cpu_count() or 1
@@ -53,6 +70,7 @@ with st.expander("Start a new selection", expanded=run is None):
                         "shortlist": int(shortlist),
                         "shortlist_by": shortlist_by, "baselines": baselines, "epochs": int(epochs),
                         "train_baselines": bool(train_baselines)}
+            st.caption(time_estimate(settings, n_layers, model[0]))
             jobpanel.job_launcher("sel", commands.cli_args(settings, "run"), name, f"{mode}-k{int(k)}",
                                 "Start selection job", nproc=nproc)
 

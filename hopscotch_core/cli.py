@@ -448,7 +448,19 @@ def cmd_app(args) -> int:
     return subprocess.call(cmd)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def preset_of(argv: list[str] | None) -> str | None:
+    """The --preset NAME of a command line (read before the full parse: the preset's values are its flags'
+    defaults); an unknown name is left to the full parse, which refuses it with the choices."""
+    from .method.settings import PRESETS
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default=None)
+    name = pre.parse_known_args(sys.argv[1:] if argv is None else argv)[0].preset
+    return name if name in PRESETS else None
+
+
+def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
+    """The `hopscotch` parser; `preset`: the run settings' defaults come from that preset (cli.preset_of)."""
     from .method.settings import add_arguments
 
     p = argparse.ArgumentParser(prog="hopscotch", description="Find and skip redundant attention blocks.")
@@ -492,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("train", "a run up to scale training and evaluation (give --skip to train a set)")):
         s = sub.add_parser(name, help=text)
         _model_args(s)
-        add_arguments(s, _blocks, _baselines)  # every run setting (hopscotch_core/method/settings.py)
+        add_arguments(s, _blocks, _baselines, preset)  # every run setting (hopscotch_core/method/settings.py)
         s.add_argument("--runs-dir", default="runs")
         s.add_argument("--name", default=None, help="run name; an existing run of that name is resumed")
         s.add_argument("--resume", default=None, metavar="NAME",
@@ -545,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(preset_of(argv)).parse_args(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -74,6 +74,8 @@ BAD_RUN_INPUT = [  # (command, extra flags, what the one error line must say)
     ("run", ["--lora-rank", "1.5"], "invalid int value"),
     ("train", ["--skip", "1", "--lora-rank", "33"], "use at most 32"),   # the tiny model's o_proj is 32 x 32
     ("run", ["--lora-lr", "0"], "lora-lr must be a positive number"),
+    ("run", ["--preset", "fast"], "invalid choice: 'fast'"),
+    ("run", ["--preset", "quick", "--n-calib", "0"], "n-calib must be at least 1"),  # a flag beside a preset wins
 ]
 
 

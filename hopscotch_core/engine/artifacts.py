@@ -65,6 +65,7 @@ def model_identity(model: torch.nn.Module) -> dict[str, Any]:
         "source": getattr(model, "_hopscotch_source", None) or getattr(model.config, "_name_or_path", None),
         "model_type": cfg.model_type,
         "num_layers": int(cfg.num_hidden_layers),
+        "params": sum(p.numel() for p in model.parameters()),  # what run-time estimates scale by
         "config_hash": config_hash(model),
         "fingerprint": fingerprint(model),
     }

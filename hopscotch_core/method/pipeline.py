@@ -159,7 +159,8 @@ class Pipeline:
         return self.g.on_main(fn)
 
     def _timed(self, stage: str, fn: Callable[[], Any]) -> Any:
-        self.run.update(state=runs.RUNNING, stage=stage, pid=os.getpid())
+        # stage_started: when this stage began in this process (the job list's time left extrapolates from it)
+        self.run.update(state=runs.RUNNING, stage=stage, pid=os.getpid(), stage_started=time.time())
         self.run.log(f"stage {stage}: start")
         t = time.perf_counter()
         out = fn()

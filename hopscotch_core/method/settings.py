@@ -34,6 +34,25 @@ PAPER = {"objective": "ce", "granularity": "scalar", "lora_rank": 0}  # the pape
 LEGACY = {"objective": "ce", "kl_weight": 1.0, "granularity": "scalar", "lora_rank": 0, "lora_lr": 1e-3}
 
 
+# Named sets of setting values for `hopscotch run|generate|select|train --preset NAME` and the app's Selection form;
+# flags given beside a preset win, and every value goes through RunSettings and validate() like a flag's.
+# quick: a first look in minutes on a CPU (half the prompts, answers cut at 128 tokens, 2 candidates trained per
+# round, 2 epochs); its figures are noisier and its fidelity lower than the defaults' (README "Run time").
+PRESETS = {
+    "default": {},
+    "quick": {"n_calib": 16, "n_eval": 16, "max_new_tokens": 128, "shortlist": 2, "epochs": 2},
+}
+
+
+def preset_values(name: str | None) -> dict:
+    """The setting values of preset `name` (None: none); an unknown name is refused with the list of presets."""
+    if name is None:
+        return {}
+    if name not in PRESETS:
+        raise HopscotchError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
+    return dict(PRESETS[name])
+
+
 def _opt(default, help: str, flag: str | None = None, kind: str = "value", shared: bool = False, **kw):
     """A field with its CLI flag (default: --name-with-dashes), help, and how the CLI reads it: `value` (the
     field's type), `blocks` (--skip 3,7), `names` (--baselines a,b or all), `negated` (a store_true flag that sets
@@ -178,6 +197,23 @@ def check_selection(k: int | None, mode: str, shortlist: int | None, shortlist_b
         raise SelectionError(f"unknown shortlist ranking '{shortlist_by}'; use {' or '.join(SHORTLIST_BY)}")
 
 
+def describe(settings: dict) -> str:
+    """A run's settings in words, e.g. "k = 4, fast selection (shortlist 4), kl objective, per-channel multipliers,
+    rank-4 deltas, 32 calibration + 32 held-out GSM8K prompts, answers up to 288 tokens, 3 epochs" (a manifest's
+    settings; fields it predates read as LEGACY)."""
+    s = RunSettings.from_manifest({k: v for k, v in settings.items() if k in RunSettings.__dataclass_fields__})
+    sel = (f"given set {s.blocks}" if s.blocks is not None else
+           f"fast selection (shortlist {s.shortlist})" if s.mode == "fast" else "paper selection")
+    objective = f"{s.objective} objective" + (" (the paper's)" if s.objective == PAPER["objective"] else "")
+    gran = "per-channel multipliers" if s.granularity == "channel" else "scalar multipliers (the paper's)"
+    deltas = f"rank-{s.lora_rank} deltas" if s.lora_rank else "no low-rank deltas"
+    data = "GSM8K" if s.data == "gsm8k" else "custom"
+    calib = s.n_calib if s.n_calib is not None else DEFAULT_CALIB
+    held = s.n_eval if s.n_eval is not None else DEFAULT_EVAL
+    return (f"k = {s.k}, {sel}, {objective}, {gran}, {deltas}, {calib} calibration + {held} held-out {data} "
+            f"prompts, answers up to {s.max_new_tokens} tokens, {s.epochs} epochs")
+
+
 def field_help(name: str) -> str:
     """The help text of setting `name`."""
     return next(f.metadata["help"] for f in dataclasses.fields(RunSettings) if f.name == name)
@@ -196,14 +232,20 @@ def _type(f: dataclasses.Field):
     return int if t.startswith("int") else float if t.startswith("float") else None
 
 
-def add_arguments(parser: argparse.ArgumentParser, parse_blocks, parse_names) -> None:
-    """Every run setting as a flag of `parser` (except the shared model flags); `parse_blocks` / `parse_names`
-    read --skip and --baselines (cli.py's, which refuse bad lists at parse time)."""
+def add_arguments(parser: argparse.ArgumentParser, parse_blocks, parse_names, preset: str | None = None) -> None:
+    """Every run setting as a flag of `parser` (except the shared model flags), and --preset; `parse_blocks` /
+    `parse_names` read --skip and --baselines (cli.py's, which refuse bad lists at parse time). With `preset`, its
+    values are the flags' defaults (the CLI reads --preset first, then parses with them: given flags still win)."""
+    chosen = preset_values(preset)
+    parser.add_argument("--preset", choices=list(PRESETS), default=preset,
+                        help="a named set of the settings below (quick: a first look in minutes on a CPU); flags "
+                             "given beside it win")
     for f in dataclasses.fields(RunSettings):
         meta = f.metadata
         if meta["shared"]:
             continue
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        default = chosen.get(f.name, default)
         if meta["kind"] == "negated":
             parser.add_argument(_flag(f), action="store_true", help=meta["help"])
         elif meta["kind"] == "blocks":

@@ -36,7 +36,7 @@ import psutil
 from filelock import FileLock
 
 from ..errors import HopscotchError
-from ..method import runs
+from ..method import estimate, runs
 from ..method.runs import (
     ACTIVE,  # noqa: F401 - the job states whose process is alive, as before
     MANIFEST,
@@ -262,7 +262,8 @@ def status(runs_dir: str | os.PathLike, name: str) -> dict:
 
     state: starting (loading, no run directory yet) | running | stopping | the run's own state (done, stopped,
     failed, selected, ...) | interrupted (its process is gone mid-run: resumable) | exited (a job that is not a
-    pipeline run finished) | failed. With progress: stage, step, total, info (the CLI's progress.json).
+    pipeline run finished) | failed. With progress: stage, step, total, info (the CLI's progress.json), and
+    remaining_s: the seconds a running run has left (method/estimate.py; None until there is something to go on).
     """
     rec = record(runs_dir, name) or {}
     m = _manifest(runs_dir, name)
@@ -290,7 +291,7 @@ def status(runs_dir: str | os.PathLike, name: str) -> dict:
     prog = read_json(Path(runs_dir).expanduser() / name / runs.PROGRESS_FILE, None) if live else None
     out = {"name": name, "state": state, "alive": live, "pid": pid, "stage": m.get("stage"),
            "command": rec.get("command"), "returncode": rec.get("returncode"), "error": error, "log": log,
-           "step": None, "total": None, "fraction": None, "info": {}, "updated": None}
+           "step": None, "total": None, "fraction": None, "info": {}, "updated": None, "remaining_s": None}
     if live and not m:
         out["stage"] = "loading the model"
     if isinstance(prog, dict):
@@ -299,4 +300,7 @@ def status(runs_dir: str | os.PathLike, name: str) -> dict:
                    stage=prog.get("stage") or out["stage"])
         if isinstance(step, (int, float)) and isinstance(total, (int, float)) and total > 0:
             out["fraction"] = max(0.0, min(1.0, step / total))
+    if live and m:
+        command = next((a for a in rec.get("command") or [] if a in estimate.COMMAND_STAGES), "run")
+        out["remaining_s"] = estimate.remaining(m, prog if isinstance(prog, dict) else None, command)
     return out

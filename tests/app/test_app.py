@@ -165,6 +165,24 @@ def test_selection_form_offers_a_process_count(runs, world):
                           "-m hopscotch_core run --model ")
 
 
+def test_selection_presets_fill_the_form_and_the_time_is_estimated(runs, world):
+    at = visit(start(), "selection")
+    at.radio(key="sel_src").set_value("Bundled GSM8K problems").run()
+    assert at.button_group(key="sel_preset").value is None  # none picked: the open run's settings
+    at.button_group(key="sel_preset").set_value("quick").run()
+    assert not at.exception, at.exception
+    cmd = at.code[0].value
+    for flag in ("--n-calib 16", "--n-eval 16", "--max-new-tokens 128", "--shortlist 2", "--epochs 2"):
+        assert flag in cmd, cmd
+    assert "Estimated time on a 2-core CPU: about" in texts(at)
+    at.number_input(key="sel_epochs").set_value(5).run()  # an edit beside the preset wins
+    assert "--epochs 5" in at.code[0].value
+    at.button_group(key="sel_preset").set_value("default").run()  # a pick resets the fields to its values
+    cmd = at.code[0].value
+    assert "--n-calib 32 --n-eval 32" in cmd  # the form always names the data sizes
+    assert not any(f in cmd for f in ("--max-new-tokens", "--shortlist", "--epochs")), cmd
+
+
 @pytest.mark.subprocess
 def test_selection_job_started_from_the_app(runs, world):
     at = visit(start(), "selection")

@@ -1,0 +1,158 @@
+"""Run-time estimates (method/estimate.py) and presets (method/settings.PRESETS, `--preset`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hopscotch_core import cli
+from hopscotch_core.method import estimate
+from hopscotch_core.method.settings import PRESETS, RunSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_work_units_count_the_passes_of_each_stage():
+    # fast mode, bi shortlist: k rounds x shortlist candidate-epochs + one forward (a third) per round
+    s = RunSettings(n_calib=10, n_eval=6, max_new_tokens=100, k=3, shortlist=2, epochs=4,
+                    baselines=["random", "attn-bi"])
+    u = estimate.work_units(s, num_layers=12)
+    c, e = 10 * 100, 6 * 100
+    assert u["generate"] == 1600 and u["teacher"] == c            # kl: the teacher runs once over the calibration
+    assert u["select"] == pytest.approx((3 * 2 + 3 / 3) * c)
+    assert u["train"] == pytest.approx(4 * (c + e / 3)) and u["evaluate"] == e
+    assert u["baselines"] == pytest.approx(2 * (4 * (c + e / 3) + e))
+    # paper mode trains every remaining block: 12 + 11 + 10 candidate-epochs; ce has no teacher
+    p = estimate.work_units(RunSettings(n_calib=10, n_eval=6, max_new_tokens=100, k=3, mode="paper",
+                                        objective="ce"), 12)
+    assert p["select"] == 33 * c and p["teacher"] == 0 and p["baselines"] == 0
+    # loss shortlist: one forward per remaining block and round; a given skip set selects nothing
+    q = estimate.work_units(RunSettings(n_calib=10, n_eval=6, max_new_tokens=100, k=2, shortlist_by="loss"), 12)
+    assert q["select"] == pytest.approx((2 * 4 + (12 + 11) / 3) * c)
+    assert estimate.work_units(RunSettings(blocks=[1, 2]), 12)["select"] == 0
+    # no baselines trained: only their evaluation
+    n = estimate.work_units(RunSettings(n_calib=10, n_eval=6, max_new_tokens=100, baselines=["random"],
+                                        train_baselines=False), 12)
+    assert n["baselines"] == e
+
+
+def test_costs_from_a_manifest_give_back_its_stage_times():
+    settings = {"n_calib": 8, "n_eval": 4, "max_new_tokens": 50, "k": 2, "shortlist": 3, "epochs": 2,
+                "baselines": ["random"], "objective": "kl", "granularity": "channel"}
+    timings = {"prompts": 0.01, "generate": 30.0, "teacher": 2.0, "select": 120.0, "train": 40.0, "evaluate": 3.0,
+               "baselines": 45.0}
+    m = {"settings": settings, "timings": timings, "model": {"num_layers": 6, "params": 1000}}
+    costs = estimate.costs_from_manifest(m)
+    assert "prompts" not in costs  # no work counted: no cost per unit
+    again = estimate.estimate(RunSettings.from_manifest(settings), 6, costs)
+    assert {k: round(v, 6) for k, v in again.items() if v} == {k: v for k, v in timings.items() if k != "prompts"}
+    # twice the calibration prompts: twice the selection work, and the teacher's
+    more = estimate.estimate(RunSettings.from_manifest({**settings, "n_calib": 16}), 6, costs)
+    assert more["select"] == pytest.approx(240.0) and more["teacher"] == pytest.approx(4.0)
+    # the reference costs scale with the parameter count
+    base = estimate.estimate(RunSettings(), 30)
+    twice = estimate.estimate(RunSettings(), 30, params=2 * estimate.REFERENCE["params"])
+    assert all(twice[k] == pytest.approx(2 * base[k]) for k in base)
+
+
+def test_the_reference_costs_are_the_bundled_default_runs():
+    m = json.loads((ROOT / "assets" / "example-run-k4" / "manifest.json").read_text())
+    assert m["model"]["params"] == estimate.REFERENCE["params"]
+    got = estimate.costs_from_manifest(m)
+    assert got and all(estimate.REFERENCE["costs"][k] == pytest.approx(v, rel=1e-3) for k, v in got.items())
+    # the run was made at the defaults, so the estimate of a default run is its measured stage times
+    est = estimate.estimate(RunSettings(k=4, baselines=m["settings"]["baselines"]), m["model"]["num_layers"])
+    assert sum(est.values()) == pytest.approx(sum(v for k, v in m["timings"].items() if k in est), rel=1e-3)
+
+
+def test_time_left_extrapolates_the_stage_and_scales_the_rest():
+    settings = {"n_calib": 8, "n_eval": 4, "max_new_tokens": 50, "k": 2, "shortlist": 3, "epochs": 2,
+                "objective": "ce"}
+    costs = {"generate": 0.01, "select": 0.002, "train": 0.005, "evaluate": 0.01}
+    s = RunSettings.from_manifest(settings)
+    est = estimate.estimate(s, 6, costs)  # generate 6.0, select 12 * 0.002 * ... (by hand below)
+    assert est["generate"] == pytest.approx(600 * 0.01)
+    m = {"settings": settings, "model": {"num_layers": 6}, "stage": "select", "stage_started": 1000.0,
+         "timings": {"prompts": 0.0, "generate": 12.0}}  # generation took twice its estimate
+    # 10 s spent on 2 of 6 steps: 20 s left of selection; later stages twice their estimates
+    left = estimate.remaining(m, {"stage": "select", "step": 2, "total": 6}, now=1010.0, costs=costs)
+    train = 2 * (400 + 200 / 3) * 0.005
+    assert left == pytest.approx(20.0 + 2 * (train + 200 * 0.01))
+    # no step yet: the stage's own estimate (scaled) less the time spent
+    sel = (2 * 3 + 2 / 3) * 400 * 0.002
+    left = estimate.remaining(m, None, now=1001.0, costs=costs)
+    assert left == pytest.approx(2 * sel - 1.0 + 2 * (train + 200 * 0.01))
+    # `hopscotch select` ends after selection
+    assert estimate.remaining(m, {"stage": "select", "step": 3, "total": 6}, "select", 1010.0, costs) \
+        == pytest.approx(10.0)
+    # progress of another stage (left over from the last one) is not this stage's
+    assert estimate.remaining(m, {"stage": "generate", "step": 63, "total": 64}, now=1001.0, costs=costs) \
+        == pytest.approx(2 * sel - 1.0 + 2 * (train + 200 * 0.01))
+    assert estimate.remaining({**m, "model": None}, None) is None
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_is_valid_settings(name):
+    s = RunSettings(**PRESETS[name])
+    s.validate(num_layers=30)
+    assert set(PRESETS[name]) <= set(RunSettings.__dataclass_fields__)
+
+
+def test_preset_values_are_flag_defaults_and_given_flags_win():
+    def settings(*argv):
+        argv = ["run", *argv]
+        return RunSettings.from_args(cli.build_parser(cli.preset_of(argv)).parse_args(argv))
+
+    quick = settings("--preset", "quick", "--k", "7")
+    assert {k: getattr(quick, k) for k in PRESETS["quick"]} == PRESETS["quick"] and quick.k == 7
+    mine = settings("--epochs", "5", "--preset", "quick")
+    assert mine.epochs == 5 and mine.n_calib == PRESETS["quick"]["n_calib"]
+    assert settings("--preset", "default") == settings() == RunSettings()
+    # quick is smaller in every stage than the defaults (so a first look is cheaper everywhere)
+    full, short = estimate.estimate(RunSettings(), 30), estimate.estimate(RunSettings(**PRESETS["quick"]), 30)
+    assert all(short[k] < full[k] for k in full if full[k] > 0)
+
+
+def test_durations_read_as_people_say_them():
+    assert estimate.fmt_duration(45) == "45 s"
+    assert estimate.fmt_duration(12 * 60 + 10) == "12 min"
+    assert estimate.fmt_duration(3900) == "1 h 05 min"
+
+
+def test_settings_read_in_words():
+    from hopscotch_core.method.settings import describe
+
+    words = describe({"k": 7, "objective": "kl", "granularity": "channel", "lora_rank": 4, "n_calib": None,
+                      "n_eval": 16, "max_new_tokens": 288, "mode": "fast", "shortlist": 4, "epochs": 3})
+    assert words == ("k = 7, fast selection (shortlist 4), kl objective, per-channel multipliers, rank-4 deltas, "
+                     "32 calibration + 16 held-out GSM8K prompts, answers up to 288 tokens, 3 epochs")
+    # a manifest written before the recovery settings existed ran the paper's
+    assert "ce objective (the paper's), scalar multipliers (the paper's), no low-rank deltas" in describe({"k": 4})
+
+
+def test_a_running_jobs_status_says_the_time_left(tmp_path):
+    import os
+    import time
+
+    from hopscotch_core.method.runs import write_json
+    from hopscotch_core.studio import jobs
+
+    run = tmp_path / "r1"
+    run.mkdir()
+    now = time.time()
+    m = {"name": "r1", "state": "running", "pid": os.getpid(), "stage": "select", "stage_started": now - 30,
+         "model": {"num_layers": 6, "params": estimate.REFERENCE["params"]},
+         "settings": {"n_calib": 8, "n_eval": 4, "max_new_tokens": 50, "k": 2, "shortlist": 3},
+         "timings": {"prompts": 0.0, "generate": 10.0, "teacher": 1.0}}
+    write_json(run / "manifest.json", m)
+    write_json(run / "progress.json", {"stage": "select", "step": 3, "total": 6, "time": now})
+    status = jobs.status(tmp_path, "r1")
+    assert status["alive"] and status["state"] == "running"
+    # a run started by hand runs every stage; 30 s for half the selection: about 30 s more, then the rest
+    later = estimate.remaining({**m, "stage": "select"}, {"stage": "select", "step": 6, "total": 6}, now=now)
+    assert status["remaining_s"] == pytest.approx(30.0 + later, abs=2.0)
+    # a finished run has no time left to show
+    write_json(run / "manifest.json", {**m, "state": "done", "stage": None})
+    assert jobs.status(tmp_path, "r1")["remaining_s"] is None
