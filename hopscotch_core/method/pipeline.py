@@ -162,13 +162,17 @@ class Pipeline:
         # stage_started: when this stage began in this process (the job list's time left extrapolates from it)
         self.run.update(state=runs.RUNNING, stage=stage, pid=os.getpid(), stage_started=time.time())
         self.run.log(f"stage {stage}: start")
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         out = fn()
         stopped = self._stopped()
         if self.main:
-            timings = self.run.manifest.get("timings", {})
+            # wall seconds, and CPU seconds of this process (all its threads): on a busy machine the wall time
+            # grows while the CPU time stays what the work costs; both add up over resumes
+            m = self.run.manifest
+            timings, cpu_timings = m.get("timings", {}), m.get("cpu_timings", {})
             timings[stage] = round(timings.get(stage, 0.0) + time.perf_counter() - t, 2)
-            self.run.update(timings=timings)
+            cpu_timings[stage] = round(cpu_timings.get(stage, 0.0) + time.process_time() - cpu, 2)
+            self.run.update(timings=timings, cpu_timings=cpu_timings)
         self.run.log(f"stage {stage}: {'stopped' if stopped else 'done'}")
         return out
 

@@ -273,6 +273,10 @@ def test_kl_channel_run_records_its_objective_and_keeps_the_teacher(model_dir, d
     m = json.loads((run / "manifest.json").read_text())
     assert m["settings"]["objective"] == "kl" and m["settings"]["granularity"] == "channel"
     assert (run / "teacher.safetensors").is_file() and "teacher" in m["timings"]
+    # every timed stage has its CPU seconds too (this process's, all threads), and the model its size
+    assert set(m["cpu_timings"]) == set(m["timings"]) and all(v >= 0 for v in m["cpu_timings"].values())
+    assert m["cpu_timings"]["train"] > 0
+    assert m["model"]["params"] == sum(p.numel() for p in hc.load_model(model_dir, device="cpu")[0].parameters())
     meta = json.loads((run / "adapter" / "hopscotch.json").read_text())
     assert meta["objective"] == "kl" and meta["granularity"] == "channel"
     epochs = [r for r in read_jsonl(run / "metrics.jsonl") if r["stage"] == "train"]
