@@ -1,17 +1,18 @@
 """How long a run will take, before it starts and while it runs: stage by stage, from the stage times runs record.
 
-    units = work_units(RunSettings(k=4), num_layers=30)         # stage -> amount of work (answer-token slots)
-    costs = costs_from_manifest(manifest, num_layers=30)         # stage -> seconds per unit, from a finished run
-    estimate(RunSettings(k=4), 30, costs)                        # stage -> seconds
-    remaining(manifest, progress, now=time.time())               # seconds left of a running run, or None
+    work = work_units(RunSettings(k=4), num_layers=30)         # stage -> {kind: answer-token slots}
+    costs = costs_from_manifest(manifest)                      # kind -> seconds per slot, from a finished run
+    estimate(RunSettings(k=4), 30, costs)                      # stage -> seconds
+    remaining(manifest, progress, now=time.time())             # seconds left of a running run, or None
 
-A stage's work is counted in answer-token slots: prompts x max-new-tokens, times how many passes over them the
-stage makes (generation writes them once; selection trains `shortlist` candidates one epoch per round in fast
-mode, every remaining block in paper mode; scale training runs `epochs` epochs and scores the held-out prompts
-after each; each baseline is trained and evaluated like the selected set). A finished run's manifest gives
-seconds per unit for every stage it ran (its `timings`, which add up over resumes); `REFERENCE` holds those of
-the bundled default example run, measured on a 2-core CPU, and is what an estimate uses when no run on this
-machine is known. Other models scale by parameter count: forward and backward cost grow with the weights.
+Work is counted in answer-token slots: prompts x max-new-tokens, once per pass over them, of three kinds with
+their own cost per slot: `gen` (greedy generation of the answers), `fwd` (a forward pass without gradients: the KL
+teacher, the block-influence ranking, held-out losses) and `train` (a forward and backward pass of scale
+training: every candidate selection scores, every epoch of the final training and of each baseline). A stage's
+seconds are its slots of each kind times that kind's cost. A finished run's manifest gives the three costs from
+its stage times (`timings`, which add up over resumes); `REFERENCE` holds those of the embedded default model on a
+quiet 2-core CPU, which an estimate uses when no run on this machine is given. Other models scale by parameter
+count: the cost of a pass grows with the weights.
 
 Pure Python, no torch: the app's forms and the job list call it on every script run.
 """
@@ -25,24 +26,22 @@ from .settings import DEFAULT_CALIB, DEFAULT_EVAL, RunSettings
 
 # The pipeline's stages in the order they run ("teacher": the original model's outputs for the KL objective).
 ORDER = ("prompts", "generate", "teacher", "select", "train", "evaluate", "baselines")
-# The stages each CLI command runs (cli: generate -> answers, select -> + selection, train -> + training).
-COMMAND_STAGES = {"generate": ORDER[:2], "select": ORDER[:4], "train": ORDER[:6], "run": ORDER}
 STAGE_NAMES = {"prompts": "prompts", "generate": "answers", "teacher": "teacher", "select": "selection",
                "train": "training", "evaluate": "evaluation", "baselines": "baselines"}
-HELD_OUT_PASS = 1 / 3  # a forward-only pass over a row costs about a third of forward + backward
+# The stages each CLI command runs (cli: generate -> answers, select -> + selection, train -> + training).
+COMMAND_STAGES = {"generate": ORDER[:2], "select": ORDER[:4], "train": ORDER[:6], "run": ORDER}
+KINDS = ("gen", "fwd", "train")
+EVAL_PASSES = 3  # held-out evaluation: the original, the unscaled and the trained model, one forward each
 
-# Seconds per unit of the bundled default example run (assets/example-run-k4: `hopscotch run --model default --k 4
-# --baselines attn-bi,shortgpt,random` at the defaults, SmolLM2-135M, fp32, 2-core CPU); tests check these against
-# that run's manifest. `params`: the model's parameter count, to scale the costs to other models.
-REFERENCE = {
-    "params": 134_515_008,
-    "costs": {"prompts": 0.0, "generate": 0.0, "teacher": 0.0, "select": 0.0, "train": 0.0, "evaluate": 0.0,
-              "baselines": 0.0},
-}
+# Seconds per answer-token slot of the embedded default model (SmolLM2-135M, fp32) on a 2-core CPU, from the
+# default run `hopscotch run --model default --k 4` (docs/measurements.md "Run time"): `gen` from its answers
+# stage, `train` from the CPU seconds of its candidate scoring over 2 threads (the machine was shared), `fwd` a
+# third of `train` (no backward pass). `params` scales them to other models.
+REFERENCE = {"params": 134_515_008, "costs": {"gen": 0.0154, "fwd": 0.0047, "train": 0.0140}}
 
-
-# Measured wall time (s) of `hopscotch run --model default --k 4` at each preset on a 2-core CPU (README "Run time").
-MEASURED = {"quick": None, "default": None}
+# Measured wall time (s) of `hopscotch run --model default --k 4` at each preset on a 2-core CPU (README "Run
+# time"); None where not measured yet.
+MEASURED: dict[str, float | None] = {"quick": None, "default": None}
 
 
 def _sizes(s: RunSettings, n_records: int | None) -> tuple[int, int]:
@@ -51,52 +50,65 @@ def _sizes(s: RunSettings, n_records: int | None) -> tuple[int, int]:
     return (s.n_calib if s.n_calib is not None else DEFAULT_CALIB, s.n_eval if s.n_eval is not None else DEFAULT_EVAL)
 
 
-def select_passes(s: RunSettings, num_layers: int) -> float:
-    """Candidate-epochs over the calibration rows that selection trains (a given skip set selects nothing)."""
-    if s.blocks is not None:
-        return 0.0
-    if s.mode == "fast":
-        shortlist = min(s.shortlist, num_layers)
-        # the cheap ranking: one forward per round (bi) or one per remaining block (loss)
-        ranking = sum((num_layers - r) if s.shortlist_by == "loss" else 1 for r in range(s.k)) * HELD_OUT_PASS
-        return s.k * shortlist + ranking
-    return float(sum(num_layers - r for r in range(s.k)))
+def _work(gen: float = 0.0, fwd: float = 0.0, train: float = 0.0) -> dict[str, float]:
+    return {"gen": float(gen), "fwd": float(fwd), "train": float(train)}
 
 
-def work_units(s: RunSettings, num_layers: int, n_records: int | None = None) -> dict[str, float]:
-    """Work per stage in answer-token slots (see module docstring); 0 for a stage these settings skip."""
+def work_units(s: RunSettings, num_layers: int, n_records: int | None = None) -> dict[str, dict[str, float]]:
+    """Per stage, the answer-token slots of each kind of pass it makes (see module docstring)."""
     calib, held = _sizes(s, n_records)
     c, e = calib * s.max_new_tokens, held * s.max_new_tokens
-    train = s.epochs * (c + e * HELD_OUT_PASS)
-    evaluate = e
-    per_baseline = (train if s.train_baselines else 0.0) + evaluate
-    return {"prompts": 0.0, "generate": float(c + e), "teacher": float(c) if s.objective != "ce" else 0.0,
-            "select": select_passes(s, num_layers) * c, "train": float(train), "evaluate": float(evaluate),
-            "baselines": len(s.baselines) * per_baseline}
+    if s.blocks is not None:
+        select = _work()
+    elif s.mode == "fast":  # the cheap ranking (one forward per round, or one per remaining block), then the shortlist
+        ranks = sum((num_layers - r) if s.shortlist_by == "loss" else 1 for r in range(s.k))
+        select = _work(fwd=ranks * c, train=s.k * min(s.shortlist, num_layers) * c)
+    else:  # the paper's: every remaining block trained one epoch each round
+        select = _work(train=sum(num_layers - r for r in range(s.k)) * c)
+    train = _work(fwd=s.epochs * e, train=s.epochs * c)  # held-out loss after each epoch
+    evaluate = _work(fwd=EVAL_PASSES * e)
+    baselines = _work()
+    for name in s.baselines:
+        ranking = {"attn-bi": _work(fwd=c), "shortgpt": _work(fwd=c),
+                   "one-round": _work(train=num_layers * c) if s.mode == "fast" else _work()}.get(name, _work())
+        for part in (ranking, train if s.train_baselines else _work(), evaluate):
+            baselines = {k: baselines[k] + part[k] for k in KINDS}
+    return {"prompts": _work(), "generate": _work(gen=c + e), "teacher": _work(fwd=c) if s.objective != "ce" else _work(),
+            "select": select, "train": train, "evaluate": evaluate, "baselines": baselines}
 
 
 def costs_from_manifest(manifest: Mapping, num_layers: int | None = None) -> dict[str, float]:
-    """Seconds per unit of every stage a finished run timed (stages it did not run or did no work in are left
-    out); `num_layers` defaults to the model the manifest recorded."""
+    """Seconds per slot of each kind of pass, from a run's stage times (a kind its stages did not time is left
+    out): gen from the answers stage, fwd from the forward-only stages (teacher, evaluation), train from the
+    training stages (selection, training, baselines) less their forward passes at that fwd cost."""
     s = RunSettings.from_manifest(manifest.get("settings") or {})
     n = num_layers or (manifest.get("model") or {}).get("num_layers") or 0
-    units = work_units(s, n)
-    out = {}
-    for stage, seconds in (manifest.get("timings") or {}).items():
-        if stage in units and units[stage] > 0 and isinstance(seconds, (int, float)):
-            out[stage] = float(seconds) / units[stage]
+    units, timings = work_units(s, n), manifest.get("timings") or {}
+    timed = {st: float(t) for st, t in timings.items() if st in units and isinstance(t, (int, float))}
+    out: dict[str, float] = {}
+    if timed.get("generate") and units["generate"]["gen"] > 0:
+        out["gen"] = timed["generate"] / units["generate"]["gen"]
+    fwd_stages = [st for st in ("teacher", "evaluate") if st in timed and units[st]["fwd"] > 0]
+    if fwd_stages:
+        out["fwd"] = sum(timed[st] for st in fwd_stages) / sum(units[st]["fwd"] for st in fwd_stages)
+    train_stages = [st for st in ("select", "train", "baselines") if st in timed and units[st]["train"] > 0]
+    if train_stages:
+        fwd = out.get("fwd", REFERENCE["costs"]["fwd"])
+        spent = sum(timed[st] - fwd * units[st]["fwd"] for st in train_stages)
+        out["train"] = max(0.0, spent) / sum(units[st]["train"] for st in train_stages)
     return out
 
 
 def estimate(s: RunSettings, num_layers: int, costs: Mapping[str, float] | None = None, params: int | None = None,
              n_records: int | None = None, stages: tuple[str, ...] = ORDER) -> dict[str, float]:
-    """Seconds per stage of a run with settings `s` on a model of `num_layers` layers (and `params` parameters,
-    scaling the reference costs), for the stages in `stages`; `costs` default to REFERENCE's."""
-    base = dict(REFERENCE["costs"])
-    base.update(costs or {})
-    scale = (params / REFERENCE["params"]) if (params and costs is None) else 1.0
+    """Seconds per stage of a run with settings `s` on a model of `num_layers` layers, for the stages in
+    `stages`. `costs` (seconds per slot by kind, e.g. costs_from_manifest of a run on this machine) fill in over
+    REFERENCE's, which are scaled by `params` / the reference model's parameter count when given."""
+    scale = params / REFERENCE["params"] if params else 1.0
+    per = {k: v * scale for k, v in REFERENCE["costs"].items()}
+    per.update(costs or {})
     units = work_units(s, num_layers, n_records)
-    return {st: units[st] * base.get(st, 0.0) * scale for st in ORDER if st in stages}
+    return {st: sum(units[st][k] * per[k] for k in KINDS) for st in ORDER if st in stages}
 
 
 def _stage_of(progress_stage: str) -> str:
