@@ -35,6 +35,7 @@ from .commands import export_args
 DEMO_DIR = Path("exports") / "gguf-demo"  # under the runs directory
 DEFAULT_QUANT = "q8_0"
 DEMO_QUANTS = ("f32", "f16", "q8_0")      # written by gguf-py alone (no llama.cpp quantizer pass)
+EXPORT_FILE = "hopscotch_export.json"     # integrations.export.EXPORT_FILE, named here without importing torch
 
 
 class GGUFDemoError(HopscotchError, ValueError):
@@ -96,12 +97,15 @@ def gguf_request(runs_dir: str | os.PathLike, *, model: str, skip: Sequence[int]
     return GGUFRequest(key, out, f"gguf-{key_hash(key)}", args)
 
 
+def finished_export(out: str | os.PathLike) -> bool:
+    """Whether `out` is a finished export folder (the export renames its folder into place only at the end)."""
+    return (Path(out) / EXPORT_FILE).is_file()
+
+
 def cached_gguf(out: str | os.PathLike) -> Path | None:
     """The .gguf of a finished export folder, or None (absent: not exported yet, or interrupted)."""
-    from ..integrations.export import EXPORT_FILE
-
     out = Path(out)
-    files = sorted(out.glob("*.gguf")) if (out / EXPORT_FILE).is_file() else []
+    files = sorted(out.glob("*.gguf")) if finished_export(out) else []
     return files[0] if len(files) == 1 else None
 
 
