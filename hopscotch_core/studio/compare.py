@@ -91,9 +91,6 @@ def stream_pair(model, tok, prompt: str, skipped: Iterable[int] = (), scales: to
     done = [False, False]
     caches: list = [None, None]
     feeds = [ids, ids]
-    def forward(input_ids: list[list[int]], cache):
-        return _greedy_step(model, input_ids, cache)
-
     def take(side: int, tok_id: int) -> None:
         feeds[side] = [tok_id]
         if done[side]:
@@ -105,7 +102,7 @@ def stream_pair(model, tok, prompt: str, skipped: Iterable[int] = (), scales: to
 
     def side_step(hs, side: int) -> tuple[list[int], object]:  # runs in a worker thread
         with hs.in_thread(*thread_configs[side]), torch.no_grad():
-            return forward([feeds[side]], caches[side])
+            return _greedy_step(model, [feeds[side]], caches[side])
 
     def submit(hs) -> dict:  # the next step of every side still decoding, in the workers
         return {side: pool.submit(side_step, hs, side) for side in (0, 1) if not done[side]}
@@ -133,7 +130,7 @@ def stream_pair(model, tok, prompt: str, skipped: Iterable[int] = (), scales: to
                             jobs = {}
                         else:
                             with hs.per_row(configs):
-                                nxt, caches[0] = forward([feeds[0], feeds[1]], caches[0])
+                                nxt, caches[0] = _greedy_step(model, [feeds[0], feeds[1]], caches[0])
                             for side in (0, 1):
                                 take(side, nxt[side])
                         step += 1
