@@ -19,11 +19,30 @@ FORMATS = {"compact": "compact (skipped weights absent; hc.load_model)",
            "gguf": "gguf (llama.cpp, attention-free layers)"}
 QUANTS = ["f32", "f16", "q8_0", "q4_0", "q4_k_m"]
 QUANT_HELP = "q4_0 / q4_k_m go through llama.cpp's own quantizer"
+CHECKED = "_gguf_checked"  # session state: the GGUF writer's verdict per (model, skip set, weight type)
 
 
 def job_name(run: RunView) -> str:
     """The export job of a run (one at a time per run, whichever page started it)."""
     return f"{run.name}.export"
+
+
+def gguf_refusal(model, lock, skip: list[int], quant: str) -> Exception | None:
+    """Why the GGUF writer would refuse `skip` on `model` (its own exception: attention of the file's first layer
+    skipped, a family or RoPE llama.cpp's deci layer does not compute, a bad weight type), or None. Kept per model,
+    skip set and weight type for this session: the check waits for the model's lock, which a generation holds for
+    up to half a second at a time."""
+    from hopscotch_core.studio.gguf_demo import check_gguf
+
+    key = (state.model_key(), tuple(sorted(skip)), quant)
+    seen = st.session_state.setdefault(CHECKED, {})
+    if key not in seen:
+        try:
+            check_gguf(model, skip, quant, lock=lock)
+            seen[key] = None
+        except Exception as e:  # noqa: BLE001 - the writer's refusal, shown by the caller
+            seen[key] = e
+    return seen[key]
 
 
 def export_status(job: str, where=None) -> None:
@@ -68,9 +87,15 @@ def run_export(run: RunView, key: str = "runs_exp") -> None:
     st.code(commands.shown(args), language="bash")
     job = job_name(run)
     alive = jobs.status(state.runs_dir(), job)["alive"]
+    loaded = st.session_state.get(state.MODEL)
+    refusal = None
+    if fmt == "gguf" and loaded is not None and state.run_model_problem(run, loaded[0]) is None:
+        refusal = gguf_refusal(loaded[0], loaded[2], run.adapter()[1].get("skipped") or [], quant)
+    if refusal is not None:  # before any job, in the writer's own words
+        st.warning(f"**llama.cpp cannot run this run's model:** {refusal}", icon=":material/block:")
     if done:
         st.caption(f"Already exported to `{out}`; exporting again replaces it.")
-    if st.button("Export again" if done else "Export", key=f"{key}_go", disabled=alive,
+    if st.button("Export again" if done else "Export", key=f"{key}_go", disabled=alive or refusal is not None,
                  help="Runs `hopscotch export` as a job on the run's own model: compact reloads with "
                       "hc.load_model(dir), hf in any Hugging Face tool, gguf in llama.cpp"):
         try:

@@ -11,7 +11,7 @@ import time
 
 import streamlit as st
 
-from app_pages import jobpanel, state, ui
+from app_pages import exports, jobpanel, state, ui
 from hopscotch_core.method import runs
 from hopscotch_core.studio import commands, compare, gguf_demo, jobs
 from hopscotch_core.studio.runview import RunView
@@ -20,7 +20,6 @@ QUANT = "cmp_gguf_quant"      # kept widget: the demo file's weight type
 GO = "cmp_gguf_go"            # the generate button
 EXPORT = "cmp_gguf_export"    # the export button
 RESULT = "cmp_gguf_result"    # the last finished pair: {"a", "b", "titles", "note", "file"}
-CHECKED = "cmp_gguf_checked"  # the writer's verdict per (model, skip set, weight type): None or its exception
 
 
 def _titles(label: str, quant: str, frame: gguf_demo.RuntimeFrame | None) -> tuple[str, str]:
@@ -72,21 +71,6 @@ def _export_panel(req: gguf_demo.GGUFRequest) -> None:
     jobpanel.live(line, active=status["alive"])
 
 
-def _check(model, lock, skip: list[int], quant: str) -> None:
-    """gguf_demo.check_gguf, its verdict kept per model, skip set and weight type for this session (the check
-    waits for the model's lock, which a generation holds for up to half a second at a time)."""
-    key = (state.model_key(), tuple(skip), quant)
-    seen = st.session_state.setdefault(CHECKED, {})
-    if key not in seen:
-        try:
-            gguf_demo.check_gguf(model, skip, quant, lock=lock)
-            seen[key] = None
-        except Exception as e:  # noqa: BLE001 - kept, raised again below
-            seen[key] = e
-    if seen[key] is not None:
-        raise seen[key]
-
-
 def section(model, tok, lock, run: RunView | None, skip: list[int], scaled: bool, prompt: str, max_new: int,
             label: str) -> None:
     """Draw the section: the original in transformers beside the `skip` set (scaled by `run`'s adapter when
@@ -107,7 +91,9 @@ def section(model, tok, lock, run: RunView | None, skip: list[int], scaled: bool
         req = gguf_demo.gguf_request(state.runs_dir(), model=settings["model"], dtype=settings["dtype"],
                                      run=run.name if run is not None else None, skip=skip, adapter=adapter,
                                      quant=quant)
-        _check(model, lock, skip, quant)
+        refusal = exports.gguf_refusal(model, lock, skip, quant)
+        if refusal is not None:
+            raise refusal
     except Exception as e:  # noqa: BLE001 - the writer's own message (what llama.cpp cannot represent)
         st.warning(f"**llama.cpp cannot run this set:** {e}", icon=":material/block:")
         return

@@ -133,3 +133,21 @@ def test_compare_exports_the_gguf_once_and_streams_it_beside_the_original(runs, 
     assert [b for b in other.button if b.key == "cmp_gguf_go"]
     assert not [b for b in other.button if b.key == "cmp_gguf_export"]
     assert model_left_as_loaded(at)
+
+
+def test_runs_page_refuses_a_gguf_llama_cpp_cannot_run_before_any_job(runs, world):
+    import json
+    import shutil
+
+    run = runs / "first-layer"
+    shutil.copytree(world.example, run)
+    meta = json.loads((run / "adapter" / "hopscotch.json").read_text())
+    meta["skipped"] = [0, 2]  # attention of the file's first layer skipped
+    (run / "adapter" / "hopscotch.json").write_text(json.dumps(meta))
+    at = start()
+    at.selectbox(key="run").set_value(str(run)).run()
+    visit(at, "runs")
+    assert any("first layer in the file" in w.value for w in at.warning)
+    assert at.button(key="runs_exp_go").disabled
+    at.button_group(key="runs_exp_format").set_value("hf").run()  # hf computes it: offered
+    assert not at.button(key="runs_exp_go").disabled
