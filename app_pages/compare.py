@@ -190,3 +190,9 @@ if speed is not None:
                 if c in df]
         st.dataframe(df[cols], hide_index=True)
         st.caption(f"Measured for blocks {res['skip']}: medians over rounds; speed-ups against the original.")
+
+# ------------------------------------------------------------------------------------------------ llama.cpp
+from app_pages import gguf_side  # noqa: E402 - the original beside the compressed GGUF: a section of its own
+
+gguf_side.section(model, tok, lock, run if problem is None else None, skip, scales is not None, prompt, int(max_new),
+                  label)

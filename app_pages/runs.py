@@ -6,7 +6,7 @@ from functools import partial
 import pandas as pd
 import streamlit as st
 
-from app_pages import jobpanel, state, ui
+from app_pages import exports, jobpanel, state, ui
 from hopscotch_core.method import runs
 from hopscotch_core.studio import commands, figures, jobs
 from hopscotch_core.studio.report import build_report
@@ -94,7 +94,7 @@ if m:
                        mime="text/html", key="runs_report", on_click="ignore", icon=":material/download:",
                        help="One self-contained HTML file with every figure and table of this run, interactive, "
                             "opens offline in any browser (also `hopscotch report --run NAME`). Made on click.")
-    tabs = st.tabs(["Results", "Fidelity", "Speed", "Settings", "Log"])
+    tabs = st.tabs(["Results", "Fidelity", "Speed", "Settings", "Log", "Export"])
     with tabs[0]:
         res = m.get("results") or {}
         cols = st.columns(4)
@@ -144,6 +144,8 @@ if m:
                            indent=2, default=str), language="json")
     with tabs[4]:
         st.code(run.log(40) or status.get("log") or "(empty)", language=None)
+    with tabs[5]:
+        exports.run_export(run)
 
 st.subheader("Compare runs")
 picked = st.multiselect("Runs to compare", paths, default=paths[:min(2, len(paths))], format_func=names.get,

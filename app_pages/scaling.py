@@ -3,7 +3,7 @@ layer, and export (the adapter, or a compact model without the skipped weights).
 
 import streamlit as st
 
-from app_pages import forms, jobpanel, state, ui
+from app_pages import exports, forms, jobpanel, state, ui
 from hopscotch_core.method import runs
 from hopscotch_core.studio import commands, figures, jobs
 from hopscotch_core.studio.explain import explain
@@ -79,15 +79,12 @@ if run is not None:
                            key="sc_dl", help="scales.safetensors + hopscotch.json; load with "
                            "hc.load_adapter(model, dir) on the same base model")
         c1.caption(f"Skips blocks {ad[1].get('skipped')}; {ad[0].shape[0]} layers × 4 scalars.")
-        fmt = c2.selectbox("Export format", ["compact", "hf", "gguf"], key="sc_format",
-                           format_func=lambda f: {"compact": "compact (skipped weights absent; hc.load_model)",
-                                                  "hf": "hf (scalars folded; stock transformers, vLLM)",
-                                                  "gguf": "gguf (llama.cpp, attention-free layers)"}[f])
-        quant = c2.selectbox("GGUF weights", ["f32", "f16", "q8_0", "q4_0", "q4_k_m"], key="sc_quant",
-                             disabled=fmt != "gguf", help="q4_0 / q4_k_m go through llama.cpp's own quantizer")
+        fmt = c2.selectbox("Export format", list(exports.FORMATS), key="sc_format", format_func=exports.FORMATS.get)
+        quant = c2.selectbox("GGUF weights", exports.QUANTS, key="sc_quant", disabled=fmt != "gguf",
+                             help=exports.QUANT_HELP)
         out = c2.text_input("Output directory", value=str(state.runs_dir() / "exports" / f"{run.name}-{fmt}"),
                             key="sc_out")
-        job = f"{run.name}.export"
+        job = exports.job_name(run)
         exp = jobs.status(state.runs_dir(), job)
         problem = state.run_model_problem(run, model[0]) if model else None
         if problem is not None:
@@ -97,24 +94,9 @@ if run is not None:
                        help="compact: without the skipped attention weights, reload with hc.load_model(dir); "
                             "hf: a plain checkpoint any Hugging Face tool loads; gguf: one .gguf file for llama.cpp"):
             try:
-                extra = ["--quant", quant] if fmt == "gguf" else []
-                jobs.start(["export", "--model", state.model_settings()["model"], "--adapter",
-                            str(run.dir / runs.ADAPTER_DIR), "--format", fmt, *extra, "--out", out],
-                           state.runs_dir(), job)
+                jobs.start(commands.export_args(fmt, out, model=state.model_settings()["model"],
+                                                adapter=run.dir / runs.ADAPTER_DIR, quant=quant), state.runs_dir(), job)
                 st.rerun()
             except Exception as e:  # noqa: BLE001 - shown with cause and fix
                 ui.show_error(e, "starting the export")
-
-        def export_panel() -> None:
-            s = jobs.status(state.runs_dir(), job)
-            if s["alive"]:
-                st.progress(0.5, text="Exporting the model ...")
-            elif s["state"] == runs.EXITED:
-                st.success(f"Model written: `{(s.get('command') or ['?'])[-1]}` — "
-                           f"{(s.get('log') or '').splitlines()[-1] if s.get('log') else ''}")
-            elif s["state"] == runs.FAILED:
-                st.error(f"**Cause:** the export failed: {s.get('error')}\n\n**Fix:** check the output directory "
-                         "and that the loaded model is the one the run was made with.", icon=ui.ERROR_ICON)
-
-        with c2:
-            jobpanel.live(export_panel, active=exp["alive"])
+        exports.live_status(job, c2)

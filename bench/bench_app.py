@@ -17,6 +17,12 @@ run, medians (min-max) over rounds:
 - plain decode: tokens/s of greedy decoding of the same prompt by the same model with its KV cache, in this
   process before the server starts (same thread count as the server), the reference the sides are held to.
 Goals (issue 10, P5): launch <= 5 s, page <= 1 s, first token <= 2 s, toggle <= 1 s, each side >= 0.8 x plain.
+With --gguf (or --gguf-only: that scenario alone), the Compare page's llama.cpp section on the example run's blocks,
+scaled: the export job once (clicked -> the generate button drawn), then per round "Generate: transformers vs
+llama.cpp" clicked -> the first GGUF token shown, and each side's tokens/s (read from the page, and as the server
+measured them: the page's caption); against plain llama.cpp decoding of the same file in this process after the
+server has stopped (LlamaCpp, the same thread count as the page gives llama.cpp, the file's chat template): time to
+first token (prompt evaluated) and tokens/s.
 Run it on a quiet machine: another CPU job on 2 cores doubles every figure.
 """
 
@@ -49,13 +55,15 @@ DRAWN = """() => {
 }"""
 WATCH = """() => {
   window.__gen = [];
-  const rec = () => window.__gen.push([performance.now(), ...[...document.querySelectorAll('.hopscotch-gen')]
+  const rec = () => window.__gen.push([performance.now(), ...[...document.querySelectorAll('SELECTOR')]
       .map(e => [Number(e.dataset.tokens), e.dataset.done])]);
   if (window.__obs) window.__obs.disconnect();
   window.__obs = new MutationObserver(rec);
   window.__obs.observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true});
   window.__t0 = performance.now();
 }"""
+PAIR = ".hopscotch-gen:not(.hopscotch-gguf .hopscotch-gen)"  # the transformers pair
+GGUF_PAIR = ".hopscotch-gguf .hopscotch-gen"  # the llama.cpp section's pair
 
 
 RUNS = """() => {
@@ -109,7 +117,62 @@ def plain_decode(prompt: str, n: int, rounds: int) -> dict:
     return {"tok_s": statistics.median(rates[1:]), "threads": torch.get_num_threads(), "tokens": n}
 
 
-def side_rates(records: list, t0: float) -> dict:
+def plain_llamacpp(path: Path, prompt: str, n: int, rounds: int, threads: int) -> dict:
+    """Greedy decode of up to `n` tokens of `prompt` (the file's chat template) with llama.cpp alone: seconds to the
+    first token (prompt evaluated, fresh cache) and tokens/s after it, medians over rounds (a warm-up round first)."""
+    from hopscotch_core.integrations.llamacpp import LlamaCpp
+
+    firsts, rates = [], []
+    with LlamaCpp(path, n_ctx=512, n_threads=threads) as lm:
+        ids = lm.prompt_ids(prompt)
+        for _ in range(rounds + 1):
+            t, times = time.perf_counter(), []
+            for _tok in lm.stream(ids, n):
+                times.append(time.perf_counter())
+            firsts.append(times[0] - t)
+            rates.append((len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else float("nan"))
+    return {"first_token_s": statistics.median(firsts[1:]), "tok_s": statistics.median(rates[1:]),
+            "tokens": len(times), "threads": threads}
+
+
+SERVER_NOTE = re.compile(r"transformers: first token ([\d.]+) s, ([\d.]+) tok/s.*llama\.cpp: first token ([\d.]+) s, "
+                         r"([\d.]+) tok/s.*GGUF loaded in ([\d.]+) s")
+
+
+def gguf_rounds(page, rounds: int, res: dict) -> Path:
+    """The Compare page's llama.cpp section: export once (timed), then `rounds` generations; returns the file."""
+    page.get_by_label("Prompt", exact=True).fill(PROMPT)
+    page.keyboard.press("Control+Enter")
+    idle(page)
+    export = page.get_by_role("button", name="Export the GGUF for this set")
+    go = page.get_by_role("button", name="Generate: transformers vs llama.cpp")
+    if export.count():
+        t = time.perf_counter()
+        export.first.click()
+        go.first.wait_for(timeout=900_000)
+        res["gguf_export"].append(time.perf_counter() - t)
+        print(f"gguf export job: {res['gguf_export'][-1]:.1f} s", flush=True)
+        idle(page)
+    path = Path(re.search(r"File (\S+\.gguf)", page.locator("text=/reused for this model/").first.inner_text()).group(1))
+    for r in range(rounds):
+        page.evaluate(WATCH.replace("SELECTOR", GGUF_PAIR))
+        go.first.click()
+        page.wait_for_selector(".hopscotch-gguf .hopscotch-gen[data-done='0']", timeout=120_000)
+        drawn(page)
+        page.wait_for_timeout(200)
+        got = side_rates(page.evaluate("window.__gen"), page.evaluate("window.__t0"), ("original", "gguf"))
+        note = page.locator("text=/GGUF loaded in/").last.inner_text()
+        m = SERVER_NOTE.search(note)
+        if m:
+            got.update(zip(("server_original_first_s", "server_original_tok_s", "server_gguf_first_s",
+                            "server_gguf_tok_s", "server_load_s"), map(float, m.groups())))
+        for k, v in got.items():
+            res.setdefault(f"gguf_{k}", []).append(v)
+        print(f"llama.cpp side by side {r}: {json.dumps({k: round(v, 3) for k, v in got.items()})}", flush=True)
+    return path
+
+
+def side_rates(records: list, t0: float, names: tuple[str, str] = ("original", "modified")) -> dict:
     """From the page's (time, [tokens, done] per side) records after a click at t0: the first-token latency
     (both sides shown with >= 1 token of the new generation) and each side's tokens/s."""
     fresh = []
@@ -124,7 +187,7 @@ def side_rates(records: list, t0: float) -> dict:
             fresh.append((t, [n for n, _ in sides]))
     first = next(t for t, ns in fresh if min(ns) >= 1)
     out = {"first_token_s": (first - t0) / 1000}
-    for i, name in enumerate(("original", "modified")):
+    for i, name in enumerate(names):
         final = fresh[-1][1][i]
         t_first = next(t for t, ns in fresh if ns[i] >= 1)
         t_last = next(t for t, ns in fresh if ns[i] >= final)
@@ -144,13 +207,22 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=32, help="side-by-side max new tokens (the page's default)")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw timings here")
+    ap.add_argument("--gguf", action="store_true", help="also measure the Compare page's llama.cpp side by side "
+                    "(export job once, then first token and tokens/s against plain llama.cpp decoding)")
+    ap.add_argument("--gguf-only", action="store_true", help="only that scenario (one launch, no page rounds)")
+    ap.add_argument("--gguf-quant", default="q8_0", choices=["f32", "f16", "q8_0"], help="the GGUF's weight type")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
-    plain = plain_decode(PROMPT, args.tokens, args.rounds)
+    args.gguf = args.gguf or args.gguf_only
+    if args.gguf_only:
+        args.launches = 1
+    plain = plain_decode(PROMPT, args.tokens, args.rounds) if not args.gguf_only else {"tok_s": float("nan"),
+                                                                                       "threads": 0}
     print(f"plain decode: {plain['tok_s']:.1f} tok/s ({plain['threads']} threads)", flush=True)
     res: dict[str, list] = {"launch": [], "page": [], "toggle": [], "toggle_back": [], "drift_in": [], "first_token": [],
-                            "original_tok_s": [], "modified_tok_s": []}
+                            "original_tok_s": [], "modified_tok_s": [], "gguf_export": []}
+    gguf_path = None
     per_page: dict[str, list] = {p: [] for p in PAGES}
     tmp = Path(tempfile.mkdtemp(prefix="bench-app-"))
     env = {"HOPSCOTCH_MODEL": "default", "HOPSCOTCH_EXAMPLES": str(ROOT / "assets"), "HOPSCOTCH_RUNS": str(tmp / "runs")}
@@ -170,7 +242,7 @@ def main() -> int:
                     if launch < args.launches - 1:
                         page.close()
                         continue
-                    for r in range(args.rounds):
+                    for r in range(0 if args.gguf_only else args.rounds):
                         for title in PAGES:
                             link = page.locator('[data-testid="stSidebarNavLink"]', has_text=title)
                             t = time.perf_counter()
@@ -188,8 +260,13 @@ def main() -> int:
                     page.get_by_label("Prompt", exact=True).fill(PROMPT)
                     page.keyboard.press("Control+Enter")
                     idle(page)
-                    for r in range(args.rounds):
-                        page.evaluate(WATCH)
+                    if args.gguf:
+                        if args.gguf_quant != "q8_0":  # q8_0 is selected already (a click would unselect it)
+                            page.locator(f'.st-key-cmp_gguf_quant button:has-text("{args.gguf_quant}")').click()
+                            idle(page)
+                        gguf_path = gguf_rounds(page, args.rounds, res)
+                    for r in range(0 if args.gguf_only else args.rounds):
+                        page.evaluate(WATCH.replace("SELECTOR", PAIR))
                         page.get_by_role("button", name="Generate side by side").click()
                         page.wait_for_selector(".hopscotch-gen[data-done='0']", timeout=120_000)
                         drawn(page)
@@ -200,7 +277,7 @@ def main() -> int:
                         res["first_token"].append(got["first_token_s"])
                         print(f"side by side {r}: {json.dumps({k: round(v, 3) for k, v in got.items()})}", flush=True)
                     free = page.locator('[data-testid="stButtonGroup"] button[aria-pressed="false"]')
-                    for r, block in enumerate(free.all_inner_texts()[:args.rounds]):
+                    for r, block in enumerate(free.all_inner_texts()[:0 if args.gguf_only else args.rounds]):
                         pill = page.locator('[data-testid="stButtonGroup"] button',
                                             has_text=re.compile(rf"^{block.strip()}$"))
                         for key, now in (("toggle", "true"), ("toggle_back", "false")):
@@ -235,6 +312,25 @@ def main() -> int:
         ratio = [r / plain["tok_s"] for r in rates]
         print(f"| side by side, {side} (tok/s; x plain {plain['tok_s']:.1f}) | {med(rates)}; x {med(ratio)} | "
               ">= 0.8 x |")
+    if gguf_path is not None:  # the server is gone: llama.cpp alone on the same file, the page's thread count
+        import torch
+
+        cpp = plain_llamacpp(gguf_path, PROMPT, args.tokens, args.rounds, max(1, torch.get_num_threads() // 2))
+        print(f"\nplain llama.cpp decode of {gguf_path.name}: first token {cpp['first_token_s']:.3f} s, "
+              f"{cpp['tok_s']:.1f} tok/s ({cpp['threads']} thread(s), {cpp['tokens']} tokens)")
+        print("\n| llama.cpp side by side | median (min-max) | x plain llama.cpp |\n|---|---|---|")
+        for key, label, ref in (("gguf_first_token_s", "click -> first GGUF token shown (s)", cpp["first_token_s"]),
+                                ("gguf_server_gguf_first_s", "start -> first GGUF token, server (s)",
+                                 cpp["first_token_s"]),
+                                ("gguf_server_load_s", "GGUF load per generation, server (s)", None),
+                                ("gguf_gguf_tok_s", "GGUF side tok/s, page", cpp["tok_s"]),
+                                ("gguf_server_gguf_tok_s", "GGUF side tok/s, server", cpp["tok_s"]),
+                                ("gguf_original_tok_s", "transformers side tok/s, page", None),
+                                ("gguf_server_original_tok_s", "transformers side tok/s, server", None)):
+            xs = res.get(key) or []
+            print(f"| {label} | {med(xs)} | {med([x / ref for x in xs]) if ref else ''} |")
+        print(f"| export job, click -> file in (s) | {med(res['gguf_export'])} | |")
+        res["plain_llamacpp"] = [cpp]
     if args.json:
         args.json.write_text(json.dumps({"plain": plain, "results": res, "pages": per_page}, indent=1))
     return 0

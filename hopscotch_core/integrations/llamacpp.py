@@ -53,6 +53,28 @@ class LlamaCpp:
     def eos(self) -> int:
         return self.llm.token_eos()
 
+    def chat_template(self) -> str | None:
+        """The chat template the file carries (`tokenizer.chat_template`), or None."""
+        return (self.llm.metadata or {}).get("tokenizer.chat_template") or None
+
+    def prompt_ids(self, text: str, chat: bool = True) -> list[int]:
+        """The prompt's token ids as llama.cpp's chat completion builds them: `text` as one user message in the
+        file's own chat template (with the generation prompt, rendered by llama-cpp-python's Jinja2 formatter, as
+        `create_chat_completion` and llama-server do), tokenized with special tokens; the plain text when `chat`
+        is off or the file has no template."""
+        template = self.chat_template() if chat else None
+        if template is None:
+            return self.tokenize(text)
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        def piece(i: int) -> str:
+            return self.llm._model.token_get_text(i) if i != -1 else ""
+
+        fmt = Jinja2ChatFormatter(template=template, eos_token=piece(self.llm.token_eos()),
+                                  bos_token=piece(self.llm.token_bos()), stop_token_ids=[self.llm.token_eos()])
+        res = fmt(messages=[{"role": "user", "content": text}])
+        return self.tokenize(res.prompt, add_bos=not res.added_special)
+
     def _next(self) -> int:
         """Greedy next token from the logits of the last evaluated position."""
         ptr = self._lib.llama_get_logits_ith(self.llm.ctx, -1)

@@ -6,6 +6,7 @@
     shown(args)                                            # "hopscotch run --model ... --name my-run"
     shown(args, nproc=2)                                   # "OMP_NUM_THREADS=N torchrun ... -m hopscotch_core run ..."
     command_line(manifest, "runs")                         # the command that made (or resumes) a run
+    export_args("gguf", "out/", run="my-run", runs_dir="runs", quant="q8_0")   # hopscotch export ... as a job
 
 No torch import, no process started here: jobs.py starts them.
 """
@@ -77,6 +78,29 @@ def command_line(manifest: dict, runs_dir: str | None = None) -> str:
     if manifest.get("name"):
         args += ["--name", manifest["name"]]
     return shown(args)
+
+
+def export_args(fmt: str, out: str | os.PathLike, *, run: str | None = None, runs_dir: str | os.PathLike | None = None,
+                model: str | None = None, dtype: str | None = None, adapter: str | os.PathLike | None = None,
+                skip: list[int] | tuple[int, ...] = (), quant: str | None = None, force: bool = False) -> list[str]:
+    """`export` arguments for a job: a run's trained model (`run` in `runs_dir`), or `model` with an `adapter`
+    and/or a `skip` set; `quant` for gguf only; `force` replaces a non-empty `out`."""
+    args = ["export"]
+    if run is not None:
+        args += ["--run", run] + (["--runs-dir", str(runs_dir)] if runs_dir is not None else [])
+    if model is not None:
+        args += ["--model", str(model)]
+    if dtype:
+        args += ["--dtype", str(dtype)]
+    if adapter is not None:
+        args += ["--adapter", str(adapter)]
+    if skip:
+        args += ["--skip", ",".join(str(int(b)) for b in sorted(set(skip)))]
+    args += ["--format", fmt]
+    if fmt == "gguf" and quant:
+        args += ["--quant", quant]
+    args += ["--out", str(out)] + (["--force"] if force else [])
+    return args
 
 
 def _join(args: list[str]) -> str:

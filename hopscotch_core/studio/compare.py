@@ -91,15 +91,6 @@ def stream_pair(model, tok, prompt: str, skipped: Iterable[int] = (), scales: to
     done = [False, False]
     caches: list = [None, None]
     feeds = [ids, ids]
-    # transformers >= 5.24 names the cache argument `cache`; earlier 5.x `past_key_values`
-    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-    def forward(input_ids: list[list[int]], cache):
-        out = model(input_ids=torch.tensor(input_ids, device=dev), use_cache=True, logits_to_keep=1,
-                    **{cache_kw: cache})
-        return out.logits[:, -1].argmax(-1).tolist(), getattr(out, "cache", None) or getattr(
-            out, "past_key_values", None)
-
     def take(side: int, tok_id: int) -> None:
         feeds[side] = [tok_id]
         if done[side]:
@@ -111,7 +102,7 @@ def stream_pair(model, tok, prompt: str, skipped: Iterable[int] = (), scales: to
 
     def side_step(hs, side: int) -> tuple[list[int], object]:  # runs in a worker thread
         with hs.in_thread(*thread_configs[side]), torch.no_grad():
-            return forward([feeds[side]], caches[side])
+            return _greedy_step(model, [feeds[side]], caches[side])
 
     def submit(hs) -> dict:  # the next step of every side still decoding, in the workers
         return {side: pool.submit(side_step, hs, side) for side in (0, 1) if not done[side]}
@@ -139,7 +130,7 @@ def stream_pair(model, tok, prompt: str, skipped: Iterable[int] = (), scales: to
                             jobs = {}
                         else:
                             with hs.per_row(configs):
-                                nxt, caches[0] = forward([feeds[0], feeds[1]], caches[0])
+                                nxt, caches[0] = _greedy_step(model, [feeds[0], feeds[1]], caches[0])
                             for side in (0, 1):
                                 take(side, nxt[side])
                         step += 1
@@ -156,6 +147,38 @@ def stream_pair(model, tok, prompt: str, skipped: Iterable[int] = (), scales: to
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _greedy_step(model, input_ids: list[list[int]], cache) -> tuple[list[int], object]:
+    """One cached forward of `input_ids` (B rows of new tokens): each row's greedy next token, and the cache."""
+    # transformers >= 5.24 names the cache argument `cache`; earlier 5.x `past_key_values`
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    out = model(input_ids=torch.tensor(input_ids, device=model.device), use_cache=True, logits_to_keep=1,
+                **{cache_kw: cache})
+    return out.logits[:, -1].argmax(-1).tolist(), getattr(out, "cache", None) or getattr(
+        out, "past_key_values", None)
+
+
+def stream_original(model, ids: Sequence[int], eos: set[int], *, max_new_tokens: int = 48,
+                    lock: threading.Lock | None = None, hold_s: float = 0.5) -> Iterator[int]:
+    """Greedy tokens of the unmodified model after the prompt `ids`, one at a time, KV cache kept (the original
+    side when the other side runs elsewhere, e.g. in llama.cpp). Like stream_pair, it holds the lock for up to
+    `hold_s` seconds of steps at a time and refuses a model someone left a Hopscotch handle on."""
+    if not ids:
+        raise HopscotchError("the prompt is empty")
+    feed, cache, step = [list(ids)], None, 0
+    while step < max_new_tokens:
+        with _borrowed(model, lock, False), torch.no_grad():
+            until = time.perf_counter() + hold_s
+            while step < max_new_tokens:  # at least one step per turn with the lock
+                (nxt,), cache = _greedy_step(model, feed, cache)
+                if nxt in eos:
+                    return
+                step += 1
+                feed = [[nxt]]
+                yield nxt
+                if time.perf_counter() > until:
+                    break
 
 
 def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:

@@ -101,6 +101,7 @@ def test_every_page_in_a_real_browser(server, tmp_path):
                     idle(page)
                     left, right = page.locator(".hopscotch-gen").all_inner_texts()
                     assert left.startswith("Original") and right.startswith("Skipped [")
+                    assert "In llama.cpp: the original beside the compressed GGUF" in page.inner_text("body")
                     # the MMD / drift view fills in from its worker thread: bars and one panel per layer
                     page.wait_for_selector(".st-key-cmp_drift_fig svg.main-svg", timeout=120_000)
                     idle(page)

@@ -88,5 +88,6 @@ def settle(at: AppTest, timeout: float = 120) -> AppTest:
     return at
 
 
-def generations(at: AppTest) -> list[str]:
-    return [h.value for h in at.html if "hopscotch-gen" in h.value]
+def generations(at: AppTest, gguf: bool = False) -> list[str]:
+    """The side-by-side generations shown (HTML): the transformers pair, or with `gguf` the llama.cpp pair."""
+    return [h.value for h in at.html if "hopscotch-gen" in h.value and ("hopscotch-gguf" in h.value) == gguf]
