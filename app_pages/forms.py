@@ -60,15 +60,13 @@ def _reset_preset_widgets(key: str) -> None:
         st.session_state.pop(f"{key}_{suffix}", None)  # redrawn with the new preset's value as its default
 
 
-def preset_choice(key: str, measured: dict[str, float]) -> dict:
-    """The preset picker of a new run (quick first), each with its measured time on a 2-core CPU. None picked: the
-    form starts from the open run's settings; a pick resets the widgets it sets to its values (edits still win).
-    Returns those values ({} when none is picked)."""
-    from hopscotch_core.method.estimate import fmt_duration
+def preset_choice(key: str, times: dict[str, str]) -> dict:
+    """The preset picker of a new run (quick first), each labelled with its time (`times`: name -> e.g. "7 min
+    measured"). None picked: the form starts from the open run's settings; a pick resets the widgets it sets to
+    its values (edits still win). Returns those values ({} when none is picked)."""
 
     def label(name: str) -> str:
-        t = measured.get(name)
-        return f"{name} · {fmt_duration(t)} measured" if t else name
+        return f"{name} · {times[name]}" if times.get(name) else name
 
     name = st.segmented_control(
         "Preset", list(settings.PRESETS), default=None, key=f"{key}_preset", format_func=label,

@@ -32,7 +32,7 @@ model, n_layers, run = state.page_head(
 
 with st.expander("Start a new selection", expanded=run is None):
     if model is not None:
-        preset = forms.preset_choice("sel", estimate.MEASURED)
+        preset = forms.preset_choice("sel", estimate.preset_times(n_layers, model[0].num_parameters()))
         d = forms.data_settings("sel", {**((run.manifest.get("settings") or {}) if run else {}), **preset})
         c1, c2, c3, c4 = st.columns(4)
         k = c1.number_input("Blocks to remove (k)", 1, max(1, n_layers - 1), min(4, max(1, n_layers - 1)),

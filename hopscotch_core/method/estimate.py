@@ -149,6 +149,22 @@ def remaining(manifest: Mapping, progress: Mapping | None, command: str = "run",
     return here + factor * sum(est.get(st, 0.0) for st in later)
 
 
+def preset_times(num_layers: int, params: int | None = None, k: int = 4) -> dict[str, str]:
+    """Per preset, the time of a k-block run to show beside it: the measured one on the embedded default model
+    (MEASURED), else the estimate for this model ("≈ 7 min estimated")."""
+    from .settings import PRESETS
+
+    out = {}
+    for name, values in PRESETS.items():
+        measured = MEASURED.get(name)
+        if measured and (params is None or params == REFERENCE["params"]) and k == 4:
+            out[name] = f"{fmt_duration(measured)} measured"
+        else:
+            seconds = sum(estimate(RunSettings(**{**values, "k": k}), num_layers, params=params).values())
+            out[name] = f"≈ {fmt_duration(seconds)} estimated"
+    return out
+
+
 def fmt_duration(seconds: float) -> str:
     """'45 s', '12 min', '1 h 05 min'."""
     if seconds < 90:

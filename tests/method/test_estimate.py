@@ -149,3 +149,15 @@ def test_a_running_jobs_status_says_the_time_left(tmp_path):
     # a finished run has no time left to show
     write_json(run / "manifest.json", {**m, "state": "done", "stage": None})
     assert jobs.status(tmp_path, "r1")["remaining_s"] is None
+
+
+def test_presets_are_labelled_with_their_time(monkeypatch):
+    est = {name: sum(estimate.estimate(RunSettings(**{**v, "k": 4}), 30).values()) for name, v in PRESETS.items()}
+    monkeypatch.setattr(estimate, "MEASURED", {"quick": None, "default": None})
+    got = estimate.preset_times(30, estimate.REFERENCE["params"])
+    assert got == {name: f"≈ {estimate.fmt_duration(est[name])} estimated" for name in PRESETS}
+    monkeypatch.setattr(estimate, "MEASURED", {"quick": 400.0, "default": None})
+    got = estimate.preset_times(30, estimate.REFERENCE["params"])
+    assert got["quick"] == "7 min measured" and got["default"].endswith("estimated")
+    # a measurement on the default model says nothing of another one
+    assert estimate.preset_times(30, 10 * estimate.REFERENCE["params"])["quick"].endswith("estimated")
