@@ -3,6 +3,7 @@ the bundled example runs, driven by Debian's chromium with Playwright.
 
     .venv/bin/python bench/bench_app.py                       # 3 launches, 5 rounds of everything else
     .venv/bin/python bench/bench_app.py --launches 1 --rounds 3 --json out.json
+    .venv/bin/python bench/bench_app.py --smoke                 # the smallest setting (CI): one launch, one round
 
 Needs the default model in the cache (`hopscotch info --model default` once) and /usr/bin/chromium. Measured in one
 run, medians (min-max) over rounds:
@@ -37,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers.appdriver import IDLE, AppServer, idle, launch_browser  # noqa: E402
+from benchargs import smoke, smoke_flag  # noqa: E402
 
 PAGES = ["Selection", "Scaling", "Compare", "Runs", "Model"]
 HEADINGS = {"Model": "Hopscotch Studio"}  # a page's h1 when it is not the page's name
@@ -144,7 +146,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=32, help="side-by-side max new tokens (the page's default)")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw timings here")
-    args = ap.parse_args()
+    smoke_flag(ap, "one launch, one round of everything, 4 tokens")
+    args = smoke(ap.parse_args(), launches=1, rounds=1, tokens=4)
     from playwright.sync_api import sync_playwright
 
     plain = plain_decode(PROMPT, args.tokens, args.rounds)
