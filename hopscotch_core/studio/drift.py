@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..engine.priority import PriorityGate, gate
 from ..measure import metrics
 from .compare import PRESET_PROMPTS, _borrowed, prompt_rows
 
@@ -131,7 +132,8 @@ def _fingerprint(hs, rows, positions: torch.Tensor, layers: Sequence[int]) -> tu
 def layer_drift(hs, rows, skipped: Iterable[int], scales: torch.Tensor | None = None, max_tokens: int = 256,
                 seed: int = 0, skipped_mlp: Iterable[int] = (), layers: Iterable[int] | None = None,
                 on_progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
-                reuse: Drift | None = None, drop_first: bool = True) -> Drift | None:
+                reuse: Drift | None = None, drop_first: bool = True, gate: PriorityGate | None = None
+                ) -> Drift | None:
     """Per layer, MMD^2 and the PCA drift view of the original vs the modified model (`skipped` attention blocks,
     optional [L, 4] `scales`) on the same `max_tokens` sampled token positions of `rows` (module docstring).
 
@@ -140,7 +142,9 @@ def layer_drift(hs, rows, skipped: Iterable[int], scales: torch.Tensor | None = 
     "layer": l, "tokens": n})`; when `should_stop()` turns true the measurement is abandoned and None returned.
     The handle is left reset. `hs` may also be a function returning a context manager that gives a handle (for a
     shared model, compare._borrowed: attached under the lock): each forward pass then borrows it anew, so the
-    lock is let go between the two passes and during the analysis.
+    lock is let go between the two passes and during the analysis. With a priority `gate` (engine.priority), the
+    analysis waits before each layer while interactive work runs (for a shared model, prompt_drift passes the
+    model's gate, and each pass's borrow waits for its turn too).
     """
     borrow = hs if callable(hs) and not hasattr(hs, "num_layers") else (lambda: contextlib.nullcontext(hs))
     with borrow() as hs:  # the original's pass (or the checks only, with reuse)
@@ -161,6 +165,8 @@ def layer_drift(hs, rows, skipped: Iterable[int], scales: torch.Tensor | None = 
                 dropped=total - len(eligible), mmd=[],
                 original=[], modified=[], explained=[], drift=[], key=key, original_states=orig)
     for i in wanted:
+        if gate is not None:
+            gate.wait_turn(should_stop=should_stop)
         if should_stop is not None and should_stop():
             return None
         res.mmd.append(metrics.mmd2(orig[i], mod[i]))
@@ -228,8 +234,10 @@ def prompt_drift(model, tok, prompts: Sequence[str] = PRESET_PROMPTS, skipped: I
                  chat: bool = True, drop_first: bool = True) -> Drift | None:
     """layer_drift on the tokens of a few prompts (chat template) or of the model's own answers (data.Answer:
     prompt + response tokens), on a possibly shared model: Hopscotch is attached only while `lock` is held and
-    detached before it is let go (compare.prompt_mmd does the same). With drop_first=False the MMD values are
-    compare.prompt_mmd's for the same max_tokens."""
+    detached before it is let go (compare.prompt_mmd does the same). It is background work: each forward pass and
+    each layer of the analysis waits while a generation on the same model runs (engine.priority), and then
+    resumes. With drop_first=False the MMD values are compare.prompt_mmd's for the same max_tokens."""
     rows = prompt_rows(tok, prompts, chat=chat, answers=answers)
-    return layer_drift(lambda: _borrowed(model, lock, True), rows, skipped, scales, max_tokens=max_tokens, seed=seed,
-                       on_progress=on_progress, should_stop=should_stop, reuse=reuse, drop_first=drop_first)
+    return layer_drift(lambda: _borrowed(model, lock, True, background=True, should_stop=should_stop), rows, skipped,
+                       scales, max_tokens=max_tokens, seed=seed, on_progress=on_progress, should_stop=should_stop,
+                       reuse=reuse, drop_first=drop_first, gate=gate(model))
