@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import re
 import statistics
 import sys
@@ -70,6 +71,9 @@ RUNS = """() => {
 FILLED = """() => !document.querySelector('[data-testid="stProgress"]')
   && !!document.querySelector('.st-key-cmp_drift_fig svg.main-svg')"""
 RERAN = "() => window.__runs.includes('running') && window.__runs[window.__runs.length - 1] === 'notRunning'"
+MODEL_IN = """() => !document.querySelector('[data-testid="stSidebar"] [data-testid="stProgress"]')
+  && !document.querySelector('[data-testid="stSidebar"] [data-testid="stAlert"]')"""
+GENERATE = 'button:has-text("Generate side by side"):not([disabled])'
 
 
 def drawn(page, timeout: float = 300_000) -> None:
@@ -136,6 +140,33 @@ def side_rates(records: list, t0: float) -> dict:
     return out
 
 
+def generate(page) -> dict:
+    """Click "Generate side by side" now; wait for the generation's end; side_rates plus total_s (click -> the
+    last token on both sides)."""
+    page.evaluate(WATCH)
+    page.locator(GENERATE).click()
+    page.wait_for_selector(".hopscotch-gen[data-done='0']", timeout=300_000)
+    page.wait_for_selector(IDLE, timeout=300_000)  # the script run that streams ends with the generation
+    page.wait_for_timeout(200)
+    records, t0 = page.evaluate("window.__gen"), page.evaluate("window.__t0")
+    got = side_rates(records, t0)
+    started = False
+    for rec in records:  # the first record after the click with both sides marked done
+        sides = rec[1:]
+        started = started or (len(sides) >= 2 and any(d == "0" for _, d in sides))
+        if started and len(sides) >= 2 and all(d == "1" for _, d in sides):
+            got["total_s"] = (rec[0] - t0) / 1000
+            break
+    return got
+
+
+def quiet_reruns(page, seconds: float) -> int:
+    """Script runs (full or fragment) the page starts on its own within `seconds` of now."""
+    page.evaluate(RUNS)
+    page.wait_for_timeout(int(seconds * 1000))
+    return sum(1 for s in page.evaluate("window.__runs") if s == "running")
+
+
 def med(xs: list[float]) -> str:
     return f"{statistics.median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})" if xs else "-"
 
@@ -152,8 +183,12 @@ def main() -> int:
 
     plain = plain_decode(PROMPT, args.tokens, args.rounds)
     print(f"plain decode: {plain['tok_s']:.1f} tok/s ({plain['threads']} threads)", flush=True)
-    res: dict[str, list] = {"launch": [], "page": [], "toggle": [], "toggle_back": [], "drift_in": [], "first_token": [],
-                            "original_tok_s": [], "modified_tok_s": []}
+    res: dict[str, list] = {"launch": [], "model_in": [], "reruns_settled": [], "page": [], "toggle": [],
+                            "toggle_back": [], "toggle_back_run": [], "drift_in": [], "first_token": [],
+                            "original_tok_s": [], "modified_tok_s": [], "total": [],
+                            "open_first_token": [], "open_original_tok_s": [], "open_modified_tok_s": [],
+                            "open_total": [], "toggle_first_token": [], "toggle_original_tok_s": [],
+                            "toggle_modified_tok_s": [], "toggle_total": []}
     per_page: dict[str, list] = {p: [] for p in PAGES}
     tmp = Path(tempfile.mkdtemp(prefix="bench-app-"))
     env = {"HOPSCOTCH_MODEL": "default", "HOPSCOTCH_EXAMPLES": str(ROOT / "assets"), "HOPSCOTCH_RUNS": str(tmp / "runs")}
@@ -169,7 +204,25 @@ def main() -> int:
                     page.wait_for_selector('[data-testid="stPlotlyChart"]', timeout=300_000)
                     drawn(page)
                     res["launch"].append(time.perf_counter() - t0)
-                    print(f"launch {launch}: {res['launch'][-1]:.2f} s", flush=True)
+                    page.wait_for_function(MODEL_IN, timeout=300_000, polling=50)
+                    drawn(page)
+                    res["model_in"].append(time.perf_counter() - t0)
+                    res["reruns_settled"].append(quiet_reruns(page, 3.0))
+                    print(f"launch {launch}: {res['launch'][-1]:.2f} s, model in {res['model_in'][-1]:.2f} s, "
+                          f"{res['reruns_settled'][-1]} script runs in the 3 s after", flush=True)
+                    # a user who opens Compare and clicks Generate at once, while its drift view is computed
+                    page.locator('[data-testid="stSidebarNavLink"]', has_text="Compare").click()
+                    page.wait_for_selector(GENERATE, timeout=300_000)
+                    page.get_by_label("Prompt", exact=True).fill(PROMPT)
+                    page.keyboard.press("Control+Enter")
+                    idle(page)
+                    computing = page.locator('[data-testid="stProgress"]').count() > 0
+                    got = generate(page)
+                    for k in ("first_token", "original_tok_s", "modified_tok_s"):
+                        res[f"open_{k}"].append(got[k if k != "first_token" else "first_token_s"])
+                    res["open_total"].append(got["total_s"])
+                    print(f"open Compare, generate at once (drift view computing: {computing}): "
+                          f"{json.dumps({k: round(v, 3) for k, v in got.items()})}", flush=True)
                     if launch < args.launches - 1:
                         page.close()
                         continue
@@ -188,19 +241,13 @@ def main() -> int:
                     print(f"compare page: blocks {skipped.all_inner_texts()} skipped", flush=True)
                     page.wait_for_function(FILLED, timeout=300_000, polling=20)  # the drift view is in
                     drawn(page)
-                    page.get_by_label("Prompt", exact=True).fill(PROMPT)
-                    page.keyboard.press("Control+Enter")
-                    idle(page)
-                    for r in range(args.rounds):
-                        page.evaluate(WATCH)
-                        page.get_by_role("button", name="Generate side by side").click()
-                        page.wait_for_selector(".hopscotch-gen[data-done='0']", timeout=120_000)
+                    for r in range(args.rounds):  # the page idle: nothing computing beside the generation
+                        got = generate(page)
                         drawn(page)
-                        page.wait_for_timeout(200)
-                        got = side_rates(page.evaluate("window.__gen"), page.evaluate("window.__t0"))
                         for k in ("original_tok_s", "modified_tok_s"):
                             res[k].append(got[k])
                         res["first_token"].append(got["first_token_s"])
+                        res["total"].append(got["total_s"])
                         print(f"side by side {r}: {json.dumps({k: round(v, 3) for k, v in got.items()})}", flush=True)
                     free = page.locator('[data-testid="stButtonGroup"] button[aria-pressed="false"]')
                     for r, block in enumerate(free.all_inner_texts()[:args.rounds]):
@@ -208,7 +255,12 @@ def main() -> int:
                                             has_text=re.compile(rf"^{block.strip()}$"))
                         for key, now in (("toggle", "true"), ("toggle_back", "false")):
                             t = time.perf_counter()
-                            rerun_drawn(page, pill.click)
+                            page.evaluate(RUNS)
+                            pill.click()
+                            page.wait_for_function(RERAN, timeout=300_000, polling=10)
+                            if key == "toggle_back":
+                                res["toggle_back_run"].append(time.perf_counter() - t)
+                            drawn(page)
                             page.wait_for_selector(f'[data-testid="stButtonGroup"] button[aria-pressed="{now}"]'
                                                    f' >> text=/^{block.strip()}$/', timeout=60_000)
                             res[key].append(time.perf_counter() - t)
@@ -218,26 +270,49 @@ def main() -> int:
                                 res["drift_in"].append(time.perf_counter() - t)
                         print(f"toggle {r}: {res['toggle'][-1]:.2f} s (drift view in {res['drift_in'][-1]:.2f} s), back "
                               f"{res['toggle_back'][-1]:.2f} s", flush=True)
+                    # generate right after toggling a block never seen: its drift view is being computed
+                    fresh = page.locator('[data-testid="stButtonGroup"] button[aria-pressed="false"]')
+                    for r, block in enumerate(fresh.all_inner_texts()[args.rounds:2 * args.rounds]):
+                        pill = page.locator('[data-testid="stButtonGroup"] button',
+                                            has_text=re.compile(rf"^{block.strip()}$"))
+                        rerun_drawn(page, pill.click)
+                        got = generate(page)
+                        for k in ("first_token", "original_tok_s", "modified_tok_s"):
+                            res[f"toggle_{k}"].append(got[k if k != "first_token" else "first_token_s"])
+                        res["toggle_total"].append(got["total_s"])
+                        print(f"toggle, generate at once {r}: {json.dumps({k: round(v, 3) for k, v in got.items()})}",
+                              flush=True)
                 finally:
                     app.close()
         finally:
             browser.close()
     goals = {"launch": ("launch -> Model page drawn (s)", 5.0, "<="),
+             "model_in": ("launch -> model loaded, page redrawn (s)", float("nan"), ""),
+             "reruns_settled": ("script runs in the 3 s after the model is in", 0, "="),
              "page": ("page switch (s)", 1.0, "<="),
-             "first_token": ("click -> first token both sides (s)", 2.0, "<="),
+             "first_token": ("idle page: click -> first token both sides (s)", 2.0, "<="),
+             "total": (f"idle page: click -> {args.tokens} tokens both sides (s)", float("nan"), ""),
+             "open_first_token": ("Compare just opened: click -> first token (s)", 2.0, "<="),
+             "open_total": (f"Compare just opened: click -> {args.tokens} tokens (s)", float("nan"), ""),
+             "toggle_first_token": ("block just toggled: click -> first token (s)", 2.0, "<="),
+             "toggle_total": (f"block just toggled: click -> {args.tokens} tokens (s)", float("nan"), ""),
              "toggle": ("toggle a block -> page drawn (s)", 1.0, "<="),
              "toggle_back": ("toggle it back -> page drawn (s)", 1.0, "<="),
+             "toggle_back_run": ("toggle it back -> script run done (s)", float("nan"), ""),
              "drift_in": ("toggle -> drift view of the new set in (s)", float("nan"), "")}
     print("\n| measure | median (min-max) | goal |\n|---|---|---|")
     for key, (label, goal, op) in goals.items():
         print(f"| {label} | {med(res[key])} | {f'{op} {goal}' if op else ''} |")
     for title in PAGES:
         print(f"| &nbsp; page {title} (s) | {med(per_page[title])} | |")
-    for side in ("original", "modified"):
-        rates = res[f"{side}_tok_s"]
-        ratio = [r / plain["tok_s"] for r in rates]
-        print(f"| side by side, {side} (tok/s; x plain {plain['tok_s']:.1f}) | {med(rates)}; x {med(ratio)} | "
-              ">= 0.8 x |")
+    for prefix, when in (("", "idle page"), ("open_", "Compare just opened"), ("toggle_", "block just toggled")):
+        for side in ("original", "modified"):
+            rates = res[f"{prefix}{side}_tok_s"]
+            ratio = [r / plain["tok_s"] for r in rates]
+            print(f"| {when}: side by side, {side} (tok/s; x plain {plain['tok_s']:.1f}) | {med(rates)}; "
+                  f"x {med(ratio)} | >= 0.8 x |")
+    print(f"plain decode of {args.tokens} tokens: {(args.tokens - 1) / plain['tok_s']:.2f} s after the first; "
+          f"load average (1/5/15 min) at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
         args.json.write_text(json.dumps({"plain": plain, "results": res, "pages": per_page}, indent=1))
     return 0
