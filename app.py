@@ -99,7 +99,10 @@ pages = [
     st.Page("app_pages/compare.py", title="Compare", icon=":material/compare:"),
     st.Page("app_pages/runs.py", title="Runs", icon=":material/folder_open:"),
 ]
+page = st.navigation(pages)
+st.session_state[state.PAGE_BEFORE] = st.session_state.get(state.PAGE)
+st.session_state[state.PAGE] = page.url_path
 try:
-    st.navigation(pages).run()
+    page.run()
 finally:  # also when the page stopped (st.stop) or asked for a rerun: the load starts once the page is drawn
     slot.start()

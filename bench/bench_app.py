@@ -177,8 +177,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=32, help="side-by-side max new tokens (the page's default)")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw timings here")
-    smoke_flag(ap, "one launch, one round of everything, 4 tokens")
-    args = smoke(ap.parse_args(), launches=1, rounds=1, tokens=4)
+    smoke_flag(ap, "one launch, one round of everything")
+    args = smoke(ap.parse_args(), launches=1, rounds=1)
     from playwright.sync_api import sync_playwright
 
     plain = plain_decode(PROMPT, args.tokens, args.rounds)
