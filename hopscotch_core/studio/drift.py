@@ -142,21 +142,42 @@ def layer_drift(hs, rows, skipped: Iterable[int], scales: torch.Tensor | None = 
     "layer": l, "tokens": n})`; when `should_stop()` turns true the measurement is abandoned and None returned.
     The handle is left reset. `hs` may also be a function returning a context manager that gives a handle (for a
     shared model, compare._borrowed: attached under the lock): each forward pass then borrows it anew, so the
-    lock is let go between the two passes and during the analysis. With a priority `gate` (engine.priority), the
-    analysis waits before each layer while interactive work runs (for a shared model, prompt_drift passes the
-    model's gate, and each pass's borrow waits for its turn too).
+    lock is let go between the two passes and during the analysis. With a priority `gate` (engine.priority),
+    interactive work goes first: a pass that is running when it comes in is abandoned at its next layer (the lock
+    let go within one layer's forward) and run again from its start once the interactive work has ended, and the
+    analysis waits before each layer (for a shared model, prompt_drift passes the model's gate; each pass's
+    borrow waits for its turn too). The result is the same as without interruptions.
     """
     borrow = hs if callable(hs) and not hasattr(hs, "num_layers") else (lambda: contextlib.nullcontext(hs))
-    with borrow() as hs:  # the original's pass (or the checks only, with reuse)
-        return_early, state = _original_pass(hs, rows, max_tokens, seed, layers, on_progress, should_stop, reuse,
-                                             drop_first)
+    def stopped() -> bool:
+        return should_stop is not None and should_stop()
+
+    def yielded() -> bool:  # interactive work came in: the pass is abandoned at its next layer, the lock let go
+        return gate is not None and gate.busy
+
+    def stop_or_yield() -> bool:
+        return stopped() or yielded()
+
+    while True:
+        with borrow() as hs:  # the original's pass (or the checks only, with reuse)
+            return_early, state = _original_pass(hs, rows, max_tokens, seed, layers, on_progress, stop_or_yield,
+                                                 reuse, drop_first)
+        if not return_early or stopped() or not yielded():
+            break
+        gate.wait_turn(should_stop=should_stop)  # then the pass is run again from its start
     if return_early:
         return None
     wanted, idx, key, orig, total, eligible, tick, seconds = state
     skipped = sorted({int(b) for b in skipped})
     t1 = time.perf_counter()
-    with borrow() as hs, hs.applied(skipped, scales, skipped_mlp):
-        mod = metrics.sampled_states(hs, rows, wanted, idx, lambda i: tick("modified", i), should_stop)
+    while True:
+        mark = tick.done[0]
+        with borrow() as hs, hs.applied(skipped, scales, skipped_mlp):
+            mod = metrics.sampled_states(hs, rows, wanted, idx, lambda i: tick("modified", i), stop_or_yield)
+        if mod is not None or stopped() or not yielded():
+            break
+        tick.done[0] = mark  # the abandoned pass's progress is taken back
+        gate.wait_turn(should_stop=should_stop)
     if mod is None:
         return None
     t2 = time.perf_counter()
@@ -213,6 +234,8 @@ def _original_pass(hs, rows, max_tokens, seed, layers, on_progress, should_stop,
         done[0] += 1
         if on_progress is not None:
             on_progress(done[0], steps, {"stage": stage, "layer": layer, "tokens": n})
+
+    tick.done = done  # layer_drift takes back the steps of a pass it abandoned for interactive work
 
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
