@@ -8,13 +8,17 @@ the bundled example runs, driven by Debian's chromium with Playwright.
 Needs the default model in the cache (`hopscotch info --model default` once) and /usr/bin/chromium. Measured in one
 run, medians (min-max) over rounds:
 - launch: `streamlit run` started -> Model page fully drawn (no script running, no spinner, every plotly chart
-  drawn), a new server process each launch;
+  drawn), a new server process each launch; "model in": until the sidebar's load line is gone and the page
+  redrawn, then the script runs the page starts on its own in the next 3 s (settled: 0);
+- Compare just opened: each launch then opens Compare and clicks "Generate side by side" as soon as the button is
+  there, while the page's drift view is being computed: first token, tokens/s per side, click -> whole answer;
 - page: a sidebar link clicked -> that page fully drawn (Selection, Scaling, Compare, Runs, Model in turn);
 - toggle: a block clicked on the Compare page -> the script run it starts has finished and the page is fully drawn
   (a block never toggled before in that server; then clicked back, "toggle back"); figures computed in the
   background fill in later ("toggle -> drift view in", the per-layer MMD and drift figure of the new skip set);
 - side by side: "Generate side by side" clicked -> the first streamed token on both sides, and tokens/s of each
-  side from its first to its last token (token counts read from the page as they arrive);
+  side from its first to its last token (token counts read from the page as they arrive), on the idle page (the
+  drift view in) and right after toggling a block never seen (its drift view being computed);
 - plain decode: tokens/s of greedy decoding of the same prompt by the same model with its KV cache, in this
   process before the server starts (same thread count as the server), the reference the sides are held to.
 Goals (issue 10, P5): launch <= 5 s, page <= 1 s, first token <= 2 s, toggle <= 1 s, each side >= 0.8 x plain.
