@@ -181,7 +181,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=32, help="side-by-side max new tokens (the page's default)")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw timings here")
-    smoke_flag(ap, "one launch, one round of everything")
+    smoke_flag(ap, "one launch, one round; no page switches, no generation right after a toggle")
     args = smoke(ap.parse_args(), launches=1, rounds=1)
     from playwright.sync_api import sync_playwright
 
@@ -230,7 +230,7 @@ def main() -> int:
                     if launch < args.launches - 1:
                         page.close()
                         continue
-                    for r in range(args.rounds):
+                    for r in range(0 if args.smoke else args.rounds):  # (--smoke: no page switches)
                         for title in PAGES:
                             link = page.locator('[data-testid="stSidebarNavLink"]', has_text=title)
                             t = time.perf_counter()
@@ -276,7 +276,8 @@ def main() -> int:
                               f"{res['toggle_back'][-1]:.2f} s", flush=True)
                     # generate right after toggling a block never seen: its drift view is being computed
                     fresh = page.locator('[data-testid="stButtonGroup"] button[aria-pressed="false"]')
-                    for r, block in enumerate(fresh.all_inner_texts()[args.rounds:2 * args.rounds]):
+                    for r, block in enumerate(fresh.all_inner_texts()[args.rounds:2 * args.rounds] if not args.smoke
+                                              else []):
                         pill = page.locator('[data-testid="stButtonGroup"] button',
                                             has_text=re.compile(rf"^{block.strip()}$"))
                         rerun_drawn(page, pill.click)
