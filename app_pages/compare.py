@@ -117,8 +117,8 @@ N_SLOTS = 2
 def drift_slots(shown_key, fig) -> None:
     """The drift figure of `shown_key`, and the one shown before it kept drawn but hidden, each at a fixed place
     with a fixed key: toggling back to a set already seen flips which one shows, so the browser builds no figure
-    (building the 9-subplot figure anew takes chromium ~1 s; the script run stays ~0.1 s). Inside a container
-    keyed cmp_drift_fig; the shown figure's own key is cmp_drift_fig{i}, i = session_state["cmp_drift_slot"]."""
+    (building the 9-subplot figure anew takes chromium ~1 s; the script run stays ~0.1 s). The shown figure's key
+    is cmp_drift_fig{i}, i = session_state["cmp_drift_slot"]."""
     slots = st.session_state.setdefault(DRIFT_SLOTS, [])
     at = next((i for i, s in enumerate(slots) if s[0] == shown_key), None)
     if at is None and len(slots) < N_SLOTS:
@@ -129,11 +129,9 @@ def drift_slots(shown_key, fig) -> None:
         slots[at] = [shown_key, fig, 0.0]
     slots[at][2] = time.time()
     st.session_state["cmp_drift_slot"] = at
-    with st.container(key="cmp_drift_fig"):
-        for i, (_, f, _) in enumerate(slots):
-            with st.container(key=f"cmp_drift_slot{i}"):
-                ui.chart(f, f"cmp_drift_fig{i}", "hidden-state-drift")
-    hidden = [f".st-key-cmp_drift_slot{i}" for i in range(len(slots)) if i != at]
+    for i, (_, f, _) in enumerate(slots):  # no container around them: a container's redraw rebuilds its charts
+        ui.chart(f, f"cmp_drift_fig{i}", "hidden-state-drift")
+    hidden = [f".st-key-cmp_drift_fig{i}{part}" for i in range(len(slots)) if i != at for part in ("", "_downloads")]
     if hidden:  # kept drawn at full width (no redraw when shown again), takes no room
         st.html(f"<style>{', '.join(hidden)} {{height: 0; overflow: hidden; visibility: hidden}}</style>")
 

@@ -73,7 +73,7 @@ RUNS = """() => {
   window.__runObs.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
 }"""
 FILLED = """() => !document.querySelector('[data-testid="stProgress"]')
-  && !!document.querySelector('.st-key-cmp_drift_fig svg.main-svg')"""
+  && !!document.querySelector('[class*="st-key-cmp_drift_fig"] svg.main-svg')"""
 RERAN = "() => window.__runs.includes('running') && window.__runs[window.__runs.length - 1] === 'notRunning'"
 MODEL_IN = """() => !document.querySelector('[data-testid="stSidebar"] [data-testid="stProgress"]')
   && !document.querySelector('[data-testid="stSidebar"] [data-testid="stAlert"]')"""

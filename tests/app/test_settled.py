@@ -91,7 +91,7 @@ def test_toggling_back_shows_the_kept_figure_without_building_it_again(runs, wor
     back = specs()
     assert at.session_state["cmp_drift_slot"] == slot_a and back == with_b  # nothing rebuilt
     css = [h.value for h in at.html if "<style>" in h.value]
-    assert css and f".st-key-cmp_drift_slot{slot_b}" in css[-1] and f"slot{slot_a}" not in css[-1]
+    assert css and f".st-key-cmp_drift_fig{slot_b}" in css[-1] and f"fig{slot_a}" not in css[-1]
     assert figure(at, f"cmp_drift_fig{slot_a}")["data"][0]["type"] == "bar"
     visit(at, "model")
     visit(at, "compare")  # a new visit: the browser holds nothing, only the shown figure is drawn
