@@ -19,10 +19,10 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import hopscotch_core as hc
+import hopscotch_core as hc  # lazy: torch and transformers load with the model, in its thread
 from app_pages import state, tasks
+from hopscotch_core.engine.stamps import source_stamp
 from hopscotch_core.studio.explain import explain
-from hopscotch_core.engine.loading import source_stamp
 from hopscotch_core.studio.runview import list_runs
 
 st.set_page_config(page_title="Hopscotch Studio", page_icon=":material/grid_view:", layout="wide")
@@ -31,12 +31,14 @@ st.set_page_config(page_title="Hopscotch Studio", page_icon=":material/grid_view
 @st.cache_resource(show_spinner=False, max_entries=2)
 def model_slot(source: str, device: str, dtype: str) -> tasks.Task:
     """One model per (source, device, dtype) for the whole process, loaded in a thread of its own so that every
-    page draws at once; its result is (model, tokenizer, lock). trust_remote_code stays off."""
+    page draws at once; its result is (model, tokenizer, lock). trust_remote_code stays off. The thread starts at
+    the end of the script run that asked first (below): the first page is drawn without torch, from the cards
+    kept on disk, and the ~2 s of imports and the load do not compete with drawing it."""
     def load():
         model, tok = hc.load_model(source, device=device, dtype=None if dtype == "auto" else dtype)
         return model, tok, threading.Lock()
 
-    return tasks.Task.thread(load, name="hopscotch-load-model")
+    return tasks.Task.thread(load, name="hopscotch-load-model", start=False)
 
 
 with st.sidebar:
@@ -97,4 +99,10 @@ pages = [
     st.Page("app_pages/compare.py", title="Compare", icon=":material/compare:"),
     st.Page("app_pages/runs.py", title="Runs", icon=":material/folder_open:"),
 ]
-st.navigation(pages).run()
+page = st.navigation(pages)
+st.session_state[state.PAGE_BEFORE] = st.session_state.get(state.PAGE)
+st.session_state[state.PAGE] = page.url_path
+try:
+    page.run()
+finally:  # also when the page stopped (st.stop) or asked for a rerun: the load starts once the page is drawn
+    slot.start()

@@ -110,6 +110,32 @@ elif st.session_state.get("cmp_result"):
     res = st.session_state["cmp_result"]
     render(res["a"], res["b"], res["label"], True)
 
+DRIFT_SLOTS = "cmp_drift_slots"  # [[measurement key, figure, last shown]]: the drift figures the browser holds
+N_SLOTS = 2
+
+
+def drift_slots(shown_key, fig) -> None:
+    """The drift figure of `shown_key`, and the one shown before it kept drawn but hidden, each at a fixed place
+    with a fixed key: toggling back to a set already seen flips which one shows, so the browser builds no figure
+    (building the 9-subplot figure anew takes chromium ~1 s; the script run stays ~0.1 s). The shown figure's key
+    is cmp_drift_fig{i}, i = session_state["cmp_drift_slot"]."""
+    slots = st.session_state.setdefault(DRIFT_SLOTS, [])
+    at = next((i for i, s in enumerate(slots) if s[0] == shown_key), None)
+    if at is None and len(slots) < N_SLOTS:
+        slots.append([shown_key, fig, 0.0])
+        at = len(slots) - 1
+    elif at is None:  # replaces the figure shown longest ago
+        at = min(range(len(slots)), key=lambda i: slots[i][2])
+        slots[at] = [shown_key, fig, 0.0]
+    slots[at][2] = time.time()
+    st.session_state["cmp_drift_slot"] = at
+    for i, (_, f, _) in enumerate(slots):  # no container around them: a container's redraw rebuilds its charts
+        ui.chart(f, f"cmp_drift_fig{i}", "hidden-state-drift")
+    hidden = [f".st-key-cmp_drift_fig{i}{part}" for i in range(len(slots)) if i != at for part in ("", "_downloads")]
+    if hidden:  # kept drawn at full width (no redraw when shown again), takes no room
+        st.html(f"<style>{', '.join(hidden)} {{height: 0; overflow: hidden; visibility: hidden}}</style>")
+
+
 st.subheader("Per-layer MMD and hidden-state drift")
 st.caption("Where the skipped model's hidden states leave the original's: per layer, the unbiased MMD² between the "
            "two sets of token states (bars; red: skipped blocks) and, below, the same tokens projected on the "
@@ -120,9 +146,13 @@ measured_on = ["the run's held-out answers" if run is not None and problem is No
 on = st.segmented_control("Measure on", measured_on, default=measured_on[0], key="cmp_drift_on",
                           help="Long prompts work: at most 256 token positions are sampled (the same on both sides); "
                                "the two forward passes over the whole prompt are the cost.") or measured_on[0]
+if state.page_opened():  # figures kept from an earlier visit are not in the browser any more: start afresh
+    st.session_state.pop(DRIFT_SLOTS, None)
 if not skip and scales is None:
+    st.session_state.pop(DRIFT_SLOTS, None)
     st.info("Skip at least one block to measure how the hidden states change.")
 elif on == measured_on[1] and not prompt.strip():
+    st.session_state.pop(DRIFT_SLOTS, None)
     st.info("Write a prompt above to measure on it.")
 else:
     answers = run.answers("eval", 4) if on == measured_on[0] and run is not None and problem is None else []
@@ -143,7 +173,9 @@ else:
         if not previous:
             st.session_state["cmp_drift_last"] = res  # the next skip set reuses the original's pass when it can
             st.session_state["cmp_drift_shown"] = got
-        ui.chart(fig, "cmp_drift_fig", "hidden-state-drift")
+        drift_slots(key if not previous else st.session_state.get("cmp_drift_shown_key"), fig)
+        if not previous:
+            st.session_state["cmp_drift_shown_key"] = key
         st.caption(("**Previous measurement** (blocks " + ", ".join(str(b) for b in res.skipped) + ") until the "
                     "new one is in. " if previous else "")
                    + f"Measured on {len(res.positions)} of {res.total_tokens} token positions"

@@ -1,12 +1,15 @@
-"""Model page: what Hopscotch does, the loaded model's architecture, and its singular-value map."""
+"""Model page: what Hopscotch does, the loaded model's architecture, and its singular-value map.
+
+Drawn from the cards kept on disk for the same weights whenever they are there (measure.cached: no torch), so the
+first page of a launch appears before the model and torch are in; the model computes them only the first time.
+"""
 
 import pandas as pd
 import streamlit as st
 
 from app_pages import state, tasks, ui
+from hopscotch_core.measure.cached import cached_singular_values, cached_summary
 from hopscotch_core.studio import figures
-from hopscotch_core.measure import metrics
-from hopscotch_core.measure.info import cached_summary, summary
 from hopscotch_core.method.settings import describe
 
 st.title("Hopscotch Studio")
@@ -28,11 +31,13 @@ if run is not None and run.example:
         col.page_link(page, label=f"Open {label}", icon=":material/arrow_forward:")
 
 stamp = st.session_state.get(state.MODEL_STAMP)
-loaded = st.session_state.get(state.MODEL)
-# while the model loads, what was computed from the same weights before (kept on disk) is drawn at once
-info = summary(loaded[0]) if loaded is not None else cached_summary(stamp)
+# what was computed from the same weights before (kept on disk) is drawn at once, loaded or not
+info = cached_summary(stamp)
 if info is None:
     model, tok, lock = state.model_or_stop()
+    from hopscotch_core.measure.info import summary  # torch: the model is in anyway
+
+    info = summary(model)
 st.subheader(f"Architecture · {info['family']}")
 cols = st.columns(5)
 cols[0].metric("Layers", info["layers"])
@@ -57,11 +62,13 @@ def heatmap(sv) -> None:
     ui.chart(figures.singular_value_heatmap(sv, log_color=log_color), "sv_heatmap", "singular-values")
 
 
-sv = metrics.cached_singular_values(stamp) if loaded is None else None
+sv = cached_singular_values(stamp)
 if sv is not None:
     heatmap(sv)
 else:
     model, tok, lock = state.model_or_stop()
+    from hopscotch_core.measure import metrics  # torch: the model is in anyway
+
     job = tasks.task(("singular_values", state.model_key()), metrics.singular_values, model)
     tasks.when_ready(job, heatmap, "Computing singular values (once per model: kept on disk)",
                       "computing singular values")

@@ -26,6 +26,7 @@ MODEL_STAMP = "model_stamp"      # engine.loading.source_stamp of that model (it
 MODEL_SOURCE, MODEL_DEVICE, MODEL_DTYPE = "model_source", "model_device", "model_dtype"
 RUN = "run"                      # the current run's path (the sidebar's picker, a kept widget)
 RUN_NEXT = "run_next"            # a run a page makes current on the next script run (before the picker exists)
+PAGE, PAGE_BEFORE = "page", "page_before"  # the page this script run draws, and the one the run before drew
 KEPT = "_kept_"                  # prefix of a kept widget's shadow copy (kept())
 KEPT_RUN = KEPT + RUN
 
@@ -50,6 +51,12 @@ def put(key: str, value) -> None:
     """Set a kept widget's value (from a callback, or before the widget is drawn)."""
     st.session_state[KEPT + key] = value
     st.session_state[key] = value
+
+
+def page_opened() -> bool:
+    """Whether this script run draws its page for the first time since another page (app.py keeps PAGE): what the
+    browser held of the page before is gone."""
+    return st.session_state.get(PAGE_BEFORE) != st.session_state.get(PAGE)
 
 
 # ------------------------------------------------------------------------------------------------ places

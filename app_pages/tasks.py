@@ -58,8 +58,10 @@ class Task:
         return self.future.cancelled() or self.stop.is_set()
 
     @classmethod
-    def thread(cls, fn: Callable[[], object], name: str) -> "Task":
-        """fn() in a daemon thread of its own (not the page pool: a model load must not wait behind figures)."""
+    def thread(cls, fn: Callable[[], object], name: str, start: bool = True) -> "Task":
+        """fn() in a daemon thread of its own (not the page pool: a model load must not wait behind figures). With
+        start=False the thread begins at the first start() (app.py: after the page is drawn, so that the model's
+        imports and load do not compete with drawing the first page)."""
         t = cls.__new__(cls)
         t.started, t.progress, t.future, t.stop = time.time(), None, Future(), threading.Event()
 
@@ -69,8 +71,21 @@ class Task:
             except BaseException as e:  # noqa: BLE001 - handed to whoever reads the result
                 t.future.set_exception(e)
 
-        threading.Thread(target=work, name=name, daemon=True).start()
+        t._thread = threading.Thread(target=work, name=name, daemon=True)
+        t._start_lock = threading.Lock()
+        if start:
+            t.start()
         return t
+
+    def start(self) -> None:
+        """Begin a Task.thread(..., start=False) (once; later calls and pool tasks: nothing)."""
+        th = getattr(self, "_thread", None)
+        if th is None:
+            return
+        with self._start_lock:
+            if not th.is_alive() and th.ident is None:
+                self.started = time.time()
+                th.start()
 
     def _on_progress(self, step: int, total: int, info: dict | None = None) -> None:
         self.progress = (step, total, info or {})

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/answer_lengths.py                       # embedded model, 32 calibration prompts, cap 320
     .venv/bin/python bench/answer_lengths.py --n 32 --cap 768 --model DIR --data my.jsonl
+    .venv/bin/python bench/answer_lengths.py --smoke                # the smallest setting (CI): seconds
 
 Prompts: the first `--n` of the default split (RunSettings defaults, seed 0: calibration prompts first, then
 held-out ones), answered as a run answers them (data.generate_answers, chat template, batches of --batch). Prints
@@ -15,6 +16,7 @@ import argparse
 import json
 import time
 
+from benchargs import smoke, smoke_flag, smoke_model_dir
 from hopscotch_core.engine.loading import load_model
 from hopscotch_core.method import data
 from hopscotch_core.method.settings import RunSettings
@@ -29,7 +31,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--cap", type=int, default=320)
     ap.add_argument("--batch", type=int, default=8)
-    args = ap.parse_args()
+    smoke_flag(ap, "2 prompts, cap 96 tokens, on a tiny random model with the embedded model's tokenizer")
+    args = smoke(ap.parse_args(), n=2, cap=96, batch=2)
+    if args.smoke:
+        args.model = smoke_model_dir()
     model, tok = load_model(args.model, device="cpu")
     records = data.load_prompts(args.data)
     s = RunSettings()

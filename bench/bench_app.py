@@ -3,17 +3,22 @@ the bundled example runs, driven by Debian's chromium with Playwright.
 
     .venv/bin/python bench/bench_app.py                       # 3 launches, 5 rounds of everything else
     .venv/bin/python bench/bench_app.py --launches 1 --rounds 3 --json out.json
+    .venv/bin/python bench/bench_app.py --smoke                 # the smallest setting (CI): one launch, one round
 
 Needs the default model in the cache (`hopscotch info --model default` once) and /usr/bin/chromium. Measured in one
 run, medians (min-max) over rounds:
 - launch: `streamlit run` started -> Model page fully drawn (no script running, no spinner, every plotly chart
-  drawn), a new server process each launch;
+  drawn), a new server process each launch; "model in": until the sidebar's load line is gone and the page
+  redrawn, then the script runs the page starts on its own in the next 3 s (settled: 0);
+- Compare just opened: each launch then opens Compare and clicks "Generate side by side" as soon as the button is
+  there, while the page's drift view is being computed: first token, tokens/s per side, click -> whole answer;
 - page: a sidebar link clicked -> that page fully drawn (Selection, Scaling, Compare, Runs, Model in turn);
 - toggle: a block clicked on the Compare page -> the script run it starts has finished and the page is fully drawn
   (a block never toggled before in that server; then clicked back, "toggle back"); figures computed in the
   background fill in later ("toggle -> drift view in", the per-layer MMD and drift figure of the new skip set);
 - side by side: "Generate side by side" clicked -> the first streamed token on both sides, and tokens/s of each
-  side from its first to its last token (token counts read from the page as they arrive);
+  side from its first to its last token (token counts read from the page as they arrive), on the idle page (the
+  drift view in) and right after toggling a block never seen (its drift view being computed);
 - plain decode: tokens/s of greedy decoding of the same prompt by the same model with its KV cache, in this
   process before the server starts (same thread count as the server), the reference the sides are held to.
 Goals (issue 10, P5): launch <= 5 s, page <= 1 s, first token <= 2 s, toggle <= 1 s, each side >= 0.8 x plain.
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import re
 import statistics
 import sys
@@ -43,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers.appdriver import IDLE, AppServer, idle, launch_browser  # noqa: E402
+from benchargs import smoke, smoke_flag  # noqa: E402
 
 PAGES = ["Selection", "Scaling", "Compare", "Runs", "Model"]
 HEADINGS = {"Model": "Hopscotch Studio"}  # a page's h1 when it is not the page's name
@@ -74,8 +81,11 @@ RUNS = """() => {
   window.__runObs.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
 }"""
 FILLED = """() => !document.querySelector('[data-testid="stProgress"]')
-  && !!document.querySelector('.st-key-cmp_drift_fig svg.main-svg')"""
+  && !!document.querySelector('[class*="st-key-cmp_drift_fig"] svg.main-svg')"""
 RERAN = "() => window.__runs.includes('running') && window.__runs[window.__runs.length - 1] === 'notRunning'"
+MODEL_IN = """() => !document.querySelector('[data-testid="stSidebar"] [data-testid="stProgress"]')
+  && !document.querySelector('[data-testid="stSidebar"] [data-testid="stAlert"]')"""
+GENERATE = 'button:has-text("Generate side by side"):not([disabled])'
 
 
 def drawn(page, timeout: float = 300_000) -> None:
@@ -197,6 +207,33 @@ def side_rates(records: list, t0: float, names: tuple[str, str] = ("original", "
     return out
 
 
+def generate(page) -> dict:
+    """Click "Generate side by side" now; wait for the generation's end; side_rates plus total_s (click -> the
+    last token on both sides)."""
+    page.evaluate(WATCH.replace("SELECTOR", PAIR))
+    page.locator(GENERATE).click()
+    page.wait_for_selector(".hopscotch-gen[data-done='0']", timeout=300_000)
+    page.wait_for_selector(IDLE, timeout=300_000)  # the script run that streams ends with the generation
+    page.wait_for_timeout(200)
+    records, t0 = page.evaluate("window.__gen"), page.evaluate("window.__t0")
+    got = side_rates(records, t0)
+    started = False
+    for rec in records:  # the first record after the click with both sides marked done
+        sides = rec[1:]
+        started = started or (len(sides) >= 2 and any(d == "0" for _, d in sides))
+        if started and len(sides) >= 2 and all(d == "1" for _, d in sides):
+            got["total_s"] = (rec[0] - t0) / 1000
+            break
+    return got
+
+
+def quiet_reruns(page, seconds: float) -> int:
+    """Script runs (full or fragment) the page starts on its own within `seconds` of now."""
+    page.evaluate(RUNS)
+    page.wait_for_timeout(int(seconds * 1000))
+    return sum(1 for s in page.evaluate("window.__runs") if s == "running")
+
+
 def med(xs: list[float]) -> str:
     return f"{statistics.median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})" if xs else "-"
 
@@ -211,7 +248,8 @@ def main() -> int:
                     "(export job once, then first token and tokens/s against plain llama.cpp decoding)")
     ap.add_argument("--gguf-only", action="store_true", help="only that scenario (one launch, no page rounds)")
     ap.add_argument("--gguf-quant", default="q8_0", choices=["f32", "f16", "q8_0"], help="the GGUF's weight type")
-    args = ap.parse_args()
+    smoke_flag(ap, "one launch, one round; no page switches, no generation right after a toggle")
+    args = smoke(ap.parse_args(), launches=1, rounds=1)
     from playwright.sync_api import sync_playwright
 
     args.gguf = args.gguf or args.gguf_only
@@ -220,8 +258,12 @@ def main() -> int:
     plain = plain_decode(PROMPT, args.tokens, args.rounds) if not args.gguf_only else {"tok_s": float("nan"),
                                                                                        "threads": 0}
     print(f"plain decode: {plain['tok_s']:.1f} tok/s ({plain['threads']} threads)", flush=True)
-    res: dict[str, list] = {"launch": [], "page": [], "toggle": [], "toggle_back": [], "drift_in": [], "first_token": [],
-                            "original_tok_s": [], "modified_tok_s": [], "gguf_export": []}
+    res: dict[str, list] = {"launch": [], "model_in": [], "reruns_settled": [], "page": [], "toggle": [],
+                            "toggle_back": [], "toggle_back_run": [], "drift_in": [], "first_token": [],
+                            "original_tok_s": [], "modified_tok_s": [], "total": [],
+                            "open_first_token": [], "open_original_tok_s": [], "open_modified_tok_s": [],
+                            "open_total": [], "toggle_first_token": [], "toggle_original_tok_s": [],
+                            "toggle_modified_tok_s": [], "toggle_total": [], "gguf_export": []}
     gguf_path = None
     per_page: dict[str, list] = {p: [] for p in PAGES}
     tmp = Path(tempfile.mkdtemp(prefix="bench-app-"))
@@ -238,11 +280,29 @@ def main() -> int:
                     page.wait_for_selector('[data-testid="stPlotlyChart"]', timeout=300_000)
                     drawn(page)
                     res["launch"].append(time.perf_counter() - t0)
-                    print(f"launch {launch}: {res['launch'][-1]:.2f} s", flush=True)
+                    page.wait_for_function(MODEL_IN, timeout=300_000, polling=50)
+                    drawn(page)
+                    res["model_in"].append(time.perf_counter() - t0)
+                    res["reruns_settled"].append(quiet_reruns(page, 3.0))
+                    print(f"launch {launch}: {res['launch'][-1]:.2f} s, model in {res['model_in'][-1]:.2f} s, "
+                          f"{res['reruns_settled'][-1]} script runs in the 3 s after", flush=True)
+                    # a user who opens Compare and clicks Generate at once, while its drift view is computed
+                    page.locator('[data-testid="stSidebarNavLink"]', has_text="Compare").click()
+                    page.wait_for_selector(GENERATE, timeout=300_000)
+                    page.get_by_label("Prompt", exact=True).fill(PROMPT)
+                    page.keyboard.press("Control+Enter")
+                    idle(page)
+                    computing = page.locator('[data-testid="stProgress"]').count() > 0
+                    got = generate(page)
+                    for k in ("first_token", "original_tok_s", "modified_tok_s"):
+                        res[f"open_{k}"].append(got[k if k != "first_token" else "first_token_s"])
+                    res["open_total"].append(got["total_s"])
+                    print(f"open Compare, generate at once (drift view computing: {computing}): "
+                          f"{json.dumps({k: round(v, 3) for k, v in got.items()})}", flush=True)
                     if launch < args.launches - 1:
                         page.close()
                         continue
-                    for r in range(0 if args.gguf_only else args.rounds):
+                    for r in range(0 if (args.smoke or args.gguf_only) else args.rounds):  # (--smoke: no page switches)
                         for title in PAGES:
                             link = page.locator('[data-testid="stSidebarNavLink"]', has_text=title)
                             t = time.perf_counter()
@@ -257,24 +317,21 @@ def main() -> int:
                     print(f"compare page: blocks {skipped.all_inner_texts()} skipped", flush=True)
                     page.wait_for_function(FILLED, timeout=300_000, polling=20)  # the drift view is in
                     drawn(page)
-                    page.get_by_label("Prompt", exact=True).fill(PROMPT)
-                    page.keyboard.press("Control+Enter")
-                    idle(page)
                     if args.gguf:
+                        page.get_by_label("Prompt", exact=True).fill(PROMPT)
+                        page.keyboard.press("Control+Enter")
+                        idle(page)
                         if args.gguf_quant != "q8_0":  # q8_0 is selected already (a click would unselect it)
                             page.locator(f'.st-key-cmp_gguf_quant button:has-text("{args.gguf_quant}")').click()
                             idle(page)
                         gguf_path = gguf_rounds(page, args.rounds, res)
-                    for r in range(0 if args.gguf_only else args.rounds):
-                        page.evaluate(WATCH.replace("SELECTOR", PAIR))
-                        page.get_by_role("button", name="Generate side by side").click()
-                        page.wait_for_selector(".hopscotch-gen[data-done='0']", timeout=120_000)
+                    for r in range(0 if args.gguf_only else args.rounds):  # the page idle: nothing computing beside
+                        got = generate(page)                                # the generation
                         drawn(page)
-                        page.wait_for_timeout(200)
-                        got = side_rates(page.evaluate("window.__gen"), page.evaluate("window.__t0"))
                         for k in ("original_tok_s", "modified_tok_s"):
                             res[k].append(got[k])
                         res["first_token"].append(got["first_token_s"])
+                        res["total"].append(got["total_s"])
                         print(f"side by side {r}: {json.dumps({k: round(v, 3) for k, v in got.items()})}", flush=True)
                     free = page.locator('[data-testid="stButtonGroup"] button[aria-pressed="false"]')
                     for r, block in enumerate(free.all_inner_texts()[:0 if args.gguf_only else args.rounds]):
@@ -282,7 +339,12 @@ def main() -> int:
                                             has_text=re.compile(rf"^{block.strip()}$"))
                         for key, now in (("toggle", "true"), ("toggle_back", "false")):
                             t = time.perf_counter()
-                            rerun_drawn(page, pill.click)
+                            page.evaluate(RUNS)
+                            pill.click()
+                            page.wait_for_function(RERAN, timeout=300_000, polling=10)
+                            if key == "toggle_back":
+                                res["toggle_back_run"].append(time.perf_counter() - t)
+                            drawn(page)
                             page.wait_for_selector(f'[data-testid="stButtonGroup"] button[aria-pressed="{now}"]'
                                                    f' >> text=/^{block.strip()}$/', timeout=60_000)
                             res[key].append(time.perf_counter() - t)
@@ -292,26 +354,50 @@ def main() -> int:
                                 res["drift_in"].append(time.perf_counter() - t)
                         print(f"toggle {r}: {res['toggle'][-1]:.2f} s (drift view in {res['drift_in'][-1]:.2f} s), back "
                               f"{res['toggle_back'][-1]:.2f} s", flush=True)
+                    # generate right after toggling a block never seen: its drift view is being computed
+                    fresh = page.locator('[data-testid="stButtonGroup"] button[aria-pressed="false"]')
+                    for r, block in enumerate(fresh.all_inner_texts()[args.rounds:2 * args.rounds]
+                                              if not (args.smoke or args.gguf_only) else []):
+                        pill = page.locator('[data-testid="stButtonGroup"] button',
+                                            has_text=re.compile(rf"^{block.strip()}$"))
+                        rerun_drawn(page, pill.click)
+                        got = generate(page)
+                        for k in ("first_token", "original_tok_s", "modified_tok_s"):
+                            res[f"toggle_{k}"].append(got[k if k != "first_token" else "first_token_s"])
+                        res["toggle_total"].append(got["total_s"])
+                        print(f"toggle, generate at once {r}: {json.dumps({k: round(v, 3) for k, v in got.items()})}",
+                              flush=True)
                 finally:
                     app.close()
         finally:
             browser.close()
     goals = {"launch": ("launch -> Model page drawn (s)", 5.0, "<="),
+             "model_in": ("launch -> model loaded, page redrawn (s)", float("nan"), ""),
+             "reruns_settled": ("script runs in the 3 s after the model is in", 0, "="),
              "page": ("page switch (s)", 1.0, "<="),
-             "first_token": ("click -> first token both sides (s)", 2.0, "<="),
+             "first_token": ("idle page: click -> first token both sides (s)", 2.0, "<="),
+             "total": (f"idle page: click -> {args.tokens} tokens both sides (s)", float("nan"), ""),
+             "open_first_token": ("Compare just opened: click -> first token (s)", 2.0, "<="),
+             "open_total": (f"Compare just opened: click -> {args.tokens} tokens (s)", float("nan"), ""),
+             "toggle_first_token": ("block just toggled: click -> first token (s)", 2.0, "<="),
+             "toggle_total": (f"block just toggled: click -> {args.tokens} tokens (s)", float("nan"), ""),
              "toggle": ("toggle a block -> page drawn (s)", 1.0, "<="),
              "toggle_back": ("toggle it back -> page drawn (s)", 1.0, "<="),
+             "toggle_back_run": ("toggle it back -> script run done (s)", float("nan"), ""),
              "drift_in": ("toggle -> drift view of the new set in (s)", float("nan"), "")}
     print("\n| measure | median (min-max) | goal |\n|---|---|---|")
     for key, (label, goal, op) in goals.items():
         print(f"| {label} | {med(res[key])} | {f'{op} {goal}' if op else ''} |")
     for title in PAGES:
         print(f"| &nbsp; page {title} (s) | {med(per_page[title])} | |")
-    for side in ("original", "modified"):
-        rates = res[f"{side}_tok_s"]
-        ratio = [r / plain["tok_s"] for r in rates]
-        print(f"| side by side, {side} (tok/s; x plain {plain['tok_s']:.1f}) | {med(rates)}; x {med(ratio)} | "
-              ">= 0.8 x |")
+    for prefix, when in (("", "idle page"), ("open_", "Compare just opened"), ("toggle_", "block just toggled")):
+        for side in ("original", "modified"):
+            rates = res[f"{prefix}{side}_tok_s"]
+            ratio = [r / plain["tok_s"] for r in rates]
+            print(f"| {when}: side by side, {side} (tok/s; x plain {plain['tok_s']:.1f}) | {med(rates)}; "
+                  f"x {med(ratio)} | >= 0.8 x |")
+    print(f"plain decode of {args.tokens} tokens: {(args.tokens - 1) / plain['tok_s']:.2f} s after the first; "
+          f"load average (1/5/15 min) at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if gguf_path is not None:  # the server is gone: llama.cpp alone on the same file, the page's thread count
         import torch
 

@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/bench_distributed.py                      # 4 calibration prompts, answers <= 48 tokens
     .venv/bin/python bench/bench_distributed.py --n-calib 8 --repeats 2
+    .venv/bin/python bench/bench_distributed.py --smoke               # the smallest setting (CI): seconds
 
 The answers are generated once (`hopscotch generate`, one process); each variant then resumes a copy of that run
 with `select --k 1` (round 0: every block trained one epoch), so every variant scores the same 30 candidates on
@@ -38,7 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hopscotch_core.fileio import atomic_write
+from benchargs import smoke, smoke_flag, smoke_model_dir  # noqa: E402
+from hopscotch_core.fileio import atomic_write  # noqa: E402
 VARIANTS = {  # name -> (processes, threads per process)
     "1x2": (1, 2),
     "2x1": (2, 1),
@@ -63,7 +65,7 @@ def run(nproc: int, threads: int, args: list[str]) -> float:
     return wall
 
 
-def probe() -> None:
+def probe(rounds: int = 200) -> None:
     """Run under torchrun with 2 ranks: time the pipeline's exchanges; rank 0 prints JSON."""
     import torch
 
@@ -72,7 +74,7 @@ def probe() -> None:
     g = distributed.init(timeout_s=120, device="cpu")
     grad = torch.zeros(4 * 30 + 1, dtype=torch.float64)
     times: dict[str, list[float]] = {"shard_map step": [], "gradient all-reduce": []}
-    for _ in range(200):
+    for _ in range(rounds):
         t = time.perf_counter()
         g.shard_map([0, 1], lambda i: float(i))
         times["shard_map step"].append(time.perf_counter() - t)
@@ -92,12 +94,17 @@ def main() -> None:
     ap.add_argument("--variants", default="1x2,2x1,1x1")
     ap.add_argument("--json", default=None, help="also write the figures here")
     ap.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)  # the exchange timing, under torchrun
+    ap.add_argument("--model", default="default")
+    smoke_flag(ap, "a tiny random model with the embedded model's tokenizer, 2 prompts, answers <= 8 tokens, "
+                   "variant 2x1 only, 20 exchanges")
     a = ap.parse_args()
+    if a.smoke and not a.probe:
+        smoke(a, model=smoke_model_dir(), n_calib=2, max_new_tokens=8, variants="2x1")
     if a.probe:
-        return probe()
+        return probe(20 if a.smoke else 200)
     names = [v for v in a.variants.split(",") if v]
     tmp = Path(tempfile.mkdtemp(prefix="bench-dist-"))
-    base = ["--model", "default", "--data", "gsm8k", "--n-calib", str(a.n_calib), "--n-eval", "2",
+    base = ["--model", a.model, "--data", "gsm8k", "--n-calib", str(a.n_calib), "--n-eval", "2",
             "--max-new-tokens", str(a.max_new_tokens), "--gen-batch", "4", "--k", "1", "--mode", "paper",
             "--seed", "0", "--device", "cpu", "--batch-tokens", "4096"]
     try:
@@ -140,11 +147,11 @@ def main() -> None:
         print(f"selected {ref['selected']} in every variant; 30 scores agree within 1e-5: {agree}")
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
         res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                              str(Path(__file__).resolve()), "--probe"], env=env, capture_output=True, text=True,
+                              str(Path(__file__).resolve()), "--probe", *(["--smoke"] if a.smoke else [])], env=env, capture_output=True, text=True,
                              check=False)
         if res.returncode == 0:
             out["exchange_s"] = json.loads(res.stdout.strip().splitlines()[-1])
-            print("exchanges on 2 gloo ranks (median of 200): " + ", ".join(
+            print(f"exchanges on 2 gloo ranks (median of {20 if a.smoke else 200}): " + ", ".join(
                 f"{k} {1e3 * v:.2f} ms" for k, v in out["exchange_s"].items()))
             per = med["1x1"]["select"] / 30 if "1x1" in med else None
             if per:

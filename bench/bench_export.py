@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_export.py                         # Llama-3.2-1B-shaped random model + embedded
     .venv/bin/python bench/bench_export.py --models default --formats hf,gguf:q8_0    # smaller, faster
-    .venv/bin/python bench/bench_export.py --models tiny           # the smallest setting (CI): seconds
+    .venv/bin/python bench/bench_export.py --smoke                 # the smallest setting (CI): seconds
 
 Every export runs in a fresh process (`--one` below), so each figure is that export alone. The process builds or
 loads the source model, resets the kernel's peak-RSS counter (/proc/self/clear_refs), runs hc.export (fold, write,
@@ -144,7 +144,11 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16", help="weight type of the random llama-1b (bfloat16, float32)")
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     ap.add_argument("--one", nargs=3, metavar=("MODEL", "FORMAT", "OUT"), help=argparse.SUPPRESS)
+    ap.add_argument("--smoke", action="store_true", help="the smallest setting (CI): --models tiny --formats "
+                    "hf,gguf:q8_0")
     args = ap.parse_args()
+    if args.smoke:
+        args.models, args.formats = "tiny", "hf,gguf:q8_0"
     if args.one:
         print(json.dumps(one(args.one[0], args.one[1], Path(args.one[2]), args.threads, args.dtype)))
         return

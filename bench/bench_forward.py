@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_forward.py                 # embedded SmolLM2-135M, fp32, CPU
     .venv/bin/python bench/bench_forward.py --model DIR --device cuda --dtype bfloat16 --k 4 8
+    .venv/bin/python bench/bench_forward.py --smoke         # the smallest setting (CI): seconds
 
 All variants are timed alternately in the same process (round-robin, order rotated each round), so machine noise
 hits them alike; the table gives median and min over rounds, and the ratio of medians to the stock model beside
@@ -18,6 +19,7 @@ import time
 import torch
 
 import hopscotch_core as hc
+from benchargs import smoke, smoke_flag, smoke_model_dir
 from hopscotch_core.measure.info import flops_per_token
 
 
@@ -37,7 +39,10 @@ def main() -> None:
     ap.add_argument("--k", type=int, nargs="*", default=[4, 8])
     ap.add_argument("--decode-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    smoke_flag(ap, "a tiny random model, 1 x 16 tokens, k = 2, 2 decoded tokens, one round")
+    args = smoke(ap.parse_args(), batch=1, seq=16, rounds=1, k=[2], decode_tokens=2, threads=1)
+    if args.smoke:
+        args.model = smoke_model_dir()
     torch.set_num_threads(args.threads)
 
     model, tok = hc.load_model(args.model, device=args.device, dtype=args.dtype)

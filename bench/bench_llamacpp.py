@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_llamacpp.py --run assets/example-run --ks 4,7 --contexts 128,512,2048 --rounds 5
     .venv/bin/python bench/bench_llamacpp.py --fidelity --quants f32,q8_0,q4_0      # held-out fidelity table
+    .venv/bin/python bench/bench_llamacpp.py --smoke          # the smallest setting (CI): one small speed row
 
 Speed: the default model exported by `hc.export(..., format="gguf")` with no block skipped and with the run's
 first k selected blocks skipped; prompt processing (one eval of ctx tokens, fresh cache) and generation (16
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -36,6 +38,7 @@ from hopscotch_core.integrations.export import export, gguf_file  # noqa: E402
 from hopscotch_core.measure.info import speedup_bound  # noqa: E402
 from hopscotch_core.integrations.llamacpp import LlamaCpp  # noqa: E402
 from hopscotch_core.method.runs import read_json, read_jsonl  # noqa: E402
+from benchargs import smoke, smoke_flag, smoke_model_dir  # noqa: E402
 
 
 def _ints(t: str) -> list[int]:
@@ -46,9 +49,11 @@ def _variants(model, run: Path, ks: list[int], quant: str, tmp: Path) -> dict[st
     """name -> (skipped blocks, gguf path) for k = 0 and each k (the run's first k selected blocks)."""
     manifest = json.loads((run / "manifest.json").read_text())
     order = manifest["selected"]
-    trained = hc.load_adapter(model, run / "adapter")
-    scales = trained.effective_scales()
-    trained.detach()
+    scales = None
+    if len(order) in ks:  # the run's trained scalars apply to its own k only
+        trained = hc.load_adapter(model, run / "adapter")
+        scales = trained.effective_scales()
+        trained.detach()
     out = {}
     for k in [0] + ks:
         blocks = order[:k]
@@ -62,7 +67,7 @@ def _variants(model, run: Path, ks: list[int], quant: str, tmp: Path) -> dict[st
 
 
 def speed(args) -> None:
-    model, tok = hc.load_model("default", device="cpu")
+    model, tok = hc.load_model(args.model, device="cpu")
     tmp = Path(tempfile.mkdtemp(prefix="bench-llamacpp-"))
     variants = _variants(model, Path(args.run), args.ks, args.quant, tmp)
     lms = {name: LlamaCpp(path, n_ctx=max(args.contexts) + args.decode_tokens + 8, n_threads=args.threads)
@@ -93,6 +98,8 @@ def speed(args) -> None:
         lm.close()
     print(f"\n{args.quant}, {args.threads} thread(s), {args.rounds} rounds, generation = {args.decode_tokens} "
           "tokens after the ctx-token prompt; files in", tmp)
+    if args.smoke:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -149,7 +156,13 @@ def main() -> None:
     p.add_argument("--fidelity", action="store_true", help="held-out fidelity table instead of speed")
     p.add_argument("--quants", type=lambda t: t.split(","), default=["f32", "q8_0", "q4_0"])
     p.add_argument("--n-prompts", type=int, default=16)
+    p.add_argument("--model", default="default", help="the model of the speed run")
+    smoke_flag(p, "a tiny random model with the embedded model's tokenizer, k = 4 unscaled, context 16, "
+                  "2 generated tokens, one round")
     args = p.parse_args()
+    if args.smoke:
+        smoke(args, model=smoke_model_dir(), ks=[4], contexts=[16], rounds=1, decode_tokens=2, quant="f32",
+              fidelity=False)
     torch.set_num_threads(max(1, args.threads))
     t = time.time()
     fidelity(args) if args.fidelity else speed(args)

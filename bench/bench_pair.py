@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_pair.py                          # the default model, CPU, this process's threads
     python bench/bench_pair.py --random --device cuda --dtype bfloat16     # SmolLM2-shaped random weights (GPU box)
+    .venv/bin/python bench/bench_pair.py --smoke                  # the smallest setting (CI): seconds
 
 Per round, alternating: plain decoding of `--tokens` tokens with the KV cache (one sequence), then stream_pair with
 the example run's 7 blocks skipped in each parallel mode ("threads": one thread per side; "batch": both sides as
@@ -25,6 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchargs import smoke, smoke_flag, smoke_model_dir  # noqa: E402
 from hopscotch_core.studio import compare  # noqa: E402
 
 SKIP = [3, 6, 7, 9, 25, 28, 29]
@@ -94,14 +96,15 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--modes", default="threads,batch")
-    args = ap.parse_args()
+    smoke_flag(ap, "a tiny random model with the embedded model's tokenizer, 6 tokens, one round")
+    args = smoke(ap.parse_args(), tokens=6, rounds=1, random=False)
     dtype = getattr(torch, args.dtype)
     if args.random:
         model, tok = random_model(args.device, dtype), Bytes()
     else:
         import hopscotch_core as hc
 
-        model, tok = hc.load_model("default", device=args.device, dtype=dtype)
+        model, tok = hc.load_model(smoke_model_dir() if args.smoke else "default", device=args.device, dtype=dtype)
     from hopscotch_core.method.data import encode_prompt
 
     chat = not args.random

@@ -4,6 +4,7 @@ restores the original?
     OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python bench/bench_recovery.py --work ~/.cache/hopscotch/bench-recovery
     ... --lora-ranks 0,4,16,64 --calib-sizes 16,32,64,128 --objectives kl --granularities channel   (the grid)
     ... --report                                     (print every cell measured so far, from --work/results.json)
+    ... --smoke                                      (the smallest setting, CI: seconds, in a fresh work folder)
 
 For k = 4 and k = 7 (the skip sets of the bundled example runs, assets/example-run-k4 and assets/example-run, so
 nothing is selected here) it trains the scalars with every objective (ce = the paper's, kl, ce+kl) and
@@ -42,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import hopscotch_core as hc  # noqa: E402
-from benchargs import data_size_flags  # noqa: E402
+from benchargs import data_size_flags, smoke, smoke_flag, smoke_model_dir  # noqa: E402
 from hopscotch_core.fileio import atomic_write  # noqa: E402
 from hopscotch_core.measure.stats import excludes_zero, mean_ci, paired_diff_ci, weighted_mean  # noqa: E402
 from hopscotch_core.method import data, training  # noqa: E402
@@ -190,7 +191,16 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--redo", action="store_true", help="measure cells already in results.json again")
     ap.add_argument("--report", action="store_true", help="only print the cells in results.json")
+    ap.add_argument("--model", default="default", help="the model (the skip sets are the example runs')")
+    smoke_flag(ap, "a tiny random model with the embedded model's tokenizer, k = 4, 2 + 2 prompts, answers <= 8 "
+                   "tokens, ranks 0 and 2, one epoch, in a fresh --work folder")
     args = ap.parse_args(argv)
+    if args.smoke:
+        import tempfile
+
+        smoke(args, work=tempfile.mkdtemp(prefix="bench-recovery-smoke-"), model=smoke_model_dir(), ks="4",
+              calib_sizes="2", n_calib=2, n_eval=2, max_new_tokens=8, gen_batch=2, eval_prompts=2, answer_cap=8,
+              batch_tokens=64, epochs=1, lora_ranks="0,2", threads=1)
     work = Path(args.work).expanduser()
     work.mkdir(parents=True, exist_ok=True)
     res_path = work / "results.json"
@@ -205,7 +215,7 @@ def main(argv=None) -> None:
     def save() -> None:
         atomic_write(res_path, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1)))
 
-    model, tok = hc.load_model("default", device="cpu")
+    model, tok = hc.load_model(args.model, device="cpu")
     calib_all, held = answers(model, tok, args, work)
     held = held[: args.eval_prompts]
     for a in calib_all + held:  # a subset of the one cached data set (it is generated at the larger sizes once)

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_selection.py                      # embedded SmolLM2-135M, k = 2, CPU
     .venv/bin/python bench/bench_selection.py --k 4 --n-calib 32 --model DIR --device cuda
+    .venv/bin/python bench/bench_selection.py --smoke              # the smallest setting (CI): seconds
 
 One set of self-distillation data (the model's own greedy answers to seeded GSM8K prompts) feeds both modes;
 the script prints, side by side: selection wall time and its ratio, the blocks picked (in order), and for each
@@ -16,7 +17,7 @@ import time
 import torch
 
 import hopscotch_core as hc
-from benchargs import data_size_flags
+from benchargs import data_size_flags, smoke, smoke_flag, smoke_model_dir
 from hopscotch_core.method import data, selection, training
 
 
@@ -31,7 +32,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    smoke_flag(ap, "a tiny random model, k = 1, 2 + 1 prompts, answers <= 8 tokens, one epoch")
+    args = smoke(ap.parse_args(), k=1, n_calib=2, n_eval=1, max_new_tokens=8, shortlist=2, epochs=1, threads=1)
+    if args.smoke:
+        args.model = smoke_model_dir()
     torch.set_num_threads(args.threads)
 
     model, tok = hc.load_model(args.model, device=args.device)

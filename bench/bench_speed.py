@@ -5,6 +5,7 @@ FLOP-model bound. All variants are measured alternately in one process (hopscotc
     .venv/bin/python bench/bench_speed.py                                   # CPU, contexts 128 512 2048, batch 1
     .venv/bin/python bench/bench_speed.py --device cuda --dtype bfloat16 --batch-sizes 1 8
     .venv/bin/python bench/bench_speed.py --run runs/NAME --out bench-out/  # that run's selection order
+    .venv/bin/python bench/bench_speed.py --smoke                           # the smallest setting (CI): seconds
 
 The skip sets are the first 4 and 7 blocks of a run's selection order: by default the example run the app ships
 (assets/example-run), else blocks spread evenly over the depth.
@@ -20,6 +21,7 @@ import torch
 
 import hopscotch_core as hc
 from hopscotch_core.measure import speed
+from benchargs import smoke, smoke_flag, smoke_model_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,7 +39,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="also write bench.json / bench.csv here")
-    args = ap.parse_args()
+    smoke_flag(ap, "a tiny random model, k = 4, context 16, 2 decoded tokens, one round")
+    args = smoke(ap.parse_args(), k=[4], contexts=[16], batch_sizes=[1], decode_tokens=2, rounds=1, threads=1)
+    if args.smoke:
+        args.model = smoke_model_dir()
     torch.set_num_threads(args.threads)
 
     model, _ = hc.load_model(args.model, device=args.device, dtype=args.dtype)

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/fidelity_table.py runs/NAME_K4 runs/NAME_K7
     .venv/bin/python bench/fidelity_table.py assets/example-run-k4 assets/example-run
+    .venv/bin/python bench/fidelity_table.py --smoke        # the same (the smallest setting, CI)
 
 First table, one row per variant and k: held-out NLL of the original model's own answers, KL(original || variant),
 top-1 agreement (teacher-forced), final-answer agreement of greedy generations with the original's, each with its
@@ -90,4 +91,5 @@ def main(paths: list[str]) -> None:
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         raise SystemExit(__doc__)
-    main(sys.argv[1:])
+    # --smoke, the smallest setting (CI): the bundled example runs
+    main([str(Path(__file__).resolve().parents[1] / "assets" / r) for r in ("example-run-k4", "example-run")] if sys.argv[1:] == ["--smoke"] else sys.argv[1:])

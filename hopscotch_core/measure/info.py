@@ -17,8 +17,9 @@ from typing import Any
 from torch import nn
 
 from ..engine.families import get_family
-from ..engine.loading import read_derived, weights_stamp, write_derived
+from ..engine.loading import weights_stamp, write_derived
 from ..engine.scaling import RemovedBlock
+from .cached import cached_summary  # noqa: F401  (re-exported: read without torch there)
 
 
 def _linear_params(module: nn.Module) -> int:
@@ -34,11 +35,6 @@ def summary(model: nn.Module) -> dict[str, Any]:
     out = _summary(model)
     write_derived("summary", weights_stamp(model), out)
     return out
-
-
-def cached_summary(stamp: str | None) -> dict[str, Any] | None:
-    """summary() of the model with this weights stamp (loading.source_stamp) as last computed, without the model."""
-    return read_derived("summary", stamp)
 
 
 def _summary(model: nn.Module) -> dict[str, Any]:

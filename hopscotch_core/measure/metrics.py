@@ -28,6 +28,7 @@ from ..engine.families import get_family
 from ..method.data import example_spans, forward_rows, row_logits
 from ..errors import HopscotchError
 from ..engine.loading import read_derived, weights_stamp, write_derived
+from .cached import cached_singular_values  # noqa: F401  (re-exported: read without torch there)
 
 
 class MetricError(HopscotchError, ValueError):
@@ -106,15 +107,6 @@ def singular_values(model: nn.Module, top_k: int | None = None):
     df = pd.DataFrame(rows)
     _SV_CACHE[model] = (key, df)
     return df.copy()
-
-
-def cached_singular_values(stamp: str | None, top_k: int | None = None):
-    """singular_values() of the model with this weights stamp (loading.source_stamp), read from the disk cache
-    without the model; None when it was never computed."""
-    import pandas as pd
-
-    rows = (read_derived(f"singular-values-{top_k or 0}", stamp) or {}).get("rows")
-    return None if rows is None else pd.DataFrame(rows)
 
 
 # ------------------------------------------------------------------------------------------------- fidelity

@@ -18,6 +18,7 @@ every weight in memory; the compact copy does not).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import statistics
@@ -32,6 +33,7 @@ from torch import nn
 
 from ..engine.families import get_family
 from ..engine.cache import cache_bytes
+from ..engine.priority import gate
 from ..errors import HopscotchError, InvalidBlocksError
 from .info import speedup_bound
 from ..method.runs import BENCH_CSV, BENCH_FILE, write_csv, write_json
@@ -81,7 +83,7 @@ def _check(model: nn.Module, skipped: Sequence[int], contexts: Sequence[int], ba
         raise SpeedError("give the blocks to skip (or measure only the 'original' variant)")
 
 
-def measure(model: nn.Module, skipped: Iterable[int] = (), scales: torch.Tensor | None = None,
+def _measure(model: nn.Module, skipped: Iterable[int] = (), scales: torch.Tensor | None = None,
             contexts: Sequence[int] = (128,), batch_sizes: Sequence[int] = (1,), decode_tokens: int = 16,
             rounds: int = 3, variants: Sequence[str] = VARIANTS, lock: Any = None, seed: int = 0,
             on_progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
@@ -187,6 +189,14 @@ def measure(model: nn.Module, skipped: Iterable[int] = (), scales: torch.Tensor 
                     "rounds": rounds, "decode_tokens": decode_tokens,
                 })
     return rows
+
+
+
+@functools.wraps(_measure)
+def measure(model: nn.Module, *args, **kwargs) -> list[dict]:
+    # timings the user asked for are interactive work: background analysis of this model waits (engine.priority)
+    with gate(model).interactive():
+        return _measure(model, *args, **kwargs)
 
 
 def save(out: str | os.PathLike, rows: list[dict], model: nn.Module) -> Path:

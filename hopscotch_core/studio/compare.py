@@ -27,6 +27,7 @@ import torch
 from ..engine.generation import encode_prompt, eos_ids
 from ..method.data import Example, pack
 from ..errors import HopscotchError
+from ..engine.priority import gate
 from ..engine.scaling import attach, compact_info, handle_of
 
 PRESET_PROMPTS = (
@@ -39,10 +40,34 @@ PRESET_PROMPTS = (
 )
 
 
+def _take_turn(model, lock: threading.Lock | None, should_stop=None) -> None:
+    """Background work's way to the lock: wait while interactive work runs on the model (priority.gate), take the
+    lock, and give it back at once if an interactive request came in meanwhile (it goes first). Returns holding
+    the lock (when there is one)."""
+    g = gate(model)
+    while True:
+        g.wait_turn(should_stop=should_stop)  # a stop while waiting: go on, the pass itself sees it and ends
+        if lock is not None:
+            lock.__enter__()  # (any context-manager lock)
+        if not g.busy or (should_stop is not None and should_stop()):
+            return
+        if lock is not None:
+            lock.__exit__(None, None, None)
+
+
 @contextlib.contextmanager
-def _borrowed(model, lock: threading.Lock | None, needed: bool) -> Iterator:
-    """Hold the lock; within, a fresh Hopscotch handle (or None when not `needed`), detached on exit."""
-    with lock or contextlib.nullcontext():
+def _borrowed(model, lock: threading.Lock | None, needed: bool, background: bool = False,
+              should_stop=None) -> Iterator:
+    """Hold the lock; within, a fresh Hopscotch handle (or None when not `needed`), detached on exit. With
+    `background`, first wait for the turn of background work (_take_turn): a generation goes first."""
+    if background:
+        _take_turn(model, lock, should_stop)
+        held = contextlib.ExitStack()
+        if lock is not None:
+            held.callback(lock.__exit__, None, None, None)
+    else:
+        held = lock or contextlib.nullcontext()
+    with held:
         if handle_of(model) is not None:
             raise HopscotchError("the model has a Hopscotch handle attached by someone else; detach it first")
         if not needed:
@@ -116,6 +141,8 @@ def stream_pair(model, tok, prompt: str, skipped: Iterable[int] = (), scales: to
                                   initargs=(each,))
     step = 0
     jobs: dict = {}
+    interactive = gate(model).interactive()  # background analysis of this model waits until the generation ends
+    interactive.__enter__()
     try:
         while step < max_new_tokens and not all(done):
             with _borrowed(model, lock, True) as hs, torch.no_grad():
@@ -147,6 +174,7 @@ def stream_pair(model, tok, prompt: str, skipped: Iterable[int] = (), scales: to
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        interactive.__exit__(None, None, None)
 
 
 def _greedy_step(model, input_ids: list[list[int]], cache) -> tuple[list[int], object]:

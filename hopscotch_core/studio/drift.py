@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..engine.priority import PriorityGate, gate
 from ..measure import metrics
 from .compare import PRESET_PROMPTS, _borrowed, prompt_rows
 
@@ -131,7 +132,8 @@ def _fingerprint(hs, rows, positions: torch.Tensor, layers: Sequence[int]) -> tu
 def layer_drift(hs, rows, skipped: Iterable[int], scales: torch.Tensor | None = None, max_tokens: int = 256,
                 seed: int = 0, skipped_mlp: Iterable[int] = (), layers: Iterable[int] | None = None,
                 on_progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
-                reuse: Drift | None = None, drop_first: bool = True) -> Drift | None:
+                reuse: Drift | None = None, drop_first: bool = True, gate: PriorityGate | None = None
+                ) -> Drift | None:
     """Per layer, MMD^2 and the PCA drift view of the original vs the modified model (`skipped` attention blocks,
     optional [L, 4] `scales`) on the same `max_tokens` sampled token positions of `rows` (module docstring).
 
@@ -140,19 +142,42 @@ def layer_drift(hs, rows, skipped: Iterable[int], scales: torch.Tensor | None = 
     "layer": l, "tokens": n})`; when `should_stop()` turns true the measurement is abandoned and None returned.
     The handle is left reset. `hs` may also be a function returning a context manager that gives a handle (for a
     shared model, compare._borrowed: attached under the lock): each forward pass then borrows it anew, so the
-    lock is let go between the two passes and during the analysis.
+    lock is let go between the two passes and during the analysis. With a priority `gate` (engine.priority),
+    interactive work goes first: a pass that is running when it comes in is abandoned at its next layer (the lock
+    let go within one layer's forward) and run again from its start once the interactive work has ended, and the
+    analysis waits before each layer (for a shared model, prompt_drift passes the model's gate; each pass's
+    borrow waits for its turn too). The result is the same as without interruptions.
     """
     borrow = hs if callable(hs) and not hasattr(hs, "num_layers") else (lambda: contextlib.nullcontext(hs))
-    with borrow() as hs:  # the original's pass (or the checks only, with reuse)
-        return_early, state = _original_pass(hs, rows, max_tokens, seed, layers, on_progress, should_stop, reuse,
-                                             drop_first)
+    def stopped() -> bool:
+        return should_stop is not None and should_stop()
+
+    def yielded() -> bool:  # interactive work came in: the pass is abandoned at its next layer, the lock let go
+        return gate is not None and gate.busy
+
+    def stop_or_yield() -> bool:
+        return stopped() or yielded()
+
+    while True:
+        with borrow() as hs:  # the original's pass (or the checks only, with reuse)
+            return_early, state = _original_pass(hs, rows, max_tokens, seed, layers, on_progress, stop_or_yield,
+                                                 reuse, drop_first)
+        if not return_early or stopped() or not yielded():
+            break
+        gate.wait_turn(should_stop=should_stop)  # then the pass is run again from its start
     if return_early:
         return None
     wanted, idx, key, orig, total, eligible, tick, seconds = state
     skipped = sorted({int(b) for b in skipped})
     t1 = time.perf_counter()
-    with borrow() as hs, hs.applied(skipped, scales, skipped_mlp):
-        mod = metrics.sampled_states(hs, rows, wanted, idx, lambda i: tick("modified", i), should_stop)
+    while True:
+        mark = tick.done[0]
+        with borrow() as hs, hs.applied(skipped, scales, skipped_mlp):
+            mod = metrics.sampled_states(hs, rows, wanted, idx, lambda i: tick("modified", i), stop_or_yield)
+        if mod is not None or stopped() or not yielded():
+            break
+        tick.done[0] = mark  # the abandoned pass's progress is taken back
+        gate.wait_turn(should_stop=should_stop)
     if mod is None:
         return None
     t2 = time.perf_counter()
@@ -161,6 +186,8 @@ def layer_drift(hs, rows, skipped: Iterable[int], scales: torch.Tensor | None = 
                 dropped=total - len(eligible), mmd=[],
                 original=[], modified=[], explained=[], drift=[], key=key, original_states=orig)
     for i in wanted:
+        if gate is not None:
+            gate.wait_turn(should_stop=should_stop)
         if should_stop is not None and should_stop():
             return None
         res.mmd.append(metrics.mmd2(orig[i], mod[i]))
@@ -208,6 +235,8 @@ def _original_pass(hs, rows, max_tokens, seed, layers, on_progress, should_stop,
         if on_progress is not None:
             on_progress(done[0], steps, {"stage": stage, "layer": layer, "tokens": n})
 
+    tick.done = done  # layer_drift takes back the steps of a pass it abandoned for interactive work
+
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     hs.reset()
@@ -228,8 +257,10 @@ def prompt_drift(model, tok, prompts: Sequence[str] = PRESET_PROMPTS, skipped: I
                  chat: bool = True, drop_first: bool = True) -> Drift | None:
     """layer_drift on the tokens of a few prompts (chat template) or of the model's own answers (data.Answer:
     prompt + response tokens), on a possibly shared model: Hopscotch is attached only while `lock` is held and
-    detached before it is let go (compare.prompt_mmd does the same). With drop_first=False the MMD values are
-    compare.prompt_mmd's for the same max_tokens."""
+    detached before it is let go (compare.prompt_mmd does the same). It is background work: each forward pass and
+    each layer of the analysis waits while a generation on the same model runs (engine.priority), and then
+    resumes. With drop_first=False the MMD values are compare.prompt_mmd's for the same max_tokens."""
     rows = prompt_rows(tok, prompts, chat=chat, answers=answers)
-    return layer_drift(lambda: _borrowed(model, lock, True), rows, skipped, scales, max_tokens=max_tokens, seed=seed,
-                       on_progress=on_progress, should_stop=should_stop, reuse=reuse, drop_first=drop_first)
+    return layer_drift(lambda: _borrowed(model, lock, True, background=True, should_stop=should_stop), rows, skipped,
+                       scales, max_tokens=max_tokens, seed=seed, on_progress=on_progress, should_stop=should_stop,
+                       reuse=reuse, drop_first=drop_first, gate=gate(model))

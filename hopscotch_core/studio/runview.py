@@ -16,14 +16,16 @@ import io
 import os
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import torch
 
 from . import jobs
 from ..method import runs
 from ..method.runs import MANIFEST, RunError, read_json, read_jsonl
+
+if TYPE_CHECKING:  # torch loads only when a run's tensors are read (the app's first page draws without it)
+    import torch
 
 SCALE_COLUMNS = ("b_att", "s_att", "b_mlp", "s_mlp")
 

@@ -53,7 +53,7 @@ def test_first_launch_shows_the_example_run_on_every_page(runs, world):
     assert at.button_group(key="cmp_skip").value == ex.selected  # initialised from the run
     assert at.toggle(key="cmp_scaled").value is True
     settle(at)
-    mmd_bars = figure(at, "cmp_drift_fig")["data"][0]
+    mmd_bars = figure(at, f"cmp_drift_fig{at.session_state['cmp_drift_slot']}")["data"][0]
     assert mmd_bars["type"] == "bar" and len(mmd_bars["y"]) == 4
     assert at.dataframe  # the speed / memory estimate
 
@@ -399,7 +399,7 @@ def test_compare_drift_view_on_a_long_prompt_samples_positions(runs, world):
     at.text_area(key="cmp_prompt").input(long).run()
     at.segmented_control(key="cmp_drift_on").set_value("the prompt above").run()
     settle(at)
-    traces = figure(at, "cmp_drift_fig")["data"]
+    traces = figure(at, f"cmp_drift_fig{at.session_state['cmp_drift_slot']}")["data"]
     want = drift.prompt_drift(model, tok, [long], [1], max_tokens=256)
     assert want.total_tokens > 256 + want.dropped and len(want.positions) == 256
     assert traces[0]["y"] == pytest.approx([float(v) for v in want.mmd])

@@ -103,12 +103,12 @@ def test_every_page_in_a_real_browser(server, tmp_path):
                     assert left.startswith("Original") and right.startswith("Skipped [")
                     assert "In llama.cpp: the original beside the compressed GGUF" in page.inner_text("body")
                     # the MMD / drift view fills in from its worker thread: bars and one panel per layer
-                    page.wait_for_selector(".st-key-cmp_drift_fig svg.main-svg", timeout=120_000)
+                    page.wait_for_selector('[class*="st-key-cmp_drift_fig"] svg.main-svg', timeout=120_000)
                     idle(page)
-                    assert page.locator(".st-key-cmp_drift_fig .subplot").count() >= 2
+                    assert page.locator('[class*="st-key-cmp_drift_fig"] .subplot').count() >= 2
                     assert "token positions" in page.inner_text("body")
                     for d in outs:  # the drift view on its own (below the fold of the page's screenshot)
-                        page.locator(".st-key-cmp_drift_fig").screenshot(path=str(d / "drift.png"))
+                        page.locator('[class*="st-key-cmp_drift_fig"]').first.screenshot(path=str(d / "drift.png"))
                 check(page, slug, js_errors, server_log)
                 for d in outs:
                     page.screenshot(path=str(d / f"{slug}.png"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from helpers.models import make_model, make_tokenizer
 
 import hopscotch_core as hc
+from hopscotch_core.engine import priority
 from hopscotch_core.studio import compare, drift, figures
 from hopscotch_core.measure import metrics
 
@@ -248,3 +250,90 @@ def test_prompt_drift_lets_the_lock_go_between_its_passes():
     assert stages == ["lock", "original", "unlock", "lock", "modified", "unlock", "analysis"], stages
     np.testing.assert_allclose(got.mmd, want.mmd)
     assert hc.handle_of(model) is None
+
+
+def _forwards(model) -> tuple[list, object]:
+    """(thread name, time) of every decoder forward of `model`, and the hook's handle."""
+    got: list[tuple[str, float]] = []
+    hook = model.model.register_forward_pre_hook(
+        lambda mod, args: got.append((threading.current_thread().name, time.perf_counter())))
+    return got, hook
+
+
+def _generate(model, tok, lock, out: list, pause: float = 0.01) -> None:
+    """A side-by-side generation consumed slowly (a page drawing each step), in this thread."""
+    for step in compare.stream_pair(model, tok, "hello there, how are you?", [2], max_new_tokens=24, lock=lock,
+                                    hold_s=0.0):  # lets the lock go after every step: others could get in
+        out.append(step)
+        time.sleep(pause)
+
+
+def test_drift_waits_while_a_generation_runs_and_then_gives_the_same_result():
+    """Background analysis started during a generation on the same model runs no forward pass until the
+    generation has ended, then finishes with exactly the result it gives alone."""
+    model, tok = make_model("llama"), make_tokenizer()
+    prompts = ["what is 1 plus 2?", "hello there, how are you?"]
+    want = drift.prompt_drift(model, tok, prompts, [1], max_tokens=16)
+    lock, out, steps = threading.Lock(), {}, []
+    forwards, hook = _forwards(model)
+    gate = priority.gate(model)
+    waits = gate.waits
+    bg = threading.Thread(name="background", target=lambda: out.update(
+        res=drift.prompt_drift(model, tok, prompts, [1], max_tokens=16, lock=lock)))
+    try:
+        gen = compare.stream_pair(model, tok, "hello there, how are you?", [2], max_new_tokens=24, lock=lock)
+        steps.append(next(gen))  # the generation is running: it holds the model's gate until it ends
+        bg.start()
+        for step in gen:
+            steps.append(step)
+            time.sleep(0.01)
+        bg.join(60)
+    finally:
+        hook.remove()
+    assert not bg.is_alive() and len(steps) == 24
+    gen_t = [t for name, t in forwards if name.startswith("stream_pair")]
+    bg_t = [t for name, t in forwards if name == "background"]
+    assert gen_t and bg_t and max(gen_t) < min(bg_t)  # no background forward while the generation ran
+    assert gate.waits > waits and not gate.busy
+    # the same up to float rounding (the generation's workers may change torch's thread count, hence sum order)
+    np.testing.assert_allclose(out["res"].mmd, want.mmd, rtol=1e-5, atol=1e-8)
+    for a, b in zip(out["res"].modified, want.modified):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert hc.handle_of(model) is None
+
+
+def test_a_generation_arriving_mid_pass_goes_first():
+    """A generation that starts while the drift's first pass runs waits one layer: the pass is abandoned (the lock
+    let go), the generation runs alone, and the pass runs again after it; the result is unchanged."""
+    model, tok = make_model("llama"), make_tokenizer()
+    prompts = ["what is 1 plus 2?", "hello there, how are you?"]
+    want = drift.prompt_drift(model, tok, prompts, [1], max_tokens=16)
+    gate = priority.gate(model)
+    lock, steps, stages = threading.Lock(), [], []
+    gen = threading.Thread(target=_generate, args=(model, tok, lock, steps))
+
+    def on_progress(step, total, info):
+        stages.append((info["stage"], time.perf_counter()))
+        if info["stage"] == "original" and not gen.is_alive() and not steps:
+            gen.start()
+            deadline = time.time() + 10
+            while not gate.busy and time.time() < deadline:  # the generation has asked for the model
+                time.sleep(0.001)
+
+    forwards, hook = _forwards(model)
+    try:
+        got = drift.prompt_drift(model, tok, prompts, [1], max_tokens=16, lock=lock, on_progress=on_progress)
+        gen.join(60)
+    finally:
+        hook.remove()
+    assert len(steps) == 24
+    gen_t = [t for name, t in forwards if name.startswith("stream_pair")]
+    bg_layers = [t for s, t in stages]  # every layer the drift's passes and analysis went through
+    assert not [t for t in bg_layers if min(gen_t) < t < max(gen_t)]  # none while the generation ran
+    before = [s for s, t in stages if t < min(gen_t)]
+    assert before and set(before) == {"original"}  # the first pass had begun, and was abandoned ...
+    after = [s for s, t in stages if t > max(gen_t)]
+    n_layers = model.config.num_hidden_layers
+    assert after.count("original") >= n_layers  # ... and ran again in full after the generation
+    assert stages[-1][0] == "analysis"
+    np.testing.assert_allclose(got.mmd, want.mmd, rtol=1e-5, atol=1e-8)
