@@ -41,6 +41,7 @@ in bf16 the export may differ by a few roundings' worth, never by more.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -257,11 +258,17 @@ def export(
     source, out_dir: str | os.PathLike, format: str = "compact", quant: str | None = None, force: bool = False, *,
     model=None, tokenizer=None, tokenizer_gguf: str | os.PathLike | None = None, verify: bool = True,
     fold: bool = True, device=None, dtype=None, on_progress: Callable[[int, int, dict], None] | None = None,
+    release_source: bool = False,
 ) -> Path:
     """Write the model of `source` (a Hopscotch handle, run directory or adapter directory) to `out_dir`.
 
     See the module docstring for the formats. Returns the output folder. Raises ExportError (and its kin from
     folding / gguf_export) before writing anything when the request cannot be satisfied exactly.
+
+    release_source=True (GGUF): free the source model's weights once the file is written, before llama.cpp loads
+    it for the check (which compares with logits taken before the write), so the model and the file are never
+    resident together; the model and handle are unusable afterwards. For callers that drop the model after the
+    export (the CLI does); a model that export loads itself (a run directory without model=) is always released.
     """
     out, q = check_request(out_dir, format, quant, force)
     hs, tok, owned = resolve_source(source, model, tokenizer, device, dtype)
@@ -274,8 +281,9 @@ def export(
                 f"a {format} folder carries the model's tokenizer (and its chat template), but none is known for "
                 f"this model ({'loaded from ' + str(src) if src else 'not loaded with hc.load_model'}, no tokenizer "
                 "files found there); pass tokenizer= (the model's Hugging Face tokenizer) to hc.export")
+        release = release_source or (owned and model is None)
         return _export(hs, tok, out, format, q, force, tokenizer_gguf, verify, fold, on_progress,
-                       _provenance(source))
+                       _provenance(source), release)
     finally:
         if owned:
             hs.detach()
@@ -297,7 +305,7 @@ def _provenance(source) -> dict[str, Any]:
 
 
 def _export(hs, tok, out: Path, format: str, q, force, tokenizer_gguf, verify, fold, on_progress,
-            provenance: dict[str, Any]) -> Path:
+            provenance: dict[str, Any], release: bool = False) -> Path:
     from ..engine import artifacts
     from ..engine.folding import check_foldable, eps_effect_bound, fold_model
     from ..engine.loading import save_model
@@ -339,6 +347,8 @@ def _export(hs, tok, out: Path, format: str, q, force, tokenizer_gguf, verify, f
                                         on_progress=on_progress, provenance=provenance)
             record["file"] = name
             record["max_eps_effect"] = eps_effect_bound(hs, ids)
+            if release:
+                _release_weights(hs.model)
             if verify:
                 try:
                     got = llamacpp_logits(tmp / name, ids[0].tolist())
@@ -362,6 +372,13 @@ def _export(hs, tok, out: Path, format: str, q, force, tokenizer_gguf, verify, f
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _release_weights(model) -> None:
+    """Free the tensors of a model nothing will run again (a GGUF check reads the file, not the model)."""
+    for t in [*model.parameters(), *model.buffers()]:
+        t.data = torch.empty(0, dtype=t.dtype, device=t.device)
+    gc.collect()
 
 
 def _move_into_place(tmp: Path, out: Path, force: bool) -> None:
