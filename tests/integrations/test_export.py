@@ -387,6 +387,22 @@ def test_gguf_f32_runs_in_llama_cpp_with_the_attached_logits(fam, skip, whole, t
 
 
 @needs_llamacpp
+def test_gguf_release_source_checks_the_file_without_the_source_weights(tmp_path, smol_tokenizer_gguf):
+    # what the CLI does with its own model: the weights are freed once the file is written, and llama.cpp's run
+    # of the file is still compared with the attached model's logits (taken before the write)
+    model = _smol_vocab_model("llama")
+    hs = hc.attach(model).skip([1])
+    _random_scales(hs, 0.1)
+    kept = export(hs, tmp_path / "kept", format="gguf", quant="f32", tokenizer_gguf=smol_tokenizer_gguf)
+    out = export(hs, tmp_path / "g", format="gguf", quant="f32", tokenizer_gguf=smol_tokenizer_gguf,
+                 release_source=True)
+    assert all(p.numel() == 0 for p in model.parameters())
+    assert read_export(out)["check"] == read_export(kept)["check"]
+    assert gguf_file(out).read_bytes() == gguf_file(kept).read_bytes()
+    hs.detach()
+
+
+@needs_llamacpp
 def test_gguf_carries_merged_low_rank_deltas_with_the_attached_logits(tmp_path, smol_tokenizer_gguf):
     model = _smol_vocab_model("llama")
     hs = hc.attach(model).skip([1]).set_granularity("channel").set_lora_rank(4)
