@@ -157,7 +157,9 @@ def one(name: str, fmt: str, out: Path, threads: int, dtype_name: str, release: 
             "rss_before_mb": before, "peak_rss_mb": max(_status("VmHWM"), peak_tree[0]),
             "peak_anon_mb": peak_anon[0],
             "budget_mb": round(1.5 * model_mb + 1024), "wall_s": round(wall, 1), "out_mb": round(size),
-            "check_rel": (rec.get("check") or {}).get("rel_diff"), "greedy": (rec.get("check") or {}).get("greedy_agree")}
+            **{key: (rec.get("check") or {}).get(field) for key, field in (
+                ("check_rel", "rel_diff"), ("greedy", "greedy_agree"), ("check_floor", "rounding_floor"),
+                ("check_limit", "limit"))}}
 
 
 def main() -> None:
@@ -178,8 +180,8 @@ def main() -> None:
     rows = []
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
     print("| model | params | dtype | model MB | format | peak RSS MB | peak anon MB | budget MB | wall s | "
-          "file MB | check rel | greedy |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "file MB | check rel | floor | limit | greedy |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
         for fmt in args.formats.split(","):
             with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
@@ -191,10 +193,11 @@ def main() -> None:
                 continue
             r = json.loads(res.stdout.strip().splitlines()[-1])
             rows.append(r)
-            rel = f"{r['check_rel']:.1e}" if r["check_rel"] is not None else "-"
+            rel, floor, limit = (f"{r[k]:.1e}" if r[k] is not None else "-"
+                                 for k in ("check_rel", "check_floor", "check_limit"))
             print(f"| {name} | {r['params'] / 1e6:,.1f} M | {r['dtype']} | {r['model_mb']} | {fmt} | "
                   f"{r['peak_rss_mb']} | {r['peak_anon_mb']} | {r['budget_mb']} | {r['wall_s']} | {r['out_mb']} | "
-                  f"{rel} | {r['greedy']} |", flush=True)
+                  f"{rel} | {floor} | {limit} | {r['greedy']} |", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

@@ -170,7 +170,7 @@ def probe_ids(model, tokenizer=None, n: int = 32) -> torch.Tensor:
     return torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(0))
 
 
-FP32_LIMIT = 1e-2  # the check's fixed bound (relative to max |logit|): well above fp32 rounding and the fold's eps effect
+FP32_LIMIT = 1e-2  # the fixed bound (relative to max |logit|): far above fp32 rounding and the fold's eps effect
 # An export may differ from the attached model by a few roundings' worth: the floor is the larger of two draws of
 # one other rounding, the maximum over every logit of the probe, and that statistic varies by tens of percent
 # from draw to draw (measured: see docs/export.md); a genuine error (a block's weights off by a scale, a wrong
