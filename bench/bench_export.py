@@ -159,7 +159,7 @@ def one(name: str, fmt: str, out: Path, threads: int, dtype_name: str, release: 
             "budget_mb": round(1.5 * model_mb + 1024), "wall_s": round(wall, 1), "out_mb": round(size),
             **{key: (rec.get("check") or {}).get(field) for key, field in (
                 ("check_rel", "rel_diff"), ("greedy", "greedy_agree"), ("check_floor", "rounding_floor"),
-                ("check_limit", "limit"))}}
+                ("check_limit", "limit"), ("floor_s", "floor_s"))}}
 
 
 def main() -> None:

@@ -240,10 +240,12 @@ def rounding_floor(hs, ids: torch.Tensor, ref: torch.Tensor) -> float | None:
 
 def check_limit(hs, ids: torch.Tensor, ref: torch.Tensor) -> dict[str, Any]:
     """The bound an exported model's logits must meet: the fixed one, or a few times the dtype's floor."""
+    t0 = time.perf_counter()
     floor = rounding_floor(hs, ids, ref)
     limit = FP32_LIMIT if floor is None else max(FP32_LIMIT, FLOOR_FACTOR * floor)
     return {"dtype": str(next(hs.model.parameters()).dtype).removeprefix("torch."), "rounding_floor": floor,
-            "floor_factor": FLOOR_FACTOR, "fixed_limit": FP32_LIMIT, "limit": limit}
+            "floor_factor": FLOOR_FACTOR, "fixed_limit": FP32_LIMIT, "limit": limit,
+            "floor_s": round(time.perf_counter() - t0, 2)}
 
 
 def llamacpp_logits(path: Path, ids: list[int], n_threads: int | None = None) -> torch.Tensor:
