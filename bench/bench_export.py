@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_export.py                         # Llama-3.2-1B-shaped random model + embedded
     .venv/bin/python bench/bench_export.py --models default --formats hf,gguf:q8_0    # smaller, faster
     .venv/bin/python bench/bench_export.py --models tiny           # the smallest setting (CI): seconds
+    .venv/bin/python bench/bench_export.py --models llama-1b --formats gguf:f16 --release-source   # as the CLI runs
 
 Every export runs in a fresh process (`--one` below), so each figure is that export alone. The process builds or
 loads the source model, resets the kernel's peak-RSS counter (/proc/self/clear_refs), runs hc.export (fold, write,

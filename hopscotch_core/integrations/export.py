@@ -20,7 +20,8 @@ Formats:
 The compact and hf folders carry the tokenizer (given, else the one where hc.load_model found the model, else
 refused), its chat template and the generation config. Memory: the fold copies only the weights it changes and
 the writers stream one tensor at a time, so an export needs the model plus those weights plus one tensor
-(bench/bench_export.py measures it).
+(bench/bench_export.py measures it). A GGUF's check runs the whole file in llama.cpp, whose pages then sit beside
+the source model's; release_source=True (the CLI's choice: its model is its own) frees the model first.
 
 Every export checks its input before any work (format, quantization, output folder, skip set representable,
 scalars foldable, tokenizer known), writes into a temporary folder beside `out` and renames it into place, so an
