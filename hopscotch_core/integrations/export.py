@@ -203,13 +203,16 @@ def rounding_floor(hs, ids: torch.Tensor, ref: torch.Tensor) -> float | None:
     branch weight b times c, so each layer computes c times what it computed (its branches read the stream
     through a norm, which removes c exactly with its epsilon times c^2) and the final norm removes c again. In
     real arithmetic the logits are unchanged; in the model's dtype every product rounds differently. None where
-    a family's branches read the raw stream (no norm removes c there) or a norm's epsilon is not an attribute we
-    can rescale: the fixed bound applies alone.
+    a family's branches read the raw stream (no norm removes c there), a norm's epsilon is not an attribute we
+    can rescale, or the handle runs per-thread / per-row scalars: the fixed bound applies alone.
     """
     from ..engine.families import final_norm
+    from ..engine.scaling import _mine
 
     branch = hs.family.layer
     if branch.attn_in_norm is None or branch.mlp_in_norm is None:
+        return None
+    if _mine(hs) is not None or hs._rows is not None:  # scalars set per thread / per row: set_scales would not act
         return None
     norms = [final_norm(hs.model)] + [layer.get_submodule(n[0]) for layer in hs.family.layers
                                       for n in (branch.attn_in_norm, branch.mlp_in_norm)]
