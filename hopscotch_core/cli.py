@@ -167,7 +167,7 @@ def cmd_export(args) -> int:
         print(f"loading the model of run {run.name} ...", file=sys.stderr)
         export(run.dir, out, format=args.format, quant=quant, force=args.force, model=model, tokenizer=tok,
                tokenizer_gguf=args.tokenizer_gguf, verify=not args.no_verify, fold=not args.no_fold,
-               device=None if args.device == "auto" else args.device, dtype=args.dtype)
+               device=None if args.device == "auto" else args.device, dtype=args.dtype, release_source=True)
     else:
         args.model = args.model or "default"
         model, tok = _load(args)
@@ -175,7 +175,8 @@ def cmd_export(args) -> int:
         if args.format == "compact" and not (hs.skipped or hs.skipped_mlp):
             raise HopscotchError("nothing to export: give --skip and/or --adapter with skipped blocks")
         export(hs, out, format=args.format, quant=quant, force=args.force, tokenizer=tok,
-               tokenizer_gguf=args.tokenizer_gguf, verify=not args.no_verify, fold=not args.no_fold)
+               tokenizer_gguf=args.tokenizer_gguf, verify=not args.no_verify, fold=not args.no_fold,
+               release_source=True)  # the model is this command's own: freed before the GGUF check loads the file
         hs.detach()
     rec = read_export(out)
     check = rec.get("check") or {}

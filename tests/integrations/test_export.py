@@ -23,7 +23,8 @@ import transformers
 
 import hopscotch_core as hc
 from hopscotch_core import cli
-from hopscotch_core.integrations.export import ExportError, export, gguf_file, read_export
+from hopscotch_core.integrations.export import (FLOOR_FACTOR, FP32_LIMIT, ExportError, export, gguf_file,
+                                                 read_export)
 from hopscotch_core.engine.folding import FoldError, residual_scales
 from hopscotch_core.integrations.gguf_export import GGUFExportError
 
@@ -128,6 +129,63 @@ def test_hf_fold_epsilon_effect_stays_within_the_stated_bound(tmp_path, ids):
     assert 0 < rec["max_eps_effect"] < 1e-2
     got = _logits(transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval(), ids)
     assert _rel(ref, got) <= 2 * rec["max_eps_effect"]
+
+
+def _bf16_case(dtype):
+    """A tiny llama in `dtype` with a skipped block and random scalars (spread 0.1: the fold's eps effect stays
+    far below the fixed 1e-2, so in fp32 only a real error can exceed it)."""
+    hs = hc.attach(make_model("llama", dtype=dtype)).skip([1])
+    _random_scales(hs, 0.1)
+    return hs
+
+
+@pytest.mark.parametrize("fmt", ["hf", "compact"])
+def test_check_accepts_a_correct_bf16_export_within_a_few_times_its_rounding_floor(fmt, tmp_path, ids):
+    # bf16 roundings of the fold and of the attached model differ far beyond fp32's 1e-2 on deeper models (a
+    # random Llama-3.2-1B shape: 0.195); the check measures that model's floor and allows FLOOR_FACTOR times it
+    hs = _bf16_case(torch.bfloat16)
+    chk = read_export(export(hs, tmp_path / fmt, format=fmt, tokenizer=make_tokenizer()))["check"]
+    assert chk["dtype"] == "bfloat16" and chk["floor_factor"] == FLOOR_FACTOR
+    assert 1e-3 < chk["rounding_floor"] < 0.1  # bf16's unit roundoff is 3.9e-3; measured 1.2e-2 here
+    assert chk["limit"] == max(FP32_LIMIT, FLOOR_FACTOR * chk["rounding_floor"])
+    assert chk["rel_diff"] <= chk["limit"]
+    assert hs.effective_scales().tolist() == read_export(tmp_path / fmt)["scales"]  # the floor run restored them
+    assert hs.model.get_decoder().norm.variance_epsilon == hs.model.config.rms_norm_eps  # and the epsilons
+
+
+@pytest.mark.parametrize("fmt", ["hf", "compact"])
+def test_check_stays_strict_in_fp32(fmt, tmp_path):
+    chk = read_export(export(_bf16_case(torch.float32), tmp_path / fmt, format=fmt,
+                             tokenizer=make_tokenizer()))["check"]
+    assert chk["dtype"] == "float32" and chk["rounding_floor"] < 1e-5  # measured 3e-7: fp32 rounding only
+    assert chk["limit"] == FP32_LIMIT
+
+
+def _corrupt(model, how: str):
+    """The exported model made wrong: a kept block's output projection off by 1.5, or a kept block dropped
+    (a wrong skip set). Fresh tensors, never in place: the exported model shares weights with the attached one."""
+    lin = model.get_decoder().layers[2].self_attn.o_proj
+    lin.weight = torch.nn.Parameter(lin.weight.detach() * (1.5 if how == "weights" else 0.0), requires_grad=False)
+    return model
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("how", ["weights", "skip set"])
+@pytest.mark.parametrize("fmt", ["hf", "compact"])
+def test_check_refuses_a_wrong_export_in_bf16_and_fp32(fmt, how, dtype, tmp_path, monkeypatch):
+    from hopscotch_core.engine import folding
+
+    hs = _bf16_case(dtype)
+    if fmt == "hf":
+        fold = folding.fold_model
+        monkeypatch.setattr(folding, "fold_model", lambda hs, share=False: _corrupt(fold(hs, share=share), how))
+    else:
+        compact = hs.compact
+        monkeypatch.setattr(hs, "compact", lambda **kw: _corrupt(compact(**kw), how))
+    with pytest.raises(ExportError, match="beyond the check's limit") as err:
+        export(hs, tmp_path / fmt, format=fmt, tokenizer=make_tokenizer())
+    assert "nothing was written" in str(err.value)
+    assert not (tmp_path / fmt).exists() and list(tmp_path.iterdir()) == []
 
 
 def test_fold_refuses_what_it_cannot_write_exactly(tmp_path):
@@ -326,6 +384,22 @@ def test_gguf_f32_runs_in_llama_cpp_with_the_attached_logits(fam, skip, whole, t
     # random model, whose hidden states are small); the unmodified model through the same writer: 1e-5
     assert _rel(ref, got) <= 2e-3, _rel(ref, got)
     assert torch.equal(ref.argmax(-1), got.argmax(-1))
+
+
+@needs_llamacpp
+def test_gguf_release_source_checks_the_file_without_the_source_weights(tmp_path, smol_tokenizer_gguf):
+    # what the CLI does with its own model: the weights are freed once the file is written, and llama.cpp's run
+    # of the file is still compared with the attached model's logits (taken before the write)
+    model = _smol_vocab_model("llama")
+    hs = hc.attach(model).skip([1])
+    _random_scales(hs, 0.1)
+    kept = export(hs, tmp_path / "kept", format="gguf", quant="f32", tokenizer_gguf=smol_tokenizer_gguf)
+    out = export(hs, tmp_path / "g", format="gguf", quant="f32", tokenizer_gguf=smol_tokenizer_gguf,
+                 release_source=True)
+    assert all(p.numel() == 0 for p in model.parameters())
+    assert read_export(out)["check"] == read_export(kept)["check"]
+    assert gguf_file(out).read_bytes() == gguf_file(kept).read_bytes()
+    hs.detach()
 
 
 @needs_llamacpp
