@@ -34,10 +34,11 @@ KINDS = ("gen", "fwd", "train")
 EVAL_PASSES = 3  # held-out evaluation: the original, the unscaled and the trained model, one forward each
 
 # Seconds per answer-token slot of the embedded default model (SmolLM2-135M, fp32) on a 2-core CPU, from the
-# default run `hopscotch run --model default --k 4` (docs/measurements.md "Run time"): `gen` from its answers
-# stage, `train` from the CPU seconds of its candidate scoring over 2 threads (the machine was shared), `fwd` a
-# third of `train` (no backward pass). `params` scales them to other models.
-REFERENCE = {"params": 134_515_008, "costs": {"gen": 0.0154, "fwd": 0.0047, "train": 0.0140}}
+# default run `hopscotch run --model default --k 4` (docs/measurements.md "Run time"): `gen` = its answers stage's
+# wall seconds / (64 prompts x 288); `fwd` and `train` = the CPU seconds of its held-out evaluation and of its
+# selection's candidate training, halved for 2 threads (the machine was shared while it ran, so its wall seconds
+# overstate a quiet machine's). `params` scales them to other models.
+REFERENCE = {"params": 134_515_008, "costs": {"gen": 0.0154, "fwd": 0.0029, "train": 0.0104}}
 
 # Measured wall time (s) of `hopscotch run --model default --k 4` at each preset on a 2-core CPU (README "Run
 # time"); None where not measured yet.

@@ -129,14 +129,19 @@ def llamacpp_problem() -> str | None:
 def check_gguf(model, skip: Sequence[int], quant: str = DEFAULT_QUANT, lock: threading.Lock | None = None) -> None:
     """Refuse, with the GGUF writer's own message, what it would refuse (attention skipped in the first layer of
     the file, a family or RoPE llama.cpp's deci layer does not compute, a bad weight type), before any job. The
-    model is attached only while `lock` is held and left exactly as loaded."""
+    writer's plan reads only the model's config, family and the skip set, so the model is neither attached nor
+    locked: the check never waits behind a generation or the drift view (`lock` is accepted and not needed)."""
+    from types import SimpleNamespace
+
+    from ..engine.families import get_family
+    from ..errors import check_blocks
     from ..integrations.gguf_export import check_quant, plan
-    from .compare import _borrowed
 
     check_quant(quant)
-    with _borrowed(model, lock, True) as hs:
-        hs.skip(sorted({int(b) for b in skip}))
-        plan(hs)
+    family = get_family(model)
+    blocks = sorted({int(b) for b in skip})
+    check_blocks(blocks, family.num_layers)
+    plan(SimpleNamespace(family=family, model=model, num_layers=family.num_layers, skipped=blocks, skipped_mlp=[]))
 
 
 # ------------------------------------------------------------------------------------------------ streaming

@@ -89,6 +89,22 @@ def test_the_writers_refusals_come_before_any_job_with_its_message():
         gguf_demo.check_gguf(make_model("qwen3"), [1], "q8_0")
     with pytest.raises(GGUFExportError, match="unknown quantization"):
         gguf_demo.check_gguf(model, [1], "int3")
+    # the check reads the config only: it does not wait for a model that a generation (or the drift view) holds
+    errors = []
+    with lock:
+        worker = threading.Thread(target=lambda: errors.append(_raises(gguf_demo.check_gguf, model, [0], "q8_0")))
+        worker.start()
+        worker.join(timeout=30)
+        assert not worker.is_alive()
+    assert isinstance(errors[0], GGUFExportError) and hc.handle_of(model) is None
+
+
+def _raises(fn, *args):
+    try:
+        fn(*args)
+    except Exception as e:  # noqa: BLE001 - returned for the test to inspect
+        return e
+    return None
 
 
 def test_side_stats():
