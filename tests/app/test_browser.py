@@ -26,6 +26,9 @@ from helpers.studio_world import build
 PAGES = [("model", "Model"), ("selection", "Selection"), ("scaling", "Scaling"), ("compare", "Compare"),
          ("runs", "Runs")]
 
+# the drift view shown now: the figure of a set seen before stays in the page, hidden (toggling back only flips
+# which one shows), so the visible one is the current set's
+DRIFT = '[class*="st-key-cmp_drift_fig"]:visible'
 REQUIRED = os.environ.get("HOPSCOTCH_REQUIRE_BROWSER") == "1"
 pytestmark = [
     pytest.mark.browser,
@@ -103,12 +106,12 @@ def test_every_page_in_a_real_browser(server, tmp_path):
                     assert left.startswith("Original") and right.startswith("Skipped [")
                     assert "In llama.cpp: the original beside the compressed GGUF" in page.inner_text("body")
                     # the MMD / drift view fills in from its worker thread: bars and one panel per layer
-                    page.wait_for_selector('[class*="st-key-cmp_drift_fig"] svg.main-svg', timeout=120_000)
+                    page.wait_for_selector(f"{DRIFT} svg.main-svg", timeout=120_000)
                     idle(page)
-                    assert page.locator('[class*="st-key-cmp_drift_fig"] .subplot').count() >= 2
+                    assert page.locator(f"{DRIFT} .subplot").count() >= 2
                     assert "token positions" in page.inner_text("body")
                     for d in outs:  # the drift view on its own (below the fold of the page's screenshot)
-                        page.locator('[class*="st-key-cmp_drift_fig"]').first.screenshot(path=str(d / "drift.png"))
+                        page.locator(DRIFT).first.screenshot(path=str(d / "drift.png"))
                 check(page, slug, js_errors, server_log)
                 for d in outs:
                     page.screenshot(path=str(d / f"{slug}.png"))
