@@ -9,18 +9,19 @@ from hopscotch_core.studio import commands, figures
 from hopscotch_core.method import estimate, selection
 from hopscotch_core.method.settings import RunSettings
 
-def time_estimate(settings: dict, n_layers: int, model) -> str:
-    """The job's estimated time per stage, from the measured stage times of the bundled default run."""
+
+def time_estimate(settings: dict, n_layers: int, params: int, device: str) -> str:
+    """The job's estimated time per stage, from the per-pass costs measured on the default run."""
     s = RunSettings(**{k: v for k, v in settings.items() if k in RunSettings.__dataclass_fields__})
     try:
         s.validate(n_layers)
     except Exception:  # noqa: BLE001 - the launcher shows the setting's own error
         return ""
-    est = estimate.estimate(s, n_layers, params=model.num_parameters())
+    est = estimate.estimate(s, n_layers, params=params)
     parts = " · ".join(f"{estimate.STAGE_NAMES[k]} {estimate.fmt_duration(v)}" for k, v in est.items() if v >= 1)
-    where = "a 2-core CPU" if model.device.type == "cpu" else "a 2-core CPU (a GPU takes a fraction of it)"
+    where = "a 2-core CPU" if device == "cpu" else "a 2-core CPU (a GPU takes a fraction of it)"
     return (f"Estimated time on {where}: about **{estimate.fmt_duration(sum(est.values()))}** ({parts}); from "
-            "the measured stage times of the bundled default run, scaled to this model's size and these settings.")
+            "the per-pass costs measured on the default run, scaled to this model's size and these settings.")
 
 
 model, n_layers, run = state.page_head(
@@ -32,7 +33,8 @@ model, n_layers, run = state.page_head(
 
 with st.expander("Start a new selection", expanded=run is None):
     if model is not None:
-        preset = forms.preset_choice("sel", estimate.preset_times(n_layers, model[0].num_parameters()))
+        params = model[0].num_parameters()  # what the time estimates scale by
+        preset = forms.preset_choice("sel", estimate.preset_times(n_layers, params))
         d = forms.data_settings("sel", {**((run.manifest.get("settings") or {}) if run else {}), **preset})
         c1, c2, c3, c4 = st.columns(4)
         k = c1.number_input("Blocks to remove (k)", 1, max(1, n_layers - 1), min(4, max(1, n_layers - 1)),
@@ -70,7 +72,7 @@ with st.expander("Start a new selection", expanded=run is None):
                         "shortlist": int(shortlist),
                         "shortlist_by": shortlist_by, "baselines": baselines, "epochs": int(epochs),
                         "train_baselines": bool(train_baselines)}
-            st.caption(time_estimate(settings, n_layers, model[0]))
+            st.caption(time_estimate(settings, n_layers, params, model[0].device.type))
             jobpanel.job_launcher("sel", commands.cli_args(settings, "run"), name, f"{mode}-k{int(k)}",
                                 "Start selection job", nproc=nproc)
 
