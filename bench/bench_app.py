@@ -80,8 +80,11 @@ RUNS = """() => {
   window.__runObs = new MutationObserver(() => window.__runs.push(app.getAttribute('data-test-script-state')));
   window.__runObs.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
 }"""
+# The drift view of the current skip set is drawn: a visible figure (a set seen before keeps its figure in the
+# page, hidden, so a bare selector would also match the previous set's).
 FILLED = """() => !document.querySelector('[data-testid="stProgress"]')
-  && !!document.querySelector('[class*="st-key-cmp_drift_fig"] svg.main-svg')"""
+  && [...document.querySelectorAll('[class*="st-key-cmp_drift_fig"] svg.main-svg')]
+       .some(el => el.getBoundingClientRect().width > 0 && el.closest('[class*="st-key-cmp_drift_fig"]').offsetParent !== null)"""
 RERAN = "() => window.__runs.includes('running') && window.__runs[window.__runs.length - 1] === 'notRunning'"
 MODEL_IN = """() => !document.querySelector('[data-testid="stSidebar"] [data-testid="stProgress"]')
   && !document.querySelector('[data-testid="stSidebar"] [data-testid="stAlert"]')"""

@@ -3,6 +3,7 @@
     .venv/bin/python bench/fidelity_table.py runs/NAME_K4 runs/NAME_K7
     .venv/bin/python bench/fidelity_table.py assets/example-run-k4 assets/example-run
     .venv/bin/python bench/fidelity_table.py --smoke        # the same (the smallest setting, CI)
+    .venv/bin/python bench/fidelity_table.py --readme assets/example-run-k4 assets/example-run   # README's table
 
 First table, one row per variant and k: held-out NLL of the original model's own answers, KL(original || variant),
 top-1 agreement (teacher-forced), final-answer agreement of greedy generations with the original's, each with its
@@ -10,6 +11,10 @@ top-1 agreement (teacher-forced), final-answer agreement of greedy generations w
 intervals gives the value alone), and the mean per-layer MMD^2 of hidden states over the layers from the first
 skipped block on. Second table: eval.json's paired differences a - b over the same prompts (trained vs unscaled of
 each skip set, hopscotch vs each baseline) with their 95% intervals; **bold** with ✱ where the interval excludes 0.
+
+`--readme`: the README's short table instead: the original, and per run Hopscotch unscaled and trained and each
+trained baseline, with KL, top-1 and final-answer agreement and their intervals, and the decode speed-up of the
+skip set at context 512 where a run's bench.json (`hopscotch bench --run NAME [--also-k K]`) measured it.
 """
 
 from __future__ import annotations
@@ -88,8 +93,53 @@ def main(paths: list[str]) -> None:
             print(f"| {rows[a]['k']} | {label(rows[a])} − {label(rows[b])} | " + " | ".join(cells) + " |")
 
 
+def decode_speedups(results: list[tuple[str, dict]], context: int = 512) -> dict[tuple[int, ...], float]:
+    """Skip set (sorted) -> median decode speed-up over the original at `context`, batch 1, from every run's
+    bench.json; the compact copy's figure where both it and the skipped one were measured."""
+    out: dict[tuple[int, ...], float] = {}
+    for p, _ in results:
+        f = Path(p) / "bench.json"
+        if not f.is_file():
+            continue
+        for r in json.loads(f.read_text())["rows"]:
+            if r.get("context") == context and r.get("batch", 1) == 1 and r.get("k"):
+                key = tuple(sorted(r["blocks"]))
+                if r["variant"] == "compact" or key not in out:
+                    out[key] = r["speedup_decode"]
+    return out
+
+
+def readme(paths: list[str]) -> None:
+    results = [(p, json.loads((Path(p) / "eval.json").read_text())) for p in paths]
+    speed = decode_speedups(results)
+    print("| variant (k attention blocks skipped of 30) | KL(original ‖ variant) | top-1 agreement | "
+          "final-answer agreement | decode speed-up, ctx 512 |")
+    print("|---|---|---|---|---|")
+    first = True
+    for p, res in results:
+        for r in res["rows"]:
+            if r["variant"] == "original" and not first:
+                continue
+            if r["variant"] != "original" and r["method"] != "hopscotch" and not r["scaled"]:
+                continue  # the baselines trained only: each method at its best
+            first = False
+            what = "original" if r["variant"] == "original" else f"k = {r['k']}: {label(r)} ({' '.join(map(str, r['attention']))})"
+            up = 1.0 if r["variant"] == "original" else speed.get(tuple(sorted(r["attention"])))
+            print(f"| {what} | {with_ci(r['kl'], r.get('kl_ci'), '.3f')} | "
+                  f"{with_ci(r['agreement'], r.get('agreement_ci'), '.3f')} | "
+                  f"{with_ci(r.get('answer_agreement'), r.get('answer_agreement_ci'), '.2f')} | "
+                  f"{'–' if up is None or r['mlp'] else f'{up:.2f}×'} |")
+    for p, res in results:
+        print(f"<!-- {p}: {res['prompts']} held-out prompts, {res['tokens']} answer tokens, generations <= "
+              f"{res['max_new_tokens']} tokens -->")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
+    args = sys.argv[1:]
+    if not args:
         raise SystemExit(__doc__)
-    # --smoke, the smallest setting (CI): the bundled example runs
-    main([str(Path(__file__).resolve().parents[1] / "assets" / r) for r in ("example-run-k4", "example-run")] if sys.argv[1:] == ["--smoke"] else sys.argv[1:])
+    short = args[0] == "--readme"
+    args = args[1:] if short else args
+    if args in (["--smoke"], []):  # --smoke, the smallest setting (CI): the bundled example runs
+        args = [str(Path(__file__).resolve().parents[1] / "assets" / r) for r in ("example-run-k4", "example-run")]
+    (readme if short else main)(args)

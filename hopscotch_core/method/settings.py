@@ -210,8 +210,14 @@ def describe(settings: dict) -> str:
     data = "GSM8K" if s.data == "gsm8k" else "custom"
     calib = s.n_calib if s.n_calib is not None else DEFAULT_CALIB
     held = s.n_eval if s.n_eval is not None else DEFAULT_EVAL
-    return (f"k = {s.k}, {sel}, {objective}, {gran}, {deltas}, {calib} calibration + {held} held-out {data} "
-            f"prompts, answers up to {s.max_new_tokens} tokens, {s.epochs} epochs")
+    words = (f"k = {s.k}, {sel}, {objective}, {gran}, {deltas}, {calib} calibration + {held} held-out {data} "
+             f"prompts, answers up to {s.max_new_tokens} tokens, {s.epochs} epochs")
+    if s.baselines:
+        words += ", compared with " + ", ".join(s.baselines)
+    # the method's defaults in this version of the project, whatever the model, machine and comparisons
+    where = ("model", "device", "dtype", "gen_batch", "k", "baselines", "train_baselines")
+    same = dataclasses.replace(s, **{f: getattr(RunSettings(), f) for f in where}) == RunSettings()
+    return words + (" (the defaults)" if same else "")
 
 
 def field_help(name: str) -> str:

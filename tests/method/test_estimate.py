@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 
 import pytest
 
@@ -121,6 +122,11 @@ def test_settings_read_in_words():
                       "n_eval": 16, "max_new_tokens": 288, "mode": "fast", "shortlist": 4, "epochs": 3})
     assert words == ("k = 7, fast selection (shortlist 4), kl objective, per-channel multipliers, rank-4 deltas, "
                      "32 calibration + 16 held-out GSM8K prompts, answers up to 288 tokens, 3 epochs")
+    # the defaults (but k and the comparisons) say so
+    words = describe({**dataclasses.asdict(RunSettings(k=7)), "baselines": ["attn-bi", "random"]})
+    assert words.endswith("3 epochs, compared with attn-bi, random (the defaults)")
+    assert describe({**dataclasses.asdict(RunSettings()), "model": "x/y", "device": "cuda"}).endswith("(the defaults)")
+    assert not describe({**dataclasses.asdict(RunSettings()), "epochs": 2}).endswith("(the defaults)")
     # a manifest written before the recovery settings existed ran the paper's
     assert "ce objective (the paper's), scalar multipliers (the paper's), no low-rank deltas" in describe({"k": 4})
 
@@ -161,3 +167,4 @@ def test_presets_are_labelled_with_their_time(monkeypatch):
     assert got["quick"] == "7 min measured" and got["default"].endswith("estimated")
     # a measurement on the default model says nothing of another one
     assert estimate.preset_times(30, 10 * estimate.REFERENCE["params"])["quick"].endswith("estimated")
+
