@@ -163,7 +163,8 @@ else:
     last = st.session_state.get("cmp_drift_last")
 
     def measure(**kw):  # in the worker thread (no st.* there): the measurement and its figure (0.4 s to build)
-        res = drift.prompt_drift(model, tok, prompts, skip, scales, answers=answers, lock=lock, reuse=last, **kw)
+        res = drift.prompt_drift(model, tok, prompts, skip, scales, answers=answers, lock=lock, reuse=last,
+                                 channel_scales=channels, lora=deltas, **kw)
         return None if res is None else (res, figures.drift(res, skip, max_panels=8))  # 12 panels: 0.7 s to draw
 
     job = tasks.task(key, measure, progress=True, stoppable=True, slot="cmp_drift")

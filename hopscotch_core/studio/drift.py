@@ -132,10 +132,13 @@ def _fingerprint(hs, rows, positions: torch.Tensor, layers: Sequence[int]) -> tu
 def layer_drift(hs, rows, skipped: Iterable[int], scales: torch.Tensor | None = None, max_tokens: int = 256,
                 seed: int = 0, skipped_mlp: Iterable[int] = (), layers: Iterable[int] | None = None,
                 on_progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
-                reuse: Drift | None = None, drop_first: bool = True, gate: PriorityGate | None = None
+                reuse: Drift | None = None, drop_first: bool = True, gate: PriorityGate | None = None,
+                channel_scales: torch.Tensor | None = None, lora: dict[str, torch.Tensor] | None = None
                 ) -> Drift | None:
     """Per layer, MMD^2 and the PCA drift view of the original vs the modified model (`skipped` attention blocks,
-    optional [L, 4] `scales`) on the same `max_tokens` sampled token positions of `rows` (module docstring).
+    optional [L, 4] `scales`, [L, 2, hidden] `channel_scales` and low-rank deltas `lora`: a run's whole trained
+    state, as the generation beside it applies) on the same `max_tokens` sampled token positions of `rows` (module
+    docstring).
 
     One forward pass per side; `reuse` (a previous result on the same rows, positions, layers and weights) skips
     the original's pass. Progress: `on_progress(step, total, {"stage": "original" | "modified" | "analysis",
@@ -172,7 +175,7 @@ def layer_drift(hs, rows, skipped: Iterable[int], scales: torch.Tensor | None = 
     t1 = time.perf_counter()
     while True:
         mark = tick.done[0]
-        with borrow() as hs, hs.applied(skipped, scales, skipped_mlp):
+        with borrow() as hs, hs.applied(skipped, scales, skipped_mlp, channel_scales, lora):
             mod = metrics.sampled_states(hs, rows, wanted, idx, lambda i: tick("modified", i), stop_or_yield)
         if mod is not None or stopped() or not yielded():
             break
@@ -254,7 +257,8 @@ def prompt_drift(model, tok, prompts: Sequence[str] = PRESET_PROMPTS, skipped: I
                  scales: torch.Tensor | None = None, answers: Sequence = (), lock: threading.Lock | None = None,
                  max_tokens: int = 256, on_progress: Progress | None = None,
                  should_stop: Callable[[], bool] | None = None, reuse: Drift | None = None, seed: int = 0,
-                 chat: bool = True, drop_first: bool = True) -> Drift | None:
+                 chat: bool = True, drop_first: bool = True, channel_scales: torch.Tensor | None = None,
+                 lora: dict[str, torch.Tensor] | None = None) -> Drift | None:
     """layer_drift on the tokens of a few prompts (chat template) or of the model's own answers (data.Answer:
     prompt + response tokens), on a possibly shared model: Hopscotch is attached only while `lock` is held and
     detached before it is let go (compare.prompt_mmd does the same). It is background work: each forward pass and
@@ -263,4 +267,5 @@ def prompt_drift(model, tok, prompts: Sequence[str] = PRESET_PROMPTS, skipped: I
     rows = prompt_rows(tok, prompts, chat=chat, answers=answers)
     return layer_drift(lambda: _borrowed(model, lock, True, background=True, should_stop=should_stop), rows, skipped,
                        scales, max_tokens=max_tokens, seed=seed, on_progress=on_progress, should_stop=should_stop,
-                       reuse=reuse, drop_first=drop_first, gate=gate(model))
+                       reuse=reuse, drop_first=drop_first, gate=gate(model), channel_scales=channel_scales,
+                       lora=lora)

@@ -108,6 +108,45 @@ def test_projection_equals_an_independent_pca_of_independently_collected_states(
             same_up_to_sign(np.column_stack([t.x, t.y]), ref, signs)
 
 
+def test_a_runs_whole_trained_state_is_measured(world):
+    """Channel multipliers and low-rank deltas (granularity channel, --lora-rank) take part in the modified pass,
+    as in the generation beside the view: its states equal a stock copy with both folded into the weights by hand
+    (multipliers scale the rows of o_proj / down_proj; a delta adds B @ A to the weight)."""
+    g = torch.Generator().manual_seed(0)
+    L, C = len(world.model.model.layers), world.model.config.hidden_size
+    channels = 1 + 0.3 * torch.randn(L, 2, C, generator=g)
+    inter, rank = world.model.config.intermediate_size, 2
+    lora = {f"{i}.{p}.{m}": torch.zeros((rank, inter if p == "mlp" else C) if m == "A" else (C, rank))
+            for i in range(L) for p in ("attn", "mlp") for m in "AB"}  # every branch has a slot; B = 0: no change
+    lora.update({"2.mlp.A": torch.randn(rank, inter, generator=g) * 0.05, "2.mlp.B": torch.randn(C, rank, generator=g),
+                 "3.attn.A": torch.randn(rank, C, generator=g) * 0.05, "3.attn.B": torch.randn(C, rank, generator=g)})
+    ref = copy.deepcopy(world.model)
+    with torch.no_grad():
+        layers = ref.model.layers
+        layers[2].mlp.down_proj.weight.add_(lora["2.mlp.B"] @ lora["2.mlp.A"])
+        layers[3].self_attn.o_proj.weight.add_(lora["3.attn.B"] @ lora["3.attn.A"])
+        for i, layer in enumerate(layers):
+            layer.self_attn.o_proj.weight.mul_(channels[i, 0][:, None])
+            layer.mlp.down_proj.weight.mul_(channels[i, 1][:, None])
+        layers[SKIP].self_attn.o_proj.weight.zero_()
+    want = stock_states(ref, world.rows)  # (copied before attaching: a copy of an attached model shares its hooks)
+    hs = hc.attach(world.model)
+    res = drift.layer_drift(hs, world.rows, skipped=[SKIP], max_tokens=40, seed=1, channel_scales=channels,
+                            lora=lora)
+    for j, layer in enumerate(res.layers):
+        m = res.modified[j]
+        o = world.ref["original"][layer][res.positions]
+        mu = o.mean(0)
+        _, _, vt = np.linalg.svd(o - mu, full_matrices=False)
+        pm = (want[layer][res.positions] - mu) @ vt[:2].T
+        signs = np.sign((res.original[j] * ((o - mu) @ vt[:2].T)).sum(0))
+        same_up_to_sign(m, pm, signs)
+    plain = drift.layer_drift(hs, world.rows, skipped=[SKIP], max_tokens=40, seed=1)
+    assert plain.mmd[-1] != pytest.approx(res.mmd[-1], rel=1e-3)  # the trained state changes what is measured
+    assert hs.granularity == "scalar" and hs.lora_rank == 0  # the handle is left as it was
+    hs.detach()
+
+
 def test_sub_sampling_keeps_max_tokens_positions_the_same_on_both_sides(world, hs):
     eligible = set(torch.nonzero(world.pos != 0).reshape(-1).tolist())
     res = drift.layer_drift(hs, world.rows, skipped=[], max_tokens=10, seed=5)
