@@ -33,16 +33,15 @@ COMMAND_STAGES = {"generate": ORDER[:2], "select": ORDER[:4], "train": ORDER[:6]
 KINDS = ("gen", "fwd", "train")
 EVAL_PASSES = 3  # held-out evaluation: the original, the unscaled and the trained model, one forward each
 
-# Seconds per answer-token slot of the embedded default model (SmolLM2-135M, fp32) on a 2-core CPU, from the
-# default run `hopscotch run --model default --k 4` (docs/measurements.md "Run time"): `gen` = its answers stage's
-# wall seconds / (64 prompts x 288); `fwd` and `train` = the CPU seconds of its held-out evaluation and of its
-# selection's candidate training, halved for 2 threads (the machine was shared while it ran, so its wall seconds
-# overstate a quiet machine's). `params` scales them to other models.
-REFERENCE = {"params": 134_515_008, "costs": {"gen": 0.0154, "fwd": 0.0029, "train": 0.0104}}
+# Seconds per answer-token slot of the embedded default model (SmolLM2-135M, fp32) on a quiet 2-core CPU (torch's
+# 2 threads), from the bundled k = 4 example run, which is the default run `hopscotch run --model default --k 4`
+# with three baselines (docs/measurements.md "Run time"): costs_from_manifest of its stage times. `params` scales
+# them to other models.
+REFERENCE = {"params": 134_515_008, "costs": {"gen": 0.01282, "fwd": 0.002795, "train": 0.007639}}
 
-# Measured wall time (s) of `hopscotch run --model default --k 4` at each preset on a 2-core CPU (README "Run
-# time"); None where not measured yet.
-MEASURED: dict[str, float | None] = {"quick": None, "default": None}
+# Measured wall time (s) of `hopscotch run --model default --k 4` at each preset on a quiet 2-core CPU (README "Run
+# time"): the sum of the run's stage times (loading the model adds a few seconds).
+MEASURED: dict[str, float | None] = {"quick": 339.0, "default": 1751.0}
 
 
 def _sizes(s: RunSettings, n_records: int | None) -> tuple[int, int]:
