@@ -49,8 +49,15 @@ def test_served_gguf_chat_completion_equals_transformers_greedy_answer(default_m
         ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,
                                       return_tensors="pt")["input_ids"]
         with torch.no_grad():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False)
-        ref = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                                 output_scores=True, return_dict_in_generate=True)
+        new_ids = out.sequences[0, ids.shape[1]:]
+        ref = tok.decode(new_ids, skip_special_tokens=True)
+        # greedy decoding in two runtimes agrees token by token until a near-tie: the first step whose top-2 logit
+        # gap is within llama.cpp's f32 rounding of transformers' logits (measured ~1e-3 relative, ~0.03 here)
+        gaps = [float(x.topk(2).values[0, 0] - x.topk(2).values[0, 1]) for x in out.scores]
+        sure = next((i for i, g in enumerate(gaps) if g < 0.1), len(gaps))
+        prefix = tok.decode(new_ids[:sure], skip_special_tokens=True)
         path = gguf_file(export(hs, tmp_path / "g", format="gguf", quant="f32"))
     finally:
         hs.detach()
@@ -79,5 +86,6 @@ def test_served_gguf_chat_completion_equals_transformers_greedy_answer(default_m
         server.wait(timeout=30)
         log.close()
     text = reply["choices"][0]["message"]["content"]
-    assert text.strip() == ref.strip(), (text, ref)
-    assert len(ref.strip()) > 0
+    assert text.strip().startswith(prefix.strip()) and sure >= 8, (text, ref, sure)
+    if sure == len(gaps):  # no near-tie: the whole answer
+        assert text.strip() == ref.strip(), (text, ref)

@@ -105,14 +105,15 @@ def test_suggest_k_finds_a_known_elbow():
     assert "from k = 1 to 4 the loss rises 0.01 per removed block, after k = 4 0.1 per block" in why
     k, _ = selection.suggest_k(curve(flat_then_steep)[::-1])  # row order does not matter
     assert k == 4
-    # the Kneedle difference curve by hand for the example run's rounds: d = k_norm - loss_norm peaks at k = 3
+    # the Kneedle difference curve by hand for the example run's rounds: k is where d = k_norm - loss_norm peaks
 
     from hopscotch_core.studio.runview import RunView
 
     rounds = RunView(ROOT / "assets" / "example-run").rounds()  # the bundled run
     y = rounds["loss"].to_numpy()
     d = (np.arange(len(y)) / (len(y) - 1)) - (y - y.min()) / (y.max() - y.min())
-    assert selection.suggest_k(rounds)[0] == int(rounds["n_removed"].iloc[int(np.argmax(d))]) == 3
+    k = int(rounds["n_removed"].iloc[int(np.argmax(d))])
+    assert selection.suggest_k(rounds)[0] == k and 0 < k < rounds["n_removed"].max()
 
 
 def test_suggest_k_says_why_there_is_none():
