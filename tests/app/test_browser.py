@@ -10,7 +10,7 @@ HOPSCOTCH_REQUIRE_BROWSER=1 (.ci/run sets it).
 
 README screenshots on the real model and example run:
     HOPSCOTCH_SCREENSHOTS=docs/screenshots HOPSCOTCH_BROWSER_MODEL=default \
-    HOPSCOTCH_BROWSER_EXAMPLES=assets .venv/bin/python -m pytest tests/test_browser.py
+    HOPSCOTCH_BROWSER_EXAMPLES=assets .venv/bin/python -m pytest tests/app/test_browser.py
 """
 
 from __future__ import annotations

@@ -111,9 +111,18 @@ def test_suggest_k_finds_a_known_elbow():
 
     rounds = RunView(ROOT / "assets" / "example-run").rounds()  # the bundled run
     y = rounds["loss"].to_numpy()
-    d = (np.arange(len(y)) / (len(y) - 1)) - (y - y.min()) / (y.max() - y.min())
-    k = int(rounds["n_removed"].iloc[int(np.argmax(d))])
-    assert selection.suggest_k(rounds)[0] == k and 0 < k < rounds["n_removed"].max()
+    n = len(y)
+    d = (np.arange(n) / (n - 1)) - (y - y.min()) / (y.max() - y.min())
+    # the documented rule: a local maximum of d is a knee when d later falls more than one k-step (1 / (n - 1))
+    # below it before the next local maximum; the first knee wins
+    peaks = [i for i in range(1, n - 1) if d[i] >= d[i - 1] and d[i] > d[i + 1]]
+    knees = [i for a, i in enumerate(peaks)
+             if any(d[j] < d[i] - 1 / (n - 1) for j in range(i + 1, min((peaks[a + 1:] or [n])[0] + 1, n)))]
+    want = int(rounds["n_removed"].iloc[knees[0]]) if knees else None
+    got, why = selection.suggest_k(rounds)
+    assert got == want, (got, want, why)
+    if want is None:  # the default run's curve bends too little (its losses rise by 0.02-0.05 a round)
+        assert why.startswith("no suggested k")
 
 
 def test_suggest_k_says_why_there_is_none():

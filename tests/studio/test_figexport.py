@@ -76,13 +76,20 @@ def test_elbow_csv_is_the_rounds_and_the_held_out_losses(run_dir, world):
     assert [int(r["x"]) for r in line] == list(range(1, len(rounds) + 1))
     assert [float(r["y"]) for r in line] == [r["loss"] for r in rounds]  # every digit survives the CSV
     assert [int(r["customdata"]) for r in line] == [r["removed"] for r in rounds] == m["selected"]
+    # the held-out points are the run's objective: NLL for ce; KL for kl (the original's own KL is 0: no point)
+    key = "kl" if m["settings"].get("objective") == "kl" else "nll"
     if (run_dir / "eval.json").is_file():  # overlay from `hopscotch eval`
         ev = {r["variant"]: r for r in json.loads((run_dir / "eval.json").read_text())["rows"]}
-        original, trained, unscaled = ev["original"]["nll"], ev["hopscotch"]["nll"], ev["hopscotch-unscaled"]["nll"]
+        original, trained, unscaled = ev["original"][key], ev["hopscotch"][key], ev["hopscotch-unscaled"][key]
     else:
         res = m["results"]
-        original, trained, unscaled = res["eval_loss_original"], res["eval_loss_trained"], res["eval_loss_unscaled"]
-    assert {float(r["y"]) for r in got["original (held-out)"]} == {original}
+        name = "loss" if key == "nll" else "kl"
+        original = res.get(f"eval_{name}_original")
+        trained, unscaled = res[f"eval_{name}_trained"], res[f"eval_{name}_unscaled"]
+    if key == "nll":
+        assert {float(r["y"]) for r in got["original (held-out)"]} == {original}
+    else:
+        assert "original (held-out)" not in got
     (t,) = got["hopscotch trained (held-out)"]
     assert (int(t["x"]), float(t["y"])) == (len(m["selected"]), trained)
     assert t["customdata"] == ", ".join(str(b) for b in m["selected"])
