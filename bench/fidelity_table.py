@@ -47,8 +47,20 @@ def label(row: dict) -> str:
     return f"{name}{' (whole layers)' if row['mlp'] else ''}, {'trained' if row['scaled'] else 'unscaled'}"
 
 
+def load(paths: list[str]) -> list[tuple[str, dict]]:
+    """(run path, its eval.json) of each run."""
+    return [(p, json.loads((Path(p) / "eval.json").read_text())) for p in paths]
+
+
+def sources(results: list[tuple[str, dict]]) -> None:
+    """One comment line per run under a table: what its figures were measured on."""
+    for p, res in results:
+        print(f"<!-- {p}: {res['prompts']} held-out prompts, {res['tokens']} answer tokens, generations <= "
+              f"{res['max_new_tokens']} tokens -->")
+
+
 def main(paths: list[str]) -> None:
-    results = [(p, json.loads((Path(p) / "eval.json").read_text())) for p in paths]
+    results = load(paths)
     print("| k | variant | attention blocks | NLL | KL | top-1 agr. | answer agr. | mean MMD² |")
     print("|---|---|---|---|---|---|---|---|")
     done_original = False
@@ -67,9 +79,7 @@ def main(paths: list[str]) -> None:
                   f"{with_ci(r['nll'], r.get('nll_ci'), '.3f')} | {with_ci(r['kl'], r.get('kl_ci'), '.3f')} | "
                   f"{with_ci(r['agreement'], r.get('agreement_ci'), '.3f')} | "
                   f"{with_ci(r.get('answer_agreement'), r.get('answer_agreement_ci'), '.2f')} | {fmt(mean, '.4f')} |")
-    for p, res in results:
-        print(f"<!-- {p}: {res['prompts']} held-out prompts, {res['tokens']} answer tokens, generations <= "
-              f"{res['max_new_tokens']} tokens -->")
+    sources(results)
     print()
     print("| k | a − b (same prompts) | " + " | ".join(h for _, h in DIFF_COLUMNS) + " |")
     print("|---|---|" + "---|" * len(DIFF_COLUMNS))
@@ -110,7 +120,7 @@ def decode_speedups(results: list[tuple[str, dict]], context: int = 512) -> dict
 
 
 def readme(paths: list[str]) -> None:
-    results = [(p, json.loads((Path(p) / "eval.json").read_text())) for p in paths]
+    results = load(paths)
     speed = decode_speedups(results)
     print("| variant (k attention blocks skipped of 30) | KL(original ‖ variant) | top-1 agreement | "
           "final-answer agreement | decode speed-up, ctx 512 |")
@@ -129,9 +139,7 @@ def readme(paths: list[str]) -> None:
                   f"{with_ci(r['agreement'], r.get('agreement_ci'), '.3f')} | "
                   f"{with_ci(r.get('answer_agreement'), r.get('answer_agreement_ci'), '.2f')} | "
                   f"{'–' if up is None or r['mlp'] else f'{up:.2f}×'} |")
-    for p, res in results:
-        print(f"<!-- {p}: {res['prompts']} held-out prompts, {res['tokens']} answer tokens, generations <= "
-              f"{res['max_new_tokens']} tokens -->")
+    sources(results)
 
 
 if __name__ == "__main__":

@@ -216,7 +216,8 @@ def describe(settings: dict) -> str:
         words += ", compared with " + ", ".join(s.baselines)
     # the method's defaults in this version of the project, whatever the model, machine and comparisons
     where = ("model", "device", "dtype", "gen_batch", "k", "baselines", "train_baselines")
-    same = dataclasses.replace(s, **{f: getattr(RunSettings(), f) for f in where}) == RunSettings()
+    defaults = RunSettings()
+    same = dataclasses.replace(s, **{f: getattr(defaults, f) for f in where}) == defaults
     return words + (" (the defaults)" if same else "")
 
 

@@ -55,7 +55,7 @@ def test_served_gguf_chat_completion_equals_transformers_greedy_answer(default_m
         ref = tok.decode(new_ids, skip_special_tokens=True)
         # greedy decoding in two runtimes agrees token by token until a near-tie: the first step whose top-2 logit
         # gap is within llama.cpp's f32 rounding of transformers' logits (measured ~1e-3 relative, ~0.03 here)
-        gaps = [float(x.topk(2).values[0, 0] - x.topk(2).values[0, 1]) for x in out.scores]
+        gaps = [float(top[0, 0] - top[0, 1]) for top in (x.topk(2).values for x in out.scores)]
         sure = next((i for i, g in enumerate(gaps) if g < 0.1), len(gaps))
         prefix = tok.decode(new_ids[:sure], skip_special_tokens=True)
         path = gguf_file(export(hs, tmp_path / "g", format="gguf", quant="f32"))

@@ -81,10 +81,9 @@ def test_elbow_csv_is_the_rounds_and_the_held_out_losses(run_dir, world):
     if (run_dir / "eval.json").is_file():  # overlay from `hopscotch eval`
         ev = {r["variant"]: r for r in json.loads((run_dir / "eval.json").read_text())["rows"]}
         original, trained, unscaled = ev["original"][key], ev["hopscotch"][key], ev["hopscotch-unscaled"][key]
-    else:
-        res = m["results"]
-        name = "loss" if key == "nll" else "kl"
-        original = res.get(f"eval_{name}_original")
+    else:  # the manifest's results name the NLL "loss"
+        res, name = m["results"], "loss" if key == "nll" else "kl"
+        original = res.get(f"eval_{name}_original")  # kl: none (the original's KL to itself)
         trained, unscaled = res[f"eval_{name}_trained"], res[f"eval_{name}_unscaled"]
     if key == "nll":
         assert {float(r["y"]) for r in got["original (held-out)"]} == {original}
