@@ -144,7 +144,7 @@ def readme(paths: list[str]) -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    if not args:
+    if not args or args[0] in ("-h", "--help"):
         raise SystemExit(__doc__)
     short = args[0] == "--readme"
     args = args[1:] if short else args
