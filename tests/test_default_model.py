@@ -6,7 +6,8 @@ import json
 
 import pytest
 import torch
-from helpers.models import CACHE_KW
+from helpers.models import decoding_floor, stepwise_logits
+from helpers.numerics import assert_within_floor
 
 import hopscotch_core as hc
 from hopscotch_core.engine import loading
@@ -53,16 +54,13 @@ def test_cache_equals_no_cache_with_two_blocks_skipped(default_model):
             mask = torch.cat([enc["attention_mask"], torch.ones(2, cached.shape[1] - enc["input_ids"].shape[1],
                                                                    dtype=torch.long)], dim=1)
             full = model(cached, attention_mask=mask).logits
-            T = enc["input_ids"].shape[1]
-            from transformers import DynamicCache
-
-            cache = DynamicCache(config=model.config)
-            steps = [model(cached[:, :T], attention_mask=mask[:, :T], **{CACHE_KW: cache}).logits]
-            for t in range(T, cached.shape[1]):
-                steps.append(model(cached[:, t:t + 1], attention_mask=mask[:, :t + 1],
-                                   **{CACHE_KW: cache}).logits)
+            steps, _ = stepwise_logits(model, cached, mask, prompt=enc["input_ids"].shape[1])
         real = mask.bool()
-        torch.testing.assert_close(torch.cat(steps, 1)[real], full[real], atol=1e-4, rtol=0)
+        # the same two routes with nothing skipped give this CPU's rounding floor (AVX2 and AVX-512 kernels round
+        # differently: ~1e-4 on logits of ~20 here); a stale cache would be off by whole logits
+        hs.reset()
+        floor = decoding_floor(model, cached, mask, prompt=enc["input_ids"].shape[1])
+        assert_within_floor(steps[real], full[real], floor, what="cached decoding, blocks 4 and 17 skipped")
 
 
 def test_safetensors_cache_matches_the_gguf(default_model):

@@ -8,6 +8,7 @@ almost constant data), with a fixed seed so that a figure is reproducible.
 
     low, high = mean_ci(per_prompt_nll, weights=tokens)
     diff, low, high = paired_diff_ci(kl_a, kl_b, weights=tokens)   # same prompts, both variants
+    ratio, low, high = paired_ratio_ci(acc_variant, acc_original)  # "accuracy kept", same documents
     excludes_zero((low, high))
 """
 
@@ -81,6 +82,53 @@ def paired_diff_ci(a: Sequence[float], b: Sequence[float], weights: Sequence[flo
         raise ValueError("no prompts: a confidence interval needs at least one value")
     point, (low, high) = _bootstrap((va, vb, w), _diff, confidence, n_resamples, seed)
     return point, low, high
+
+
+def _quotient(a, b, axis=-1):
+    num, den = a.mean(axis=axis), b.mean(axis=axis)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def paired_ratio_ci(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE,
+                    n_resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float, float] | None:
+    """(mean(a) / mean(b), low, high) over the same units resampled together (a benchmark's documents: the share
+    of the original's accuracy a variant keeps); None when mean(b) is 0 (nothing to keep)."""
+    va, _ = _arrays(a, None)
+    vb, _ = _arrays(b, None)
+    if len(va) == 0 or len(va) != len(vb):
+        raise ValueError("a ratio interval needs the same non-empty set of units on both sides")
+    if vb.mean() <= 0:
+        return None
+    point, (low, high) = _bootstrap((va, vb, np.ones_like(va)), lambda x, y, w, axis=-1: _quotient(x, y, axis),
+                                    confidence, n_resamples, seed)
+    return point, low, high
+
+
+def stratified_ratio_ci(pairs: Sequence[tuple[Sequence[float], Sequence[float]]], confidence: float = CONFIDENCE,
+                        n_resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float, float] | None:
+    """Macro average over groups (benchmarks): (mean over groups of mean(a), divided by the same of b, low,
+    high), each group's units resampled within the group (a percentile interval: BCa has no stratified form in
+    scipy). None when the denominator is 0."""
+    groups = [(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)) for a, b in pairs]
+    if not groups or any(len(a) == 0 or len(a) != len(b) for a, b in groups):
+        raise ValueError("every group needs the same non-empty set of units on both sides")
+    den = np.mean([b.mean() for _, b in groups])
+    if den <= 0:
+        return None
+    point = float(np.mean([a.mean() for a, _ in groups]) / den)
+    rng = np.random.default_rng(seed)
+    num_s, den_s = np.zeros(n_resamples), np.zeros(n_resamples)
+    for a, b in groups:
+        idx = rng.integers(0, len(a), size=(n_resamples, len(a)))
+        num_s += a[idx].mean(axis=1) / len(groups)
+        den_s += b[idx].mean(axis=1) / len(groups)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(den_s > 0, num_s / np.where(den_s > 0, den_s, 1.0), np.nan)
+    ratios = ratios[np.isfinite(ratios)]
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(ratios, [alpha, 1 - alpha]) if len(ratios) else (point, point)
+    return point, float(min(low, point)), float(max(high, point))
 
 
 def excludes_zero(ci: Sequence[float] | None) -> bool:

@@ -11,6 +11,7 @@
       baselines.json       baseline block sets and their held-out losses
       adapter/             the final adapter (hc.load_adapter(model, "runs/NAME/adapter"))
       eval.json, eval.csv  `hopscotch eval`; bench.json, bench.csv  `hopscotch bench`
+      benchmarks.json      `hopscotch eval --benchmarks`: task accuracy kept (benchmark-scores.jsonl: per document)
       progress.json        the CLI's live progress (step, total, stage, info) while it runs, for the app
       log.txt
 
@@ -52,6 +53,8 @@ ADAPTER_DIR = "adapter"
 EVAL_FILE, EVAL_CSV = "eval.json", "eval.csv"
 EVAL_ANSWERS_FILE = "eval-answers.jsonl"  # generated answers of `hopscotch eval`, kept for its resume
 BENCH_FILE, BENCH_CSV = "bench.json", "bench.csv"
+BENCHMARKS_FILE = "benchmarks.json"  # `hopscotch eval --benchmarks`: accuracy and accuracy kept per benchmark
+BENCHMARK_SCORES_FILE = "benchmark-scores.jsonl"  # its per-document log-likelihoods, kept for resume
 PROGRESS_FILE = "progress.json"
 LOG_FILE = "log.txt"
 

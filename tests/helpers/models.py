@@ -82,6 +82,31 @@ CACHE_KW = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameter
 PROMPT = 12  # prompt length of left_padded_batch
 
 
+def stepwise_logits(model, ids, mask=None, prompt: int = PROMPT):
+    """Prefill `prompt` tokens, then feed the rest one token at a time through one DynamicCache:
+    (logits [B, T, V] of every position, the cache)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    m = (lambda t: None) if mask is None else (lambda t: mask[:, :t])
+    out = [model(ids[:, :prompt], attention_mask=m(prompt), use_cache=True, **{CACHE_KW: cache}).logits]
+    for t in range(prompt, ids.shape[1]):
+        out.append(model(ids[:, t:t + 1], attention_mask=m(t + 1), use_cache=True, **{CACHE_KW: cache}).logits)
+    return torch.cat(out, dim=1), cache
+
+
+def decoding_floor(model, ids, mask=None, prompt: int = PROMPT) -> float:
+    """This machine's rounding floor of `stepwise_logits` against one full forward, on `model` as it is now
+    (call it with nothing skipped): what any skip set's comparison is measured against (helpers/numerics.py)."""
+    from helpers.numerics import max_abs_diff
+
+    with torch.no_grad():
+        steps, _ = stepwise_logits(model, ids, mask, prompt)
+        full = model(ids, attention_mask=mask, use_cache=False).logits
+    real = torch.ones(ids.shape, dtype=torch.bool) if mask is None else mask.bool()
+    return max_abs_diff(steps[real], full[real])
+
+
 def left_padded_batch():
     torch.manual_seed(3)
     ids = torch.randint(3, 101, (3, PROMPT))

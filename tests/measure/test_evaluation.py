@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from helpers.models import make_model, make_tokenizer
+from helpers.runs import finished_run
 
 from hopscotch_core import cli
 
@@ -21,19 +22,7 @@ from hopscotch_core.engine.scaling import attach
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A finished run (given skip set, two trained baselines, rank-2 deltas) on a saved tiny qwen2, with its data file."""
-    root = tmp_path_factory.mktemp("evalrun")
-    model = make_model("qwen2", num_hidden_layers=5)
-    model.save_pretrained(root / "m")
-    make_tokenizer().save_pretrained(root / "m")
-    data = root / "prompts.jsonl"
-    with data.open("w") as f:
-        for i in range(18):
-            f.write(json.dumps({"question": f"what is {i} plus {i + 3}?", "answer": f"so #### {2 * i + 3}"}) + "\n")
-    s = pipeline.RunSettings(model=str(root / "m"), data=str(data), n_calib=10, n_eval=6, max_new_tokens=12,
-                             gen_batch=4, blocks=[1, 3], epochs=1, baselines=["attn-bi", "shortgpt"], device="cpu",
-                             lora_rank=2)  # low-rank deltas too: eval must reproduce the trained variants with them
-    pipeline.run_pipeline(s, root / "runs", "r")
-    return root
+    return finished_run(tmp_path_factory.mktemp("evalrun"))
 
 
 def test_eval_rows_match_the_run_and_their_definitions(finished, capsys):
