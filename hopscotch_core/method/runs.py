@@ -12,6 +12,7 @@
       adapter/             the final adapter (hc.load_adapter(model, "runs/NAME/adapter"))
       eval.json, eval.csv  `hopscotch eval`; bench.json, bench.csv  `hopscotch bench`
       benchmarks.json      `hopscotch eval --benchmarks`: task accuracy kept (benchmark-scores.jsonl: per document)
+      answers-kept.json    `hopscotch eval --tasks answers`: share of the original's right answers kept (+ .jsonl)
       progress.json        the CLI's live progress (step, total, stage, info) while it runs, for the app
       log.txt
 
@@ -55,6 +56,8 @@ EVAL_ANSWERS_FILE = "eval-answers.jsonl"  # generated answers of `hopscotch eval
 BENCH_FILE, BENCH_CSV = "bench.json", "bench.csv"
 BENCHMARKS_FILE = "benchmarks.json"  # `hopscotch eval --benchmarks`: accuracy and accuracy kept per benchmark
 BENCHMARK_SCORES_FILE = "benchmark-scores.jsonl"  # its per-document log-likelihoods, kept for resume
+ANSWERS_KEPT_FILE = "answers-kept.json"  # `hopscotch eval --tasks answers`: the original's right answers kept
+ANSWERS_KEPT_TEXTS = "answers-kept.jsonl"  # its generated answers, kept for resume
 PROGRESS_FILE = "progress.json"
 LOG_FILE = "log.txt"
 
