@@ -110,6 +110,17 @@ elif st.session_state.get("cmp_result"):
     res = st.session_state["cmp_result"]
     render(res["a"], res["b"], res["label"], True)
 
+if run is not None and problem is None:  # one answer in proportion: how often answers survive this skip set
+    from hopscotch_core.measure import answers as answers_kept, benchmarks
+
+    lines = compare.survival(answers_kept.read(run.dir), benchmarks.read(run.dir), scales is not None)
+    if lines and sorted(skip) == sorted(run_blocks):
+        st.info("**How often answers survive** (the run's measurements): " + " ".join(lines),
+                icon=":material/fact_check:")
+    elif sorted(skip) == sorted(run_blocks):
+        st.caption(f"How often this run's answers survive is not measured yet: `hopscotch eval --run {run.name} "
+                   "--tasks answers` (and `--benchmarks olmes` for task accuracy kept).")
+
 DRIFT_SLOTS = "cmp_drift_slots"  # [[measurement key, figure, last shown]]: the drift figures the browser holds
 N_SLOTS = 2
 

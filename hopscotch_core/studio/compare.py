@@ -308,3 +308,32 @@ def estimate(model, skipped: Iterable[int] = (), contexts: Sequence[int] = (128,
                     "kv_cache_bytes_skipped": kv([i for i in range(ad.num_layers) if i not in skipped]),
                     "param_bytes_original": params, "param_bytes_compact": compact})
     return out
+
+
+def survival(answers_kept: dict | None, bench: dict | None, scaled: bool) -> list[str]:
+    """Sentences that put one side-by-side answer in proportion: how often the run's skip set keeps the original's
+    right answers (answers-kept.json) and its benchmark accuracy (benchmarks.json), for the trained variant when
+    `scaled`, else the unscaled one; [] when the run has neither file."""
+    variant = "hopscotch" if scaled else "hopscotch-unscaled"
+    lines = []
+    for name, p in ((answers_kept or {}).get("probes") or {}).items():
+        f, o = p["variants"].get(variant), p["variants"].get("original")
+        if f is None or o is None:
+            continue
+        what = ("generated one-step arithmetic and word problems" if name == "arithmetic"
+                else "held-out GSM8K prompts" if name == "gsm8k" else name)
+        if f.get("kept") is None:
+            lines.append(f"On {p['questions']} {what} the original answers none correctly, so there is nothing "
+                         "to keep.")
+            continue
+        lo, hi = f["kept_ci"]
+        lines.append(f"On {p['questions']} {what} the original answers {o['kept_of']} correctly; this skip set "
+                     f"({'trained' if scaled else 'unscaled'}) still answers {f['kept']:.0%} of those correctly "
+                     f"(95% interval {lo:.0%}–{hi:.0%}), and {f['acc']:.0%} of all (the original: {o['acc']:.0%}).")
+    avg = ((bench or {}).get("average") or {}).get("variants", {}).get(variant)
+    if avg and avg.get("kept") is not None:
+        lo, hi = avg["kept_ci"]
+        n = len(bench["average"]["benchmarks"])
+        lines.append(f"On {n} multiple-choice benchmarks it keeps {avg['kept']:.1%} of the original's accuracy "
+                     f"(95% interval {lo:.1%}–{hi:.1%}).")
+    return lines
