@@ -16,7 +16,8 @@ Data, two sources behind one scorer:
   `label`. Requests with doc_id >= 1,000,000 are OLMES' unconditional ones (for PMI normalisation) and are not
   used. `HOPSCOTCH_OLMES_DIR` points at another folder of the same layout.
 - online: any multiple-choice task of lm-evaluation-harness (`pip install lm_eval`, its datasets from the Hugging
-  Face Hub): the task's own requests, scored the same way.
+  Face Hub): the task's own requests (context, continuation, gold choice), scored the same way; your own task
+  YAML files too, from the folders in $HOPSCOTCH_LM_EVAL_TASKS.
 `olmes` stands for the six benchmarks of the OLMES core set used here (OLMES, Gu et al., 2024, arXiv 2406.08446):
 arc_easy, arc_challenge, hellaswag, piqa, winogrande, boolq, in their ranked-classification (RC) form.
 
@@ -199,24 +200,32 @@ def _read_olmes(path: Path, limit: int | None) -> list[Doc]:
     return docs
 
 
+def _task_manager():
+    """lm-eval's TaskManager over its own tasks, plus the folders in $HOPSCOTCH_LM_EVAL_TASKS (os.pathsep-separated:
+    your own task YAML files)."""
+    from lm_eval.tasks import TaskManager
+
+    extra = [p for p in os.environ.get("HOPSCOTCH_LM_EVAL_TASKS", "").split(os.pathsep) if p]
+    return TaskManager(verbosity="ERROR", include_path=extra or None)
+
+
 def _lm_eval_knows(name: str) -> bool:
     try:
-        from lm_eval.tasks import TaskManager
-
-        return name in TaskManager().all_tasks
+        return name in _task_manager().all_tasks
     except Exception:  # noqa: BLE001 - an lm-eval that cannot even list its tasks knows none
         return False
 
 
 def _read_lm_eval(name: str, shots: int, limit: int | None) -> tuple[list[Doc], str]:
     """An lm-evaluation-harness multiple-choice task's own requests (its dataset from the Hub)."""
-    from lm_eval.tasks import TaskManager, get_task_dict
+    from lm_eval.tasks import get_task_dict
 
-    task = get_task_dict([name], TaskManager())[name]
+    task = get_task_dict([name], _task_manager())[name]
     if getattr(task, "OUTPUT_TYPE", None) != "multiple_choice":
         raise BenchmarkError(f"lm-eval task {name!r} is {getattr(task, 'OUTPUT_TYPE', '?')}; only "
                              "multiple-choice tasks are scored by log-likelihood here")
-    task.set_config(key="num_fewshot", value=shots)
+    if shots:
+        task.set_config(key="num_fewshot", value=shots)
     task.build_all_requests(limit=limit, rank=0, world_size=1)
     by_doc: dict[int, dict[int, tuple[str, str]]] = {}
     labels: dict[int, int] = {}

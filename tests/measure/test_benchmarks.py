@@ -247,3 +247,16 @@ def test_the_installed_olmes_files_hold_the_six_benchmarks(monkeypatch):
         assert [d.doc_id for d in b.docs] == list(range(5))
         assert all(0 <= d.label < len(d.requests) for d in b.docs)
     assert len(benchmarks.load("arc_challenge").docs) == 299
+
+
+def test_an_lm_eval_task_goes_through_the_same_scorer(monkeypatch):
+    """The online source: an lm-eval multiple-choice task (here a local YAML over the fixture's ARC-Easy documents,
+    so no Hub is needed) gives the OLMES file's requests, hence the same documents and scores."""
+    pytest.importorskip("lm_eval")
+    monkeypatch.setenv("HOPSCOTCH_LM_EVAL_TASKS", str(FIXTURE.parent / "lm_eval_tasks"))
+    assert benchmarks.check("arc_easy_fixture,arc_easy") == ["arc_easy_fixture", "arc_easy"]
+    via_lm_eval, olmes = benchmarks.load("arc_easy_fixture", limit=4), benchmarks.load("arc_easy", limit=4)
+    assert "lm-evaluation-harness" in via_lm_eval.source
+    assert [(d.requests, d.label) for d in via_lm_eval.docs] == [(d.requests, d.label) for d in olmes.docs]
+    with pytest.raises(benchmarks.BenchmarkError, match="unknown benchmark.*no_such_task"):
+        benchmarks.check("no_such_task")
