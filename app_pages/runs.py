@@ -6,7 +6,7 @@ from functools import partial
 import pandas as pd
 import streamlit as st
 
-from app_pages import exports, jobpanel, state, ui
+from app_pages import benchjobs, exports, jobpanel, state, ui
 from hopscotch_core.method import runs
 from hopscotch_core.studio import commands, figures, jobs
 from hopscotch_core.studio.report import build_report
@@ -94,7 +94,7 @@ if m:
                        mime="text/html", key="runs_report", on_click="ignore", icon=":material/download:",
                        help="One self-contained HTML file with every figure and table of this run, interactive, "
                             "opens offline in any browser (also `hopscotch report --run NAME`). Made on click.")
-    tabs = st.tabs(["Results", "Fidelity", "Speed", "Settings", "Log", "Export"])
+    tabs = st.tabs(["Results", "Fidelity", "Benchmarks", "Speed", "Settings", "Log", "Export"])
     with tabs[0]:
         res = m.get("results") or {}
         cols = st.columns(4)
@@ -133,18 +133,20 @@ if m:
         else:
             st.info("Not evaluated yet.")
     with tabs[2]:
+        benchjobs.benchmarks_tab(run, stem)
+    with tabs[3]:
         bench = run.bench()
         if bench:
             st.caption(f"`hopscotch bench` on {bench.get('device')} ({bench.get('dtype')}).")
             st.dataframe(pd.DataFrame(bench["rows"]), hide_index=True)
         else:
             st.info("No speed measurements in this run (`hopscotch bench --run NAME` writes bench.json).")
-    with tabs[3]:
+    with tabs[4]:
         st.code(json.dumps({k: m.get(k) for k in ("settings", "model", "versions", "data", "created", "updated")},
                            indent=2, default=str), language="json")
-    with tabs[4]:
-        st.code(run.log(40) or status.get("log") or "(empty)", language=None)
     with tabs[5]:
+        st.code(run.log(40) or status.get("log") or "(empty)", language=None)
+    with tabs[6]:
         exports.run_export(run)
 
 st.subheader("Compare runs")

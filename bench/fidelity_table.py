@@ -14,7 +14,9 @@ each skip set, hopscotch vs each baseline) with their 95% intervals; **bold** wi
 
 `--readme`: the README's short table instead: the original, and per run Hopscotch unscaled and trained and each
 trained baseline, with KL, top-1 and final-answer agreement and their intervals, and the decode speed-up of the
-skip set at context 512 where a run's bench.json (`hopscotch bench --run NAME [--also-k K]`) measured it.
+skip set at context 512 where a run's bench.json (`hopscotch bench --run NAME [--also-k K]`) measured it; where some
+run has a benchmarks.json (`hopscotch eval --run NAME --benchmarks olmes`), a last column with the accuracy kept
+averaged over its benchmarks and its 95% interval ("–" for a run without one).
 """
 
 from __future__ import annotations
@@ -119,12 +121,34 @@ def decode_speedups(results: list[tuple[str, dict]], context: int = 512) -> dict
     return out
 
 
+def benchmark_averages(paths: list[str]) -> dict[str, dict]:
+    """Run path -> the average over benchmarks of its benchmarks.json (`hopscotch eval --run NAME --benchmarks
+    olmes`): {"benchmarks": [...], "variants": {variant: {"acc_per_char", "kept", "kept_ci"}}}, with the file's
+    documents, shots and source; runs without the file (or without an average) are left out."""
+    out = {}
+    for p in paths:
+        f = Path(p) / "benchmarks.json"
+        if not f.is_file():
+            continue
+        res = json.loads(f.read_text())
+        avg = res.get("average") or {}
+        if avg.get("variants"):
+            entries = res.get("benchmarks") or {}
+            out[p] = {**avg, "docs": sorted({e.get("docs") for e in entries.values()} - {None}),
+                      "shots": sorted({e.get("shots") for e in entries.values()} - {None}),
+                      "source": res.get("source", "?")}
+    return out
+
+
 def readme(paths: list[str]) -> None:
     results = load(paths)
     speed = decode_speedups(results)
+    kept = benchmark_averages(paths)  # a column only when some run has benchmarks.json
+    counts = sorted({len(a["benchmarks"]) for a in kept.values()})
+    head = f" accuracy kept (avg of {'/'.join(map(str, counts))} benchmarks) |" if kept else ""
     print("| variant (k attention blocks skipped of 30) | KL(original ‖ variant) | top-1 agreement | "
-          "final-answer agreement | decode speed-up, ctx 512 |")
-    print("|---|---|---|---|---|")
+          "final-answer agreement | decode speed-up, ctx 512 |" + head)
+    print("|---|---|---|---|---|" + ("---|" if kept else ""))
     first = True
     for p, res in results:
         for r in res["rows"]:
@@ -135,11 +159,21 @@ def readme(paths: list[str]) -> None:
             first = False
             what = "original" if r["variant"] == "original" else f"k = {r['k']}: {label(r)} ({' '.join(map(str, r['attention']))})"
             up = 1.0 if r["variant"] == "original" else speed.get(tuple(sorted(r["attention"])))
+            tail = ""
+            if kept:
+                a = (kept.get(p) or {}).get("variants", {}).get(r["variant"]) or {}
+                tail = (" 1.000 |" if r["variant"] == "original" and a else
+                        f" {with_ci(a.get('kept'), a.get('kept_ci'), '.3f')} |")
             print(f"| {what} | {with_ci(r['kl'], r.get('kl_ci'), '.3f')} | "
                   f"{with_ci(r['agreement'], r.get('agreement_ci'), '.3f')} | "
                   f"{with_ci(r.get('answer_agreement'), r.get('answer_agreement_ci'), '.2f')} | "
-                  f"{'–' if up is None or r['mlp'] else f'{up:.2f}×'} |")
+                  f"{'–' if up is None or r['mlp'] else f'{up:.2f}×'} |" + tail)
     sources(results)
+    for p, a in kept.items():
+        print(f"<!-- {p}: accuracy kept = acc_per_char of the variant ÷ the original's, averaged over "
+              f"{', '.join(a['benchmarks'])} ({'/'.join(map(str, a['docs']))} documents each, "
+              f"{'/'.join(map(str, a['shots']))}-shot, {a['source']}); 95% bootstrap interval, documents "
+              "resampled within each benchmark -->")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
     shown(args, nproc=2)                                   # "OMP_NUM_THREADS=N torchrun ... -m hopscotch_core run ..."
     command_line(manifest, "runs")                         # the command that made (or resumes) a run
     export_args("gguf", "out/", run="my-run", runs_dir="runs", quant="q8_0")   # hopscotch export ... as a job
+    benchmark_args("my-run", "runs", ["arc_easy", "piqa"], limit=200, shots=0)  # hopscotch eval --benchmarks ...
 
 No torch import, no process started here: jobs.py starts them.
 """
@@ -101,6 +102,18 @@ def export_args(fmt: str, out: str | os.PathLike, *, run: str | None = None, run
         args += ["--quant", quant]
     args += ["--out", str(out)] + (["--force"] if force else [])
     return args
+
+
+def benchmark_args(run: str, runs_dir: str | os.PathLike, names: list[str] | tuple[str, ...], limit: int | None = None,
+                   shots: int = 0, progress_file: bool = False) -> list[str]:
+    """`eval` arguments that score run `run` of `runs_dir` on multiple-choice benchmarks (`names`, the first `limit`
+    documents of each, `shots`-shot) into RUN/benchmarks.json; `progress_file`: the CLI keeps RUN/progress.json
+    current (the app's live view of the job)."""
+    args = ["eval", "--run", run, "--runs-dir", str(runs_dir), "--benchmarks", ",".join(names)]
+    if limit is not None:
+        args += ["--limit", str(int(limit))]
+    args += ["--shots", str(int(shots))]
+    return args + (["--progress-file"] if progress_file else [])
 
 
 def _join(args: list[str]) -> str:

@@ -405,3 +405,57 @@ def fidelity(table: pd.DataFrame, title: str = "Fidelity to the original model (
     # room above the panels' own titles for the title and its note (centred in the top margin)
     fig.update_layout(margin={"t": 110 if has_ci else 90})
     return fig
+
+
+# ------------------------------------------------------------------------------------------------ benchmarks
+def _method(variant: str) -> str:
+    return variant.removesuffix("-unscaled")
+
+
+def benchmarks(table: pd.DataFrame, title: str = "Benchmarks: accuracy and accuracy kept") -> go.Figure:
+    """Multiple-choice benchmarks side by side (runview.benchmark_table: one row per benchmark and variant, the
+    average over benchmarks as benchmark "average"). Top: acc_per_char per benchmark (x), one bar per variant,
+    error bars from acc_per_char_ci; bottom: accuracy kept (variant ÷ original, acc_per_char on the same
+    documents) of every variant but the original, error bars from kept_ci, a dashed line at 1 (the original).
+    One colour per method (the original grey); a skip set's unscaled variant is the same colour, hatched."""
+    if table is None or not len(table):
+        return _empty(title, "no benchmarks scored")
+    order = list(dict.fromkeys(table["benchmark"]))
+    x_order = [b for b in order if b != "average"] + (["average"] if "average" in order else [])
+    variants = list(dict.fromkeys(table["variant"]))
+    methods = [m for m in dict.fromkeys(_method(v) for v in variants) if m != "original"]
+    colors = {"original": "#7f7f7f", **{m: _color(i) for i, m in enumerate(methods)}}
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1, row_heights=[0.55, 0.45],
+                        subplot_titles=("accuracy (acc_per_char)", "accuracy kept (variant ÷ original)"))
+    has_ci = False
+    for variant in variants:
+        part = table[table["variant"] == variant].set_index("benchmark")
+        xs = [b for b in x_order if b in part.index]
+        style = {"marker_color": colors[_method(variant)], "legendgroup": variant,
+                 "marker_pattern_shape": "/" if variant.endswith("-unscaled") else ""}
+        for row, metric in ((1, "acc_per_char"), (2, "kept")):
+            if row == 2 and variant == "original":
+                continue
+            y = [part.at[b, metric] for b in xs]
+            y = [float(v) if isinstance(v, (int, float)) and v == v else None for v in y]
+            cis = [part.at[b, f"{metric}_ci"] for b in xs]
+            err = error_bars(y, cis)
+            has_ci |= err is not None
+            extra: dict = {}
+            if err is not None:  # the interval in the hover text (y - arrayminus .. y + array)
+                extra["customdata"] = [[v - m, v + p] if p is not None else [None, None]
+                                       for v, m, p in zip(y, err["arrayminus"], err["array"])]
+            ci_hover = " [%{customdata[0]:.3f}, %{customdata[1]:.3f}]" if err is not None else ""
+            label = "acc_per_char" if metric == "acc_per_char" else "kept"
+            fig.add_trace(go.Bar(x=xs, y=y, name=variant, showlegend=row == 1, error_y=err, **style, **extra,
+                                 hovertemplate=f"%{{x}}<br>{variant}<br>{label} %{{y:.3f}}{ci_hover}"
+                                               "<extra></extra>"), row=row, col=1)
+    fig.add_hline(y=1.0, line_dash="dash", line_color="#555", row=2, col=1)
+    if has_ci:
+        title = f"{title}<br><sup>error bars: 95% bootstrap intervals over documents (kept: paired)</sup>"
+    fig.update_yaxes(title_text="acc_per_char", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title_text="kept", rangemode="tozero", row=2, col=1)
+    fig.update_xaxes(title_text="benchmark", row=2, col=1)
+    fig.update_layout(title=title, barmode="group", height=560, **_LAYOUT)
+    fig.update_layout(margin={"t": 110 if has_ci else 90})
+    return fig

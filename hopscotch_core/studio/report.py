@@ -8,7 +8,8 @@ once; tables sort on a header click; each figure's numbers as a CSV link). Opens
 
 Sections: results (key numbers, time per stage), selection (elbow, candidate map, fast mode's shortlist map, the
 rounds), scale training (loss curves, the learned scalars of every trained set), fidelity (eval.json's table and
-per-layer MMD of every variant, else the run's own evaluation), speed (bench.json), settings and log. The figures
+per-layer MMD of every variant, else the run's own evaluation), benchmarks (benchmarks.json: accuracy and accuracy
+kept per benchmark and variant), speed (bench.json), settings and log. The figures
 are the app's (hopscotch_core.studio.figures) from the same RunView readers. A section whose files are not there yet (a
 run still going, stopped, or never evaluated) says so in one line.
 """
@@ -32,7 +33,7 @@ from .figexport import figure_csv, file_stem
 from ..fileio import atomic_write
 from .commands import command_line
 from ..method.runs import MANIFEST, RunError
-from .runview import RunView, diff_table
+from .runview import RunView, benchmark_table, diff_table, intervals_as_text
 
 
 @dataclass
@@ -176,6 +177,27 @@ def _sections(run: RunView) -> list[_Section]:
                          "`hopscotch eval --run NAME`).")
     out.append(sec)
 
+    # ------------------------------------------------------------------------------------------ benchmarks
+    sec = _Section("Benchmarks")
+    bm = run.benchmarks()
+    table = benchmark_table(bm)
+    if len(table):
+        avg = (bm.get("average") or {}).get("benchmarks") or []
+        sec.items.append(_Figure("benchmarks", figures.benchmarks(table),
+                                 "Accuracy per benchmark (acc_per_char) and accuracy kept (variant ÷ original on "
+                                 "the same documents) of every variant; error bars: 95% bootstrap intervals."))
+        sec.items.append(_Table(intervals_as_text(table, 4),
+                                f"`hopscotch eval --benchmarks` on {bm.get('source', '?')}: multiple-choice benchmarks "
+                                "scored by log-likelihood (OLMES ranked-classification form); acc: the most likely "
+                                "choice is the gold one, acc_per_char: the same per character of the choice (OLMES' "
+                                "primary metric); kept: acc_per_char of the variant ÷ the original's on the same "
+                                "documents; `_ci`: 95% bootstrap interval over the documents (kept: paired)."
+                                + (f" average: over {', '.join(avg)}." if avg else "")))
+    else:
+        sec.items.append("Not available: no benchmarks.json (`hopscotch eval --run NAME --benchmarks olmes --limit "
+                         "200` writes it).")
+    out.append(sec)
+
     # ------------------------------------------------------------------------------------------ speed
     sec = _Section("Speed and memory")
     bench = run.bench()
@@ -206,7 +228,7 @@ def _sections(run: RunView) -> list[_Section]:
 
 def report_figures(run_dir: str | os.PathLike) -> dict[str, go.Figure]:
     """Every figure the report of `run_dir` draws, by key (elbow, candidates, shortlist, loss, scalars-FOLDER,
-    fidelity, mmd-VARIANT), in report order."""
+    fidelity, mmd-VARIANT, benchmarks), in report order."""
     return {it.key: it.fig for sec in _sections(_open(run_dir)) for it in sec.items if isinstance(it, _Figure)}
 
 
@@ -249,6 +271,8 @@ document.querySelectorAll("table.hs").forEach(function(t){
 
 
 def _fmt(v: Any) -> str:
+    if isinstance(v, float) and v != v:  # NaN: no value
+        return "–"
     if isinstance(v, float):
         return f"{v:.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
     return "" if v is None else str(v)

@@ -2,18 +2,20 @@
 
     v = RunView("runs/my-run")
     v.manifest, v.rounds(), v.scores(), v.overlay(), v.epochs(), v.scales("scales", epoch=2), v.fidelity()
+    benchmark_table(v.benchmarks())                    # one row per benchmark x variant, then the averages
     list_runs("runs", examples=["assets/example-run"])    # one dict per run, examples first
 
 Every reader accepts a run that is still being written (a live job) or that lacks optional files (eval.json,
-bench.json from the measurement commands; baselines): it returns an empty table or None, never raises for a
-missing file. A run's files are described in runs.py; eval.json / bench.json are read when their
-format_version is 1.
+bench.json / benchmarks.json from the measurement commands; baselines): it returns an empty table or None, never
+raises for a missing file. A run's files are described in runs.py; eval.json / bench.json / benchmarks.json are
+read when their format_version is 1.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import time
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -94,6 +96,84 @@ def fidelity_diffs(views: list[RunView], metrics: tuple[str, ...] = DIFF_METRICS
     if not parts:
         return diff_table([], metrics)
     return pd.concat(parts, ignore_index=True)
+
+
+BENCHMARK_COLUMNS = ("benchmark", "variant", "docs", "acc", "acc_ci", "acc_per_char", "acc_per_char_ci", "kept",
+                     "kept_ci")
+AVERAGE = "average"  # the benchmark label of the rows that average over benchmarks
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def benchmark_table(result: dict | None) -> pd.DataFrame:
+    """benchmarks.json (measure.benchmarks) as a tidy table: one row per benchmark and variant (benchmark, variant,
+    docs, acc, acc_ci, acc_per_char, acc_per_char_ci, kept, kept_ci; intervals [low, high] or None), in the file's
+    order, then one row per variant of the average over benchmarks (benchmark "average": docs summed over the
+    averaged benchmarks, acc_per_char their macro mean, kept with its stratified interval; no acc there).
+    `kept` = acc_per_char of the variant / the original's on the same documents. Empty (with the columns) for
+    None or a file without benchmarks."""
+    rows: list[dict] = []
+    entries = (result or {}).get("benchmarks") or {}
+    for name, e in entries.items():
+        if not isinstance(e, dict):
+            continue
+        for variant, f in (e.get("variants") or {}).items():
+            rows.append({"benchmark": name, "variant": variant, "docs": e.get("docs"),
+                         "acc": _number(f.get("acc")), "acc_ci": _interval(f.get("acc_ci")),
+                         "acc_per_char": _number(f.get("acc_per_char")),
+                         "acc_per_char_ci": _interval(f.get("acc_per_char_ci")),
+                         "kept": _number(f.get("kept")), "kept_ci": _interval(f.get("kept_ci"))})
+    avg = (result or {}).get("average") or {}
+    docs = sum(int(entries[n].get("docs") or 0) for n in avg.get("benchmarks") or [] if n in entries)
+    for variant, f in (avg.get("variants") or {}).items():
+        rows.append({"benchmark": AVERAGE, "variant": variant, "docs": docs or None, "acc": None, "acc_ci": None,
+                     "acc_per_char": _number(f.get("acc_per_char")), "acc_per_char_ci": None,
+                     "kept": _number(f.get("kept")), "kept_ci": _interval(f.get("kept_ci"))})
+    return pd.DataFrame(rows, columns=list(BENCHMARK_COLUMNS))
+
+
+def intervals_as_text(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """A copy of `table` for display: numbers rounded to `digits`, intervals (columns *_ci) as `[low, high]`,
+    missing ones as "–"."""
+    def interval(v: Any) -> str:
+        ci = _interval(v)
+        return "–" if ci is None else f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+    out = table.copy()
+    for col in out.columns:
+        if str(col).endswith("_ci"):
+            out[col] = out[col].map(interval)
+        elif pd.api.types.is_float_dtype(out[col]):
+            out[col] = out[col].round(digits)
+    return out
+
+
+def benchmarks_job(run: RunView) -> str:
+    """The name of a run's benchmark job (`hopscotch eval --benchmarks ...`; one at a time per run)."""
+    return f"{run.name}.benchmarks"
+
+
+def benchmarks_status(run: RunView) -> dict:
+    """jobs.status of the run's benchmark job, with step, total and fraction from the run's progress.json while it
+    runs (the eval writes it there, not under the job's name; an older file of another stage is not read)."""
+    out = jobs.status(run.dir.parent, benchmarks_job(run))
+    if not out["alive"]:
+        return out
+    prog = run._json(runs.PROGRESS_FILE)
+    rec = jobs.record(run.dir.parent, benchmarks_job(run)) or {}
+    try:
+        started = time.mktime(time.strptime(str(rec.get("started")), "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        started = None
+    if (isinstance(prog, dict) and str(prog.get("stage", "")).startswith("eval")
+            and (started is None or float(prog.get("time") or 0) >= started - 1)):
+        step, total = prog.get("step"), prog.get("total")
+        out = {**out, "step": step, "total": total, "info": prog.get("info") or {}, "stage": prog.get("stage")}
+        if isinstance(step, (int, float)) and isinstance(total, (int, float)) and total > 0:
+            out["fraction"] = max(0.0, min(1.0, step / total))
+    return out
 
 
 class RunView:
@@ -335,6 +415,17 @@ class RunView:
     def bench(self) -> dict | None:
         obj = self._json(runs.BENCH_FILE)
         return obj if _rows(obj) is not None else None
+
+    def benchmarks(self) -> dict | None:
+        """benchmarks.json (`hopscotch eval --benchmarks`, measure.benchmarks) as written, or None when absent,
+        unreadable or of another format_version; benchmark_table() makes it a table."""
+        from ..measure import benchmarks
+
+        try:
+            res = benchmarks.read(self.dir)
+        except RunError:
+            return None
+        return res if res is not None and res.get("format_version") == benchmarks.FORMAT_VERSION else None
 
     def fidelity(self) -> pd.DataFrame:
         """One row per variant: variant, blocks, nll, kl, agreement (and more columns from eval.json)."""

@@ -45,6 +45,8 @@ def expected_keys(run: Path) -> list[str]:
         keys += ["fidelity"] + [f"mmd-{v}" for v in ev.get("layer_mmd", {})]
     elif (m.get("results") or {}).get("eval_loss_trained") is not None:
         keys += ["fidelity"]
+    if (run / "benchmarks.json").is_file() and json.loads((run / "benchmarks.json").read_text()).get("benchmarks"):
+        keys += ["benchmarks"]
     return keys
 
 
@@ -64,8 +66,8 @@ def test_the_report_holds_every_figure_and_table_of_a_run(run, world):
     assert not re.search(r"<(script|link|img)[^>]+(src|href)=\"(https?:)?//", html)
     m = json.loads((run / "manifest.json").read_text())
     assert f"Hopscotch run: {m['name']}" in html and " ".join(str(b) for b in m["selected"]) in html
-    for section in ("Results", "Selection", "Scale training", "Fidelity to the original model", "Speed and memory",
-                    "Settings"):
+    for section in ("Results", "Selection", "Scale training", "Fidelity to the original model", "Benchmarks",
+                    "Speed and memory", "Settings"):
         assert f"<h2>{section}</h2>" in html
     ev = json.loads((run / "eval.json").read_text()) if (run / "eval.json").is_file() else {}
     for r in ev.get("rows", []):  # intervals as [low, high] in the fidelity table, when eval.json has them
@@ -101,7 +103,7 @@ def test_a_partial_run_gets_not_available_lines(world, tmp_path):
     html = build_report(run)
     assert figure_keys(html) == [] and report_figures(run) == {}
     for line in ("no selection round has finished yet", "no training epoch has finished yet",
-                 "the run has not been evaluated yet", "no bench.json"):
+                 "the run has not been evaluated yet", "no bench.json", "Not available: no benchmarks.json"):
         assert line in html
     only = tmp_path / "only-manifest"
     only.mkdir()
@@ -109,6 +111,41 @@ def test_a_partial_run_gets_not_available_lines(world, tmp_path):
     assert "Not available" in build_report(only)
     with pytest.raises(RunError, match="not a run directory"):
         build_report(tmp_path)
+
+
+def test_the_report_shows_benchmarks_json_as_a_table_and_a_figure(world, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOPSCOTCH_OLMES_DIR", str(ROOT / "tests" / "assets" / "olmes"))
+    runs = tmp_path / "runs"
+    shutil.copytree(world.example, runs / "scored")
+    (runs / "scored" / "benchmarks.json").unlink(missing_ok=True)
+    assert "Not available: no benchmarks.json" in build_report(runs / "scored")
+    assert cli.main(["eval", "--run", "scored", "--runs-dir", str(runs), "--benchmarks", "arc_easy,boolq",
+                     "--limit", "3", "--variants", "hopscotch"]) == 0
+    run = runs / "scored"
+    html = build_report(run)
+    keys = expected_keys(run)
+    assert keys[-1] == "benchmarks" and figure_keys(html) == keys == list(report_figures(run))
+    assert "<h2>Benchmarks</h2>" in html and "Not available: no benchmarks.json" not in html
+    raw = json.loads((run / "benchmarks.json").read_text())
+    section = html[html.index("<h2>Benchmarks</h2>"):html.index("<h2>Speed and memory</h2>")]
+    rows = re.findall(r"<tr>(.*?)</tr>", section)
+    cells = [c for c in (re.findall(r"<td>(.*?)</td>", r) for r in rows) if c]
+    assert [(c[0], c[1]) for c in cells] == [(b, v) for b in ("arc_easy", "boolq", "average")
+                                             for v in ("original", "hopscotch")]
+    for c in cells:  # per char accuracy and kept with its interval, as the file has them (4 digits)
+        f = raw["average" if c[0] == "average" else "benchmarks"]
+        f = (f["variants"] if c[0] == "average" else f[c[0]]["variants"])[c[1]]
+        assert float(c[5]) == pytest.approx(f["acc_per_char"], abs=5e-5)
+        if f["kept"] is None:  # the original scored 0 there: no share to keep
+            assert c[7] == c[8] == "–"
+        else:
+            lo, hi = f["kept_ci"]
+            assert float(c[7]) == pytest.approx(f["kept"], abs=5e-5) and c[8] == f"[{lo:.4f}, {hi:.4f}]"
+        assert c[2] == str(raw["benchmarks"][c[0]]["docs"] if c[0] != "average" else 6)
+    fig = report_figures(run)["benchmarks"]
+    import base64
+
+    assert base64.b64encode(figexport.figure_csv(fig).encode()).decode() in section
 
 
 def test_cli_report_writes_the_file_and_refuses_an_unknown_run(world, tmp_path, capsys):
