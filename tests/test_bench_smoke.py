@@ -26,6 +26,7 @@ SHARED = {"benchargs.py"}  # argument code the scripts import, not a benchmark
 RESULT = {
     "answer_lengths.py": r'"n": 2, "cap": 96.*\n\| cap \| 96 \|',
     "bench_app.py": r"\| launch -> Model page drawn \(s\) \| \d+\.\d+ .*\n(.*\n)*\| Compare just opened: side by side, modified .*\d+\.\d+",
+    "bench_benchmarks.py": r"\| arc_easy \| 4 \| \d+% \| \d+\.\d+ \| \d+\.\d+ \| \d+\.\d+x \| shared \|(.*\n)*\| winogrande \| 4 \| 0% \|",
     "bench_distributed.py": r"2x1 +2 x 1 +\d+\.\d+ +\d+\.\d+(.*\n)*selected \[\d+\] in every variant; 30 scores agree "
                             r"within 1e-5: True(.*\n)*exchanges on 2 gloo ranks",
     "bench_export.py": r"\| tiny \| [\d.]+ M \| float32 \| \d+ \| hf \|(.*\n)*\| tiny \| [\d.]+ M \| float32 \| \d+ \| "
