@@ -4,6 +4,7 @@
     .venv/bin/python bench/fidelity_table.py assets/example-run-k4 assets/example-run
     .venv/bin/python bench/fidelity_table.py --smoke        # the same (the smallest setting, CI)
     .venv/bin/python bench/fidelity_table.py --readme assets/example-run-k4 assets/example-run   # README's table
+    .venv/bin/python bench/fidelity_table.py --benchmarks assets/example-run-k4 assets/example-run   # per benchmark
 
 First table, one row per variant and k: held-out NLL of the original model's own answers, KL(original || variant),
 top-1 agreement (teacher-forced), final-answer agreement of greedy generations with the original's, each with its
@@ -16,7 +17,10 @@ each skip set, hopscotch vs each baseline) with their 95% intervals; **bold** wi
 trained baseline, with KL, top-1 and final-answer agreement and their intervals, and the decode speed-up of the
 skip set at context 512 where a run's bench.json (`hopscotch bench --run NAME [--also-k K]`) measured it; where some
 run has a benchmarks.json (`hopscotch eval --run NAME --benchmarks olmes`), a last column with the accuracy kept
-averaged over its benchmarks and its 95% interval ("–" for a run without one).
+averaged over its benchmarks and its 95% interval ("–" for a run without one), right after the variant.
+
+`--benchmarks`: per benchmark, the original's acc_per_char and each variant's with its accuracy kept, from the
+runs' benchmarks.json (the README's and measurements' benchmark table).
 """
 
 from __future__ import annotations
@@ -146,8 +150,8 @@ def readme(paths: list[str]) -> None:
     kept = benchmark_averages(paths)  # a column only when some run has benchmarks.json
     counts = sorted({len(a["benchmarks"]) for a in kept.values()})
     head = f" accuracy kept (avg of {'/'.join(map(str, counts))} benchmarks) |" if kept else ""
-    print("| variant (k attention blocks skipped of 30) | KL(original ‖ variant) | top-1 agreement | "
-          "final-answer agreement | decode speed-up, ctx 512 |" + head)
+    print("| variant (k attention blocks skipped of 30) |" + head + " KL(original ‖ variant) | top-1 agreement | "
+          "final-answer agreement | decode speed-up, ctx 512 |")
     print("|---|---|---|---|---|" + ("---|" if kept else ""))
     first = True
     for p, res in results:
@@ -159,15 +163,15 @@ def readme(paths: list[str]) -> None:
             first = False
             what = "original" if r["variant"] == "original" else f"k = {r['k']}: {label(r)} ({' '.join(map(str, r['attention']))})"
             up = 1.0 if r["variant"] == "original" else speed.get(tuple(sorted(r["attention"])))
-            tail = ""
-            if kept:
+            lead = ""
+            if kept:  # the field's measure first: the share of the original's benchmark accuracy kept
                 a = (kept.get(p) or {}).get("variants", {}).get(r["variant"]) or {}
-                tail = (" 1.000 |" if r["variant"] == "original" and a else
+                lead = (" 1.000 |" if r["variant"] == "original" and a else
                         f" {with_ci(a.get('kept'), a.get('kept_ci'), '.3f')} |")
-            print(f"| {what} | {with_ci(r['kl'], r.get('kl_ci'), '.3f')} | "
+            print(f"| {what} |{lead} {with_ci(r['kl'], r.get('kl_ci'), '.3f')} | "
                   f"{with_ci(r['agreement'], r.get('agreement_ci'), '.3f')} | "
                   f"{with_ci(r.get('answer_agreement'), r.get('answer_agreement_ci'), '.2f')} | "
-                  f"{'–' if up is None or r['mlp'] else f'{up:.2f}×'} |" + tail)
+                  f"{'–' if up is None or r['mlp'] else f'{up:.2f}×'} |")
     sources(results)
     for p, a in kept.items():
         print(f"<!-- {p}: accuracy kept = acc_per_char of the variant ÷ the original's, averaged over "
@@ -176,12 +180,53 @@ def readme(paths: list[str]) -> None:
               "resampled within each benchmark -->")
 
 
+BENCH_VARIANTS = ("hopscotch-unscaled", "hopscotch", "attn-bi", "shortgpt", "random")
+
+
+def per_benchmark(paths: list[str]) -> None:
+    """Per benchmark: the original's acc_per_char, and per run and variant its acc_per_char and accuracy kept,
+    each with its 95% interval, from the runs' benchmarks.json; the average last."""
+    runs = [(p, json.loads((Path(p) / "benchmarks.json").read_text())) for p in paths
+            if (Path(p) / "benchmarks.json").is_file()]
+    if not runs:
+        print("no benchmarks.json in these runs (hopscotch eval --run NAME --benchmarks olmes)")
+        return
+    names = list(dict.fromkeys(n for _, r in runs for n in r["benchmarks"]))
+    print("| variant | " + " | ".join(names) + " | average |")
+    print("|---|" + "---|" * (len(names) + 1))
+    first = runs[0][1]
+    cells = [with_ci(first["benchmarks"][n]["variants"]["original"]["acc_per_char"],
+                     first["benchmarks"][n]["variants"]["original"].get("acc_per_char_ci"), ".3f")
+             if n in first["benchmarks"] else "–" for n in names]
+    avg = (first.get("average") or {}).get("variants", {}).get("original", {})
+    print("| original: acc_per_char | " + " | ".join(cells) + f" | {fmt(avg.get('acc_per_char'), '.3f')} |")
+    for p, res in runs:
+        k = len(json.loads((Path(p) / "manifest.json").read_text()).get("selected") or [])
+        for v in BENCH_VARIANTS:
+            if not all(v in res["benchmarks"][n]["variants"] for n in res["benchmarks"]):
+                continue
+            row = []
+            for n in names:
+                f = res["benchmarks"].get(n, {}).get("variants", {}).get(v)
+                row.append("–" if f is None else f"{f['acc_per_char']:.3f}, kept "
+                           f"{with_ci(f.get('kept'), f.get('kept_ci'), '.2f')}")
+            a = (res.get("average") or {}).get("variants", {}).get(v, {})
+            method, scaled = (v.removesuffix("-unscaled"), not v.endswith("-unscaled"))
+            what = f"k = {k}: {NAMES.get(method, method)}, {'trained' if scaled else 'unscaled'}"
+            print(f"| {what} | " + " | ".join(row) + f" | {fmt(a.get('acc_per_char'), '.3f')}, kept "
+                  f"{with_ci(a.get('kept'), a.get('kept_ci'), '.3f')} |")
+    for p, res in runs:
+        docs = {n: e["docs"] for n, e in res["benchmarks"].items()}
+        print(f"<!-- {p}: {res.get('source')}; documents {docs}; acc_per_char with its 95% interval; kept = "
+              "acc_per_char ÷ the original's on the same documents, 95% paired bootstrap interval -->")
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
     if not args or args[0] in ("-h", "--help"):
         raise SystemExit(__doc__)
-    short = args[0] == "--readme"
-    args = args[1:] if short else args
+    mode = {"--readme": readme, "--benchmarks": per_benchmark}.get(args[0], main)
+    args = args[1:] if mode is not main else args
     if args in (["--smoke"], []):  # --smoke, the smallest setting (CI): the bundled example runs
         args = [str(Path(__file__).resolve().parents[1] / "assets" / r) for r in ("example-run-k4", "example-run")]
-    (readme if short else main)(args)
+    mode(args)
