@@ -588,7 +588,7 @@ def evaluate_benchmarks(run: Run, model, tok, names: str | Sequence[str] = "olme
                         if stopped():
                             return {"status": runs.STOPPED}
                 if todo:
-                    seconds[name] = round(time.perf_counter() - t0, 2)
+                    seconds[name] = (len(todo), round(time.perf_counter() - t0, 2))
                 lls[name] = [mine[d.doc_id] for d in b.docs]
                 done_before += len(b.docs)
             result["benchmarks"][b.name] = summarize(b, lls, seconds)
@@ -602,8 +602,10 @@ def evaluate_benchmarks(run: Run, model, tok, names: str | Sequence[str] = "olme
     return result
 
 
-def summarize(b: Benchmark, lls: dict[str, list[list[float]]], seconds: dict[str, float] | None = None) -> dict:
-    """One benchmark's entry of benchmarks.json from its per-document log-likelihoods per variant."""
+def summarize(b: Benchmark, lls: dict[str, list[list[float]]],
+              seconds: dict[str, tuple[int, float]] | None = None) -> dict:
+    """One benchmark's entry of benchmarks.json from its per-document log-likelihoods per variant; `seconds`:
+    per variant scored by this call, (documents scored, wall seconds)."""
     values = {name: correct(ll, b.docs) for name, ll in lls.items()}
     orig = values.get("original")
     out = {"docs": len(b.docs), "shots": b.shots, "source": b.source, **b.extra,
@@ -613,10 +615,9 @@ def summarize(b: Benchmark, lls: dict[str, list[list[float]]], seconds: dict[str
     if orig is not None:
         out["variants"]["original"].update({"kept": 1.0, "kept_ci": [1.0, 1.0], "acc_kept": 1.0,
                                             "acc_kept_ci": [1.0, 1.0]})
-    if seconds:
-        n = len(b.docs)
-        out["seconds"] = seconds
-        out["docs_per_s"] = {k: round(n / s, 2) for k, s in seconds.items() if s > 0}
+    if seconds:  # this call's scoring only (a resumed variant counts the documents it scored now)
+        out["seconds"] = {k: s for k, (_, s) in seconds.items()}
+        out["docs_per_s"] = {k: round(n / s, 2) for k, (n, s) in seconds.items() if s > 0}
     return out
 
 
