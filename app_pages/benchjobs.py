@@ -41,8 +41,10 @@ def bench_status(run: RunView, key: str) -> None:
         info = s.get("info") or {}
         step, total = s.get("step"), s.get("total")
         where = " · ".join(str(info[k]) for k in ("benchmark", "variant") if info.get(k))
+        left = s.get("remaining_s")
         text = ("Scoring the benchmarks (a job: it goes on if you leave the page)"
-                + (f": {step}/{total} documents × variants" if total else " ...") + (f" · {where}" if where else ""))
+                + (f": {step}/{total} documents × variants" if total else " ...") + (f" · {where}" if where else "")
+                + (f" · about {jobpanel.fmt_duration(left)} left" if left is not None else ""))
         st.progress(s.get("fraction") or 0.0, text=text)
         if s["state"] != runs.STOPPING and st.button("Stop", key=f"{key}_stop",
                                                       help="Scored documents are kept: starting again continues"):

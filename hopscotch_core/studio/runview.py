@@ -173,6 +173,9 @@ def benchmarks_status(run: RunView) -> dict:
         out = {**out, "step": step, "total": total, "info": prog.get("info") or {}, "stage": prog.get("stage")}
         if isinstance(step, (int, float)) and isinstance(total, (int, float)) and total > 0:
             out["fraction"] = max(0.0, min(1.0, step / total))
+            spent = float(prog.get("time") or 0) - started if started is not None else 0.0
+            if step > 0 and spent > 0:  # at this job's pace so far (model loading included)
+                out["remaining_s"] = spent * max(total - step, 0) / step
     return out
 
 

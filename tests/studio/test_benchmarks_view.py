@@ -172,6 +172,8 @@ def test_the_jobs_progress_comes_from_the_runs_progress_file(scored, monkeypatch
                           "info": {"benchmark": "piqa", "variant": "hopscotch"}})
     s = benchmarks_status(view)
     assert (s["step"], s["total"], s["fraction"]) == (7, 28, 0.25) and s["info"]["variant"] == "hopscotch"
+    # 7 steps in ~10 s (the record keeps whole seconds): 21 more at that pace take ~30 s
+    assert 25 <= s["remaining_s"] <= 36
     write_json(progress, {"step": 3, "total": 4, "stage": "train", "time": time.time()})  # another stage's
     assert benchmarks_status(view)["fraction"] is None
     write_json(progress, {"step": 3, "total": 4, "stage": "eval: benchmarks", "time": started - 60})  # an older job's
