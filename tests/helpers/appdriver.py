@@ -1,5 +1,5 @@
 """Start the app with `streamlit run` on a free port and drive Debian's chromium with Playwright: shared by the
-browser test (tests/test_browser.py) and the speed budget (bench/bench_app.py).
+browser test (tests/app/test_browser.py) and the speed budget (bench/bench_app.py).
 
 Playwright comes from pip (dev extra); its own browser download is never used: chromium is /usr/bin/chromium
 (`apt-get install chromium`), or $HOPSCOTCH_CHROMIUM.
@@ -8,6 +8,7 @@ Playwright comes from pip (dev extra); its own browser download is never used: c
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -30,9 +31,16 @@ def free_port() -> int:
 
 
 class AppServer:
-    """`streamlit run app.py` in a subprocess with `env` added; `url` once /_stcore/health answers ok."""
+    """`streamlit run app.py` in a subprocess with `env` added; `url` once /_stcore/health answers ok.
 
-    def __init__(self, env: dict[str, str], log: Path, timeout: float = 90.0):
+    `cwd`: the server's working folder (default the repository), where relative paths in `env` such as
+    HOPSCOTCH_RUNS=runs resolve; the repository's .streamlit/ settings are copied there, so the app looks and
+    behaves as when started from the checkout."""
+
+    def __init__(self, env: dict[str, str], log: Path, timeout: float = 90.0, cwd: Path | None = None):
+        cwd = Path(cwd) if cwd is not None else ROOT
+        if cwd.resolve() != ROOT.resolve() and (ROOT / ".streamlit").is_dir():
+            shutil.copytree(ROOT / ".streamlit", cwd / ".streamlit", dirs_exist_ok=True)
         self.port = free_port()
         self.url = f"http://localhost:{self.port}"
         self.log = log
@@ -41,7 +49,7 @@ class AppServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
              "--server.port", str(self.port), "--browser.gatherUsageStats", "false",
-             "--server.fileWatcherType", "none"], cwd=ROOT, env=full, stdout=self._log, stderr=subprocess.STDOUT)
+             "--server.fileWatcherType", "none"], cwd=cwd, env=full, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.time() + timeout
         while True:
             try:
