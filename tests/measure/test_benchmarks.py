@@ -260,3 +260,43 @@ def test_an_lm_eval_task_goes_through_the_same_scorer(monkeypatch):
     assert [(d.requests, d.label) for d in via_lm_eval.docs] == [(d.requests, d.label) for d in olmes.docs]
     with pytest.raises(benchmarks.BenchmarkError, match="unknown benchmark.*no_such_task"):
         benchmarks.check("no_such_task")
+
+
+@pytest.mark.slow
+def test_the_k4_example_runs_accuracy_is_reproduced_by_stock_transformers(default_model, tmp_path, monkeypatch):
+    """`hopscotch eval --benchmarks arc_easy --limit 40` on a copy of the bundled k = 4 run: its original and trained
+    accuracies are what an independent scorer gets from the stock transformers models (the unmodified one, and the
+    run's `hf` export with every scalar, multiplier and delta folded), one choice at a time."""
+    import shutil
+
+    import transformers
+
+    from hopscotch_core.integrations.export import export
+
+    monkeypatch.delenv("HOPSCOTCH_OLMES_DIR")
+    if benchmarks.olmes_root() is None:
+        pytest.fail(f"the OLMES files are part of the test setup: {benchmarks.OLMES_INSTALL}")
+    root = Path(__file__).resolve().parents[2]
+    shutil.copytree(root / "assets" / "example-run-k4", tmp_path / "runs" / "k4",
+                    ignore=shutil.ignore_patterns("benchmark*", "answers-kept*"))
+    assert cli.main(["eval", "--run", "k4", "--runs-dir", str(tmp_path / "runs"), "--benchmarks", "arc_easy",
+                     "--limit", "40", "--variants", "hopscotch"]) == 0
+    got = json.loads((tmp_path / "runs" / "k4" / "benchmarks.json").read_text())["benchmarks"]["arc_easy"]
+    stored = {(r["variant"], d): ll for r in read_jsonl(tmp_path / "runs" / "k4" / "benchmark-scores.jsonl")
+              for d, ll in zip(r["doc_ids"], r["ll"])}
+    model, tok = default_model
+    hs = hc.load_adapter(model, tmp_path / "runs" / "k4" / "adapter")
+    try:
+        folded = export(hs, tmp_path / "hf", format="hf", tokenizer=tok)
+    finally:
+        hs.detach()
+    docs = benchmarks.load("arc_easy", limit=40).docs
+    for name, stock in (("original", model),
+                        ("hopscotch", transformers.AutoModelForCausalLM.from_pretrained(folded).eval())):
+        ref = reference_lls(stock, tok, docs)
+        mine = [stored[(name, d.doc_id)] for d in docs]
+        scale = max(abs(x) for r in ref for x in r)
+        assert np.abs(flat(mine) - flat(ref)).max() <= 1e-3 * scale  # folding and batching: rounding only
+        for metric, norm in (("acc", lambda d: [1] * len(d.requests)), ("acc_per_char", lambda d: d.chars)):
+            want = [float(int(np.argmax(np.array(r) / norm(d))) == d.label) for r, d in zip(ref, docs)]
+            assert got["variants"][name][metric] == pytest.approx(np.mean(want)), (name, metric)
