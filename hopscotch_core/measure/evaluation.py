@@ -72,6 +72,18 @@ def last_scales(folder: Path) -> torch.Tensor | None:
     return saved["scales"] if saved is not None else None
 
 
+def trained_state(run: Run) -> dict[str, torch.Tensor] | None:
+    """The selected set's trained tensors (scales, channel_scales, lora.*): the run's saved adapter, which is what
+    exports fold and the app applies, else (a run stopped before saving it) the last epoch. An epoch file may
+    have been trimmed to its scalars (the bundled example runs keep no optimizer state); the adapter has every part."""
+    f = run.file(runs.ADAPTER_DIR) / "scales.safetensors"
+    if f.is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(f))
+    return last_epoch(run.file(runs.SCALES_DIR))
+
+
 def variants_of(run: Run) -> list[dict]:
     """The variants of a finished run: [{"variant", "method", "scaled", "attention", "mlp", "scales"}]."""
     m = run.manifest
@@ -79,7 +91,7 @@ def variants_of(run: Run) -> list[dict]:
     if "eval_loss_trained" not in res or res.get("train_status") == runs.STOPPED:
         raise EvalError(f"run {run.name!r} has no finished training (state: {m.get('state')}, stage: "
                         f"{m.get('stage')}); finish it first: hopscotch run --resume {run.name}")
-    saved = last_epoch(run.file(runs.SCALES_DIR))
+    saved = trained_state(run)
     if saved is None:
         raise EvalError(f"run {run.name!r} has no trained scalars in {run.file(runs.SCALES_DIR)}")
     sel = list(m["selected"])

@@ -264,7 +264,7 @@ def test_an_lm_eval_task_goes_through_the_same_scorer(monkeypatch):
 
 @pytest.mark.slow
 def test_the_k4_example_runs_accuracy_is_reproduced_by_stock_transformers(default_model, tmp_path, monkeypatch):
-    """`hopscotch eval --benchmarks arc_easy --limit 40` on a copy of the bundled k = 4 run: its original and trained
+    """`hopscotch eval --benchmarks arc_easy --limit 20` on a copy of the bundled k = 4 run: its original and trained
     accuracies are what an independent scorer gets from the stock transformers models (the unmodified one, and the
     run's `hf` export with every scalar, multiplier and delta folded), one choice at a time."""
     import shutil
@@ -280,7 +280,7 @@ def test_the_k4_example_runs_accuracy_is_reproduced_by_stock_transformers(defaul
     shutil.copytree(root / "assets" / "example-run-k4", tmp_path / "runs" / "k4",
                     ignore=shutil.ignore_patterns("benchmark*", "answers-kept*"))
     assert cli.main(["eval", "--run", "k4", "--runs-dir", str(tmp_path / "runs"), "--benchmarks", "arc_easy",
-                     "--limit", "40", "--variants", "hopscotch"]) == 0
+                     "--limit", "20", "--variants", "hopscotch"]) == 0
     got = json.loads((tmp_path / "runs" / "k4" / "benchmarks.json").read_text())["benchmarks"]["arc_easy"]
     stored = {(r["variant"], d): ll for r in read_jsonl(tmp_path / "runs" / "k4" / "benchmark-scores.jsonl")
               for d, ll in zip(r["doc_ids"], r["ll"])}
@@ -290,7 +290,7 @@ def test_the_k4_example_runs_accuracy_is_reproduced_by_stock_transformers(defaul
         folded = export(hs, tmp_path / "hf", format="hf", tokenizer=tok)
     finally:
         hs.detach()
-    docs = benchmarks.load("arc_easy", limit=40).docs
+    docs = benchmarks.load("arc_easy", limit=20).docs
     for name, stock in (("original", model),
                         ("hopscotch", transformers.AutoModelForCausalLM.from_pretrained(folded).eval())):
         ref = reference_lls(stock, tok, docs)

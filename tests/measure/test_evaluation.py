@@ -334,3 +334,24 @@ def test_fidelity_only_eval_has_teacher_forced_intervals_only(finished, tmp_path
         assert r["nll_ci"][0] <= r["nll"] <= r["nll_ci"][1]
         assert r["exact_match"] is None and r["exact_match_ci"] is None and r["gsm8k_flexible_ci"] is None
     assert {d["metric"] for d in res["diffs"]} == {"nll", "kl", "agreement"}
+
+
+def test_the_trained_variant_is_the_runs_adapter_even_when_epoch_files_were_trimmed(finished, tmp_path):
+    """The bundled example runs keep only the scalars in their epoch files; the deltas live in the adapter. The
+    trained variant that eval and the benchmarks score must be the adapter (what exports fold), deltas included."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(finished / "runs" / "r", tmp_path / "runs" / "r")
+    run = RunStore(tmp_path / "runs").open("r")
+    adapter = load_file(str(run.file("adapter") / "scales.safetensors"))
+    deltas = {k: v for k, v in adapter.items() if k.startswith("lora.")}
+    assert deltas and any(float(v.abs().max()) > 0 for k, v in deltas.items() if k.endswith(".B"))
+    for f in sorted(run.file("scales").glob("epoch_*.safetensors")):
+        save_file({k: v for k, v in load_file(str(f)).items() if k in ("scales", "channel_scales")}, str(f))
+    trained = next(v for v in evaluation.variants_of(run) if v["variant"] == "hopscotch")
+    assert set(trained["lora"]) == {k.removeprefix("lora.") for k in deltas}
+    for k, v in deltas.items():
+        assert torch.equal(trained["lora"][k.removeprefix("lora.")], v)
+    assert torch.equal(trained["scales"], adapter["scales"])
