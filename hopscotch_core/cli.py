@@ -358,6 +358,15 @@ def _run_model(args, run):
     return model, tok
 
 
+def _with_bars(progress: Path | None, work):
+    """work(bars) with progress bars (and the app's progress file), closed however it ends."""
+    bars = _Bars(progress)
+    try:
+        return work(bars)
+    finally:
+        bars.close()
+
+
 def cmd_eval(args) -> int:
     from .measure import benchmarks
     from .measure.evaluation import EvalError, evaluate_run, format_table, variants_of
@@ -393,13 +402,10 @@ def cmd_eval(args) -> int:
         print(format_table(res))
         print(f"wrote {run.file(EVAL_FILE)} and {EVAL_CSV} ({res['prompts']} held-out prompts, {res['tokens']} "
               f"answer tokens, answers <= {res['max_new_tokens']} tokens)")
+    progress = run.file(PROGRESS_FILE) if args.progress_file else None
     if names:
-        bars = _Bars(run.file(PROGRESS_FILE) if args.progress_file else None)
-        try:
-            res = benchmarks.evaluate_benchmarks(run, model, tok, names, args.shots, args.limit, only,
-                                                 on_progress=bars, should_stop=stop)
-        finally:
-            bars.close()
+        res = _with_bars(progress, lambda bars: benchmarks.evaluate_benchmarks(
+            run, model, tok, names, args.shots, args.limit, only, on_progress=bars, should_stop=stop))
         if res.get("status") != DONE:
             print("stopped; rerun the same command to continue (scored documents are kept)")
             return EXIT_STOPPED
@@ -410,13 +416,10 @@ def cmd_eval(args) -> int:
     if "answers" in tasks:
         from .measure import answers
 
-        bars = _Bars(run.file(PROGRESS_FILE) if args.progress_file else None)
-        try:
-            res = answers.evaluate_answers(run, model, tok, benchmarks.run_variants(run, only), n=args.questions,
-                                           max_new_tokens=args.max_new_tokens or answers.PROBE_TOKENS,
-                                           batch=args.gen_batch or 16, on_progress=bars, should_stop=stop)
-        finally:
-            bars.close()
+        res = _with_bars(progress, lambda bars: answers.evaluate_answers(
+            run, model, tok, benchmarks.run_variants(run, only), n=args.questions,
+            max_new_tokens=args.max_new_tokens or answers.PROBE_TOKENS, batch=args.gen_batch or 16,
+            on_progress=bars, should_stop=stop))
         if res.get("status") != DONE:
             print("stopped; rerun the same command to continue (generated answers are kept)")
             return EXIT_STOPPED

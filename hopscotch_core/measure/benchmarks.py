@@ -305,19 +305,24 @@ def _sequences(tok, docs: Sequence[Doc], max_len: int) -> list[_Seq]:
     return out
 
 
-def _batches(seqs: list[_Seq], batch_tokens: int) -> list[list[_Seq]]:
-    """Longest first, each batch at most `batch_tokens` padded tokens (one sequence at least)."""
-    order = sorted(seqs, key=lambda s: len(s.ids), reverse=True)
-    out: list[list[_Seq]] = []
-    cur: list[_Seq] = []
-    for s in order:
-        if cur and len(cur[0].ids) * (len(cur) + 1) > batch_tokens:
+def _fill(order: list, cost: Callable[[list], int], budget: int) -> list[list]:
+    """Consecutive items into batches whose cost stays within `budget` (one item at least per batch)."""
+    out: list[list] = []
+    cur: list = []
+    for item in order:
+        if cur and cost(cur + [item]) > budget:
             out.append(cur)
             cur = []
-        cur.append(s)
+        cur.append(item)
     if cur:
         out.append(cur)
     return out
+
+
+def _batches(seqs: list[_Seq], batch_tokens: int) -> list[list[_Seq]]:
+    """Longest first, each batch at most `batch_tokens` padded tokens (one sequence at least)."""
+    order = sorted(seqs, key=lambda s: len(s.ids), reverse=True)
+    return _fill(order, lambda b: len(b[0].ids) * len(b), batch_tokens)
 
 
 def _accepts_logits_to_keep(model) -> bool:
@@ -359,21 +364,12 @@ def _groups(tok, docs: Sequence[Doc], max_len: int) -> list[_Group]:
 def _group_batches(groups: list[_Group], batch_tokens: int) -> list[list[_Group]]:
     """Longest context first; a batch's padded context and continuation tokens stay within `batch_tokens`."""
     order = sorted(groups, key=lambda g: (len(g.ctx), max(len(b) for _, b in g.conts)), reverse=True)
-    out: list[list[_Group]] = []
-    cur: list[_Group] = []
 
     def cost(gs: list[_Group]) -> int:
         rows = sum(len(g.conts) for g in gs)
         return len(gs) * len(gs[0].ctx) + rows * (len(gs[0].ctx) + max(len(b) for g in gs for _, b in g.conts))
 
-    for g in order:
-        if cur and cost(cur + [g]) > batch_tokens:
-            out.append(cur)
-            cur = []
-        cur.append(g)
-    if cur:
-        out.append(cur)
-    return out
+    return _fill(order, cost, batch_tokens)
 
 
 def _score_group_batch(model, batch: list[_Group], pad: int, cache_kw: str, keep_kw: bool,

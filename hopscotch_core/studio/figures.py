@@ -356,6 +356,18 @@ def drift(result, skipped: Iterable[int] | None = None, layers: Iterable[int] | 
 
 
 # ------------------------------------------------------------------------------------------------ runs
+def _bars_with_ci(y: list, cis: list, spec: str) -> tuple[dict | None, dict, str]:
+    """(error_y of the bars or None, extra trace fields, hover text): the interval also in the hover text
+    (customdata = [y - arrayminus, y + array])."""
+    err = error_bars(y, cis)
+    extra: dict = {}
+    if err is not None:
+        extra["customdata"] = [[v - m, v + p] if p is not None else [None, None]
+                               for v, m, p in zip(y, err["arrayminus"], err["array"])]
+    hover = f" [%{{customdata[0]:{spec}}}, %{{customdata[1]:{spec}}}]" if err is not None else ""
+    return err, extra, hover
+
+
 def error_bars(values, intervals) -> dict | None:
     """Plotly `error_y` for bars at `values` with 95% intervals [low, high] (None where a value has none): the
     bars reach from low to high; None when no value has an interval (a file from before the intervals)."""
@@ -387,13 +399,8 @@ def fidelity(table: pd.DataFrame, title: str = "Fidelity to the original model (
         for col, metric in enumerate(("nll", "kl", "agreement"), start=1):
             y = list(part[metric])
             cis = list(part[f"{metric}_ci"]) if f"{metric}_ci" in part.columns else [None] * len(y)
-            err = error_bars(y, cis)
+            err, extra, ci_hover = _bars_with_ci(y, cis, ".4f")
             has_ci |= err is not None
-            extra: dict = {}
-            if err is not None:  # the interval in the hover text (y - arrayminus .. y + array)
-                extra["customdata"] = [[v - m, v + p] if p is not None else [None, None]
-                                       for v, m, p in zip(y, err["arrayminus"], err["array"])]
-            ci_hover = " [%{customdata[0]:.4f}, %{customdata[1]:.4f}]" if err is not None else ""
             fig.add_trace(go.Bar(x=list(part["run"]), y=y, name=variant, legendgroup=variant,
                                  marker_color=_color(i), showlegend=col == 1, error_y=err, **extra,
                                  hovertemplate=f"%{{x}}<br>{variant}<br>{metric} %{{y:.4f}}{ci_hover}"
@@ -439,13 +446,8 @@ def benchmarks(table: pd.DataFrame, title: str = "Benchmarks: accuracy and accur
             y = [part.at[b, metric] for b in xs]
             y = [float(v) if isinstance(v, (int, float)) and v == v else None for v in y]
             cis = [part.at[b, f"{metric}_ci"] for b in xs]
-            err = error_bars(y, cis)
+            err, extra, ci_hover = _bars_with_ci(y, cis, ".3f")
             has_ci |= err is not None
-            extra: dict = {}
-            if err is not None:  # the interval in the hover text (y - arrayminus .. y + array)
-                extra["customdata"] = [[v - m, v + p] if p is not None else [None, None]
-                                       for v, m, p in zip(y, err["arrayminus"], err["array"])]
-            ci_hover = " [%{customdata[0]:.3f}, %{customdata[1]:.3f}]" if err is not None else ""
             label = "acc_per_char" if metric == "acc_per_char" else "kept"
             fig.add_trace(go.Bar(x=xs, y=y, name=variant, showlegend=row == 1, error_y=err, **style, **extra,
                                  hovertemplate=f"%{{x}}<br>{variant}<br>{label} %{{y:.3f}}{ci_hover}"
