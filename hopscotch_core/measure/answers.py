@@ -167,8 +167,7 @@ def evaluate_answers(run: Run, model, tok, variants: dict[str, dict], n: int = P
                 if on_progress is not None:
                     on_progress(base + step, total, {"stage": "eval: answers kept", "variant": name})
 
-            with hs.applied(c.get("skipped", ()), c.get("scales"), c.get("skipped_mlp", ()),
-                            c.get("channel_scales"), c.get("lora")):
+            with hs.applied(**c):
                 new = data.generate_answers(model, tok, prompts, max_new_tokens, batch, skip=set(done),
                                             on_batch=save, on_progress=prog, should_stop=stopped)
             done.update({a.index: tok.decode(a.response_ids, skip_special_tokens=True) for a in new})

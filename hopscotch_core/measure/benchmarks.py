@@ -291,18 +291,9 @@ class _Seq:
     target: list[int]  # the continuation's tokens, predicted by the last len(target) input positions
 
 
-def _sequences(tok, docs: Sequence[Doc], max_len: int) -> list[_Seq]:
-    out = []
-    prefix = _prefix_id(tok)
-    for p, d in enumerate(docs):
-        for c, (ctx, cont) in enumerate(d.requests):
-            a, b = encode(tok, ctx, cont)
-            if not b:
-                raise BenchmarkError(f"document {d.doc_id}, choice {c}: the continuation {cont!r} has no tokens")
-            whole = ([prefix] if not a else a) + b
-            whole = whole[-(max_len + 1):]  # left-truncate an over-long context, as lm-eval does
-            out.append(_Seq((p, c), whole[:-1], whole[-min(len(b), len(whole) - 1):]))
-    return out
+def _sequences(groups: list["_Group"]) -> list[_Seq]:
+    """One sequence per choice (the route without a shared context), from the same encoded groups."""
+    return [_Seq(key, (g.ctx + cont)[:-1], cont) for g in groups for key, cont in g.conts]
 
 
 def _fill(order: list, cost: Callable[[list], int], budget: int) -> list[list]:
@@ -452,7 +443,7 @@ def score_docs(model, tok, docs: Sequence[Doc], batch_tokens: int = 1024, max_le
     device = next(model.parameters()).device
     keep_kw = _accepts_logits_to_keep(model)
     pad = _prefix_id(tok)
-    groups = _groups(tok, docs, limit) if share_context is not False else []
+    groups = _groups(tok, docs, limit)  # every request encoded once, whichever route scores it
     if share_context is None:  # share where it saves enough tokens to pay for the second pass
         plain = sum(len(g.ctx) + len(c) for g in groups for _, c in g.conts)
         shared = sum(len(g.ctx) + sum(len(c) for _, c in g.conts) for g in groups)
@@ -461,7 +452,7 @@ def score_docs(model, tok, docs: Sequence[Doc], batch_tokens: int = 1024, max_le
         cache_kw = _cache_kw(model)
         batches: list = _group_batches(groups, batch_tokens)
     else:
-        batches = _batches(_sequences(tok, docs, limit), batch_tokens)
+        batches = _batches(_sequences(groups), batch_tokens)
     lls: dict[tuple[int, int], float] = {}
     for j, batch in enumerate(batches):
         if should_stop is not None and should_stop():
@@ -510,12 +501,9 @@ CHUNK_DOCS = 32  # documents scored between two appends to benchmark-scores.json
 def run_variants(run: Run, only: Sequence[str] | None = None) -> dict[str, dict]:
     """{variant name: handle configuration} of a finished run, the original first (`only` restricts; the
     original is always kept: accuracy kept is measured against it)."""
-    from .evaluation import EvalError, variants_of
+    from .evaluation import EvalError, handle_config, variants_of
 
-    cfg = {"original": {}}
-    for v in variants_of(run):
-        cfg[v["variant"]] = {"skipped": v["attention"], "scales": v["scales"], "skipped_mlp": v["mlp"],
-                             "channel_scales": v.get("channel_scales"), "lora": v.get("lora")}
+    cfg = {"original": {}, **{v["variant"]: handle_config(v) for v in variants_of(run)}}
     if only:
         unknown = [n for n in only if n not in cfg]
         if unknown:
@@ -524,11 +512,12 @@ def run_variants(run: Run, only: Sequence[str] | None = None) -> dict[str, dict]
     return cfg
 
 
-def _stored(run: Run, name: str, shots: int) -> dict[str, dict[int, list[float]]]:
-    out: dict[str, dict[int, list[float]]] = {}
+def _stored(run: Run) -> dict[tuple[str, int], dict[str, dict[int, list[float]]]]:
+    """The scores file read back: (benchmark, shots) -> variant -> doc_id -> log-likelihoods."""
+    out: dict[tuple[str, int], dict[str, dict[int, list[float]]]] = {}
     for r in read_jsonl(run.file(runs.BENCHMARK_SCORES_FILE)):
-        if r.get("benchmark") == name and r.get("shots") == shots:
-            out.setdefault(r["variant"], {}).update({int(d): ll for d, ll in zip(r["doc_ids"], r["ll"])})
+        per = out.setdefault((r["benchmark"], r["shots"]), {}).setdefault(r["variant"], {})
+        per.update({int(d): ll for d, ll in zip(r["doc_ids"], r["ll"])})
     return out
 
 
@@ -558,9 +547,10 @@ def evaluate_benchmarks(run: Run, model, tok, names: str | Sequence[str] = "olme
         if on_progress is not None:
             on_progress(step, total, {"stage": "eval: benchmarks", **info})
 
+    stored = _stored(run)
     with attach(model) as hs:
         for b in benches:
-            have = _stored(run, b.name, b.shots)
+            have = stored.get((b.name, b.shots), {})
             lls: dict[str, list[list[float]]] = {}
             seconds: dict[str, float] = {}
             for name, c in cfg.items():
@@ -569,8 +559,7 @@ def evaluate_benchmarks(run: Run, model, tok, names: str | Sequence[str] = "olme
                 base = done_before + len(b.docs) - len(todo)
                 progress(base, {"benchmark": b.name, "variant": name})
                 t0 = time.perf_counter()
-                with hs.applied(c.get("skipped", ()), c.get("scales"), c.get("skipped_mlp", ()),
-                                c.get("channel_scales"), c.get("lora")):
+                with hs.applied(**c):
                     for i in range(0, len(todo), CHUNK_DOCS):
                         chunk = todo[i:i + CHUNK_DOCS]
                         got = score_docs(model, tok, chunk, batch_tokens, should_stop=stopped)

@@ -112,6 +112,12 @@ def variants_of(run: Run) -> list[dict]:
     return out
 
 
+def handle_config(variant: dict) -> dict:
+    """A variant of variants_of as the handle's configuration: `hs.applied(**handle_config(v))`."""
+    return {"skipped": variant["attention"], "scales": variant["scales"], "skipped_mlp": variant["mlp"],
+            "channel_scales": variant.get("channel_scales"), "lora": variant.get("lora")}
+
+
 def _num_equal(a: str | None, b: str | None) -> bool:
     if a is None or b is None:
         return False
@@ -286,8 +292,7 @@ def evaluate_run(run: Run, model, tok, max_new_tokens: int | None = None, gen_ba
     layer_mmd: dict[str, list[float]] = {}
     with attach(model) as hs:
         progress(0, 1, {"stage": "eval: teacher-forced"})
-        cfg = {v["variant"]: {"skipped": v["attention"], "scales": v["scales"], "skipped_mlp": v["mlp"],
-                              "channel_scales": v.get("channel_scales"), "lora": v.get("lora")} for v in variants}
+        cfg = {v["variant"]: handle_config(v) for v in variants}
         tf = metrics.compare(hs, rows, cfg, per_example=True)
         texts: dict[str, list[str]] = {}
         if generate:
@@ -310,8 +315,7 @@ def evaluate_run(run: Run, model, tok, max_new_tokens: int | None = None, gen_ba
                     progress(base + step, len(names) * len(prompts), {"stage": "eval: generate", "variant": name})
 
                 if len(done) < len(prompts):
-                    with hs.applied(v.get("skipped", ()), v.get("scales"), v.get("skipped_mlp", ()),
-                                    v.get("channel_scales"), v.get("lora")):
+                    with hs.applied(**v):
                         new = data.generate_answers(model, tok, prompts, max_new, batch, skip=done, on_batch=save,
                                                     on_progress=prog, should_stop=stopped)
                     done.update({a.index: tok.decode(a.response_ids, skip_special_tokens=True) for a in new})

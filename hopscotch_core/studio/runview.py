@@ -422,13 +422,8 @@ class RunView:
     def benchmarks(self) -> dict | None:
         """benchmarks.json (`hopscotch eval --benchmarks`, measure.benchmarks) as written, or None when absent,
         unreadable or of another format_version; benchmark_table() makes it a table."""
-        from ..measure import benchmarks
-
-        try:
-            res = benchmarks.read(self.dir)
-        except RunError:
-            return None
-        return res if res is not None and res.get("format_version") == benchmarks.FORMAT_VERSION else None
+        res = self._json(runs.BENCHMARKS_FILE)  # a JSON file: no need for the scorer (and torch) to read it
+        return res if isinstance(res, dict) and res.get("benchmarks") and res.get("format_version") == 1 else None
 
     def fidelity(self) -> pd.DataFrame:
         """One row per variant: variant, blocks, nll, kl, agreement (and more columns from eval.json)."""
