@@ -13,7 +13,7 @@ import streamlit as st
 
 from app_pages.state import runs_dir
 from app_pages.ui import ERROR_ICON, show_error
-from hopscotch_core.method import settings
+from hopscotch_core.method import prompt_sets, settings
 
 UPLOADS = ".uploads"  # folder of the runs directory where uploaded prompt files are kept (runs read them later)
 
@@ -85,19 +85,23 @@ def data_settings(key: str, defaults: dict | None = None) -> dict | None:
     """Widgets for the data of a new run (source, size, answer length, seed). Returns RunSettings fields, or None
     when the data cannot be used (the error, with its fix, is shown)."""
     d = defaults or {}
-    source_kinds = ("Bundled GSM8K problems", "Upload a file", "File path or hf:NAME")
-    start = 0 if d.get("data", "gsm8k") == "gsm8k" else 2
+    source_kinds = ("Bundled GSM8K problems", "General mix", "Upload a file", "File path or hf:NAME")
+    named = {"gsm8k": 0, prompt_sets.MIX: 1}  # the named sources; anything else is a path
+    start = named.get(d.get("data", "gsm8k"), 3)
     kind = st.radio("Prompts", source_kinds, index=start, key=f"{key}_src", horizontal=True,
-                    help="The model's own greedy answers to these prompts are the training and held-out data.")
+                    help="The model's own greedy answers to these prompts are the training and held-out data. "
+                         f"General mix: {prompt_sets.MIX_HELP}.")
     source = "gsm8k"
     if kind == source_kinds[1]:
+        source = prompt_sets.MIX
+    elif kind == source_kinds[2]:
         up = st.file_uploader("Prompt file (.jsonl, .json, .csv)", type=["jsonl", "json", "csv"], key=f"{key}_up")
         if up is None:
             st.caption("Upload a file with one prompt per record.")
             return None
         source = str(save_upload(up))
-    elif kind == source_kinds[2]:
-        source = st.text_input("Path or hf:NAME[:SPLIT]", value="" if d.get("data", "gsm8k") == "gsm8k"
+    elif kind == source_kinds[3]:
+        source = st.text_input("Path or hf:NAME[:SPLIT]", value="" if d.get("data", "gsm8k") in named
                                else d["data"], key=f"{key}_path").strip()
         if not source:
             st.caption("Give a .jsonl/.json/.csv path, or hf:NAME[:SPLIT] when online.")
@@ -122,7 +126,10 @@ def data_settings(key: str, defaults: dict | None = None) -> dict | None:
         st.error(f"**Cause:** {n_calib} calibration + {n_eval} held-out prompts asked, but the data has "
                  f"{len(records)} records.\n\n**Fix:** lower the two numbers or use a larger file.", icon=ERROR_ICON)
         return None
-    st.caption(f"{len(records)} prompts available; e.g. “{records[0]['prompt'][:120]}”")
+    mix = ""
+    if source == prompt_sets.MIX:
+        mix = " (" + ", ".join(f"{n} {name}" for name, n in prompt_sets.composition(records).items()) + ")"
+    st.caption(f"{len(records)} prompts available{mix}; e.g. “{records[0]['prompt'][:120]}”")
     return {"data": source, "column": column, "n_calib": int(n_calib), "n_eval": int(n_eval),
             "max_new_tokens": int(max_new), "seed": int(seed)}
 

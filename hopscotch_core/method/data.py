@@ -100,11 +100,16 @@ def _load_hf(spec: str) -> list[dict[str, Any]]:
 
 
 def load_prompts(source: str | Path, column: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-    """Records {"prompt": str, "answer": str | None} from 'gsm8k', 'hf:NAME[:SPLIT]', or a .jsonl/.json/.csv file.
+    """Records {"prompt": str, "answer": str | None} from 'gsm8k', 'mix', 'hf:NAME[:SPLIT]', or a .jsonl/.json/.csv
+    file ('mix': the general prompt mix of prompt_sets.py, its records with a "source" too).
 
     `column` names the prompt field; by default the first of question/prompt/instruction/input/text present.
     """
     src = str(source)
+    if src == "mix":
+        from . import prompt_sets
+
+        return prompt_sets.load_mix(column, limit)
     if src == "gsm8k":
         rows = _read_rows(gsm8k_path())
     elif src.startswith("hf:"):

