@@ -46,7 +46,7 @@ import hopscotch_core as hc  # noqa: E402
 from benchargs import data_size_flags, smoke, smoke_flag, smoke_model_dir  # noqa: E402
 from hopscotch_core.fileio import atomic_write  # noqa: E402
 from hopscotch_core.measure.stats import excludes_zero, mean_ci, paired_diff_ci, weighted_mean  # noqa: E402
-from hopscotch_core.method import data, training  # noqa: E402
+from hopscotch_core.method import data, deltainit, training  # noqa: E402
 
 SKIP_SETS = {4: ROOT / "assets/example-run-k4/manifest.json", 7: ROOT / "assets/example-run/manifest.json"}
 
@@ -133,17 +133,22 @@ def fmt_ci(v: float, ci) -> str:
     return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
-def cell_name(obj: str, gran: str, rank: int, n: int, lora_lr: float | None) -> str:
-    return f"{obj}/{gran}/r{rank}/n{n}" + (f"/lr{lora_lr:g}" if rank else "")
+def cell_name(obj: str, gran: str, rank: int, n: int, lora_lr: float | None, init: str = "zero") -> str:
+    return f"{obj}/{gran}/r{rank}/n{n}" + (f"/lr{lora_lr:g}" if rank else "") + ("/lsq" if rank and init == "lsq" else "")
 
 
-def summarise(per: dict[str, list[float]], weights: list[int], ref: dict | None = None) -> dict:
+def summarise(per: dict[str, list[float]], weights: list[int], ref: dict | None = None,
+              zero: dict | None = None) -> dict:
+    """Figures with intervals; paired differences against `ref` (the rank-0 cell) and `zero` (the same cell with
+    the deltas starting from zero, for an lsq cell)."""
     row = {}
     for m in ("nll", "kl", "agreement"):
         row[m] = weighted_mean(per[m], weights)
         row[f"{m}_ci"] = list(mean_ci(per[m], weights))
         if ref is not None and m in ("kl", "agreement"):
             row[f"{m}_vs_r0"] = list(paired_diff_ci(per[m], ref[m], weights))
+        if zero is not None and m in ("kl", "agreement"):
+            row[f"{m}_vs_zero"] = list(paired_diff_ci(per[m], zero[m], weights))
     return row
 
 
@@ -151,20 +156,23 @@ def report(results: dict) -> None:
     for k, entry in sorted(results.get("ks", {}).items(), key=lambda kv: int(kv[0])):
         print(f"\nk = {k}, attention skipped {entry['blocks']}; original NLL {entry['original_nll']:.3f}; "
               f"held-out: {entry['eval_prompts']} prompts, {entry['eval_tokens']} answer tokens")
-        print("| cell (objective/granularity/rank/calibration prompts/delta lr) | epochs | KL [95% CI] | "
-              "top-1 agreement [95% CI] | ΔKL vs rank 0 | Δagreement vs rank 0 | KL per epoch | train s | "
-              "peak RSS GiB |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| cell (objective/granularity/rank/training prompts/delta lr/start) | epochs | KL [95% CI] | "
+              "top-1 agreement [95% CI] | ΔKL vs rank 0 | Δagreement vs rank 0 | ΔKL lsq vs zero start | "
+              "Δagreement lsq vs zero | KL per epoch (0 = at the start) | train s | peak RSS GiB |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for name, c in entry["cells"].items():
             def delta(key):
                 d = c.get(key)
                 return "–" if d is None else f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" + (
                     " ✱" if excludes_zero(d[1:]) else "")
             curve = " → ".join(f"{e['kl']:.3f}" for e in c.get("per_epoch", []))
+            if c.get("start_kl") is not None:
+                curve = f"{c['start_kl']:.3f} → " + curve
             train_s = "–" if c.get("train_s") is None else f"{c['train_s']:.0f}"
             mem = "–" if c.get("peak_rss_gib") is None else f"{c['peak_rss_gib']:.2f}"
             print(f"| {name} | {c.get('epochs', 0)} | {fmt_ci(c['kl'], c['kl_ci'])} | "
                   f"{fmt_ci(c['agreement'], c['agreement_ci'])} | {delta('kl_vs_r0')} | {delta('agreement_vs_r0')} "
+                  f"| {delta('kl_vs_zero')} | {delta('agreement_vs_zero')} "
                   f"| {curve or '–'} | {train_s} | {mem} |", flush=True)
     print("\n✱ = the 95% interval of the paired difference (same held-out prompts) excludes 0.")
 
@@ -178,8 +186,11 @@ def main(argv=None) -> None:
     ap.add_argument("--granularities", default="channel")
     ap.add_argument("--lora-ranks", default="0,4,16,64", help="ranks of the low-rank deltas (0 = none)")
     ap.add_argument("--lora-lrs", default="1e-3", help="learning rates of the deltas (cells with rank > 0)")
-    ap.add_argument("--calib-sizes", default="16,32,64", help="calibration prompts per cell (the first N)")
-    data_size_flags(ap, n_calib=128, n_eval=32, max_new_tokens=128)
+    ap.add_argument("--delta-inits", default="zero,lsq",
+                    help="how the deltas start (cells with rank > 0): zero (B = 0) | lsq (method/deltainit.py)")
+    ap.add_argument("--calib-sizes", default="32,128,256",
+                    help="training prompts per cell (the first N of the --n-calib answers)")
+    data_size_flags(ap, n_calib=256, n_eval=32, max_new_tokens=128)
     ap.add_argument("--gen-batch", type=int, default=8)
     ap.add_argument("--eval-prompts", type=int, default=32, help="use the first N held-out answers for the figures")
     ap.add_argument("--answer-cap", type=int, default=96, help="cut the cached answers to this many tokens")
@@ -200,7 +211,7 @@ def main(argv=None) -> None:
 
         smoke(args, work=tempfile.mkdtemp(prefix="bench-recovery-smoke-"), model=smoke_model_dir(), ks="4",
               calib_sizes="2", n_calib=2, n_eval=2, max_new_tokens=8, gen_batch=2, eval_prompts=2, answer_cap=8,
-              batch_tokens=64, epochs=1, lora_ranks="0,2", threads=1)
+              batch_tokens=64, epochs=1, lora_ranks="0,2", delta_inits="zero,lsq", threads=1)
     work = Path(args.work).expanduser()
     work.mkdir(parents=True, exist_ok=True)
     res_path = work / "results.json"
@@ -227,6 +238,10 @@ def main(argv=None) -> None:
     if max(sizes) > len(calib_all):
         raise SystemExit(f"--calib-sizes asks for {max(sizes)} prompts; --n-calib made {len(calib_all)}")
     ranks = [int(x) for x in args.lora_ranks.split(",")]
+    inits = args.delta_inits.split(",")
+    bad = [i for i in inits if i not in deltainit.DELTA_INITS]
+    if bad:
+        raise SystemExit(f"unknown --delta-inits {bad}; use {', '.join(deltainit.DELTA_INITS)}")
     lora_lrs = [float(x) for x in args.lora_lrs.split(",")]
     results["data"] = {"eval_prompts": len(held), "answer_cap": args.answer_cap,
                        "unfinished_eval": sum(not a.finished for a in held)}
@@ -261,13 +276,21 @@ def main(argv=None) -> None:
                     for gran in args.granularities.split(","):
                         ref_name = cell_name(obj, gran, 0, n, None)
                         for rank in ranks:
-                            for lora_lr in (lora_lrs if rank else [None]):
-                                name = cell_name(obj, gran, rank, n, lora_lr)
+                            for lora_lr, init in ([(lr, i) for lr in lora_lrs for i in inits] if rank
+                                                  else [(None, "zero")]):
+                                name = cell_name(obj, gran, rank, n, lora_lr, init)
                                 if name in entry["cells"] and not args.redo:
                                     continue
                                 hs.set_granularity(gran)
                                 hs.set_lora_rank(rank)
                                 hs.configure(blocks)
+                                fit_s, fits, start_kl = 0.0, [], None
+                                if init == "lsq":
+                                    t = time.perf_counter()
+                                    state, fits = deltainit.lsq_deltas(hs, rows, blocks)
+                                    hs.set_lora(state)
+                                    fit_s = time.perf_counter() - t
+                                    start_kl = weighted_mean(measure(hs, eval_rows)["kl"], weights)
                                 cfg = training.TrainConfig(args.lr, args.epochs, args.seed,
                                                            training.Objective(obj, args.kl_weight, teacher),
                                                            lora_lr=lora_lr or args.lr)
@@ -288,9 +311,13 @@ def main(argv=None) -> None:
                                 train_s = time.perf_counter() - t - in_eval[0]
                                 last = curve[-1]["per"] if curve else measure(hs, eval_rows)
                                 ref = entry["cells"].get(ref_name, {}).get("per") if rank else None
-                                cell = {**summarise(last, weights, ref), "status": res.status, "epochs": len(curve),
-                                        "rows": len(rows), "calib_tokens": sum(r.n_tokens for r in rows),
-                                        "train_s": train_s, "peak_rss_gib": mem.gib, "per": last,
+                                zero = (entry["cells"].get(cell_name(obj, gran, rank, n, lora_lr), {}).get("per")
+                                        if init == "lsq" else None)
+                                cell = {**summarise(last, weights, ref, zero), "status": res.status,
+                                        "epochs": len(curve), "rows": len(rows),
+                                        "calib_tokens": sum(r.n_tokens for r in rows), "init": init,
+                                        "fit_s": fit_s, "fits": fits, "start_kl": start_kl,
+                                        "train_s": train_s + fit_s, "peak_rss_gib": mem.gib, "per": last,
                                         "per_epoch": [{kk: vv for kk, vv in e.items() if kk != "per"} for e in curve]}
                                 entry["cells"][name] = cell
                                 save()

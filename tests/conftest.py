@@ -42,6 +42,8 @@ def default_model():
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch):
+def _offline(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # the answers runs share (method/data.AnswerCache) go to a folder of this test, not the user's cache
+    monkeypatch.setenv("HOPSCOTCH_ANSWERS_DIR", str(tmp_path_factory.mktemp("answers")))
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -19,6 +19,7 @@ import csv
 import importlib.metadata
 import itertools
 import json
+import os
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -146,6 +147,20 @@ def split_indices(n: int, n_calib: int, n_eval: int, seed: int) -> tuple[list[in
     return sorted(order[:n_calib]), sorted(order[n_calib:n_calib + n_eval])
 
 
+def extra_indices(n: int, n_calib: int, n_eval: int, n_extra: int, seed: int) -> list[int]:
+    """`n_extra` more training indices out of range(n), disjoint from split_indices(n, n_calib, n_eval, seed)'s
+    two sets and drawn from the same seeded order after them: a larger n_extra adds prompts, never changes the
+    calibration, held-out or earlier extra ones."""
+    if n_extra < 0:
+        raise DataError("the number of extra training prompts cannot be negative")
+    if n_calib + n_eval + n_extra > n:
+        raise DataError(f"asked for {n_calib} calibration + {n_extra} more training + {n_eval} held-out prompts, "
+                        f"but the data has only {n}")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return sorted(order[n_calib + n_eval:n_calib + n_eval + n_extra])
+
+
 # --------------------------------------------------------------------------------------------------- answers
 @dataclass
 class Answer:
@@ -163,6 +178,82 @@ class Answer:
     @classmethod
     def from_json(cls, d: dict) -> Answer:
         return cls(int(d["index"]), list(d["prompt_ids"]), list(d["response_ids"]), bool(d["finished"]))
+
+
+class AnswerCache:
+    """The original model's greedy answers shared by every run of one model: cache_dir()/answers/KEY.jsonl (or
+    $HOPSCOTCH_ANSWERS_DIR/KEY.jsonl), KEY
+    from the model's identity (config hash and weights fingerprint), dtype, device kind, answer length and chat
+    template, one line per prompt (its text's SHA-256 and the answer). A later run of the same model and data
+    reads the answers instead of generating them again. Best effort: a cache that cannot be read or written is
+    treated as empty (a run never fails for it); a torn or damaged line is skipped."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @classmethod
+    def for_model(cls, model, tok, max_new_tokens: int, chat: bool = True) -> "AnswerCache":
+        import hashlib
+
+        from ..engine.artifacts import model_identity
+        from ..engine.stamps import cache_dir
+
+        ident = model_identity(model)
+        key = [ident["config_hash"], [round(v, 5) for v in ident["fingerprint"]], str(model.dtype),
+               model.device.type, int(max_new_tokens), bool(chat), getattr(tok, "chat_template", None) or ""]
+        digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
+        root = os.environ.get("HOPSCOTCH_ANSWERS_DIR") or cache_dir() / "answers"
+        return cls(Path(root) / f"{digest}.jsonl")
+
+    @staticmethod
+    def prompt_key(prompt: str) -> str:
+        import hashlib
+
+        return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+
+    def _read(self) -> dict[str, dict]:
+        out = {}
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            return out
+        for line in lines:
+            try:
+                d = json.loads(line)
+                out[d["prompt_sha"]] = d
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+        return out
+
+    def lookup(self, prompts: dict[int, str]) -> list[Answer]:
+        """Answers to those of `prompts` ({index: text}) the cache holds, each with its index."""
+        known = self._read()
+        out = []
+        for i, p in prompts.items():
+            d = known.get(self.prompt_key(p))
+            if d is not None:
+                try:
+                    out.append(Answer.from_json({**d, "index": i}))
+                except (KeyError, TypeError, ValueError):
+                    continue
+        return sorted(out, key=lambda a: a.index)
+
+    def add(self, items: Iterable[tuple[str, Answer]]) -> None:
+        """Keep (prompt text, answer) pairs; errors are ignored (a read-only cache folder)."""
+        text = "".join(json.dumps({"prompt_sha": self.prompt_key(p), **{k: v for k, v in a.to_json().items()
+                                                                        if k != "index"}}) + "\n"
+                       for p, a in items)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a+", encoding="utf-8") as f:
+                f.seek(0, 2)
+                if f.tell():  # start on a fresh line after a torn last one
+                    f.seek(f.tell() - 1)
+                    if f.read(1) != "\n":
+                        text = "\n" + text
+                f.write(text)
+        except OSError:
+            pass
 
 
 def generate_answers(

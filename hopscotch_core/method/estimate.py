@@ -58,6 +58,8 @@ def work_units(s: RunSettings, num_layers: int, n_records: int | None = None) ->
     """Per stage, the answer-token slots of each kind of pass it makes (see module docstring)."""
     calib, held = _sizes(s, n_records)
     c, e = calib * s.max_new_tokens, held * s.max_new_tokens
+    t = s.train_size(calib, n_records) * s.max_new_tokens  # the final training's prompts: calibration + extra
+    start = t if (s.lora_rank and s.delta_init == "lsq") else 0  # the deltas' least-squares start: one forward
     if s.blocks is not None:
         select = _work()
     elif s.mode == "fast":  # the cheap ranking (one forward per round, or one per remaining block), then the shortlist
@@ -65,7 +67,7 @@ def work_units(s: RunSettings, num_layers: int, n_records: int | None = None) ->
         select = _work(fwd=ranks * c, train=s.k * min(s.shortlist, num_layers) * c)
     else:  # the paper's: every remaining block trained one epoch each round
         select = _work(train=sum(num_layers - r for r in range(s.k)) * c)
-    train = _work(fwd=s.epochs * e, train=s.epochs * c)  # held-out loss after each epoch
+    train = _work(fwd=s.epochs * e + start, train=s.epochs * t)  # held-out loss after each epoch
     evaluate = _work(fwd=EVAL_PASSES * e)
     baselines = _work()
     for name in s.baselines:
@@ -73,7 +75,8 @@ def work_units(s: RunSettings, num_layers: int, n_records: int | None = None) ->
                    "one-round": _work(train=num_layers * c) if s.mode == "fast" else _work()}.get(name, _work())
         for part in (ranking, train if s.train_baselines else _work(), evaluate):
             baselines = {k: baselines[k] + part[k] for k in KINDS}
-    return {"prompts": _work(), "generate": _work(gen=c + e), "teacher": _work(fwd=c) if s.objective != "ce" else _work(),
+    return {"prompts": _work(), "generate": _work(gen=t + e),
+            "teacher": _work(fwd=t) if s.objective != "ce" else _work(),
             "select": select, "train": train, "evaluate": evaluate, "baselines": baselines}
 
 

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import save_file
 
 from .. import __version__
-from . import data, distributed, selection, training
+from . import data, deltainit, distributed, selection, training
 from ..measure import metrics
 from ..engine import lowrank
 from ..engine.artifacts import LORA_PREFIX, model_identity
@@ -181,14 +181,24 @@ class Pipeline:
         return self._on_main(self._prompts)
 
     def _prompts(self) -> dict:
+        """The seeded split: calibration and held-out prompts, and `train_extra`, the further prompts the final
+        training reads (n_train - n_calib of them, after the other two in the same seeded order)."""
         path = self.run.file(runs.PROMPTS_FILE)
         split = read_json(path)
+        records = None
         if split is None:
             records = data.load_prompts(self.s.data, self.s.column)
             calib, held = data.split_indices(len(records), *self.s.split_sizes(len(records)), self.s.seed)
             split = {"source": self.s.data, "column": self.s.column, "total": len(records),
                      "calib": [{"index": i, **records[i]} for i in calib],
                      "eval": [{"index": i, **records[i]} for i in held]}
+        n_extra = self.s.train_size(len(split["calib"]), split["total"]) - len(split["calib"])
+        if len(split.get("train_extra") or []) != n_extra:  # new, or a run prepared before it trained on more
+            records = records or data.load_prompts(self.s.data, self.s.column)
+            extra = data.extra_indices(len(records), len(split["calib"]), len(split["eval"]), n_extra, self.s.seed)
+            split["train_extra"] = [{"index": i, **records[i]} for i in extra]
+            write_json(path, split)
+        elif not path.is_file():
             write_json(path, split)
         return split
 
@@ -210,26 +220,70 @@ class Pipeline:
         nc = len(split["calib"])
         return {"calib": [a for a in ordered if a.index < nc], "eval": [a for a in ordered if a.index >= nc]}
 
+    def train_answers(self, split: dict) -> list[data.Answer]:
+        """The original's greedy answers to the extra training prompts (split["train_extra"]): read from the run's
+        train-answers.jsonl, else from the answers cache shared by every run of this model (engine.stamps
+        cache_dir()/answers, keyed by the model's weights, dtype, device kind, answer length and prompt text),
+        else generated, and written to both as they come (a stop or kill loses at most one batch)."""
+        prompts = [r["prompt"] for r in split.get("train_extra") or []]
+        if not prompts:
+            return []
+        shared = self._on_main(lambda: data.AnswerCache.for_model(self.model, self.tok, self.s.max_new_tokens))
+        have = {a["index"]: data.Answer.from_json(a)
+                for a in self._on_main(lambda: read_jsonl(self.run.file(runs.TRAIN_ANSWERS_FILE)))
+                if a.get("index", -1) < len(prompts)}
+        if self.main and len(have) < len(prompts) and shared is not None:
+            found = shared.lookup({i: p for i, p in enumerate(prompts) if i not in have})
+            if found:
+                append_jsonl(self.run.file(runs.TRAIN_ANSWERS_FILE), [a.to_json() for a in found])
+                self.run.log(f"{len(found)} training answers from the shared answer cache")
+                have.update({a.index: a for a in found})
+        have = self.g.broadcast(have if self.main else None)
+
+        def save(batch: list[data.Answer]) -> None:
+            append_jsonl(self.run.file(runs.TRAIN_ANSWERS_FILE), [a.to_json() for a in batch])
+            if shared is not None:
+                shared.add([(prompts[a.index], a) for a in batch])
+
+        if len(have) < len(prompts):
+            self.run.log(f"generating {len(prompts) - len(have)} answers to the extra training prompts "
+                         f"({len(have)} already there)")
+            new = data.generate_answers(self.model, self.tok, prompts, self.s.max_new_tokens, self.s.gen_batch,
+                                        skip=have, on_batch=save if self.main else None,
+                                        on_progress=self._progress, should_stop=self._stopped, group=self.g)
+            have.update({a.index: a for a in new})
+        return [have[i] for i in sorted(have)]
+
     def rows(self, answers: list[data.Answer]) -> list[data.Row]:
         return data.pack(data.build_examples(answers), self.s.batch_tokens)
 
-    def objective(self, hs, rows) -> training.Objective:
-        """The run's objective; for kl / ce+kl with the original model's top-k log-probs on the calibration
-        rows, computed once and kept in teacher.safetensors (written atomically: a kill leaves none or all)."""
+    def objective(self, hs, rows, file: str = runs.TEACHER_FILE) -> training.Objective:
+        """The run's objective; for kl / ce+kl with the original model's top-k log-probs on `rows`, computed once
+        and kept in `file` of the run (written atomically: a kill leaves none or all): teacher.safetensors for
+        the calibration rows, teacher-train.safetensors for the extra training rows."""
         obj = training.Objective(self.s.objective, self.s.kl_weight)
-        if obj.needs_teacher:
+        if obj.needs_teacher and rows:
             def load_or_build() -> training.TeacherCache:  # on rank 0; the other ranks get its cache
-                path = self.run.file(runs.TEACHER_FILE)
+                path = self.run.file(file)
                 cache = training.TeacherCache.load(path, rows)
                 if cache is None:
                     self.run.log(f"teacher: top-{training.TEACHER_TOP_K} log-probs of the original model on "
-                                 f"{len(rows)} rows")
+                                 f"{len(rows)} rows ({file})")
                     cache = training.TeacherCache.build(hs, rows, on_progress=self._progress)
                     cache.save(path)
                 return cache
 
             obj.teacher = self._on_main(load_or_build)
         return obj
+
+    def train_objective(self, hs, rows, extra_rows, objective: training.Objective) -> training.Objective:
+        """The objective over the training rows (the calibration rows, then the extra ones): the calibration
+        rows' teacher joined with the extra rows' (made once, teacher-train.safetensors)."""
+        if not extra_rows or not objective.needs_teacher:
+            return objective
+        extra = self.objective(hs, extra_rows, runs.TRAIN_TEACHER_FILE)
+        return training.Objective(objective.name, objective.kl_weight,
+                                  training.TeacherCache.concat(objective.teacher, extra.teacher))
 
     def select(self, hs, rows, objective: training.Objective | None = None) -> selection.Selection:
         if self.s.blocks is not None:  # a given skip set: nothing to select
@@ -262,6 +316,8 @@ class Pipeline:
         hs.set_lora_rank(self.s.lora_rank)  # deltas are trained once the set is chosen (selection scores without)
         epoch, last = self._on_main(last_epoch)
         start, opt_state = epoch + 1, None
+        if last is None and self.s.lora_rank and self.s.delta_init == "lsq":
+            self._lsq_start(hs, blocks, rows, tag)
         if last is not None:
             hs.set_scales(last.pop("scales"))
             channels = last.pop("channel_scales", None)
@@ -294,6 +350,20 @@ class Pipeline:
                                         if r.get("stage") == f"train{tag}"])
         return {"status": res.status, "epochs": epochs}
 
+    def _lsq_start(self, hs, blocks: list[int], rows, tag: str) -> None:
+        """The deltas' closed-form start (deltainit.py), the same on every rank (each reads the same rows)."""
+        def progress(step: int, total: int, info: dict) -> None:
+            self._progress(step, total, {**info, "stage": f"train{tag}"})
+
+        state, fits = deltainit.lsq_deltas(hs, rows, blocks, on_progress=progress)
+        hs.set_lora(state)
+        self.run.log(f"train{tag}: deltas start from the least-squares fit of each skipped block's output: "
+                     + ", ".join(f"block {f['block']} on layer {f['layer']}'s down_proj explains "
+                                 f"{f['explained']:.1%}" for f in fits))
+        if self.main:
+            append_jsonl(self.run.file(runs.METRICS_FILE), [{"stage": f"delta-init{tag}", "fits": fits,
+                                                             "time": time.time()}])
+
     def evaluate(self, hs, blocks: list[int], eval_rows, mlp: list[int] = ()) -> dict:
         """Held-out NLL of the original / unscaled / trained model, and KL(original || modified) and top-1
         agreement for the last two (NLL alone rewards scalars that sharpen the model's own answers)."""
@@ -310,7 +380,12 @@ class Pipeline:
         # from it)
         return out
 
-    def baselines(self, hs, rows, eval_rows, objective: training.Objective | None = None) -> dict:
+    def baselines(self, hs, rows, eval_rows, objective: training.Objective | None = None, train_rows=None,
+                  train_objective: training.Objective | None = None) -> dict:
+        """Rank each baseline's set on the calibration `rows` (as the selection scored), then train it on
+        `train_rows` (default: the same rows) like Hopscotch's own set, and evaluate it."""
+        train_rows = rows if train_rows is None else train_rows
+        train_objective = objective if train_objective is None else train_objective
         def write(results: dict) -> None:
             if self.main:
                 write_json(self.run.file(runs.BASELINES_FILE), results)
@@ -324,7 +399,10 @@ class Pipeline:
                 break
             if results.get(name, {}).get("done"):
                 continue
-            hs.set_lora_rank(0)  # baseline sets are scored like selection candidates: scalars (and channels) only
+            # baseline sets are ranked like selection candidates (scalars and channels only); then trained with
+            # every part Hopscotch's own set trains (deltas and their start included), so the difference between
+            # the two trained sets is the sets', not the parts'
+            hs.set_lora_rank(0)
             entry = results.get(name) or selection.baseline_blocks(
                 name, hs, rows, self.s.k, self.s.seed, round_one if self.s.mode == "paper" else None,
                 self.s.score_lr, self._progress, objective=objective, group=self.g)
@@ -332,8 +410,8 @@ class Pipeline:
             results[name] = entry
             write(results)
             if self.s.train_baselines:
-                tr = self.train(hs, entry["attention"], rows, eval_rows, tag=f"-{name}", mlp=entry["mlp"],
-                                objective=objective)
+                tr = self.train(hs, entry["attention"], train_rows, eval_rows, tag=f"-{name}", mlp=entry["mlp"],
+                                objective=train_objective)
                 if tr["status"] == runs.STOPPED:
                     break
             else:
@@ -371,8 +449,20 @@ class Pipeline:
                     return self._finish(runs.STOPPED)
                 if "train" not in stages:
                     return self._finish(runs.SELECTED)
-                tr = self._timed("train", lambda: self.train(hs, sel.selected, rows, eval_rows,
-                                                             objective=objective))
+                # the final training reads the calibration rows and the extra training prompts' rows after them
+                extra = self._timed("generate", lambda: self.train_answers(split))
+                if self._stopped():
+                    return self._finish(runs.STOPPED)
+                extra_rows = self.rows(extra)
+                if extra:
+                    run.update(data={**run.manifest.get("data", {}), "train_extra_examples": len(extra),
+                                     "train_rows": len(rows) + len(extra_rows),
+                                     "train_tokens": sum(r.n_tokens for r in rows + extra_rows)})
+                train_obj = (self._timed("teacher", lambda: self.train_objective(hs, rows, extra_rows, objective))
+                             if extra else objective)
+                train_rows = rows + extra_rows
+                tr = self._timed("train", lambda: self.train(hs, sel.selected, train_rows, eval_rows,
+                                                             objective=train_obj))
                 if tr["status"] == runs.STOPPED:
                     return self._finish(runs.STOPPED)
                 results = self._timed("evaluate", lambda: self.evaluate(hs, sel.selected, eval_rows))
@@ -381,7 +471,8 @@ class Pipeline:
                 if self.main:
                     hs.save(run.file(runs.ADAPTER_DIR), objective=s.objective)
                 if "baselines" in stages and s.baselines:
-                    self._timed("baselines", lambda: self.baselines(hs, rows, eval_rows, objective))
+                    self._timed("baselines", lambda: self.baselines(hs, rows, eval_rows, objective, train_rows,
+                                                                    train_obj))
                     if self._stopped():
                         return self._finish(runs.STOPPED)
             return self._finish(runs.DONE)
@@ -421,8 +512,12 @@ def run_pipeline(settings: RunSettings, runs_dir: str, name: str | None = None, 
         store = RunStore(runs_dir)
         store.ensure_writable()
         existing = name is not None and (store.path(name) / runs.MANIFEST).is_file()  # path() checks the name
-        if not existing:
-            data.load_prompts(settings.data, settings.column)  # a bad data file fails before anything is loaded
+        if not existing:  # a bad data file, or one too small for the prompts asked, fails before anything loads
+            records = data.load_prompts(settings.data, settings.column)
+            calib, held = settings.split_sizes(len(records))
+            data.split_indices(len(records), calib, held, settings.seed)
+            data.extra_indices(len(records), calib, held, settings.train_size(calib, len(records)) - calib,
+                               settings.seed)
 
     g.on_main(check_store)
     if model is None:

@@ -4,8 +4,10 @@
       manifest.json        settings, model identity, versions, state, selected blocks (in order), results
       prompts.json         the seeded calibration / held-out split (prompt texts and reference answers)
       answers.jsonl        the model's own greedy answers, one line per prompt, appended per batch
+      train-answers.jsonl  the same for the extra training prompts (the final training reads them too)
       scores.jsonl         every candidate score of every selection round, appended one by one
       teacher.safetensors  the original model's top-k log-probabilities (KL objectives), made once
+      teacher-train.safetensors   the same on the extra training prompts' rows
       scales/epoch_NNN.safetensors   scalars (and Adam state) after each training epoch; scales-BASELINE/ likewise
       metrics.jsonl        one line per epoch / evaluation
       baselines.json       baseline block sets and their held-out losses
@@ -45,8 +47,10 @@ from ..fileio import atomic_write
 MANIFEST = "manifest.json"
 PROMPTS_FILE = "prompts.json"
 ANSWERS_FILE = "answers.jsonl"
+TRAIN_ANSWERS_FILE = "train-answers.jsonl"  # answers to the extra training prompts (prompts.json "train_extra")
 SCORES_FILE = "scores.jsonl"
 TEACHER_FILE = "teacher.safetensors"
+TRAIN_TEACHER_FILE = "teacher-train.safetensors"  # the teacher on the extra training prompts' rows
 SCALES_DIR = "scales"                    # a baseline's: scales-NAME
 METRICS_FILE = "metrics.jsonl"
 BASELINES_FILE = "baselines.json"

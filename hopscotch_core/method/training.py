@@ -78,6 +78,14 @@ class TeacherCache:
                     on_progress(n + 1, len(rows), {"stage": "teacher"})
         return cls(idx, logp, tail, cls._targets(rows), top_k)
 
+    @classmethod
+    def concat(cls, first: "TeacherCache", second: "TeacherCache") -> "TeacherCache":
+        """The cache of `first`'s rows followed by `second`'s (both made with the same k)."""
+        if first.top_k != second.top_k:
+            raise HopscotchError(f"teacher caches of top-{first.top_k} and top-{second.top_k} cannot be joined")
+        return cls(first.idx + second.idx, first.logp + second.logp, first.tail + second.tail,
+                   torch.cat([first.targets, second.targets]), first.top_k)
+
     def matches(self, rows: Sequence[Row]) -> bool:
         t = self._targets(rows)
         return len(rows) == len(self.idx) and t.shape == self.targets.shape and bool((t == self.targets).all())

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 import hopscotch_core as hc
 from hopscotch_core import cli
-from hopscotch_core.method import pipeline
+from hopscotch_core.errors import HopscotchError
+from hopscotch_core.method import data, pipeline
 from hopscotch_core.method.runs import RunError, RunStore, read_jsonl
 
 SMALL = ["--n-calib", "10", "--n-eval", "5", "--max-new-tokens", "10", "--gen-batch", "4", "--epochs", "2"]
@@ -336,3 +337,39 @@ def test_a_healed_run_trains_saves_and_exports_its_deltas(model_dir, data_file, 
                          check=True).stdout  # stock transformers, a fresh process, the folder alone
     got = torch.tensor(json.loads(out)).view_as(ref)
     assert ((ref - got).abs().max() / ref.abs().max()).item() <= 1e-4
+
+
+def test_training_reads_more_prompts_than_the_selection_and_shares_their_answers(data_file, tmp_path):
+    """--n-train: the final training reads the calibration prompts and the next ones of the same seeded order
+    (never a held-out one); their answers are generated once and a later run of the same model and data reads
+    them from the shared cache; the deltas start from the least-squares fit."""
+    model, tok = make_model("llama", num_hidden_layers=4), make_tokenizer()
+    s = settings(data_file, n_calib=6, n_eval=5, n_train=12, blocks=[2], baselines=[], objective="kl",
+                 granularity="channel", lora_rank=2, delta_init="lsq")
+    run = pipeline.run_pipeline(s, tmp_path, "a", model=model, tok=tok)
+    split = json.loads((run.dir / "prompts.json").read_text())
+    calib, held, extra = ({r["index"] for r in split[k]} for k in ("calib", "eval", "train_extra"))
+    assert len(calib) == 6 and len(held) == 5 and len(extra) == 6 and not (calib | held) & extra
+    assert sorted(extra) == data.extra_indices(24, 6, 5, 6, 0)
+    # a larger n-train adds prompts and keeps the others
+    assert set(data.extra_indices(24, 6, 5, 3, 0)) <= extra
+    assert len(read_jsonl(run.dir / "train-answers.jsonl")) == 6 and (run.dir / "teacher-train.safetensors").is_file()
+    m = run.manifest
+    assert m["data"]["train_extra_examples"] == 6 and m["data"]["train_rows"] > m["data"]["calib_rows"]
+    fits = [r for r in read_jsonl(run.dir / "metrics.jsonl") if r["stage"] == "delta-init"]
+    assert len(fits) == 1 and fits[0]["fits"][0]["layer"] == 1 and 0 < fits[0]["fits"][0]["explained"] <= 1
+    assert m["results"]["eval_kl_trained"] < m["results"]["eval_kl_unscaled"]
+    # a second run of the same model and data: the extra answers come from the shared cache, equal
+    again = pipeline.run_pipeline(s, tmp_path, "b", model=model, tok=tok)
+    assert "6 training answers from the shared answer cache" in (again.dir / "log.txt").read_text()
+    assert read_jsonl(again.dir / "train-answers.jsonl") == read_jsonl(run.dir / "train-answers.jsonl")
+    assert again.manifest["results"] == m["results"]
+
+
+def test_training_prompts_are_checked_before_any_work(data_file, tmp_path):
+    model, tok = make_model("llama", num_hidden_layers=4), make_tokenizer()
+    with pytest.raises(HopscotchError, match="at least n-calib"):
+        pipeline.run_pipeline(settings(data_file, n_train=4), tmp_path, "r", model=model, tok=tok)
+    with pytest.raises(HopscotchError, match="14 more training"):
+        pipeline.run_pipeline(settings(data_file, n_train=24), tmp_path, "r", model=model, tok=tok)
+    assert not (tmp_path / "r").exists()
