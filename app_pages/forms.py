@@ -51,8 +51,8 @@ def save_upload(up) -> Path:
 
 # ------------------------------------------------------------------------------------------------ presets
 # the widgets (key suffixes) that show a setting a preset sets; choosing a preset resets them to its values
-PRESET_WIDGETS = {"n_calib": "nc", "n_eval": "ne", "max_new_tokens": "mnt", "shortlist": "shortlist",
-                  "epochs": "epochs"}
+PRESET_WIDGETS = {"n_calib": "nc", "n_eval": "ne", "n_train": "ntr", "max_new_tokens": "mnt",
+                  "shortlist": "shortlist", "epochs": "epochs"}
 
 
 def _reset_preset_widgets(key: str) -> None:
@@ -108,15 +108,29 @@ def data_settings(key: str, defaults: dict | None = None) -> dict | None:
             return None
     column = st.text_input("Prompt column (empty: question/prompt/instruction/input/text)",
                            value=d.get("column") or "", key=f"{key}_col").strip() or None
-    c1, c2, c3, c4 = st.columns(4)
+    c1, c2, c3, c4, c5 = st.columns(5)
     n_calib = c1.number_input("Calibration prompts", 1, 2000, int(d.get("n_calib") or settings.DEFAULT_CALIB),
-                              key=f"{key}_nc")
-    n_eval = c2.number_input("Held-out prompts", 1, 2000, int(d.get("n_eval") or settings.DEFAULT_EVAL),
+                              key=f"{key}_nc", help="the prompts the selection scores candidates on")
+    given_train = d.get("n_train")
+    n_train = c2.number_input("Training prompts", 0, 4000,
+                              int(settings.DEFAULT_TRAIN if given_train is None else given_train), key=f"{key}_ntr",
+                              help="the prompts the final scalars, multipliers and deltas train on: the calibration "
+                                   "prompts plus the next ones of the same data (more data, better fidelity; the "
+                                   "selection's cost does not grow with them). 0 = the calibration prompts only. "
+                                   "Their answers are generated once per model and reused by later runs.")
+    n_eval = c3.number_input("Held-out prompts", 1, 2000, int(d.get("n_eval") or settings.DEFAULT_EVAL),
                              key=f"{key}_ne")
-    max_new = c3.number_input("Answer length (tokens)", 4, 1024,
+    max_new = c4.number_input("Answer length (tokens)", 4, 1024,
                               int(d.get("max_new_tokens") or settings.DEFAULT_MAX_NEW_TOKENS),
                               key=f"{key}_mnt")
-    seed = c4.number_input("Seed", 0, 2**31 - 1, int(d.get("seed") or 0), key=f"{key}_seed")
+    seed = c5.number_input("Seed", 0, 2**31 - 1, int(d.get("seed") or 0), key=f"{key}_seed")
+    # the default (None: max(calibration prompts, DEFAULT_TRAIN)) stays the default unless the number is changed
+    n_train = None if (given_train is None and n_train == settings.DEFAULT_TRAIN) else int(n_train)
+    if n_train and n_train < n_calib:
+        st.error(f"**Cause:** {n_train} training prompts asked, fewer than the {n_calib} calibration prompts they "
+                 "include.\n\n**Fix:** raise it to at least the calibration prompts, or 0 for those only.",
+                 icon=ERROR_ICON)
+        return None
     try:
         records = load_prompts(source, column)
     except Exception as e:  # noqa: BLE001 - DataError and friends, shown with a fix
@@ -126,11 +140,18 @@ def data_settings(key: str, defaults: dict | None = None) -> dict | None:
         st.error(f"**Cause:** {n_calib} calibration + {n_eval} held-out prompts asked, but the data has "
                  f"{len(records)} records.\n\n**Fix:** lower the two numbers or use a larger file.", icon=ERROR_ICON)
         return None
+    wanted = settings.RunSettings(n_calib=int(n_calib), n_eval=int(n_eval), n_train=n_train)
+    extra = wanted.train_size(int(n_calib), len(records)) - int(n_calib)
+    if n_calib + n_eval + extra > len(records):
+        st.error(f"**Cause:** {n_calib} calibration + {extra} more training + {n_eval} held-out prompts asked, but "
+                 f"the data has {len(records)} records.\n\n**Fix:** lower the training prompts or use a larger "
+                 "file.", icon=ERROR_ICON)
+        return None
     mix = ""
     if source == prompt_sets.MIX:
         mix = " (" + ", ".join(f"{n} {name}" for name, n in prompt_sets.composition(records).items()) + ")"
     st.caption(f"{len(records)} prompts available{mix}; e.g. “{records[0]['prompt'][:120]}”")
-    return {"data": source, "column": column, "n_calib": int(n_calib), "n_eval": int(n_eval),
+    return {"data": source, "column": column, "n_calib": int(n_calib), "n_eval": int(n_eval), "n_train": n_train,
             "max_new_tokens": int(max_new), "seed": int(seed)}
 
 
@@ -138,10 +159,10 @@ def data_settings(key: str, defaults: dict | None = None) -> dict | None:
 def recovery_settings(key: str, defaults: dict | None = None) -> dict:
     """Widgets for what scoring and scale training minimise (objective, KL weight) and the granularity of the
     scalars; returns those RunSettings fields. `paper` = objective ce, granularity scalar (the paper's)."""
-    from hopscotch_core.method.settings import GRANULARITIES, OBJECTIVES, PAPER, RunSettings
+    from hopscotch_core.method.settings import DELTA_INITS, GRANULARITIES, OBJECTIVES, PAPER, RunSettings
 
     default = RunSettings()
-    fields = ("objective", "kl_weight", "granularity", "lora_rank", "lora_lr")
+    fields = ("objective", "kl_weight", "granularity", "lora_rank", "lora_lr", "delta_init")
     d = {**{k: getattr(default, k) for k in fields},
          **{k: v for k, v in (defaults or {}).items() if k in fields and v is not None}}
 
@@ -159,14 +180,20 @@ def recovery_settings(key: str, defaults: dict | None = None) -> dict:
                                format_func=label, key=f"{key}_granularity",
                                help="scalar: one b per branch (the paper's); channel: b_att and b_mlp are vectors "
                                     "over the hidden size (still folds into the output projections)")
-    c4, c5, _ = st.columns(3)
+    c4, c5, c6 = st.columns(3)
     rank = c4.number_input("Low-rank deltas (rank)", 0, 4096, int(d["lora_rank"]), step=1, key=f"{key}_lora_rank",
                            help="rank-R corrections on every kept branch's output projection (o_proj, down_proj), "
                                 "trained with the scalars once the blocks are chosen and folded into those weights "
                                 "on export; 0 = none (the paper's)")
     lora_lr = c5.number_input("Delta learning rate", 1e-6, 1.0, float(d["lora_lr"]), format="%.5f",
                               key=f"{key}_lora_lr", disabled=rank == 0, help="Adam learning rate of the deltas")
+    inits = list(DELTA_INITS)
+    delta_init = c6.selectbox("Deltas start", inits, index=inits.index(d["delta_init"]), key=f"{key}_delta_init",
+                              disabled=rank == 0,
+                              help="lsq: each skipped block's output fitted by least squares onto the previous "
+                                   "layer's MLP down-projection (from the original model's activations), then "
+                                   "trained; zero: B = 0, the model starts unchanged")
     if (objective, granularity, rank) == (PAPER["objective"], PAPER["granularity"], PAPER["lora_rank"]):
         st.caption("paper: the paper's exact setting (--objective ce --granularity scalar --lora-rank 0)")
     return {"objective": objective, "kl_weight": float(weight), "granularity": granularity,
-            "lora_rank": int(rank), "lora_lr": float(lora_lr)}
+            "lora_rank": int(rank), "lora_lr": float(lora_lr), "delta_init": delta_init}

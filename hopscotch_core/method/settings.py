@@ -261,6 +261,25 @@ def describe(settings: dict) -> str:
     return words + (" (the defaults)" if same else "")
 
 
+def baselines_words(settings: dict) -> str | None:
+    """How a run's baselines were trained, in words (None for a run without baselines), e.g. "Baselines (attn-bi):
+    each set ranked on the calibration prompts like a selection candidate, then trained exactly like Hopscotch's
+    own set: ..."; so a difference between two trained sets compares the sets, not the training."""
+    s = RunSettings.from_manifest({k: v for k, v in settings.items() if k in RunSettings.__dataclass_fields__})
+    if not s.baselines:
+        return None
+    head = f"Baselines ({', '.join(s.baselines)}): each set chosen by its own rule"
+    if not s.train_baselines:
+        return head + ", then evaluated unscaled (--no-train-baselines): compare them with Hopscotch unscaled."
+    calib = s.n_calib if s.n_calib is not None else DEFAULT_CALIB
+    parts = [f"{s.objective} objective", "per-channel multipliers" if s.granularity == "channel" else "scalars"]
+    if s.lora_rank:
+        parts.append(f"rank-{s.lora_rank} deltas" + (" with the least-squares start" if s.delta_init == "lsq" else ""))
+    return (head + ", then trained exactly like Hopscotch's own set (" + ", ".join(parts)
+            + f", {s.epochs} epochs on the same {s.train_size(calib)} training prompts), so a difference between "
+            "Hopscotch trained and a baseline trained compares the block sets, not the training.")
+
+
 def field_help(name: str) -> str:
     """The help text of setting `name`."""
     return next(f.metadata["help"] for f in dataclasses.fields(RunSettings) if f.name == name)

@@ -359,7 +359,7 @@ def train_scales(
         if steps < len(train_rows):  # stopped mid-epoch: this epoch does not count
             result.status = STOPPED
             break
-        record = {"epoch": epoch, "train_loss": train_loss,
+        record = {"epoch": epoch, "train_loss": train_loss, "rows": len(train_rows),
                   "eval_loss": shared_objective(hs, eval_rows, cfg.objective, group) if eval_rows else None}
         result.epochs.append(record)
         if on_epoch is not None:

@@ -33,6 +33,7 @@ from .figexport import figure_csv, file_stem
 from ..fileio import atomic_write
 from .commands import command_line
 from ..method.runs import MANIFEST, RunError
+from ..method.settings import baselines_words
 from .runview import RunView, benchmark_table, diff_table, intervals_as_text
 
 
@@ -160,6 +161,9 @@ def _sections(run: RunView) -> list[_Section]:
             sec.items.append(_Figure("fidelity", figures.fidelity(bars[cols]),
                                      "Held-out NLL, KL(original ‖ modified) and top-1 agreement per variant"
                                      + ("; error bars: 95% intervals over the prompts." if has_ci else ".")))
+        trained_alike = baselines_words(s)
+        if trained_alike:
+            sec.items.append(trained_alike)
         diffs = run.eval_diffs()
         if diffs:
             sec.items.append(_Table(diff_table(diffs), "Paired differences a − b over the same held-out prompts, "

@@ -8,23 +8,31 @@ import pytest
 
 from hopscotch_core import cli
 from hopscotch_core.method import estimate
-from hopscotch_core.method.settings import PRESETS, RunSettings
+from hopscotch_core.method.settings import DEFAULT_TRAIN, PRESETS, RunSettings
 
 
 
 def test_work_units_count_the_passes_of_each_stage():
-    s = RunSettings(n_calib=10, n_eval=6, max_new_tokens=100, k=3, shortlist=2, epochs=4,
+    s = RunSettings(n_calib=10, n_eval=6, n_train=16, max_new_tokens=100, k=3, shortlist=2, epochs=4,
                     baselines=["random", "attn-bi"])
     u = estimate.work_units(s, num_layers=12)
-    c, e = 10 * 100, 6 * 100
-    assert u["generate"] == {"gen": 1600, "fwd": 0, "train": 0}
-    assert u["teacher"] == {"gen": 0, "fwd": c, "train": 0}        # kl: the teacher runs once over the calibration
-    # fast mode, bi shortlist: one ranking forward per round, then shortlist candidates one epoch each
+    c, e, t = 10 * 100, 6 * 100, 16 * 100
+    assert u["generate"] == {"gen": t + e, "fwd": 0, "train": 0}   # calibration + extra training + held-out answers
+    assert u["teacher"] == {"gen": 0, "fwd": t, "train": 0}        # kl: the teacher runs once over the training rows
+    # fast mode, bi shortlist: one ranking forward per round, then shortlist candidates one epoch each, on the
+    # calibration prompts only
     assert u["select"] == {"gen": 0, "fwd": 3 * c, "train": 3 * 2 * c}
-    assert u["train"] == {"gen": 0, "fwd": 4 * e, "train": 4 * c}  # held-out loss after every epoch
+    # held-out loss after every epoch, and one forward over the training rows for the deltas' least-squares start
+    assert u["train"] == {"gen": 0, "fwd": 4 * e + t, "train": 4 * t}
     assert u["evaluate"] == {"gen": 0, "fwd": 3 * e, "train": 0}   # original, unscaled, trained
-    # random: trained + evaluated; attn-bi: one ranking forward too
-    assert u["baselines"] == {"gen": 0, "fwd": 2 * (4 * e + 3 * e) + c, "train": 2 * 4 * c}
+    # random: trained + evaluated; attn-bi: one ranking forward (on the calibration prompts) too
+    assert u["baselines"] == {"gen": 0, "fwd": 2 * (4 * e + t + 3 * e) + c, "train": 2 * 4 * t}
+    # the calibration prompts only (n_train 0), deltas from zero: no extra answers, no least-squares forward
+    z = estimate.work_units(dataclasses.replace(s, n_train=0, delta_init="zero"), 12)
+    assert z["generate"]["gen"] == c + e and z["train"] == {"gen": 0, "fwd": 4 * e, "train": 4 * c}
+    # the default: max(n_calib, DEFAULT_TRAIN) training prompts
+    d = estimate.work_units(dataclasses.replace(s, n_train=None), 12)
+    assert d["train"]["train"] == 4 * DEFAULT_TRAIN * 100
     # paper mode trains every remaining block (12 + 11 + 10 candidate-epochs); ce has no teacher
     p = estimate.work_units(RunSettings(n_calib=10, n_eval=6, max_new_tokens=100, k=3, mode="paper",
                                         objective="ce"), 12)

@@ -344,7 +344,7 @@ def test_training_reads_more_prompts_than_the_selection_and_shares_their_answers
     (never a held-out one); their answers are generated once and a later run of the same model and data reads
     them from the shared cache; the deltas start from the least-squares fit."""
     model, tok = make_model("llama", num_hidden_layers=4), make_tokenizer()
-    s = settings(data_file, n_calib=6, n_eval=5, n_train=12, blocks=[2], baselines=[], objective="kl",
+    s = settings(data_file, n_calib=6, n_eval=5, n_train=12, blocks=[2], baselines=["random"], objective="kl",
                  granularity="channel", lora_rank=2, delta_init="lsq")
     run = pipeline.run_pipeline(s, tmp_path, "a", model=model, tok=tok)
     split = json.loads((run.dir / "prompts.json").read_text())
@@ -359,6 +359,14 @@ def test_training_reads_more_prompts_than_the_selection_and_shares_their_answers
     fits = [r for r in read_jsonl(run.dir / "metrics.jsonl") if r["stage"] == "delta-init"]
     assert len(fits) == 1 and fits[0]["fits"][0]["layer"] == 1 and 0 < fits[0]["fits"][0]["explained"] <= 1
     assert m["results"]["eval_kl_trained"] < m["results"]["eval_kl_unscaled"]
+    # the baseline trains every part Hopscotch's set trains, on the same rows: deltas (least-squares start) too
+    base = json.loads((run.dir / "baselines.json").read_text())["random"]
+    last = load_file(str(run.dir / "scales-random" / "epoch_001.safetensors"))
+    assert last["lora.0.mlp.B"].shape == (32, 2) and any(k.startswith("lora_adam.") for k in last)
+    starts = [r for r in read_jsonl(run.dir / "metrics.jsonl") if r["stage"] == "delta-init-random"]
+    assert len(starts) == 1 and [f["block"] for f in starts[0]["fits"]] == [b for b in base["attention"] if b]
+    steps = [r for r in read_jsonl(run.dir / "metrics.jsonl") if r["stage"] in ("train", "train-random")]
+    assert {r["rows"] for r in steps} == {m["data"]["train_rows"]}  # both read every training row each epoch
     # a second run of the same model and data: the extra answers come from the shared cache, equal
     again = pipeline.run_pipeline(s, tmp_path, "b", model=model, tok=tok)
     assert "6 training answers from the shared answer cache" in (again.dir / "log.txt").read_text()
