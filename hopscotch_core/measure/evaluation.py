@@ -14,8 +14,12 @@ Variants: the original model; the selected blocks unscaled (`hopscotch-unscaled`
   original gives a number; `gsm8k_strict` / `gsm8k_flexible` = accuracy against the reference answers (when the
   prompts come with `#### N` references), with lm-evaluation-harness's two filters;
 - `layer_mmd` (in eval.json only): per layer, unbiased MMD^2 between the original's and the variant's hidden
-  states (metrics.layer_mmd: RBF, median heuristic, 512 tokens chosen with seed 0).
-Generated answers are appended per batch to `eval-answers.jsonl`, so an interrupted evaluation resumes.
+  states (metrics.layer_mmd's values: RBF, median heuristic, 512 tokens chosen with seed 0), taken by forward hooks
+  in the teacher-forced passes above (metrics.compare), so it costs no forward pass of its own.
+Generated answers are appended per batch to `eval-answers.jsonl`, so an interrupted evaluation resumes. The
+original's answers are not generated again when the run already holds them: with `max_new_tokens` equal to the
+run's, its answers.jsonl answers exactly these prompts greedily with the same chat template (their prompt tokens are
+checked), so their texts are taken from there (`reused_answers`, recorded with `"reused": true`).
 
 Statistics (measure/stats.py): every figure of every row has a 95% bootstrap interval over prompts, `FIG_ci` =
 [low, high] (`nll_ci`, `kl_ci`, `agreement_ci`, `answer_agreement_ci`, `exact_match_ci`, `gsm8k_strict_ci`,
@@ -49,6 +53,7 @@ from ..engine.scaling import attach
 
 Progress = Callable[[int, int, dict], None]
 FIGURES = ("nll", "kl", "agreement", "exact_match", "answer_agreement", "gsm8k_strict", "gsm8k_flexible")
+MMD_TOKENS, MMD_SEED = 512, 0  # layer_mmd's tokens: this many positions of the held-out rows, chosen with this seed
 TOKEN_FIGURES = ("nll", "kl", "agreement")  # token means: a prompt weighs its response tokens
 GENERATION_FIGURES = ("exact_match", "answer_agreement", "gsm8k_strict", "gsm8k_flexible")
 COLUMNS = ("variant", "method", "scaled", "k", "attention", "mlp", "nll", "ppl", "kl", "agreement", "exact_match",
@@ -262,6 +267,24 @@ def compare_variants(run, a: str, b: str, other=None, figures: Sequence[str] = F
     return _diff_rows(per, a, b, per_b, figures)
 
 
+def answer_text(tok, answer: data.Answer) -> str:
+    """The text of a greedy answer as eval compares it: its response tokens decoded without special tokens."""
+    return tok.decode(answer.response_ids, skip_special_tokens=True)
+
+
+def reused_answers(run: Run, tok, held: list[data.Answer], prompts: list[str], max_new: int) -> dict[int, str] | None:
+    """The original model's answer texts to the held-out `prompts` ({prompt index: text}) taken from the run's own
+    greedy answers `held` (answers.jsonl, in prompt order), or None when generating them here could give others:
+    another `max_new_tokens` than the run's, an answer missing, or prompt tokens that differ from this tokenizer's
+    chat-template encoding of the prompt."""
+    if max_new != int(run.manifest["settings"]["max_new_tokens"]) or len(held) != len(prompts):
+        return None
+    for a, p in zip(held, prompts):
+        if list(a.prompt_ids) != list(data.encode_prompt(tok, p, True)):
+            return None
+    return {j: answer_text(tok, a) for j, a in enumerate(held)}
+
+
 def evaluate_run(run: Run, model, tok, max_new_tokens: int | None = None, gen_batch: int | None = None,
                  generate: bool = True, mmd: bool = True, on_progress: Progress | None = None,
                  should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
@@ -278,6 +301,8 @@ def evaluate_run(run: Run, model, tok, max_new_tokens: int | None = None, gen_ba
     held = [answers[i] for i in sorted(answers) if i >= nc]
     if len(held) != len(split["eval"]):
         raise EvalError(f"run {run.name!r} lacks held-out answers ({len(held)} of {len(split['eval'])})")
+    if [a.index for a in held] != list(range(nc, nc + len(held))):
+        raise EvalError(f"run {run.name!r}: its held-out answers do not match its held-out prompts")
     rows = data.pack(data.build_examples(held), s["batch_tokens"])
     with_tokens = [j for j, a in enumerate(held) if a.response_ids]  # example e -> held-out prompt with_tokens[e]
     prompts = [r["prompt"] for r in split["eval"]]
@@ -289,11 +314,12 @@ def evaluate_run(run: Run, model, tok, max_new_tokens: int | None = None, gen_ba
 
     stopped = should_stop or (lambda: False)
     out_rows: list[dict] = []
-    layer_mmd: dict[str, list[float]] = {}
     with attach(model) as hs:
         progress(0, 1, {"stage": "eval: teacher-forced"})
         cfg = {v["variant"]: handle_config(v) for v in variants}
-        tf = metrics.compare(hs, rows, cfg, per_example=True)
+        tf = metrics.compare(hs, rows, cfg, per_example=True, mmd_tokens=MMD_TOKENS if mmd else None,
+                             mmd_seed=MMD_SEED)
+        layer_mmd = {name: tf[name]["layer_mmd"] for name in cfg} if mmd else {}
         texts: dict[str, list[str]] = {}
         if generate:
             path = run.file(runs.EVAL_ANSWERS_FILE)
@@ -304,10 +330,16 @@ def evaluate_run(run: Run, model, tok, max_new_tokens: int | None = None, gen_ba
                     break
                 done = {r["index"]: r["text"] for r in have if r["variant"] == name}
                 v = cfg.get(name, {})
+                reused = reused_answers(run, tok, held, prompts, max_new) if name == "original" else None
+                if reused is not None:
+                    new_texts = {i: t for i, t in reused.items() if i not in done}
+                    append_jsonl(path, [{"variant": name, "max_new_tokens": max_new, "index": i, "text": t,
+                                         "reused": True} for i, t in sorted(new_texts.items())])
+                    done.update(new_texts)
 
                 def save(b: list[data.Answer], name=name) -> None:
                     append_jsonl(path, [{"variant": name, "max_new_tokens": max_new, "index": a.index,
-                                         "text": tok.decode(a.response_ids, skip_special_tokens=True)} for a in b])
+                                         "text": answer_text(tok, a)} for a in b])
 
                 base = j * len(prompts) + len(done)  # progress counts prompts answered, over all variants
 
@@ -318,15 +350,9 @@ def evaluate_run(run: Run, model, tok, max_new_tokens: int | None = None, gen_ba
                     with hs.applied(**v):
                         new = data.generate_answers(model, tok, prompts, max_new, batch, skip=done, on_batch=save,
                                                     on_progress=prog, should_stop=stopped)
-                    done.update({a.index: tok.decode(a.response_ids, skip_special_tokens=True) for a in new})
+                    done.update({a.index: answer_text(tok, a) for a in new})
                 if len(done) == len(prompts):
                     texts[name] = [done[i] for i in range(len(prompts))]
-        if mmd and not stopped():
-            for j, (name, v) in enumerate(cfg.items()):
-                progress(j, len(cfg), {"stage": "eval: layer MMD", "variant": name})
-                layer_mmd[name] = metrics.layer_mmd(hs, rows, v["skipped"], v["scales"],
-                                                    skipped_mlp=v["skipped_mlp"],
-                                                    channel_scales=v.get("channel_scales"), lora=v.get("lora"))
     if stopped():
         return {"status": runs.STOPPED}
     ref = texts.get("original")

@@ -3,6 +3,16 @@
     from hopscotch_core.measure import metrics
     metrics.mmd2(x, y)                  # unbiased MMD^2, RBF kernel, median-heuristic bandwidth
     metrics.singular_values(model)      # DataFrame: layer, matrix, sigma_max (one row per weight matrix)
+    metrics.layer_mmd(hs, rows, [3, 7])             # per layer, MMD^2 of the hidden states, original vs skipped
+    metrics.layer_mmds(hs, rows, {"a": {...}, ...}) # the same for several variants, the original's pass shared
+    metrics.compare(hs, rows, variants, mmd_tokens=512)  # NLL/KL/agreement, + layer_mmd from the same passes
+
+Hidden states for layer MMD are taken by forward hooks on the decoder layers (StateCapture) that keep only the
+chosen token positions (n x C per layer, whatever the length). layer_mmd / layer_mmds run one pass per model over
+the rows holding chosen positions, each cut after its last one, several rows per forward (up to `batch_tokens`
+padded tokens on an accelerator, the padding a sequence of its own that the packed-sequence mask keeps apart; on
+CPU one row per forward, where batching gained nothing); compare takes them from its own teacher-forced passes at
+no extra forward. sampled_states is the per-row pass with per-layer callbacks (drift's progress and stop).
 
 MMD (Gretton et al., 2012): for samples x [n, d] and y [m, d] and kernel k(a, b) = exp(-|a - b|^2 / (2 sigma^2)),
 
@@ -120,7 +130,8 @@ def example_index(row) -> torch.Tensor:
     return ids[slot[row.positions.cpu()]]
 
 
-def compare(hs, rows, variants: dict[str, dict], per_example: bool = False) -> dict[str, dict]:
+def compare(hs, rows, variants: dict[str, dict], per_example: bool = False, mmd_tokens: int | None = None,
+            mmd_seed: int = 0) -> dict[str, dict]:
     """The original model against several modified ones, on packed rows of its own answers (data.pack).
 
     `variants` maps a name to configure() arguments ({"skipped": [...], "scales": ..., "skipped_mlp": [...]}).
@@ -133,6 +144,10 @@ def compare(hs, rows, variants: dict[str, dict], per_example: bool = False) -> d
     response `tokens` and its own token means `nll` (and, for a variant, `kl`, `agreement`); None for an example
     with no response tokens. The token-weighted mean of those per-example means is the overall figure, so
     stats.mean_ci(values, weights=tokens) is its interval. Computed in the same forward passes.
+
+    With `mmd_tokens`, each variant's entry also holds `layer_mmd`: layer_mmd's per-layer values for the same
+    `mmd_tokens` and `mmd_seed` (every layer), from the hidden states of these same passes (forward hooks keep
+    the chosen positions), so they cost no forward of their own.
     """
     zero = {"nll": 0.0, "kl": 0.0, "agree": 0.0}
     tot = {name: dict(zero) for name in ["original", *variants]}
@@ -140,10 +155,29 @@ def compare(hs, rows, variants: dict[str, dict], per_example: bool = False) -> d
     per = {name: {k: torch.zeros(n_ex, dtype=torch.float64) for k in zero} for name in tot}
     count = torch.zeros(n_ex, dtype=torch.float64)
     n = 0
-    with torch.no_grad():
-        for row in rows:
+    wanted: list[int] = []
+    where: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # row -> (its chosen columns, their sample slots)
+    acc: dict[str, SampledStates] = {}
+    if mmd_tokens is not None:
+        wanted = layer_indices(hs, None)
+        idx = mmd_positions(rows, mmd_tokens, mmd_seed)
+        where = {r: (cols, slots) for r, cols, slots in locate(rows, idx)}
+        acc = {name: SampledStates(wanted, len(idx)) for name in tot}
+    capture = StateCapture(hs.family.layers, wanted)
+
+    def logits(name: str, r: int, row) -> torch.Tensor:  # (N, V), keeping the chosen states of this pass
+        sel = where.get(r)
+        if sel is not None:
+            capture.select(torch.zeros(len(sel[0]), dtype=torch.long), sel[0])
+        lg = row_logits(hs.model, row)
+        if sel is not None:
+            acc[name].add(capture.take(), sel[1])
+        return lg
+
+    with torch.no_grad(), capture:
+        for r, row in enumerate(rows):
             hs.reset()
-            lo = row_logits(hs.model, row)
+            lo = logits("original", r, row)
             lpo = torch.log_softmax(lo, -1)
             tgt = row.targets.to(lo.device)
             ex = example_index(row) if per_example else None
@@ -157,7 +191,7 @@ def compare(hs, rows, variants: dict[str, dict], per_example: bool = False) -> d
             for name, v in variants.items():
                 hs.configure(v.get("skipped", ()), v.get("scales"), v.get("skipped_mlp", ()),
                              v.get("channel_scales"), v.get("lora"))
-                lm = row_logits(hs.model, row)
+                lm = logits(name, r, row)
                 lpm = torch.log_softmax(lm, -1)
                 add(name, "nll", torch.nn.functional.nll_loss(lpm, tgt, reduction="none"))
                 add(name, "kl", (lpo.exp() * (lpo - lpm)).sum(-1))
@@ -179,6 +213,11 @@ def compare(hs, rows, variants: dict[str, dict], per_example: bool = False) -> d
             means = {("agreement" if k == "agree" else k): [float(per[name][k][i] / count[i]) if count[i] else None
                                                             for i in range(n_ex)] for k in keys}
             out[name]["examples"] = {"tokens": [int(c) for c in count], **means}
+    if acc:
+        orig = acc["original"].states()
+        for name in variants:
+            mod = acc[name].states()
+            out[name]["layer_mmd"] = [mmd2(orig[i], mod[i]) for i in wanted]
     return out
 
 
@@ -262,26 +301,200 @@ def row_tokens(rows) -> int:
     return sum(int(r.input_ids.shape[1]) for r in rows)
 
 
-def layer_mmd(hs, rows, skipped, scales=None, max_tokens: int = 512, seed: int = 0, skipped_mlp=(),
-              layers=None, channel_scales=None, lora=None) -> list[float]:
-    """Per layer, unbiased MMD^2 between the output hidden states of the original and the modified model.
+def locate(rows, positions: torch.Tensor) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Where `positions` (indices into all tokens of `rows` laid end to end) fall: per row holding some of them,
+    (row index, its local columns ascending (n_r,), their indices into `positions` (n_r,))."""
+    positions = torch.as_tensor(positions, dtype=torch.long).cpu()
+    order = torch.argsort(positions)
+    ordered = positions[order]
+    if len(ordered) and (int(ordered[0]) < 0 or int(ordered[-1]) >= row_tokens(rows)):
+        bad = int(ordered[0]) if int(ordered[0]) < 0 else int(ordered[-1])
+        raise MetricError(f"position {bad} is outside the rows ({row_tokens(rows)} tokens)")
+    out, off = [], 0
+    for r, row in enumerate(rows):
+        t = int(row.input_ids.shape[1])
+        lo, hi = (int(torch.searchsorted(ordered, v)) for v in (off, off + t))
+        if hi > lo:
+            out.append((r, ordered[lo:hi] - off, order[lo:hi]))
+        off += t
+    return out
 
-    Tokens: all positions of `rows`, of which the same `max_tokens` (seeded choice, `sample_positions`) are used
-    on both sides; bandwidth: the median heuristic, per layer. `layers` picks some layers (default: all). The
-    handle is left reset. (drift.layer_drift gives the same values together with a PCA view of the states.)
+
+class StateCapture:
+    """Forward hooks on the decoder layers that keep, per layer in `layers`, the output hidden states at chosen
+    token positions of each forward pass (nothing else is kept: memory n x C per layer and pass).
+
+        with StateCapture(hs.family.layers, layers) as cap:
+            cap.select(b, t)                 # (n,) batch rows and (n,) columns to keep in the next forward
+            model(...)
+            got = cap.take()                 # {layer: (n, C) float32 CPU}, in the order of (b, t)
     """
-    wanted = layer_indices(hs, layers)
+
+    def __init__(self, decoder_layers: Sequence[nn.Module], layers: Sequence[int]):
+        self.layers = [int(i) for i in layers]
+        self._blocks = [decoder_layers[i] for i in self.layers]
+        self._sel: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._got: dict[int, torch.Tensor] = {}
+        self._hooks: list = []
+
+    def __enter__(self) -> "StateCapture":
+        for i, block in zip(self.layers, self._blocks):
+            self._hooks.append(block.register_forward_hook(self._hook(i)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def _hook(self, i: int):
+        def hook(module, args, output) -> None:
+            if self._sel is None:
+                return
+            h = output[0] if isinstance(output, tuple) else output  # (B, T, C)
+            b, t = (s.to(h.device) for s in self._sel)
+            self._got[i] = h.detach()[b, t].float().cpu()  # (n, C)
+        return hook
+
+    def select(self, b: torch.Tensor, t: torch.Tensor) -> None:
+        self._sel = (torch.as_tensor(b, dtype=torch.long), torch.as_tensor(t, dtype=torch.long))
+        self._got = {}
+
+    def take(self) -> dict[int, torch.Tensor]:
+        got, self._sel, self._got = self._got, None, {}
+        missing = [i for i in self.layers if i not in got]
+        if missing:
+            raise MetricError(f"layers {missing} did not run in the forward pass")
+        return got
+
+
+class SampledStates:
+    """Per layer, the hidden states at `positions` of `rows`, filled piece by piece (a row or a batch of rows at
+    a time) and read back in the order of `positions`: {layer: (n, C)}."""
+
+    def __init__(self, layers: Sequence[int], n: int):
+        self.layers = list(layers)
+        self._n = n
+        self._parts: dict[int, list[torch.Tensor]] = {i: [] for i in self.layers}
+        self._where: list[torch.Tensor] = []
+
+    def add(self, got: dict[int, torch.Tensor], where: torch.Tensor) -> None:
+        """`got` {layer: (n_part, C)}: the states at the positions whose indices into `positions` are `where`."""
+        for i in self.layers:
+            self._parts[i].append(got[i])
+        self._where.append(where)
+
+    def states(self) -> dict[int, torch.Tensor]:
+        where = torch.cat(self._where)
+        if len(where) != self._n:
+            raise MetricError(f"{len(where)} of {self._n} positions captured")
+        out = {}
+        for i in self.layers:
+            cat = torch.cat(self._parts[i])  # (n, C) in capture order
+            out[i] = torch.empty_like(cat)
+            out[i][where] = cat  # back to the order of `positions`
+        return out
+
+
+def _batches(rows, located, batch_tokens: int) -> list[list[tuple[int, torch.Tensor, torch.Tensor]]]:
+    """`located` (locate) grouped into forward batches of at most `batch_tokens` padded tokens (a row alone may
+    exceed it). A row is cut after its last chosen column (causal: later tokens change nothing before them)."""
+    out: list[list] = []
+    width = 0
+    for item in sorted(located, key=lambda x: -int(x[1][-1])):  # longest first: little padding
+        t = int(item[1][-1]) + 1
+        if out and (len(out[-1]) + 1) * max(width, t) <= batch_tokens:
+            out[-1].append(item)
+            width = max(width, t)
+        else:
+            out.append([item])
+            width = t
+    return out
+
+
+def _forward_batch(model, rows, batch: list[tuple[int, torch.Tensor, torch.Tensor]], cap: StateCapture) -> dict:
+    """One forward of the rows in `batch`, each cut after its last chosen column and right-padded with a dummy
+    sequence of its own (position ids from 0 again, so the packed-sequence mask keeps it apart); the captured
+    states at the chosen columns, in the order of the batch's items."""
+    cut = [int(cols[-1]) + 1 for _, cols, _ in batch]
+    width = max(cut)
+    ids = torch.zeros(len(batch), width, dtype=torch.long)   # (B, T)
+    pos = torch.arange(width).repeat(len(batch), 1)          # (B, T); padding: its own sequence 0, 1, ...
+    for b, ((r, _, _), n) in enumerate(zip(batch, cut)):
+        ids[b, :n] = rows[r].input_ids[0, :n]
+        pos[b, :n] = rows[r].position_ids[0, :n]
+        pos[b, n:] = torch.arange(width - n)
+    bsel = torch.cat([torch.full((len(cols),), b, dtype=torch.long) for b, (_, cols, _) in enumerate(batch)])
+    tsel = torch.cat([cols for _, cols, _ in batch])
+    cap.select(bsel, tsel)
+    dev = model.device
+    with torch.no_grad():
+        model(input_ids=ids.to(dev), position_ids=pos.to(dev), use_cache=False, logits_to_keep=1)
+    return cap.take()
+
+
+def batched_states(hs, rows, layers: Sequence[int], positions: torch.Tensor,
+                   batch_tokens: int | None = None) -> dict[int, torch.Tensor]:
+    """`sampled_states` without its callbacks, cheaper: rows holding none of `positions` are not run, each row is
+    cut after its last chosen position, and rows are run together in batches of at most `batch_tokens` padded
+    tokens, with forward hooks keeping only the chosen positions. {layer: (n, C) float32 CPU}, in the order of
+    `positions`; equal to sampled_states' values up to float rounding (other matrix shapes). `batch_tokens`
+    None: 4096 on an accelerator, one row per forward on CPU (measured on the embedded model, 1 thread: 4096-token
+    batches gained nothing there, while cutting rows saved ~10%)."""
+    if batch_tokens is None:
+        batch_tokens = 1 if hs.model.device.type == "cpu" else 4096
+    located = locate(rows, positions)
+    acc = SampledStates(layers, len(positions))
+    with StateCapture(hs.family.layers, layers) as cap:
+        for batch in _batches(rows, located, batch_tokens):
+            got = _forward_batch(hs.model, rows, batch, cap)
+            acc.add(got, torch.cat([where for _, _, where in batch]))
+    return acc.states()
+
+
+def mmd_positions(rows, max_tokens: int, seed: int = 0) -> torch.Tensor:
+    """layer_mmd's tokens: the checks, then `max_tokens` of all positions of `rows` (sample_positions, `seed`)."""
     if max_tokens < 4:
         raise MetricError(f"max_tokens = {max_tokens}: MMD needs at least 4 tokens")
     total = row_tokens(rows)
     if total < 4:
         raise MetricError(f"layer_mmd needs at least 4 tokens; the rows hold {total}")
-    idx = sample_positions(total, max_tokens, seed)
+    return sample_positions(total, max_tokens, seed)
+
+
+def layer_mmds(hs, rows, variants: dict[str, dict], max_tokens: int = 512, seed: int = 0, layers=None,
+               batch_tokens: int | None = None, should_stop: Callable[[], bool] | None = None
+               ) -> dict[str, list[float]] | None:
+    """`layer_mmd` of several variants ({name: configure() arguments, as in `compare`}): the original's states
+    are taken once and shared, then one pass per variant (batched_states). {name: per-layer MMD^2}; None when
+    `should_stop()` turned true between passes. The handle is left reset."""
+    wanted = layer_indices(hs, layers)
+    idx = mmd_positions(rows, max_tokens, seed)
     hs.reset()
-    orig = sampled_states(hs, rows, wanted, idx)
-    with hs.applied(skipped, scales, skipped_mlp, channel_scales, lora):
-        mod = sampled_states(hs, rows, wanted, idx)
-    return [mmd2(orig[i], mod[i]) for i in wanted]
+    orig = batched_states(hs, rows, wanted, idx, batch_tokens)
+    out = {}
+    for name, v in variants.items():
+        if should_stop is not None and should_stop():
+            return None
+        with hs.applied(v.get("skipped", ()), v.get("scales"), v.get("skipped_mlp", ()), v.get("channel_scales"),
+                        v.get("lora")):
+            mod = batched_states(hs, rows, wanted, idx, batch_tokens)
+        out[name] = [mmd2(orig[i], mod[i]) for i in wanted]
+    return out
+
+
+def layer_mmd(hs, rows, skipped, scales=None, max_tokens: int = 512, seed: int = 0, skipped_mlp=(),
+              layers=None, channel_scales=None, lora=None, batch_tokens: int | None = None) -> list[float]:
+    """Per layer, unbiased MMD^2 between the output hidden states of the original and the modified model.
+
+    Tokens: all positions of `rows`, of which the same `max_tokens` (seeded choice, `sample_positions`) are used
+    on both sides; bandwidth: the median heuristic, per layer. `layers` picks some layers (default: all). Two
+    batched passes (batched_states); for several variants, `layer_mmds` shares the original's. The handle is left
+    reset. (drift.layer_drift gives the same values, up to float rounding, with a PCA view of the states.)
+    """
+    return layer_mmds(hs, rows, {"m": {"skipped": skipped, "scales": scales, "skipped_mlp": skipped_mlp,
+                                       "channel_scales": channel_scales, "lora": lora}},
+                      max_tokens, seed, layers, batch_tokens)["m"]
 
 
 _STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")

@@ -46,13 +46,14 @@ def test_eval_rows_match_the_run_and_their_definitions(finished, capsys):
     assert rows["original"]["kl"] == 0.0 and rows["original"]["agreement"] == 1.0
     for r in res["rows"][1:]:
         assert r["kl"] >= 0 and 0 <= r["agreement"] <= 1 and r["k"] == 2
-    # the original regenerated in eval equals the run's own answers (same greedy decoding)
+    # the original's texts are the run's own answers, decoded (taken from answers.jsonl, not generated again)
     tok = make_tokenizer()
     held = sorted((a for a in read_jsonl(run.file("answers.jsonl")) if a["index"] >= 10), key=lambda a: a["index"])
     gen = read_jsonl(run.file("eval-answers.jsonl"))
     texts = {v: [g["text"] for g in sorted((g for g in gen if g["variant"] == v), key=lambda g: g["index"])]
              for v in rows}
     assert texts["original"] == [tok.decode(a["response_ids"], skip_special_tokens=True) for a in held]
+    assert all(g.get("reused") for g in gen if g["variant"] == "original")
     assert rows["original"]["exact_match"] == 1.0
     # generation metrics recomputed by hand from the stored texts
     gold = [r["answer"] for r in json.loads(run.file("prompts.json").read_text())["eval"]]
@@ -71,6 +72,56 @@ def test_eval_rows_match_the_run_and_their_definitions(finished, capsys):
         table = list(csv.DictReader(f))
     assert [t["variant"] for t in table] == list(rows) and table[2]["attention"] == "1 3"
     assert float(table[2]["nll"]) == pytest.approx(rows["hopscotch"]["nll"])
+
+
+def test_the_original_answers_are_reused_and_equal_to_generated_ones(finished, tmp_path, monkeypatch):
+    """With the run's max_new_tokens, eval takes the original's texts from answers.jsonl: the same texts greedy
+    generation gives here; with another length it generates them. Its layer MMD (from the teacher-forced passes)
+    equals metrics.layer_mmd's on the same rows."""
+    import shutil
+
+    from hopscotch_core.engine.loading import load_model
+    from hopscotch_core.method import data
+
+    runs = tmp_path / "runs"
+    shutil.copytree(finished / "runs", runs)
+    run = RunStore(runs).open("r")
+    for f in ("eval-answers.jsonl", "eval.json"):
+        run.file(f).unlink(missing_ok=True)
+    s = run.manifest["settings"]
+    model, tok = load_model(str(finished / "m"), device="cpu")  # as `hopscotch eval` loads them
+    prompts = [r["prompt"] for r in json.loads(run.file("prompts.json").read_text())["eval"]]
+    held = sorted((data.Answer.from_json(a) for a in read_jsonl(run.file("answers.jsonl")) if a["index"] >= 10),
+                  key=lambda a: a.index)
+    reused = evaluation.reused_answers(run, tok, held, prompts, s["max_new_tokens"])
+    generated = data.generate_answers(model, tok, prompts, s["max_new_tokens"], s["gen_batch"])
+    assert [evaluation.answer_text(tok, a) for a in generated] == [reused[j] for j in range(len(prompts))]
+    assert any(reused.values())
+    assert evaluation.reused_answers(run, tok, held, prompts, s["max_new_tokens"] + 1) is None
+    assert evaluation.reused_answers(run, tok, held, ["another prompt", *prompts[1:]], s["max_new_tokens"]) is None
+
+    calls = []
+    real = data.generate_answers
+    monkeypatch.setattr(data, "generate_answers", lambda *a, **k: calls.append(k["skip"]) or real(*a, **k))
+    res = evaluation.evaluate_run(run, model, tok)
+    n_variants = len(res["rows"]) - 1
+    assert len(calls) == n_variants  # none for the original
+    stored = [g for g in read_jsonl(run.file("eval-answers.jsonl")) if g["variant"] == "original"]
+    assert [g["text"] for g in sorted(stored, key=lambda g: g["index"])] == [reused[j] for j in range(len(prompts))]
+    assert all(g.get("reused") for g in stored)
+    assert res["rows"][0]["exact_match"] == 1.0
+    calls.clear()
+    again = evaluation.evaluate_run(run, model, tok)  # everything stored: nothing generated, the same figures
+    assert calls == [] and again["rows"] == res["rows"]
+    shorter = evaluation.evaluate_run(run, model, tok, max_new_tokens=s["max_new_tokens"] - 4)
+    assert len(calls) == n_variants + 1 and shorter["max_new_tokens"] == s["max_new_tokens"] - 4
+
+    rows = data.pack(data.build_examples(held), s["batch_tokens"])
+    with attach(model) as hs:
+        for v in evaluation.variants_of(run):
+            want = metrics.layer_mmd(hs, rows, **evaluation.handle_config(v))
+            scale = max(abs(w) for w in want)
+            assert res["layer_mmd"][v["variant"]] == pytest.approx(want, rel=0, abs=1e-4 * scale)
 
 
 def test_eval_resumes_from_stored_generations(finished, tmp_path):

@@ -138,31 +138,87 @@ def test_layer_mmd_is_zero_before_the_first_skipped_block(rows_and_handle):
     assert per_layer[2] > 0.03 and per_layer[3] > 0.03
 
 
-def test_layer_mmd_keeps_the_values_of_collecting_every_state(rows_and_handle):
-    """layer_mmd keeps only the sampled positions inside the probe; the values are those of the former way:
-    every layer's states at every token, then the same seeded positions taken on both sides."""
+def _reference_layer_mmd(hs, rows, config: dict, max_tokens: int, seed: int) -> list[float]:
+    """Per layer, MMD^2 computed the plain way: every example of every row run alone with output_hidden_states=True
+    (no packing, no padding, no hooks of ours), all tokens laid end to end in the rows' order, the same seeded
+    positions taken on both sides, metrics.mmd2 per layer."""
     from hopscotch_core.method import data
 
+    def every_state() -> list[torch.Tensor]:  # per layer (T_all, C)
+        got = []
+        with torch.no_grad():
+            for row in rows:
+                for a, b in data.example_spans(row):
+                    out = hs.model(input_ids=row.input_ids[:, a:b], output_hidden_states=True)
+                    got.append([h[0] for h in out.hidden_states[1:]])  # layer i's output: hidden_states[i + 1]
+        return [torch.cat([g[i] for g in got]) for i in range(hs.num_layers)]
+
+    before = getattr(hs.model.config, "tie_last_hidden_states", None)
+    hs.model.config.tie_last_hidden_states = False  # the last entry: the last layer's output, not the final norm's
+    try:
+        hs.reset()
+        orig = every_state()
+        with hs.applied(**config):
+            mod = every_state()
+    finally:
+        hs.model.config.tie_last_hidden_states = before
+    idx = torch.randperm(orig[0].shape[0], generator=torch.Generator().manual_seed(seed))[:max_tokens]
+    return [metrics.mmd2(o[idx], m[idx]) for o, m in zip(orig, mod)]
+
+
+def _close(got: list[float], want: list[float]) -> None:
+    """Equal up to float rounding, relative to the largest value's size."""
+    scale = max(abs(w) for w in want)
+    assert scale > 1e-3
+    assert got == pytest.approx(want, rel=0, abs=1e-4 * scale)
+
+
+def test_layer_mmd_equals_a_plain_computation(rows_and_handle):
+    """layer_mmd (batched passes, hooks keeping the chosen positions, rows cut and padded), layer_mmds (one pass
+    for the original, one per variant) and compare's layer_mmd (the states of its teacher-forced passes) against
+    _reference_layer_mmd, for the seeded positions layer_mmd has always taken."""
     rows, hs = rows_and_handle
-
-    def every_state() -> dict[int, torch.Tensor]:
-        got = {i: [] for i in range(4)}
-        with hs.probe(lambda i, x, x1, out: got[i].append(out[0].detach().float().cpu())):
-            data.forward_rows(hs.model, rows)
-        return {i: torch.cat(g) for i, g in got.items()}
-
-    hs.reset()
-    orig = every_state()
-    with hs.applied([2]):
-        mod = every_state()
-    total = orig[0].shape[0]
-    assert total > 40 and len(rows) > 1
+    assert len(rows) > 1 and len({int(r.input_ids.shape[1]) for r in rows}) > 1  # one batch needs padding
+    config = {"skipped": [2], "skipped_mlp": [3]}
+    other = {"skipped": [1], "scales": torch.full((hs.num_layers, 4), 0.9)}
     for max_tokens, seed in ((40, 0), (40, 7), (512, 0)):
-        idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:max_tokens]
-        expected = [metrics.mmd2(orig[i][idx], mod[i][idx]) for i in range(4)]
-        assert metrics.layer_mmd(hs, rows, [2], max_tokens=max_tokens, seed=seed) == expected  # bit for bit
-    assert metrics.layer_mmd(hs, rows, [2], max_tokens=40, layers=[3, 1]) == [
-        metrics.layer_mmd(hs, rows, [2], max_tokens=40)[i] for i in (3, 1)]
+        want = _reference_layer_mmd(hs, rows, config, max_tokens, seed)
+        for batch_tokens in (1, 4096):  # each row alone, all rows in one padded forward
+            got = metrics.layer_mmd(hs, rows, config["skipped"], skipped_mlp=config["skipped_mlp"],
+                                    max_tokens=max_tokens, seed=seed, batch_tokens=batch_tokens)
+            _close(got, want)
+        tf = metrics.compare(hs, rows, {"v": config, "w": other}, mmd_tokens=max_tokens, mmd_seed=seed)
+        _close(tf["v"]["layer_mmd"], want)
+        _close(tf["w"]["layer_mmd"], _reference_layer_mmd(hs, rows, other, max_tokens, seed))
+        assert tf["v"]["kl"] == metrics.compare(hs, rows, {"v": config})["v"]["kl"]  # the capture changes nothing
+    both = metrics.layer_mmds(hs, rows, {"v": config, "w": other}, max_tokens=40)
+    _close(both["v"], _reference_layer_mmd(hs, rows, config, 40, 0))
+    _close(both["w"], _reference_layer_mmd(hs, rows, other, 40, 0))
+    assert hs.skipped == ()
+    assert metrics.layer_mmd(hs, rows, [2], max_tokens=40, layers=[3, 1]) == pytest.approx(
+        [metrics.layer_mmd(hs, rows, [2], max_tokens=40)[i] for i in (3, 1)], rel=1e-9)
+
+
+def test_layer_mmds_runs_one_forward_per_variant_and_one_for_the_original(rows_and_handle):
+    rows, hs = rows_and_handle
+    calls = []
+    h = hs.model.register_forward_pre_hook(lambda mod, args: calls.append(1))
+    three = {"a": {"skipped": [1]}, "b": {"skipped": [2]}, "c": {"skipped_mlp": [0]}}
+    try:
+        metrics.layer_mmds(hs, rows, three, batch_tokens=4096)  # every row in one forward
+        assert len(calls) == 4
+        calls.clear()
+        metrics.layer_mmds(hs, rows, three)  # on CPU, one forward per row
+        assert len(calls) == 4 * len(rows)
+        calls.clear()
+        metrics.compare(hs, rows, {"a": {"skipped": [1]}}, mmd_tokens=512)  # its own passes only
+        assert len(calls) == 2 * len(rows)
+    finally:
+        h.remove()
+    stop = iter([False, True])
+    assert metrics.layer_mmds(hs, rows, {"a": {"skipped": [1]}, "b": {"skipped": [2]}},
+                              should_stop=lambda: next(stop)) is None
+    assert hs.skipped == ()
 
 
 @pytest.mark.parametrize("text,strict,flex", [

@@ -167,7 +167,8 @@ def test_sub_sampling_keeps_max_tokens_positions_the_same_on_both_sides(world, h
 
 def test_mmd_equals_layer_mmd_when_first_tokens_are_kept(world, hs):
     res = drift.layer_drift(hs, world.rows, skipped=[SKIP], max_tokens=40, seed=2, drop_first=False)
-    assert res.mmd == metrics.layer_mmd(hs, world.rows, [SKIP], max_tokens=40, seed=2)
+    want = metrics.layer_mmd(hs, world.rows, [SKIP], max_tokens=40, seed=2)  # batched passes: rounding apart
+    assert res.mmd == pytest.approx(want, rel=0, abs=1e-4 * max(abs(w) for w in want))
     # and layer_mmd still takes the same seeded positions it took before states were sub-sampled in the probe
     idx = torch.randperm(world.total, generator=torch.Generator().manual_seed(2))[:40]
     np.testing.assert_array_equal(res.positions, idx.numpy())
