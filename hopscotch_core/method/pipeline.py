@@ -515,6 +515,9 @@ def run_pipeline(settings: RunSettings, runs_dir: str, name: str | None = None, 
         if not existing:  # a bad data file, or one too small for the prompts asked, fails before anything loads
             records = data.load_prompts(settings.data, settings.column)
             calib, held = settings.split_sizes(len(records))
+            if settings.n_train and settings.n_train < calib:
+                raise HopscotchError(f"n-train ({settings.n_train}) must be at least the {calib} calibration "
+                                     "prompts: the final training reads them and more (0 = those only)")
             data.split_indices(len(records), calib, held, settings.seed)
             data.extra_indices(len(records), calib, held, settings.train_size(calib, len(records)) - calib,
                                settings.seed)
