@@ -2,7 +2,7 @@
 restores the original?
 
     OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python bench/bench_recovery.py --work ~/.cache/hopscotch/bench-recovery
-    ... --lora-ranks 0,4,16,64 --calib-sizes 16,32,64,128 --objectives kl --granularities channel   (the grid)
+    ... --lora-ranks 0,4,16 --calib-sizes 32,128,256 --delta-inits zero,lsq --ks 4,7   (the grid)
     ... --report                                     (print every cell measured so far, from --work/results.json)
     ... --smoke                                      (the smallest setting, CI: seconds, in a fresh work folder)
 
@@ -19,12 +19,16 @@ variant) and top-1 agreement with the original (teacher-forced), each with a 95%
 against the paper's setting (ce, scalar) with its interval (* where it excludes 0), and the wall time of each
 training. Results also go to --work/results.json. CPU only, one process; threads = --threads.
 
-Low-rank healing and calibration size: every cell of --lora-ranks x --calib-sizes (x --lora-lrs for ranks > 0)
-trains on the first N calibration answers; after every epoch it measures the held-out figures (so one run gives
+Low-rank healing, training data and the deltas' start: every cell of --lora-ranks x --calib-sizes (x --lora-lrs
+x --delta-inits for ranks > 0) trains on the first N calibration answers (N plays the part of a run's --n-train:
+the selection's data is not involved here), its deltas starting at B = 0 (zero) or from the least-squares fit of
+each skipped block's output (lsq, method/deltainit.py; the held-out KL right after the fit is recorded as the
+curve's first point, and the fit's seconds count as train seconds); after every epoch it measures the held-out figures (so one run gives
 the epoch curve), and it records train seconds and the peak resident memory during the cell (psutil, sampled every
 50 ms). Each cell is written to results.json as it finishes; a rerun skips the cells already there (--redo
 repeats them), so the grid can be filled over several invocations. Paired differences are taken against the
-rank-0 cell of the same calibration size, objective and granularity.
+rank-0 cell of the same calibration size, objective and granularity, and for an lsq cell against the same cell
+with the zero start.
 """
 
 from __future__ import annotations

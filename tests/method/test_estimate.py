@@ -132,9 +132,12 @@ def test_settings_read_in_words():
                      "32 calibration + 16 held-out GSM8K prompts, answers up to 288 tokens, 3 epochs")
     # the defaults (but k and the comparisons) say so
     words = describe({**dataclasses.asdict(RunSettings(k=7)), "baselines": ["attn-bi", "random"]})
-    assert words.endswith("3 epochs, compared with attn-bi, random (the defaults)")
+    assert words.endswith("rank-4 deltas (least-squares start), 32 calibration (+ 32 more for training) + 32 held-out "
+                          "GSM8K prompts, answers up to 288 tokens, 2 epochs, compared with attn-bi, random "
+                          "(the defaults)")
     assert describe({**dataclasses.asdict(RunSettings()), "model": "x/y", "device": "cuda"}).endswith("(the defaults)")
-    assert not describe({**dataclasses.asdict(RunSettings()), "epochs": 2}).endswith("(the defaults)")
+    assert not describe({**dataclasses.asdict(RunSettings()), "epochs": 3}).endswith("(the defaults)")
+    assert not describe({**dataclasses.asdict(RunSettings()), "n_train": 0}).endswith("(the defaults)")
     # a manifest written before the recovery settings existed ran the paper's
     assert "ce objective (the paper's), scalar multipliers (the paper's), no low-rank deltas" in describe({"k": 4})
 
