@@ -34,7 +34,9 @@ RESULT = {
     "bench_forward.py": r"compact, k=2 +\d+\.\d+(.*\n)*attached-at-all-ones prefill overhead: [-+]\d",
     "bench_llamacpp.py": r"\| original \| 0 \| 16 \| \d+\.\d+ .*\n\| attention-free \| 4 \| 16 \| \d+\.\d+",
     "bench_pair.py": r"\| plain \| \d+\.\d+ .*\n\| stream_pair threads \| \d+\.\d+ .*\n\| stream_pair batch \| \d+\.\d+",
-    "bench_recovery.py": r"\| kl/channel/r0/n2 \| 1 \| \d\.\d+ (.*\n)*\| kl/channel/r2/n2/lr0\.001 \| 1 \| \d\.\d+",
+    "bench_recovery.py": r"\| kl/channel/r0/n2 \| 1 \| \d\.\d+ (.*\n)*\| kl/channel/r2/n2/lr0\.001 \| 1 \| \d\.\d+"
+                         r"(.*\n)*\| kl/channel/r2/n2/lr0\.001/lsq \| 1 \| \d\.\d+",
+    "check_hf_export.py": r"\| kl \| \d\.\d+ \| \d\.\d+ \| [-+]\d\.\d+ \|\n\| agreement \| \d\.\d+ \| \d\.\d+ \|",
     "bench_selection.py": r"paper +\[\d+\] +\d+(.*\n)*fast \(loss shortlist 2\) +\[\d+\](.*\n)*agreement with paper mode",
     "bench_speed.py": r"original +0 +16 +1 +\d+\.\d+(.*\n)*compact +4 +16 +1 +\d+\.\d+",
     "bench_teacher.py": r"one KL epoch with the cache: +\d+\.\d+ s(.*\n)*KL on these rows: unscaled: exact \d",
