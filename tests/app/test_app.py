@@ -185,7 +185,7 @@ def test_selection_presets_fill_the_form_and_the_time_is_estimated(runs, world):
     at.button_group(key="sel_preset").set_value("quick").run()
     assert not at.exception, at.exception
     cmd = at.code[0].value
-    for flag in ("--n-calib 16", "--n-eval 16", "--max-new-tokens 128", "--shortlist 2", "--epochs 2"):
+    for flag in ("--n-calib 16", "--n-eval 16", "--max-new-tokens 128", "--shortlist 2", "--n-train 0"):
         assert flag in cmd, cmd
     assert "Estimated time on a 2-core CPU: about" in texts(at)
     at.number_input(key="sel_epochs").set_value(5).run()  # an edit beside the preset wins
