@@ -71,7 +71,8 @@ def test_cli_run_end_to_end(model_dir, data_file, tmp_path, mode, capsys):
     assert r[f"eval_{figure}_trained"] <= r[f"eval_{figure}_unscaled"] + 1e-3 and r["eval_loss_original"] > 0
     for tag in ("unscaled", "trained"):
         assert r[f"eval_kl_{tag}"] >= 0 and 0 <= r[f"eval_agreement_{tag}"] <= 1
-    assert sorted(p.name for p in (run / "scales").iterdir()) == [f"epoch_00{i}.safetensors" for i in range(3)]
+    epochs = pipeline.RunSettings().epochs  # the default
+    assert sorted(p.name for p in (run / "scales").iterdir()) == [f"epoch_00{i}.safetensors" for i in range(epochs)]
     model, _ = hc.load_model(model_dir, device="cpu")
     hs = hc.load_adapter(model, run / "adapter")
     assert hs.skipped == tuple(sorted(m["selected"]))
@@ -119,12 +120,15 @@ OBJECTIVE_SETTINGS = {"paper": {"objective": "ce", "granularity": "scalar", "lor
 
 @pytest.mark.parametrize("objective", list(OBJECTIVE_SETTINGS))
 @pytest.mark.parametrize("when", [0.1, 0.3, 0.5, 0.7, 0.9])  # generation, selection, training, baselines
-def test_resume_after_a_crash_equals_an_uninterrupted_run(data_file, tmp_path, when, objective):
+def test_resume_after_a_crash_equals_an_uninterrupted_run(data_file, tmp_path, when, objective, monkeypatch):
     model, tok = make_model("llama", num_hidden_layers=4), make_tokenizer()
     s = settings(data_file, **OBJECTIVE_SETTINGS[objective])
     events = []
     ref = pipeline.run_pipeline(s, tmp_path / "a", "r", model=model, tok=tok,
                                 on_progress=lambda *a: events.append(a[2].get("stage")))
+    # the crashed run generates its own extra training answers (not the shared cache's), so it makes the same
+    # progress events as the reference and the crash lands where `when` says
+    monkeypatch.setenv("HOPSCOTCH_ANSWERS_DIR", str(tmp_path / "answers-b"))
     crash_at = int(len(events) * when) + 1
     with pytest.raises(Crash):
         pipeline.run_pipeline(s, tmp_path / "b", "r", model=model, tok=tok, on_progress=crash_after(crash_at))
