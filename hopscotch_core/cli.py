@@ -183,9 +183,14 @@ def cmd_export(args) -> int:
     check = rec.get("check") or {}
     what = {"compact": "compact model (reload: hc.load_model(DIR))",
             "hf": "stock checkpoint (AutoModelForCausalLM.from_pretrained(DIR))",
-            "gguf": f"llama.cpp GGUF {rec.get('file')} ({rec.get('quant')})"}[args.format]
+            "gguf": f"llama.cpp GGUF {rec.get('file')} ({rec.get('quant')})",
+            "deci": "Nemotron-NAS/DeciLM checkpoint, skipped attention absent (vLLM, SGLang; transformers with "
+                    "trust_remote_code=True)"}[args.format]
     print(f"wrote {out}: {what}; attention skipped {rec['skipped']}"
           + (f", whole layers {rec['skipped_mlp']}" if rec["skipped_mlp"] else "") + (f" [{', '.join(given)}]" if given else ""))
+    for name, verdict in ((rec.get("deci") or {}).get("readers") or {}).items():
+        if not verdict.startswith("yes"):
+            print(f"note: {name} cannot load this folder ({verdict.removeprefix('no: ')})")
     if rec.get("parameters"):
         before, after = rec["parameters"]["before"], rec["parameters"]["after"]
         print(f"{before:,} -> {after:,} parameters ({100 * (before - after) / before:.2f}% fewer)")
@@ -529,9 +534,10 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     _adapter_args(s)
     s.add_argument("--run", default=None, help="export this run's trained adapter (on the run's model)")
     s.add_argument("--runs-dir", default="runs")
-    s.add_argument("--format", default="compact", choices=["compact", "hf", "gguf"],
+    s.add_argument("--format", default="compact", choices=["compact", "hf", "gguf", "deci"],
                    help="compact: skipped weights absent, hc.load_model only; hf: scalars folded into a stock "
-                        "checkpoint; gguf: llama.cpp file with attention-free layers")
+                        "checkpoint; gguf: llama.cpp file with attention-free layers; deci: Nemotron-NAS/DeciLM "
+                        "checkpoint without the skipped attention, served with the skip by vLLM and SGLang")
     s.add_argument("--quant", default=None, help="gguf weight type: f32 (default), f16, q8_0, or through "
                    "llama.cpp's quantizer q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_m, q4_k_s, q4_k_m, q5_k_m, q6_k")
     s.add_argument("--out", required=True, help="output folder (must be new or empty unless --force)")

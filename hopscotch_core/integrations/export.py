@@ -1,11 +1,12 @@
-"""Compressed models that leave the tool: one call, three formats, nothing half-written.
+"""Compressed models that leave the tool: one call, four formats, nothing half-written.
 
     import hopscotch_core as hc
     hc.export(hs, "out/", format="compact")            # hc.load_model("out/"): skipped weights absent
     hc.export(hs, "out/", format="hf")                 # stock AutoModelForCausalLM.from_pretrained("out/")
     hc.export("runs/NAME", "out/", format="gguf", quant="q8_0")   # llama.cpp: one .gguf file in out/
+    hc.export(hs, "out/", format="deci")   # vLLM / SGLang serve it; from_pretrained("out/", trust_remote_code=True)
 
-    hopscotch export (--model M --skip 3,6 | --adapter DIR | --run NAME) --format compact|hf|gguf
+    hopscotch export (--model M --skip 3,6 | --adapter DIR | --run NAME) --format compact|hf|gguf|deci
                      [--quant f32|f16|q8_0|q4_k_m|...] --out DIR [--force]
 
 Formats:
@@ -16,8 +17,11 @@ Formats:
   that stock transformers, vLLM, TGI or lm-eval load with no code of ours. Skipped attention stays computed
   (zero output projection) - this format is for portability, not speed.
 - gguf: llama.cpp's deci architecture with attention-free layers (gguf_export.py); the speed-up reaches llama.cpp.
+- deci: NVIDIA's Nemotron-NAS / DeciLM layout (deci_export.py): skipped attention absent from config and weights,
+  everything folded. vLLM and SGLang serve it natively (no attention, no KV cache in skipped layers); stock
+  transformers runs it with the modeling file the folder carries (trust_remote_code=True), with the speed-up.
 
-The compact and hf folders carry the tokenizer (given, else the one where hc.load_model found the model, else
+The compact, hf and deci folders carry the tokenizer (given, else the one where hc.load_model found the model, else
 refused), its chat template and the generation config. Memory: the fold copies only the weights it changes and
 the writers stream one tensor at a time, so an export needs the model plus those weights plus one tensor
 (bench/bench_export.py measures it). A GGUF's check runs the whole file in llama.cpp, whose pages then sit beside
@@ -28,7 +32,7 @@ scalars foldable, tokenizer known), writes into a temporary folder beside `out` 
 interrupted or failed export leaves nothing behind. `hopscotch_export.json` in the folder records what was written and the
 logit check made on it (max |logit diff| against the attached model on a probe input).
 
-The check of compact and hf folders is dtype-aware. The exported model computes what the attached model computes
+The check of compact, hf and deci folders is dtype-aware. The exported model computes what the attached model computes
 in real arithmetic, but rounds differently (folded weights, products in another order), and in bf16 / fp16 two
 equally valid roundings of a deep model can land far apart (a random Llama-3.2-1B-shaped model in bf16: ~0.2 of
 the largest logit). So the export first measures that model's rounding floor in its own dtype: the attached
@@ -57,7 +61,7 @@ import torch
 from ..errors import HopscotchError
 from ..fileio import current_umask
 
-FORMATS = ("compact", "hf", "gguf")
+FORMATS = ("compact", "hf", "gguf", "deci")
 EXPORT_FILE = "hopscotch_export.json"
 PROBE_TEXT = ("Question: Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in "
               "May. How many clips did Natalia sell altogether? Answer: 48 + 24 = 72.")
@@ -316,11 +320,16 @@ def _export(hs, tok, out: Path, format: str, q, force, tokenizer_gguf, verify, f
     from ..engine.folding import check_foldable, eps_effect_bound, fold_model
     from ..engine.loading import save_model
 
+    layout = None
     if format == "gguf":
         from .gguf_export import plan
 
         plan(hs)  # refuses what llama.cpp cannot represent, before the fold and any file
-    if format in ("hf", "gguf"):
+    elif format == "deci":
+        from .deci_export import plan as deci_plan
+
+        layout = deci_plan(hs)  # refuses what the serving engines' deci layout cannot represent
+    if format in ("hf", "gguf", "deci"):
         check_foldable(hs)
     ids = probe_ids(hs.model, tok)
     ref = _logits(hs.model, ids) if verify else None
@@ -345,6 +354,19 @@ def _export(hs, tok, out: Path, format: str, q, force, tokenizer_gguf, verify, f
                 record["check"] = {"against": "attached model, in memory", **compare_logits(ref, _logits(folded, ids))}
             save_model(folded, tmp, tokenizer=tok)
             del folded
+        elif format == "deci":
+            from .deci_export import describe, write_deci
+
+            folded = fold_model(hs, share=True)
+            record["max_eps_effect"] = eps_effect_bound(hs, ids)
+            deci, _ = write_deci(folded, hs, layout, tmp, tokenizer=tok, provenance=provenance)
+            record["deci"] = describe(layout)
+            record["parameters"] = {"before": sum(p.numel() for p in hs.model.parameters()),
+                                    "after": sum(p.numel() for p in deci.parameters())}
+            if verify:
+                record["check"] = {"against": "attached model, in memory (the folder's own modeling code)",
+                                   **compare_logits(ref, _logits(deci, ids))}
+            del folded, deci
         else:
             from .gguf_export import file_name, write_gguf
 
