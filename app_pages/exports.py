@@ -1,4 +1,4 @@
-"""Export jobs on the pages: the open run's model in the three formats (compact, hf, gguf) as a `hopscotch export`
+"""Export jobs on the pages: the open run's model in the four formats (compact, hf, gguf, deci) as a `hopscotch export`
 job, and the live line of an export job (running, written, failed with its cause).
 
 Streamlit glue only: the command lines come from hopscotch_core.studio.commands, the jobs from studio.jobs.
@@ -16,7 +16,8 @@ from hopscotch_core.studio.runview import RunView
 
 FORMATS = {"compact": "compact (skipped weights absent; hc.load_model)",
            "hf": "hf (scalars folded; stock transformers, vLLM)",
-           "gguf": "gguf (llama.cpp, attention-free layers)"}
+           "gguf": "gguf (llama.cpp, attention-free layers)",
+           "deci": "deci (vLLM, SGLang; transformers with trust_remote_code: skipped attention absent)"}
 QUANTS = ["f32", "f16", "q8_0", "q4_0", "q4_k_m"]
 QUANT_HELP = "q4_0 / q4_k_m go through llama.cpp's own quantizer"
 CHECKED = "_gguf_checked"  # session state: the GGUF writer's verdict per (model, skip set, weight type)
@@ -43,6 +44,21 @@ def gguf_refusal(model, lock, skip: list[int], quant: str) -> Exception | None:
         except Exception as e:  # noqa: BLE001 - the writer's refusal, shown by the caller
             seen[key] = e
     return seen[key]
+
+
+def deci_refusal(model, skip: list[int]) -> Exception | None:
+    """Why the deci writer would refuse `skip` on `model` (a family outside the Llama layer, a sliding window,
+    attention skipped in the first layer that computes anything), or None. It reads only the config."""
+    from hopscotch_core.studio.gguf_demo import check_deci
+
+    try:
+        check_deci(model, skip)
+    except Exception as e:  # noqa: BLE001 - the writer's refusal, shown by the caller
+        return e
+    return None
+
+
+REFUSED = {"gguf": "llama.cpp cannot run this run's model", "deci": "the deci layout cannot hold this run's model"}
 
 
 def export_status(job: str, where=None) -> None:
@@ -89,15 +105,18 @@ def run_export(run: RunView, key: str = "runs_exp") -> None:
     alive = jobs.status(state.runs_dir(), job)["alive"]
     loaded = st.session_state.get(state.MODEL)
     refusal = None
-    if fmt == "gguf" and loaded is not None and state.run_model_problem(run, loaded[0]) is None:
-        refusal = gguf_refusal(loaded[0], loaded[2], run.adapter()[1].get("skipped") or [], quant)
+    if fmt in REFUSED and loaded is not None and state.run_model_problem(run, loaded[0]) is None:
+        skip = run.adapter()[1].get("skipped") or []
+        refusal = (gguf_refusal(loaded[0], loaded[2], skip, quant) if fmt == "gguf"
+                   else deci_refusal(loaded[0], skip))
     if refusal is not None:  # before any job, in the writer's own words
-        st.warning(f"**llama.cpp cannot run this run's model:** {refusal}", icon=":material/block:")
+        st.warning(f"**{REFUSED[fmt]}:** {refusal}", icon=":material/block:")
     if done:
         st.caption(f"Already exported to `{out}`; exporting again replaces it.")
     if st.button("Export again" if done else "Export", key=f"{key}_go", disabled=alive or refusal is not None,
                  help="Runs `hopscotch export` as a job on the run's own model: compact reloads with "
-                      "hc.load_model(dir), hf in any Hugging Face tool, gguf in llama.cpp"):
+                      "hc.load_model(dir), hf in any Hugging Face tool, gguf in llama.cpp, deci in vLLM and SGLang "
+                      "(and transformers with trust_remote_code=True) without the skipped attention"):
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             jobs.start(args, state.runs_dir(), job)

@@ -92,7 +92,8 @@ if run is not None:
                        f"it.\n\n{explain(problem)}")
         elif c2.button("Export model", key="sc_export", disabled=exp["alive"] or model is None,
                        help="compact: without the skipped attention weights, reload with hc.load_model(dir); "
-                            "hf: a plain checkpoint any Hugging Face tool loads; gguf: one .gguf file for llama.cpp"):
+                            "hf: a plain checkpoint any Hugging Face tool loads; gguf: one .gguf file for llama.cpp; "
+                            "deci: vLLM and SGLang serve it without the skipped attention"):
             try:
                 jobs.start(commands.export_args(fmt, out, model=state.model_settings()["model"],
                                                 adapter=run.dir / runs.ADAPTER_DIR, quant=quant), state.runs_dir(), job)

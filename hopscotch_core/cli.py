@@ -455,9 +455,12 @@ def cmd_bench(args) -> int:
         if extra > len(sets[0][0]):
             raise HopscotchError(f"--also-k {extra}: the skip set has only {len(sets[0][0])} blocks")
         sets.append((list(sets[0][0])[:extra], None))
+    variants = list(args.variants or speed.DEFAULT_VARIANTS)
+    if args.variants is None and all(speed.deci_possible(model, blocks) for blocks, _ in sets):
+        variants.append("deci")  # the deci export's model, where that layout holds the skip set
     bars = _Bars()
     try:
-        rows = speed.measure(model, contexts=args.contexts, batch_sizes=args.batch_sizes,
+        rows = speed.measure(model, contexts=args.contexts, batch_sizes=args.batch_sizes, variants=variants,
                              decode_tokens=args.decode_tokens, rounds=args.rounds, skip_sets=sets,
                              on_progress=bars, should_stop=_stop_flag())
     finally:
@@ -592,7 +595,7 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     _model_args(s, model=None, device=None, model_help="the run's model from another path (must be the same model)")
     s.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser("bench", help="speed and memory: original vs run-time skip vs compact model")
+    s = sub.add_parser("bench", help="speed and memory: original vs run-time skip vs compact vs deci export")
     s.add_argument("--run", default=None, help="measure this run's selected blocks; results go into the run")
     s.add_argument("--runs-dir", default="runs")
     _model_args(s, model=None, device=None, model_help="without --run: the model ('default', Hub id, dir, .gguf)")
@@ -602,6 +605,9 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     s.add_argument("--batch-sizes", type=_ints, default=[1], help="batch sizes, e.g. 1,4")
     s.add_argument("--decode-tokens", type=int, default=16)
     s.add_argument("--rounds", type=int, default=3, help="timed rounds per variant (after one warm-up)")
+    s.add_argument("--variants", type=lambda v: [x.strip() for x in v.split(",") if x.strip()], default=None,
+                   help="what to time, from original,skipped,compact,deci (default: all four; deci, the model of "
+                        "a deci export, where that layout holds the skip set)")
     s.add_argument("--out", default=None, help="without --run: directory for bench.json / bench.csv")
     s.set_defaults(func=cmd_bench)
 

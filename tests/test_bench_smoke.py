@@ -36,6 +36,7 @@ RESULT = {
     "bench_pair.py": r"\| plain \| \d+\.\d+ .*\n\| stream_pair threads \| \d+\.\d+ .*\n\| stream_pair batch \| \d+\.\d+",
     "bench_recovery.py": r"\| kl/channel/r0/n2 \| 1 \| \d\.\d+ (.*\n)*\| kl/channel/r2/n2/lr0\.001 \| 1 \| \d\.\d+"
                          r"(.*\n)*\| kl/channel/r2/n2/lr0\.001/lsq \| 1 \| \d\.\d+",
+    "check_vllm.py": r"\| deci \| 3/3 \| .*\n\| hf \| 3/3 \| (.*\n)*KV-cache layers: deci \d+, hf \d+",
     "check_hf_export.py": r"\| kl \| \d\.\d+ \| \d\.\d+ \| [-+]\d\.\d+ \|\n\| agreement \| \d\.\d+ \| \d\.\d+ \|",
     "bench_selection.py": r"paper +\[\d+\] +\d+(.*\n)*fast \(loss shortlist 2\) +\[\d+\](.*\n)*agreement with paper mode",
     "bench_speed.py": r"original +0 +16 +1 +\d+\.\d+(.*\n)*compact +4 +16 +1 +\d+\.\d+",

@@ -138,6 +138,9 @@ def plan(hs) -> DeciPlan:
     if mult is None:
         sglang = (f"no: SGLang derives the MLP width only from ffn_mult (a multiple of {FFN_ROUND}), and this "
                   f"model's {width} is not one; vLLM reads the intermediate_size written instead")
+    if sglang == "yes" and qkv_bias and not attention_bias:
+        sglang = ("no: SGLang's Llama attention (python/sglang/srt/models/llama.py) puts the q/k/v bias on the "
+                  "output projection too, which this model lacks; vLLM reads the two apart")
     readers["sglang"] = sglang
     return DeciPlan(family=family, attention=attention, mlp=mlp_on, n_heads_in_group=heads // kv,
                     intermediate_size=width, ffn_mult=mult, qkv_bias=qkv_bias, attention_bias=attention_bias,

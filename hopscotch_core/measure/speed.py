@@ -1,5 +1,7 @@
 """Speed and memory of a skip set, measured side by side: the original model, the same model with the blocks
-skipped at run time (Hopscotch attached), and the compact copy without the skipped weights.
+skipped at run time (Hopscotch attached), the compact copy without the skipped weights, and (variant "deci") the
+model a `deci` export holds: everything folded, run by the modeling code that export carries, as
+`from_pretrained(DIR, trust_remote_code=True)` builds it (Llama-layer families; integrations/deci_export.py).
 
     from hopscotch_core.measure import speed
     rows = speed.measure(model, skipped=[7, 6, 25, 9], contexts=(128, 512, 2048), batch_sizes=(1, 4))
@@ -39,7 +41,8 @@ from .info import speedup_bound
 from ..method.runs import BENCH_CSV, BENCH_FILE, write_csv, write_json
 from ..engine.scaling import attach, compact_info, handle_of
 
-VARIANTS = ("original", "skipped", "compact")
+VARIANTS = ("original", "skipped", "compact", "deci")
+DEFAULT_VARIANTS = VARIANTS[:3]
 Progress = Callable[[int, int, dict], None]
 
 
@@ -85,7 +88,7 @@ def _check(model: nn.Module, skipped: Sequence[int], contexts: Sequence[int], ba
 
 def _measure(model: nn.Module, skipped: Iterable[int] = (), scales: torch.Tensor | None = None,
             contexts: Sequence[int] = (128,), batch_sizes: Sequence[int] = (1,), decode_tokens: int = 16,
-            rounds: int = 3, variants: Sequence[str] = VARIANTS, lock: Any = None, seed: int = 0,
+            rounds: int = 3, variants: Sequence[str] = DEFAULT_VARIANTS, lock: Any = None, seed: int = 0,
             on_progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
             skip_sets: Sequence[tuple[Sequence[int], torch.Tensor | None]] | None = None) -> list[dict]:
     """Rows (one per variant x skip set x context x batch) in the bench.json format; see the module docstring.
@@ -109,15 +112,15 @@ def _measure(model: nn.Module, skipped: Iterable[int] = (), scales: torch.Tensor
     for blocks, sc in sets:
         for kind in kinds:
             small = None
-            if kind == "compact":
+            if kind in ("compact", "deci"):
                 with guard, attach(model) as hs:
                     hs.configure(blocks, sc)
-                    small = hs.compact()
+                    small = hs.compact() if kind == "compact" else deci_model(hs)
             todo.append((kind, blocks, sc, small))
 
     @contextmanager
     def as_variant(kind: str, blocks: list[int], sc: Any, small: nn.Module | None):
-        if kind == "compact":
+        if small is not None:
             yield small
             return
         with guard:
@@ -190,6 +193,30 @@ def _measure(model: nn.Module, skipped: Iterable[int] = (), scales: torch.Tensor
                 })
     return rows
 
+
+
+def deci_model(hs) -> nn.Module:
+    """The model a deci export of handle `hs` holds, in memory: its folded weights (sharing every tensor the fold
+    does not change) in the export's own modeling code. DeciExportError where the layout cannot hold it."""
+    from ..engine.folding import fold_model
+    from ..integrations.deci_export import build_model, config_dict, deci_state, plan
+
+    layout = plan(hs)
+    folded = fold_model(hs, share=True)
+    return build_model(config_dict(hs, layout, next(folded.parameters()).dtype), deci_state(folded, layout))
+
+
+def deci_possible(model: nn.Module, blocks: Sequence[int]) -> bool:
+    """Whether the deci layout holds `model` with attention `blocks` skipped (the bench adds the variant then)."""
+    from ..integrations.deci_export import DeciExportError, plan
+
+    with attach(model) as hs:
+        hs.skip(list(blocks))
+        try:
+            plan(hs)
+        except DeciExportError:
+            return False
+    return True
 
 
 @functools.wraps(_measure)

@@ -144,6 +144,22 @@ def check_gguf(model, skip: Sequence[int], quant: str = DEFAULT_QUANT, lock: thr
     plan(SimpleNamespace(family=family, model=model, num_layers=family.num_layers, skipped=blocks, skipped_mlp=[]))
 
 
+def check_deci(model, skip: Sequence[int]) -> None:
+    """Refuse, with the deci writer's own message, what it would refuse (a family outside the Llama layer, a
+    sliding window, attention skipped in the first layer that computes anything), before any job. Like
+    check_gguf, it reads only the model's config, family and the skip set."""
+    from types import SimpleNamespace
+
+    from ..engine.families import get_family
+    from ..errors import check_blocks
+    from ..integrations.deci_export import plan
+
+    family = get_family(model)
+    blocks = sorted({int(b) for b in skip})
+    check_blocks(blocks, family.num_layers)
+    plan(SimpleNamespace(family=family, model=model, num_layers=family.num_layers, skipped=blocks, skipped_mlp=[]))
+
+
 # ------------------------------------------------------------------------------------------------ streaming
 def side_stats(start: float, times: Sequence[float]) -> dict:
     """Timing of one side from the times its tokens arrived: seconds to the first token (from `start`) and

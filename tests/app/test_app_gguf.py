@@ -1,5 +1,5 @@
 """The app's export and llama.cpp views in-process (streamlit.testing.AppTest): the Runs page exports the open run
-in the three formats as jobs; the Compare page refuses what llama.cpp cannot run with the writer's message, says
+in the four formats as jobs; the Compare page refuses what llama.cpp cannot run with the writer's message, says
 how to install llama.cpp where it is missing, exports the demo GGUF once as a job, reuses it, and streams the
 original (transformers) beside the GGUF (llama.cpp) with the first differing token marked.
 """
@@ -26,10 +26,10 @@ def _code(at) -> str:
 
 
 @pytest.mark.subprocess
-def test_runs_page_exports_the_open_run_in_three_formats(runs, world, tmp_path):
+def test_runs_page_exports_the_open_run_in_four_formats(runs, world, tmp_path):
     at = visit(start(), "runs")
     fmt = at.button_group(key="runs_exp_format")
-    assert fmt.options == ["compact", "hf", "gguf"]
+    assert fmt.options == ["compact", "hf", "gguf", "deci"]
     assert fmt.value == "gguf" and "--format gguf --quant q8_0" in _code(at)
     at.selectbox(key="runs_exp_quant").set_value("f16").run()
     assert "--format gguf --quant f16" in _code(at)
@@ -47,6 +47,15 @@ def test_runs_page_exports_the_open_run_in_three_formats(runs, world, tmp_path):
     at.run()
     assert "Model written" in texts(at) and "Already exported" in texts(at)
     assert at.button(key="runs_exp_go").label == "Export again" and "--force" in _code(at)
+    at.button_group(key="runs_exp_format").set_value("deci").run()  # the serving engines' layout, as a job too
+    out = runs / "exports" / "example-run-deci"
+    assert f"--format deci --out {out}" in _code(at)
+    at.button(key="runs_exp_go").click().run()
+    rec = wait_job(runs, "example-run.export")
+    assert rec["state"] == "exited", rec
+    cfg = __import__("json").loads((out / "config.json").read_text())
+    no_op = [i for i, b in enumerate(cfg["block_configs"]) if b["attention"]["no_op"]]
+    assert no_op == sorted(world_selected(world))
 
 
 def world_selected(world) -> list[int]:
@@ -149,6 +158,10 @@ def test_runs_page_refuses_a_gguf_llama_cpp_cannot_run_before_any_job(runs, worl
     at.selectbox(key="run").set_value(str(run)).run()
     visit(at, "runs")
     assert any("first layer in the file" in w.value for w in at.warning)
+    assert at.button(key="runs_exp_go").disabled
+    at.button_group(key="runs_exp_format").set_value("deci").run()  # vLLM/SGLang need layer 0's attention too
+    assert any("deci layout cannot hold" in w.value and "first layer that computes anything" in w.value
+               for w in at.warning)
     assert at.button(key="runs_exp_go").disabled
     at.button_group(key="runs_exp_format").set_value("hf").run()  # hf computes it: offered
     assert not at.button(key="runs_exp_go").disabled

@@ -57,6 +57,24 @@ def test_several_skip_sets_share_one_original():
     assert "compact" in speed.format_table(rows)
 
 
+def test_deci_variant_is_the_export_model_with_the_kept_layers_cache_and_weights():
+    """The deci variant runs the model a deci export holds (everything folded, the folder's own modeling code):
+    its KV cache has one entry per attending layer and its parameters lack exactly the skipped attention's."""
+    model = make_model("llama")
+    rows = speed.measure(model, skipped=[1, 3], contexts=(16,), decode_tokens=2, rounds=1,
+                         variants=("original", "deci"))
+    assert [r["variant"] for r in rows] == ["original", "deci"]
+    o, d = rows
+    per_layer = 2 * 1 * 2 * 16 * 8 * 4  # K and V, batch 1, 2 KV heads, 16 tokens, head_dim 8, fp32
+    assert o["kv_cache_bytes"] == N_LAYERS * per_layer
+    assert d["kv_cache_bytes"] == (N_LAYERS - 2) * per_layer
+    assert d["param_bytes"] == speed.param_bytes(model) - _attn_bytes(model, [1, 3]) - sum(
+        hc.get_family(model).layers[i].input_layernorm.weight.numel() * 4 for i in (1, 3))
+    assert handle_of(model) is None
+    assert speed.deci_possible(model, [1, 3]) and not speed.deci_possible(model, [0, 3])
+    assert not speed.deci_possible(make_model("gemma2"), [1])
+
+
 def test_bad_settings_are_clear_errors():
     model = make_model("llama")
     with pytest.raises(InvalidBlocksError, match="out of range"):
