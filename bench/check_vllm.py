@@ -16,8 +16,9 @@ What it does:
    chat prompts rendered with the folder's own chat template, and the log-probability of every prompt token;
 3. in the venv, a fresh process per folder runs vLLM's offline `LLM` API (fp32, eager, trust_remote_code) on the
    same token ids: greedy tokens (stopping at EOS, as generate does), prompt log-probabilities, the KV cache's size
-   in blocks and tokens for the same cache memory, and decode speed (batch 1: a one-token request and a
-   `--decode-tokens` request alternate, tokens/s = extra tokens / extra time; median over `--rounds`);
+   in blocks and tokens for the same cache memory, and decode speed (`--batch` sequences of a `--context`-token
+   prompt: a one-token request and a `--decode-tokens` request alternate, tokens/s = batch x extra tokens / extra
+   time; median over `--rounds`; the longer the context, the larger attention's share of a decode step);
 4. starts vLLM's OpenAI server on the deci folder and asks /v1/completions (the token ids) and
    /v1/chat/completions (the messages: the server renders the folder's chat template itself) for greedy tokens.
 It prints one table row per folder and the deci / hf ratios (decode tokens/s, KV-cache tokens).
@@ -68,7 +69,7 @@ def vllm_engine(req):
     blocks = cache.num_gpu_blocks
     out["kv"] = {"blocks": blocks, "block_size": cache.block_size,
                  "tokens": None if blocks is None else blocks * cache.block_size}
-    return out, lambda p, n: gen([p], n, ignore_eos=True)
+    return out, lambda p, n, b: gen([p] * b, n, ignore_eos=True)
 
 
 def transformers_engine(req):
@@ -77,8 +78,8 @@ def transformers_engine(req):
 
     m = AutoModelForCausalLM.from_pretrained(req["model"], trust_remote_code=True, dtype=torch.float32).eval()
 
-    def gen(p, n, ignore_eos=False):
-        ids = torch.tensor([p])
+    def gen(p, n, ignore_eos=False, b=1):
+        ids = torch.tensor([p] * b)
         kw = {"min_new_tokens": n} if ignore_eos else {}
         with torch.no_grad():
             return m.generate(ids, max_new_tokens=n, do_sample=False, **kw)[0, ids.shape[1]:].tolist()
@@ -94,26 +95,26 @@ def transformers_engine(req):
             cache = getattr(fwd, "cache", None) or fwd.past_key_values
     out["kv"] = {"layers": sum(1 for layer in cache.layers if getattr(layer, "keys", None) is not None
                                and layer.keys.numel())}
-    return out, gen
+    return out, lambda p, n, b: gen(p, n, ignore_eos=True, b=b)
 
 
 def main():
     req = json.load(open(sys.argv[1]))
     out, gen = (vllm_engine if req["engine"] == "vllm" else transformers_engine)(req)
-    p, d = req["prompts"][0], req["decode_tokens"]
+    p, d, b = req["speed_prompt"], req["decode_tokens"], req["batch"]
     one, many = [], []
     for r in range(req["rounds"] + 1):  # round 0 warms up
         t0 = time.perf_counter()
-        gen(p, 1)
+        gen(p, 1, b)
         t1 = time.perf_counter()
-        gen(p, d)
+        gen(p, d, b)
         t2 = time.perf_counter()
         if r:
             one.append(t1 - t0)
             many.append(t2 - t1)
-    rates = [(d - 1) / max(b - a, 1e-9) for a, b in zip(one, many)]
+    rates = [b * (d - 1) / max(y - x, 1e-9) for x, y in zip(one, many)]
     out["decode_tok_s"] = {"median": statistics.median(rates), "min": min(rates), "max": max(rates),
-                           "rounds": req["rounds"], "tokens": d}
+                           "rounds": req["rounds"], "tokens": d, "batch": b, "context": len(p)}
     json.dump(out, open(sys.argv[2], "w"))
 
 
@@ -195,8 +196,12 @@ def reference(run_dir: Path, folder: Path, model_dir: str | None, max_tokens: in
 def run_engine(python: Path, engine: str, folder: Path, ref: dict, args, work: Path) -> dict:
     script = work / "engine_worker.py"
     script.write_text(WORKER)
+    flat = [t for p in ref["prompts"] for t in p]
+    speed_prompt = (flat * (args.context // len(flat) + 1))[:args.context]  # real tokens, repeated to length
     req = {"engine": engine, "model": str(folder), "prompts": ref["prompts"], "max_tokens": args.max_tokens,
-           "max_model_len": args.max_model_len, "decode_tokens": args.decode_tokens, "rounds": args.rounds}
+           "max_model_len": max(args.max_model_len, args.context + args.decode_tokens + 8),
+           "decode_tokens": args.decode_tokens, "rounds": args.rounds, "speed_prompt": speed_prompt,
+           "batch": args.batch}
     req_file, out_file = work / f"req-{folder.name}.json", work / f"out-{folder.name}.json"
     req_file.write_text(json.dumps(req))
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "VLLM_CPU_KVCACHE_SPACE": str(args.kv_space),
@@ -296,6 +301,8 @@ def main(argv=None) -> None:
     ap.add_argument("--max-tokens", type=int, default=24, help="greedy tokens per prompt")
     ap.add_argument("--decode-tokens", type=int, default=128, help="tokens per timed decode request")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--context", type=int, default=1024, help="prompt tokens of the timed requests")
+    ap.add_argument("--batch", type=int, default=4, help="sequences per timed request")
     ap.add_argument("--max-model-len", type=int, default=512)
     ap.add_argument("--kv-space", type=int, default=1, help="GiB of KV cache vLLM gets (VLLM_CPU_KVCACHE_SPACE)")
     ap.add_argument("--threads", type=int, default=2)
@@ -319,6 +326,7 @@ def main(argv=None) -> None:
         root = finished_run(work / "smoke")
         run_dir, model_dir = root / "runs" / "r", str(root / "m")
         args.max_tokens, args.decode_tokens, args.rounds = min(args.max_tokens, 6), min(args.decode_tokens, 8), 1
+        args.context, args.batch = min(args.context, 64), min(args.batch, 2)
     else:
         run_dir = args.run_dir.resolve()
         if not (run_dir / "adapter").is_dir():
@@ -345,6 +353,9 @@ def main(argv=None) -> None:
 def report(res: dict) -> None:
     f = res["folders"]
     print(f"engine: {res['engine']}; run {res['run']}; {len(res['reference']['prompts'])} prompts")
+    d0 = f[next(iter(f))]["decode_tok_s"]
+    print(f"decode timed on {d0['batch']} x {d0['context']}-token prompts, {d0['tokens']} tokens, "
+          f"{d0['rounds']} rounds")
     print("| export | greedy tokens = attached model | max abs diff of prompt log-probs | decode tok/s median "
           "(min-max) | KV cache |")
     print("|---|---|---|---|---|")

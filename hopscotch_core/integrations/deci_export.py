@@ -148,7 +148,8 @@ def plan(hs) -> DeciPlan:
 
 
 def _rope_fields(cfg) -> dict[str, Any]:
-    """rope_parameters (transformers 5) and the rope_theta / rope_scaling pair older readers look for."""
+    """rope_parameters (transformers 5) and the rope_theta / rope_scaling pair older readers look for (rope_scaling
+    only where the RoPE is scaled: transformers 5 warns on the legacy key, and its absence means plain RoPE)."""
     params = dict(getattr(cfg, "rope_parameters", None) or {})
     legacy = getattr(cfg, "rope_scaling", None)
     if isinstance(legacy, dict):
@@ -157,8 +158,10 @@ def _rope_fields(cfg) -> dict[str, Any]:
     params["rope_theta"] = float(theta if theta is not None else 10000.0)
     params.setdefault("rope_type", params.pop("type", "default"))
     scaling = {k: v for k, v in params.items() if k != "rope_theta"}
-    return {"rope_parameters": params, "rope_theta": params["rope_theta"],
-            "rope_scaling": scaling if scaling.get("rope_type") != "default" else None}
+    out = {"rope_parameters": params, "rope_theta": params["rope_theta"]}
+    if scaling.get("rope_type") != "default":  # for readers on transformers 4.x (absent: plain RoPE, their default)
+        out["rope_scaling"] = scaling
+    return out
 
 
 def config_dict(hs, layout: DeciPlan, dtype: torch.dtype, extra: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -187,13 +187,15 @@ def test_bench_writes_into_the_run(finished, tmp_path, capsys):
     assert cli.main(["bench", "--run", "r", "--runs-dir", str(runs), "--contexts", "8,16", "--decode-tokens", "2",
                      "--rounds", "1", "--also-k", "1"]) == 0
     res = json.loads((runs / "r" / "bench.json").read_text())
+    # the deci export's model is timed too: this qwen2 model and skip set are what that layout holds
     assert [(r["variant"], r["k"], r["context"]) for r in res["rows"]] == [
-        (v, k, c) for c in (8, 16) for v, k in (("original", 0), ("skipped", 2), ("compact", 2),
-                                                 ("skipped", 1), ("compact", 1))]
-    assert res["rows"][1]["blocks"] == [1, 3] and res["rows"][3]["blocks"] == [1]
+        (v, k, c) for c in (8, 16) for v, k in (("original", 0), ("skipped", 2), ("compact", 2), ("deci", 2),
+                                                 ("skipped", 1), ("compact", 1), ("deci", 1))]
+    assert res["rows"][1]["blocks"] == [1, 3] and res["rows"][4]["blocks"] == [1]
     assert res["rows"][2]["kv_cache_bytes"] * 5 == res["rows"][0]["kv_cache_bytes"] * 3
+    assert res["rows"][3]["kv_cache_bytes"] == res["rows"][2]["kv_cache_bytes"]
     with (runs / "r" / "bench.csv").open() as f:
-        assert len(list(csv.DictReader(f))) == 10
+        assert len(list(csv.DictReader(f))) == 14
     assert "compact" in capsys.readouterr().out
     assert cli.main(["bench", "--model", str(finished / "m"), "--contexts", "8"]) == 2
     assert "--skip" in capsys.readouterr().err
