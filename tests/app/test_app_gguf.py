@@ -47,15 +47,14 @@ def test_runs_page_exports_the_open_run_in_four_formats(runs, world, tmp_path):
     at.run()
     assert "Model written" in texts(at) and "Already exported" in texts(at)
     assert at.button(key="runs_exp_go").label == "Export again" and "--force" in _code(at)
-    at.button_group(key="runs_exp_format").set_value("deci").run()  # the serving engines' layout, as a job too
+    at.button_group(key="runs_exp_format").set_value("deci").run()  # the serving engines' layout
     out = runs / "exports" / "example-run-deci"
     assert f"--format deci --out {out}" in _code(at)
-    at.button(key="runs_exp_go").click().run()
-    rec = wait_job(runs, "example-run.export")
-    assert rec["state"] == "exited", rec
-    cfg = __import__("json").loads((out / "config.json").read_text())
-    no_op = [i for i, b in enumerate(cfg["block_configs"]) if b["attention"]["no_op"]]
-    assert no_op == sorted(world_selected(world))
+    # this run skips block 0's attention, which vLLM and SGLang cannot run: refused before any job, in the
+    # writer's words (the CLI and export tests write deci folders of skip sets the layout holds)
+    assert world_selected(world)[0] == 0
+    assert any("deci layout cannot hold" in w.value and "block 0" in w.value for w in at.warning)
+    assert at.button(key="runs_exp_go").disabled and not out.exists()
 
 
 def world_selected(world) -> list[int]:
