@@ -46,11 +46,7 @@ from torch import nn
 
 from . import lowrank
 from .families import final_norm, fold_scale, negate_norm
-from ..errors import HopscotchError
-
-
-class FoldError(HopscotchError, ValueError):
-    """The scalars cannot be folded exactly into this family's weights."""
+from ..errors import FoldError
 
 
 def residual_scales(scales: torch.Tensor) -> list[tuple[float, float]]:

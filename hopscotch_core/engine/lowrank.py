@@ -28,14 +28,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import HopscotchError
+from ..errors import LoraError
 
 PARTS = ("attn", "mlp")
 INIT_SEED = 1234
-
-
-class LoraError(HopscotchError, ValueError):
-    """A low-rank setting or state that does not fit this model."""
 
 
 @dataclass(frozen=True)

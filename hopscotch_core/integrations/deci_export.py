@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from ..errors import HopscotchError
+from ..errors import DeciExportError
 from .deci_code.configuration_hopscotch_deci import ffn_width  # the readers' formula, shared with the folder
 
 DECI_FAMILIES = ("llama", "mistral", "qwen2")
@@ -45,10 +45,6 @@ MODELING_FILE = "modeling_hopscotch_deci.py"
 AUTO_MAP = {"AutoConfig": "configuration_hopscotch_deci.HopscotchDeciConfig",
             "AutoModelForCausalLM": "modeling_hopscotch_deci.DeciLMForCausalLM"}
 FFN_ROUND = 256  # the readers round the MLP width derived from ffn_mult up to a multiple of this
-
-
-class DeciExportError(HopscotchError, ValueError):
-    """This model or skip set cannot be written in the Nemotron-NAS / DeciLM layout (the message says why)."""
 
 
 def ffn_mult_for(width: int, hidden_size: int) -> float | None:

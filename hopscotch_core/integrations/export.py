@@ -58,17 +58,13 @@ from typing import Any
 
 import torch
 
-from ..errors import HopscotchError
+from ..errors import ExportError
 from ..fileio import current_umask
 
 FORMATS = ("compact", "hf", "gguf", "deci")
 EXPORT_FILE = "hopscotch_export.json"
 PROBE_TEXT = ("Question: Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in "
               "May. How many clips did Natalia sell altogether? Answer: 48 + 24 = 72.")
-
-
-class ExportError(HopscotchError, ValueError):
-    """Bad export input (format, quantization, output folder, source)."""
 
 
 def check_request(out_dir: str | os.PathLike, format: str, quant: str | None, force: bool) -> tuple[Path, str | None]:

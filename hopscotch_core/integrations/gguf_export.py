@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import HopscotchError
+from ..errors import GGUFExportError, LlamaCppMissingError
 
 ARCH = "deci"
 GGUF_FAMILIES = ("llama", "mistral", "qwen2")
@@ -60,14 +60,6 @@ _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1
                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 _QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-
-
-class GGUFExportError(HopscotchError, ValueError):
-    """This model or skip set cannot be written as a llama.cpp GGUF (the message says why)."""
-
-
-class LlamaCppMissingError(HopscotchError, ImportError):
-    """llama-cpp-python is not installed."""
 
 
 _QUIET_LOG = None

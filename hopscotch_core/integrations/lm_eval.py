@@ -35,21 +35,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import HopscotchError
+from ..errors import LMEvalError, LMEvalUnavailableError
 
 TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
 LM_EVAL_VERSION = "0.4.13"
 MODEL_NAME = "hopscotch"
 
 _CLASS: type | None = None
-
-
-class LMEvalError(HopscotchError, ValueError):
-    """lm-evaluation-harness cannot run what was asked: unknown task, bad model arguments."""
-
-
-class LMEvalUnavailableError(HopscotchError, ImportError):
-    """The optional `lm_eval` package is not installed."""
 
 
 def _require_lm_eval():

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..errors import HopscotchError
+from ..errors import AnswersError
 from ..method import data, runs
 from ..method.runs import Run, append_jsonl, read_json, read_jsonl, write_json
 from . import metrics, stats
@@ -40,10 +40,6 @@ Progress = Callable[[int, int, dict], None]
 
 _NAMES = ["Tom", "Ana", "Ravi", "Mei", "Sara", "Omar", "Lena", "Kofi", "Ines", "Jack"]
 _THINGS = ["apples", "books", "marbles", "stickers", "pencils", "coins", "cards", "shells"]
-
-
-class AnswersError(HopscotchError, ValueError):
-    """Answers kept cannot be measured as asked."""
 
 
 def probe(n: int = PROBE_SIZE, seed: int = PROBE_SEED) -> list[dict[str, str]]:

@@ -48,7 +48,7 @@ from typing import Any
 
 import torch
 
-from ..errors import HopscotchError
+from ..errors import BenchmarkError, BenchmarkUnavailableError
 from ..method import runs
 from ..method.datafiles import OLMES_INSTALL, OLMES_PACKAGE, OLMES_VERSION, olmes_root  # noqa: F401 - importable here
 from ..method.runs import Run, append_jsonl, read_json, read_jsonl, write_csv, write_json
@@ -61,14 +61,6 @@ METRICS = ("acc", "acc_per_char")
 KEPT_OF = "acc_per_char"  # `kept` is the share of this metric
 
 Progress = Callable[[int, int, dict], None]
-
-
-class BenchmarkError(HopscotchError, ValueError):
-    """A benchmark name or setting that cannot be scored (unknown name, shots, limit)."""
-
-
-class BenchmarkUnavailableError(HopscotchError, ImportError):
-    """The package that holds a benchmark's data is not installed."""
 
 
 @dataclass(frozen=True)

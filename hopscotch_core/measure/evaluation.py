@@ -44,7 +44,7 @@ import torch
 
 from ..method import data
 from . import metrics, stats
-from ..errors import HopscotchError
+from ..errors import EvalError
 from ..method import runs
 from ..method.runs import Run, append_jsonl, read_json, read_jsonl, write_csv, write_json
 from ..engine.artifacts import LORA_PREFIX
@@ -59,10 +59,6 @@ GENERATION_FIGURES = ("exact_match", "answer_agreement", "gsm8k_strict", "gsm8k_
 COLUMNS = ("variant", "method", "scaled", "k", "attention", "mlp", "nll", "ppl", "kl", "agreement", "exact_match",
            "answer_agreement", "gsm8k_strict", "gsm8k_flexible",
            *(f"{f}_ci_{end}" for f in FIGURES for end in ("low", "high")))
-
-
-class EvalError(HopscotchError, ValueError):
-    """A run that cannot be evaluated (yet)."""
 
 
 def last_epoch(folder: Path) -> dict[str, torch.Tensor] | None:

@@ -36,13 +36,9 @@ from torch import nn
 
 from ..engine.families import get_family
 from ..method.data import example_spans, forward_rows, row_logits
-from ..errors import HopscotchError
+from ..errors import MetricError
 from ..engine.loading import read_derived, weights_stamp, write_derived
 from .cached import cached_singular_values  # noqa: F401  (re-exported: read without torch there)
-
-
-class MetricError(HopscotchError, ValueError):
-    """Input a metric cannot be computed on (too few samples, mismatched shapes, bad layer index)."""
 
 
 def _pairwise_sq(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

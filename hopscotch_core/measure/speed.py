@@ -36,7 +36,7 @@ from torch import nn
 from ..engine.families import get_family
 from ..engine.cache import cache_bytes
 from ..engine.priority import gate
-from ..errors import HopscotchError, InvalidBlocksError
+from ..errors import InvalidBlocksError, SpeedError
 from .info import speedup_bound
 from ..method.runs import BENCH_CSV, BENCH_FILE, write_csv, write_json
 from ..engine.scaling import attach, compact_info, handle_of
@@ -44,10 +44,6 @@ from ..engine.scaling import attach, compact_info, handle_of
 VARIANTS = ("original", "skipped", "compact", "deci")
 DEFAULT_VARIANTS = VARIANTS[:3]
 Progress = Callable[[int, int, dict], None]
-
-
-class SpeedError(HopscotchError, ValueError):
-    """Settings a measurement cannot run with."""
 
 
 def _sync(device: torch.device) -> None:

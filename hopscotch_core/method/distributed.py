@@ -28,19 +28,11 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..errors import HopscotchError
+from ..errors import DistributedError, HopscotchError, SharedError
 
 ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 DEFAULT_TIMEOUT_S = 1800.0
 CHECKED = (HopscotchError, ValueError, OSError)  # the errors the CLI reports as one `error:` line
-
-
-class DistributedError(HopscotchError, RuntimeError):
-    """The process group cannot start or lost a process (a rank died, the network failed, a timeout)."""
-
-
-class SharedError(HopscotchError):
-    """An error every rank raises with the same message (the CLI prints it on rank 0 only)."""
 
 
 def launched() -> bool:

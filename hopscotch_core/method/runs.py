@@ -40,7 +40,7 @@ from typing import Any
 
 import psutil
 
-from ..errors import HopscotchError
+from ..errors import RunError
 from ..fileio import atomic_write
 
 # ------------------------------------------------------------------------------------------------ file names
@@ -87,10 +87,6 @@ EXIT_STOPPED = 3       # stopped before the end (Ctrl-C / SIGTERM): state saved,
 EXIT_INTERRUPTED = 130  # a second Ctrl-C: stopped at once
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-class RunError(HopscotchError, ValueError):
-    """A run name, runs root or resume that cannot be used."""
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

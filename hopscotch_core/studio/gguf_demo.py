@@ -29,17 +29,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import HopscotchError
+from ..errors import GGUFDemoError, HopscotchError
 from .commands import export_args
 
 DEMO_DIR = Path("exports") / "gguf-demo"  # under the runs directory
 DEFAULT_QUANT = "q8_0"
 DEMO_QUANTS = ("f32", "f16", "q8_0")      # written by gguf-py alone (no llama.cpp quantizer pass)
 EXPORT_FILE = "hopscotch_export.json"     # integrations.export.EXPORT_FILE, named here without importing torch
-
-
-class GGUFDemoError(HopscotchError, ValueError):
-    """A side-by-side request the GGUF side cannot serve (the message says why and what to do)."""
 
 
 # ------------------------------------------------------------------------------------------------ the cache

@@ -35,7 +35,7 @@ from typing import Any
 import psutil
 from filelock import FileLock
 
-from ..errors import HopscotchError
+from ..errors import JobError
 from ..method import estimate, runs
 from ..method.runs import (
     ACTIVE,  # noqa: F401 - the job states whose process is alive, as before
@@ -62,10 +62,6 @@ JOBS_DIR = ".jobs"
 RUNNER = "hopscotch_core.studio.jobrunner"  # the module a job process runs (python -m)
 
 _CHILDREN: dict[int, subprocess.Popen] = {}  # processes this Python process started (polled, so never zombies)
-
-
-class JobError(HopscotchError, ValueError):
-    """A job that cannot be started, stopped or deleted as asked."""
 
 
 # ------------------------------------------------------------------------------------------------ files
