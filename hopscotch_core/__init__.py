@@ -28,9 +28,6 @@ imports streamlit; the app and the CLI drive it through plain functions and call
 from __future__ import annotations
 
 import importlib
-import importlib.abc
-import importlib.util
-import sys
 
 from .errors import (
     AdapterMismatchError,
@@ -56,48 +53,9 @@ _PUBLIC = {
     "compact_info": "engine.scaling", "handle_of": "engine.scaling", "load_adapter": "engine.scaling",
 }
 
-# Modules that lived directly in hopscotch_core before the sub-packages: `hopscotch_core.metrics`,
-# `from hopscotch_core import metrics` and `import hopscotch_core.scaling` keep working and give the module itself.
-_MOVED = {
-    "adapters": "engine.families", "scaling": "engine.scaling", "cache": "engine.cache",
-    "generation": "engine.generation", "folding": "engine.folding", "loading": "engine.loading",
-    "artifacts": "engine.artifacts", "settings": "method.settings", "data": "method.data",
-    "training": "method.training", "selection": "method.selection", "pipeline": "method.pipeline",
-    "runs": "method.runs", "metrics": "measure.metrics", "evaluation": "measure.evaluation",
-    "speed": "measure.speed", "info": "measure.info", "gguf_export": "integrations.gguf_export",
-    "llamacpp": "integrations.llamacpp", "jobs": "studio.jobs", "runview": "studio.runview",
-    "figures": "studio.figures", "figexport": "studio.figexport", "report": "studio.report",
-    "compare": "studio.compare", "drift": "studio.drift", "explain": "studio.explain",
-}
-# (`hopscotch_core.export` is the function, as before; `hopscotch_core.lm_eval_adapter` is a module of its own,
-# since `python -m hopscotch_core.lm_eval_adapter` is a command.)
-
-
-class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Resolves `hopscotch_core.<old name>` to the module at its new place (the same module object)."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        pkg, _, name = fullname.rpartition(".")
-        if pkg == __name__ and name in _MOVED:
-            return importlib.util.spec_from_loader(fullname, self)
-        return None
-
-    def create_module(self, spec):
-        return importlib.import_module(f"{__name__}.{_MOVED[spec.name.rpartition('.')[2]]}")
-
-    def exec_module(self, module):
-        pass
-
-
-if not any(isinstance(f, _MovedModules) for f in sys.meta_path):
-    sys.meta_path.append(_MovedModules())
-
-
 def __getattr__(name: str):
     if name in _PUBLIC:
         value = getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
-    elif name in _MOVED:
-        value = importlib.import_module(f"{__name__}.{name}")
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value
@@ -105,7 +63,7 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_PUBLIC) | set(_MOVED))
+    return sorted(set(globals()) | set(_PUBLIC))
 
 
 __all__ = [

@@ -9,6 +9,7 @@ from helpers.models import CACHE_KW, N_LAYERS, PROMPT, decoding_floor, left_padd
 from helpers.numerics import assert_within_floor, bound, max_abs_diff
 
 import hopscotch_core as hc
+from hopscotch_core.engine.cache import cache_bytes
 
 SKIP_SETS = {
     "none": [],
@@ -42,7 +43,7 @@ def test_cached_generation_equals_uncached(family, pattern):
     real = full_mask.bool()  # padded positions are fully masked; their logits are arbitrary
     hs.reset()  # the same two routes with nothing skipped: this machine's rounding floor
     assert_within_floor(steps[real], full[real], decoding_floor(model, cached, full_mask), what="cached decoding")
-    nbytes = hc.cache.cache_bytes(cache)
+    nbytes = cache_bytes(cache)
     for i in range(N_LAYERS):
         assert (nbytes[i] == 0) == (i in SKIP_SETS[pattern]), (i, nbytes)
         assert cache.layers[i].get_seq_length() == cached.shape[1] or cache.layers[i].is_sliding
