@@ -31,6 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..constants import GRANULARITIES, OBJECTIVES
 from ..errors import AdapterMismatchError, ArtifactError
 from ..fileio import atomic_write
 
@@ -93,9 +94,7 @@ def _atomic_write(path: Path, write) -> None:
     atomic_write(path, lambda tmp: write(Path(tmp)))
 
 
-GRANULARITIES = ("scalar", "channel")
 LORA_PREFIX = "lora."  # the low-rank deltas' names in scales.safetensors (and in a run's epoch files)
-OBJECTIVES = ("ce", "kl", "ce+kl")
 
 
 def write_artifact(path: str | os.PathLike, scales: torch.Tensor, meta: dict[str, Any],

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from . import artifacts
+from ..constants import COLUMNS
 from ..errors import ArtifactError, ModelNotAvailableError
 from ..fileio import atomic_write, current_umask
 from .checkpoint import write_checkpoint
@@ -255,7 +256,7 @@ def save_model(model, path: str | os.PathLike, tokenizer=None) -> Path:
     if info is not None:
         meta = {"kind": "compact", "skipped": list(info.skipped), "skipped_mlp": list(info.skipped_mlp),
                 "folded": info.folded, "base": info.base,
-                "columns": ["b_att", "s_att", "b_mlp", "s_mlp"]}
+                "columns": list(COLUMNS)}
         artifacts.write_artifact(path, info.scales, meta, channel_scales=info.channel_scales)
         _guard_compact_config(path)
     return path

@@ -40,10 +40,9 @@ from torch import nn
 from . import artifacts, lowrank
 from .families import ModelFamily, fold_scale, get_family
 from .cache import record_skipped
+from ..constants import COLUMNS, GRANULARITIES
 from ..errors import AdapterMismatchError, DetachedError, HopscotchError, InvalidBlocksError, InvalidScalesError
 
-COLUMNS = ("b_att", "s_att", "b_mlp", "s_mlp")
-GRANULARITIES = ("scalar", "channel")
 _HANDLE_ATTR = "_hopscotch"
 _COMPACT_ATTR = "_hopscotch_compact"
 # Hopscotch.in_thread(): per thread, {id(handle): (skipped set, per-layer python floats)} (module level: a handle

@@ -16,6 +16,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from ..constants import GRANULARITIES, OBJECTIVES
 from ..errors import DataError, HopscotchError, SelectionError, check_blocks
 
 MODES = ("paper", "fast")
@@ -32,8 +33,7 @@ DEFAULT_TRAIN = 64
 DELTA_INITS = ("zero", "lsq")             # how the low-rank deltas start (method/deltainit.py)
 BASELINES = ("attn-bi", "shortgpt", "random", "one-round")
 SHORTLIST_BY = ("bi", "loss")
-OBJECTIVES = ("ce", "kl", "ce+kl")       # what candidate scoring and scale training minimise (training.py)
-GRANULARITIES = ("scalar", "channel")     # one b per branch (the paper's) | per-channel b_att / b_mlp vectors
+# OBJECTIVES and GRANULARITIES are constants.py's (imported above; the app's form reads them from here)
 PAPER = {"objective": "ce", "granularity": "scalar", "lora_rank": 0}  # the paper's exact setting (`paper` in docs and the app)
 # what a manifest written before a setting existed meant by it (resume and display of old runs)
 LEGACY = {"objective": "ce", "kl_weight": 1.0, "granularity": "scalar", "lora_rank": 0, "lora_lr": 1e-3,

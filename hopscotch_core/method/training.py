@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..constants import OBJECTIVES
 from .data import Row, dataset_loss, example_spans, row_logits, row_loss, split_row
 from ..engine.scaling import Hopscotch
 from ..errors import HopscotchError
@@ -42,7 +43,6 @@ from .settings import RunSettings
 _RUN = RunSettings()  # the defaults come from the run settings' schema (method/settings.py), the one place
 
 Progress = Callable[[int, int, dict], None]
-OBJECTIVES = ("ce", "kl", "ce+kl")
 TEACHER_TOP_K = 64
 
 

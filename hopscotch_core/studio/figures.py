@@ -17,7 +17,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-SCALE_COLUMNS = ("b_att", "s_att", "b_mlp", "s_mlp")
+from ..constants import COLUMNS
+
+SCALE_COLUMNS = COLUMNS  # the old name, which tests and callers use
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
             "#bcbd22")
 # The legend stands right of the plot area, outside it (plotly widens the right margin to fit it), where it covers

@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from . import jobs
+from ..constants import COLUMNS
 from ..method import runs
 from ..method.runs import MANIFEST, RunError, read_json, read_jsonl
 
 if TYPE_CHECKING:  # torch loads only when a run's tensors are read (the app's first page draws without it)
     import torch
 
-SCALE_COLUMNS = ("b_att", "s_att", "b_mlp", "s_mlp")
+SCALE_COLUMNS = COLUMNS  # the old name, which the app's tables use
 
 
 def _rows(obj: Any) -> list[dict] | None:
