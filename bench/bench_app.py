@@ -34,7 +34,6 @@ Run it on a quiet machine: another CPU job on 2 cores doubles every figure.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import re
@@ -111,10 +110,11 @@ def plain_decode(prompt: str, n: int, rounds: int) -> dict:
     import torch
 
     import hopscotch_core as hc
+    from hopscotch_core.engine.cache import cache_kwarg
     from hopscotch_core.method.data import encode_prompt
 
     model, tok = hc.load_model("default")
-    kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    kw = cache_kwarg(model.forward)
     ids = torch.tensor([encode_prompt(tok, prompt, True)])
     rates = []
     with torch.no_grad():

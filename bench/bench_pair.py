@@ -14,7 +14,6 @@ random weights (speed only; no files needed), and a byte-level stand-in tokenize
 from __future__ import annotations
 
 import argparse
-import inspect
 import statistics
 import sys
 import threading
@@ -27,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchargs import smoke, smoke_flag, smoke_model_dir  # noqa: E402
+from hopscotch_core.engine.cache import cache_kwarg  # noqa: E402
 from hopscotch_core.studio import compare  # noqa: E402
 
 SKIP = [3, 6, 7, 9, 25, 28, 29]
@@ -63,7 +63,7 @@ def sync(dev: torch.device) -> None:
 
 def plain(model, ids: list[int], n: int) -> float:
     dev = model.device
-    kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    kw = cache_kwarg(model.forward)
     with torch.no_grad():
         out = model(input_ids=torch.tensor([ids], device=dev), use_cache=True, logits_to_keep=1)
         cache, nxt = getattr(out, kw), out.logits[:, -1].argmax(-1).view(1, 1)

@@ -15,9 +15,11 @@ keeps their bookkeeping right at one element per token.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
+from torch import nn
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 
@@ -119,6 +121,14 @@ def record_skipped(cache: Any, layer_idx: int, hidden: torch.Tensor) -> None:
         layer.__class__ = swap
     placeholder = torch.zeros((), dtype=hidden.dtype, device=hidden.device).expand(batch, 1, new, 1)
     cache.update(placeholder, placeholder, layer_idx)
+
+
+def cache_kwarg(target: Any) -> str:
+    """The name under which a forward takes the KV cache: `cache` (transformers >= 5.24) or `past_key_values`
+    (earlier 5.x). `target`: a forward function or bound method (a model's `model.forward`), or a module, whose
+    class's own forward is read (a decoder layer, whatever its instance forward has been replaced with)."""
+    fn = type(target).forward if isinstance(target, nn.Module) else target
+    return "cache" if "cache" in inspect.signature(fn).parameters else "past_key_values"
 
 
 def cache_bytes(cache: Any) -> list[int]:

@@ -39,10 +39,11 @@ from torch import nn
 
 from . import artifacts, lowrank
 from .families import ModelFamily, fold_scale, get_family
-from .cache import record_skipped
+from .cache import cache_kwarg, record_skipped
 from ..constants import COLUMNS, GRANULARITIES
 from ..errors import AdapterMismatchError, DetachedError, HopscotchError, InvalidBlocksError, InvalidScalesError
 
+_cache_kwarg = cache_kwarg  # its old name here
 _HANDLE_ATTR = "_hopscotch"
 _COMPACT_ATTR = "_hopscotch_compact"
 # Hopscotch.in_thread(): per thread, {id(handle): (skipped set, per-layer python floats)} (module level: a handle
@@ -66,11 +67,6 @@ class RemovedBlock(nn.Module):
         raise RuntimeError(f"{self.name} of block {self.layer_idx} was removed by Hopscotch compaction")
 
 
-def _cache_kwarg(layer: nn.Module) -> str:
-    params = inspect.signature(type(layer).forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
 def _layer_forward(family: ModelFamily, layer: nn.Module, idx: int, owner: Any) -> Callable[..., torch.Tensor]:
     """A forward for decoder layer `idx` implementing the Hopscotch formula.
 
@@ -81,7 +77,7 @@ def _layer_forward(family: ModelFamily, layer: nn.Module, idx: int, owner: Any) 
     """
     branch = family.layer
     sig = inspect.signature(type(layer).forward)
-    cache_kw = _cache_kwarg(layer)
+    cache_kw = cache_kwarg(layer)
     old_kw = "past_key_values" if cache_kw == "cache" else None
 
     def forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:

@@ -21,7 +21,6 @@ every weight in memory; the compact copy does not).
 from __future__ import annotations
 
 import functools
-import inspect
 import os
 import statistics
 import time
@@ -34,7 +33,7 @@ import torch
 from torch import nn
 
 from ..engine.families import get_family
-from ..engine.cache import cache_bytes
+from ..engine.cache import cache_bytes, cache_kwarg
 from ..engine.priority import gate
 from ..errors import InvalidBlocksError, SpeedError
 from .info import speedup_bound
@@ -127,7 +126,7 @@ def _measure(model: nn.Module, skipped: Iterable[int] = (), scales: torch.Tensor
                 hs.configure(blocks, sc)
                 yield model
 
-    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache_kw = cache_kwarg(model.forward)
 
     def one(m: nn.Module, ids: torch.Tensor) -> tuple[float, float, int]:
         _sync(dev)

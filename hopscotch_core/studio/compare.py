@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import html
-import inspect
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
+from ..engine.cache import cache_kwarg
 from ..engine.generation import encode_prompt, eos_ids
 from ..method.data import Example, pack
 from ..errors import HopscotchError
@@ -179,8 +179,7 @@ def stream_pair(model, tok, prompt: str, skipped: Iterable[int] = (), scales: to
 
 def _greedy_step(model, input_ids: list[list[int]], cache) -> tuple[list[int], object]:
     """One cached forward of `input_ids` (B rows of new tokens): each row's greedy next token, and the cache."""
-    # transformers >= 5.24 names the cache argument `cache`; earlier 5.x `past_key_values`
-    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache_kw = cache_kwarg(model.forward)
     out = model(input_ids=torch.tensor(input_ids, device=model.device), use_cache=True, logits_to_keep=1,
                 **{cache_kw: cache})
     return out.logits[:, -1].argmax(-1).tolist(), getattr(out, "cache", None) or getattr(

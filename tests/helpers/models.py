@@ -6,12 +6,11 @@ artifacts) then runs on it.
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 import transformers
 from transformers import LlamaModel
 
+from hopscotch_core.engine.cache import cache_kwarg
 from hopscotch_core.method import data
 
 N_LAYERS = 4
@@ -78,7 +77,7 @@ def make_tokenizer():
                                    unk_token="<unk>")
 
 
-CACHE_KW = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
+CACHE_KW = cache_kwarg(LlamaModel.forward)
 PROMPT = 12  # prompt length of left_padded_batch
 
 
