@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 
+from ..engine.cache import cache_kwarg
 from ..errors import BenchmarkError, BenchmarkUnavailableError
 from ..method import runs
 from ..method.datafiles import OLMES_INSTALL, OLMES_PACKAGE, OLMES_VERSION, olmes_root  # noqa: F401 - importable here
@@ -301,7 +302,7 @@ SHARE_SAVES = 0.4  # share a context's pass when that saves this share of the to
 
 
 def _cache_kw(model) -> str:
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return cache_kwarg(model.forward)
 
 
 @dataclass
