@@ -9,6 +9,8 @@ This module imports nothing (no torch, no transformers): anything may import it.
 
 from __future__ import annotations
 
+import operator
+
 
 class HopscotchError(Exception):
     """Base class for every error hopscotch_core raises on purpose."""
@@ -146,17 +148,26 @@ class GGUFDemoError(HopscotchError, ValueError):
     """A side-by-side request the GGUF side cannot serve (the message says why and what to do)."""
 
 
-def check_blocks(blocks, num_layers: int | None) -> None:
-    """Attention blocks to train: whole numbers, no repeats, >= 0 (and < num_layers when known)."""
-    if not blocks:
+def check_blocks(blocks, num_layers: int | None, allow_empty: bool = False) -> list[int]:
+    """Block indices, as a list of ints: whole numbers (anything with __index__ but a bool), no repeats, >= 0 and
+    < num_layers when known; InvalidBlocksError otherwise. The one rule for block lists: the run settings (which
+    refuse an empty list: there must be a block to train) and a handle's skip set (`allow_empty=True`)."""
+    if not blocks and not allow_empty:
         raise InvalidBlocksError("give at least one attention block to skip")
+    out = []
     for b in blocks:
-        if isinstance(b, bool) or not isinstance(b, int):
+        try:
+            i = operator.index(b)
+        except TypeError:
+            i = None
+        if i is None or isinstance(b, bool):
             raise InvalidBlocksError(f"block index {b!r} is not a whole number")
-        if b < 0:
-            raise InvalidBlocksError(f"block index {b} is negative; blocks are numbered from 0")
-        if num_layers is not None and b >= num_layers:
-            raise InvalidBlocksError(f"block index {b} is out of range: this model has blocks 0..{num_layers - 1}")
-    twice = sorted({b for b in blocks if list(blocks).count(b) > 1})
+        if i < 0:
+            raise InvalidBlocksError(f"block index {i} is negative; blocks are numbered from 0")
+        if num_layers is not None and i >= num_layers:
+            raise InvalidBlocksError(f"block index {i} is out of range: this model has blocks 0..{num_layers - 1}")
+        out.append(i)
+    twice = sorted({i for i in out if out.count(i) > 1})
     if twice:
         raise InvalidBlocksError(f"block(s) {twice} given more than once")
+    return out
