@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import operator
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -41,7 +40,8 @@ from . import artifacts, lowrank
 from .families import ModelFamily, fold_scale, get_family
 from .cache import cache_kwarg, record_skipped
 from ..constants import COLUMNS, GRANULARITIES
-from ..errors import AdapterMismatchError, DetachedError, HopscotchError, InvalidBlocksError, InvalidScalesError
+from ..errors import (AdapterMismatchError, DetachedError, HopscotchError, InvalidBlocksError,  # noqa: F401
+                      InvalidScalesError, check_blocks)
 
 _cache_kwarg = cache_kwarg  # its old name here
 _HANDLE_ATTR = "_hopscotch"
@@ -134,25 +134,12 @@ def _combine(b, branch: torch.Tensor, s, residual: torch.Tensor) -> torch.Tensor
 
 
 def _as_blocks(blocks: int | Iterable[int], n: int) -> list[int]:
-    """Validate block indices: integers in [0, n), no duplicates. Raises InvalidBlocksError."""
+    """Block indices of a skip set (a single index, an iterable, one-element tensors), checked by the package's one
+    block rule (errors.check_blocks; an empty set is fine here). Raises InvalidBlocksError."""
     if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Iterable):
         blocks = [blocks]  # a single index
-    out: list[int] = []
-    for b in blocks:
-        if isinstance(b, bool) or isinstance(b, float):
-            raise InvalidBlocksError(f"block index {b!r} is not an integer")
-        if isinstance(b, torch.Tensor) and b.numel() == 1:
-            b = b.item()
-        try:
-            i = operator.index(b)
-        except TypeError:
-            raise InvalidBlocksError(f"block index {b!r} is not an integer") from None
-        if i < 0 or i >= n:
-            raise InvalidBlocksError(f"block index {i} is out of range: this model has blocks 0..{n - 1}")
-        if i in out:
-            raise InvalidBlocksError(f"block index {i} is given twice")
-        out.append(i)
-    return out
+    blocks = [b.item() if isinstance(b, torch.Tensor) and b.numel() == 1 else b for b in blocks]
+    return check_blocks(blocks, n, allow_empty=True)
 
 
 class Hopscotch:
