@@ -461,7 +461,24 @@ def test_gguf_llama_cpp_quantizer_path(tmp_path, smol_tokenizer_gguf):
     f = gguf_file(out)
     assert f.name.endswith("-hopscotch-k1-Q4_0.gguf") and not list(out.glob("*.tmp"))
     assert f.stat().st_size < 0.3 * 4 * sum(p.numel() for p in model.parameters())
-    assert read_export(out)["check"]["greedy_agree"] >= 0.5  # 4-bit of a random model: loads and runs
+    # llama.cpp's quantizer ran: every weight matrix of the blocks is 4-bit, and block 1 has no attention tensors
+    import gguf
+
+    tensors, kinds = gguf.GGUFReader(str(f)).tensors, {}
+    for t in tensors:
+        if t.name.startswith("blk.") and t.name.endswith(".weight") and "norm" not in t.name:
+            kinds.setdefault(t.name.split(".")[2], set()).add(t.tensor_type.name)
+    assert kinds == {"attn_q": {"Q4_0"}, "attn_k": {"Q4_0"}, "attn_v": {"Q4_0"}, "attn_output": {"Q4_0"},
+                     "ffn_gate": {"Q4_0"}, "ffn_up": {"Q4_0"}, "ffn_down": {"Q4_0"}}
+    assert not any(t.name.startswith("blk.1.attn") for t in tensors)
+    # 4-bit of this random model, measured: the export's own check rel 0.24 with 23/32 greedy tokens agreeing; on
+    # the ids below rel 0.17, 26/32; the same file on those ids against the model with a wrong skip set ({}, {2},
+    # {1, 2}): rel 0.70-1.08, 1-6/32 agreeing. The bounds sit between the two.
+    check = read_export(out)["check"]
+    assert check["rel_diff"] <= 0.4 and check["greedy_agree"] >= 0.6, check
+    ids = _ids(32)
+    ref, got = _logits(model, ids)[0], _gguf_logits(out, ids)
+    assert _rel(ref, got) <= 0.4 and (ref.argmax(-1) == got.argmax(-1)).double().mean() >= 0.6
 
 
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
