@@ -142,8 +142,10 @@ def test_no_import_cycle():
     assert not found, f"import cycles in {PACKAGE} (function-level imports included):\n{message}"
 
 
-# The floors, lowest first (DESIGN.md): a module imports only from its own floor or below. The top level
-# (`hopscotch_core`: __version__, the lazy re-exports) is on the ground floor.
+# The floors, lowest first, as docs/architecture.md (Layout) states them: imports point down, studio ->
+# measure/integrations -> method -> engine -> errors/fileio; the entry points (cli, lm_eval_adapter, __main__) sit
+# above them all. A module imports only from its own floor or below. The top level (`hopscotch_core`: __version__,
+# the lazy re-exports) is on the ground floor.
 FLOORS = {"errors": 0, "fileio": 0, "constants": 0, "engine": 1, "method": 2, "measure": 3, "integrations": 3,
           "studio": 4, "cli": 5, "lm_eval_adapter": 5, "__main__": 6}
 # imports that point up on purpose, each with its reason
