@@ -126,7 +126,7 @@ def _has_tokenizer(path: Path) -> bool:
 
 
 def _finish_compact(model, path: Path, missing: list[str]) -> None:
-    from .scaling import install_compact
+    from .compaction import install_compact
 
     scales, meta = artifacts.read_artifact(path, kind="compact")
     skipped, skipped_mlp = meta["skipped"], meta.get("skipped_mlp", [])
@@ -243,7 +243,7 @@ def _load_hub(model_id: str, dtype: torch.dtype):
 def save_model(model, path: str | os.PathLike, tokenizer=None) -> Path:
     """Save a model (compact Hopscotch or plain) as safetensors + config + generation config (+ tokenizer with its
     chat template, + hopscotch files); reload with load_model. Files get the normal mode (0644 under umask 022)."""
-    from .scaling import compact_info
+    from .compaction import compact_info
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

@@ -23,9 +23,11 @@ process); a forward hook that reads the calling thread's configuration keeps bot
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LoraError
@@ -156,6 +158,23 @@ def from_state(state: dict[str, torch.Tensor], slots: list[Slot], where: str = "
         a.copy_(sa.float())
         b.copy_(sb.float())
     return flat, rank
+
+
+def add_hooks(family, delta: Callable[[int, str, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]) -> list:
+    """A forward hook on every target projection that adds B (A x) to its output: [(module, hook handle), ...].
+    `delta(layer, part, out)` gives the (A, B) acting in this call (the calling thread's configuration, on out's
+    device and dtype), or None where no delta acts."""
+    hooks = []
+    for idx, part, mod, _ in targets(family):
+        def hook(mod, args, out, idx=idx, part=part):
+            d = delta(idx, part, out)
+            if d is None:
+                return None
+            a, b = d
+            return out + F.linear(F.linear(args[0], a), b)  # W x + B (A x)
+
+        hooks.append((mod, mod.register_forward_hook(hook)))
+    return hooks
 
 
 def split_state(tensors: dict[str, torch.Tensor], prefix: str = "lora.") -> dict[str, torch.Tensor]:

@@ -16,6 +16,11 @@ touched) and freezes the model's own parameters; `detach()` undoes both. A skipp
 called at all, and its KV-cache layer only counts tokens (cache.py). `compact()` returns a copy of the model
 without the skipped blocks' attention weights, with b_att/b_mlp folded into the branch's last weight.
 
+This module is the handle's face (its state and public API); the work is split by concern, the way PEFT splits
+a tuner: the layer formula (formula.py), which configuration a forward runs, the handle's own, the calling
+thread's in_thread() or the batch's per_row() (variant.py), the low-rank hooks (lowrank.py), compaction
+(compaction.py) and the adapter files (adapter_io.py).
+
     import hopscotch_core as hc
     model, tok = hc.load_model("default")
     with hc.attach(model) as hs:
@@ -25,9 +30,6 @@ without the skipped blocks' attention weights, with b_att/b_mlp folded into the 
 
 from __future__ import annotations
 
-import copy
-import inspect
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,110 +38,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import artifacts, lowrank
-from .families import ModelFamily, fold_scale, get_family
-from .cache import cache_kwarg, record_skipped
-from ..constants import COLUMNS, GRANULARITIES
-from ..errors import (AdapterMismatchError, DetachedError, HopscotchError, InvalidBlocksError,  # noqa: F401
-                      InvalidScalesError, check_blocks)
+from . import adapter_io, compaction, lowrank
+from .variant import Global, Rows, Variant, active, fixed, rows, set_thread
+from ..errors import DetachedError, HopscotchError, InvalidScalesError
+
+# Every name this module has offered stays importable from here (each now lives in the module of its concern)
+from .cache import cache_kwarg, record_skipped  # noqa: F401
+from .compaction import _COMPACT_ATTR, CompactInfo, RemovedBlock, compact_info, install_compact  # noqa: F401
+from .families import ModelFamily, fold_scale, get_family  # noqa: F401
+from .formula import _combine, _layer_forward, _scaled  # noqa: F401
+from .variant import _THREAD, _as_blocks, _mine, check_channel_scales, check_granularity  # noqa: F401
+from ..constants import COLUMNS, GRANULARITIES  # noqa: F401
+from ..errors import AdapterMismatchError, InvalidBlocksError  # noqa: F401
 
 _cache_kwarg = cache_kwarg  # its old name here
 _HANDLE_ATTR = "_hopscotch"
-_COMPACT_ATTR = "_hopscotch_compact"
-# Hopscotch.in_thread(): per thread, {id(handle): (skipped set, per-layer python floats)} (module level: a handle
-# stays deep-copyable)
-_THREAD = threading.local()
-
-
-def _mine(handle) -> tuple[frozenset[int], list] | None:
-    got = getattr(_THREAD, "cfg", None)
-    return got.get(id(handle)) if got else None
-
-
-class RemovedBlock(nn.Module):
-    """Stands where a compacted layer's attention (or MLP) was: no parameters, never called."""
-
-    def __init__(self, layer_idx: int, name: str = "self_attn"):
-        super().__init__()
-        self.layer_idx, self.name = layer_idx, name
-
-    def forward(self, *args: Any, **kwargs: Any):
-        raise RuntimeError(f"{self.name} of block {self.layer_idx} was removed by Hopscotch compaction")
-
-
-def _layer_forward(family: ModelFamily, layer: nn.Module, idx: int, owner: Any) -> Callable[..., torch.Tensor]:
-    """A forward for decoder layer `idx` implementing the Hopscotch formula.
-
-    `owner` (a Hopscotch handle, or the frozen state of a compact model) answers `_is_skipped(idx)`,
-    `_mlp_skipped(idx)`, `_scales_on(x)` (an [L, 4] tensor, or per-layer tuples of python floats),
-    `_channels_on(x)` (None, or [L, 2, C] per-channel multipliers of b_att / b_mlp) and holds
-    `_probe`: None, or a callable(idx, x, x1, out) that sees each layer's input, mid and output states.
-    """
-    branch = family.layer
-    sig = inspect.signature(type(layer).forward)
-    cache_kw = cache_kwarg(layer)
-    old_kw = "past_key_values" if cache_kw == "cache" else None
-
-    def forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if args:  # transformers passes all but hidden_states by name; map stray positionals the stock way
-            bound = sig.bind_partial(layer, hidden_states, *args, **kwargs).arguments
-            bound.pop("self", None)
-            hidden_states = bound.pop("hidden_states")
-            kwargs = {**bound.pop("kwargs", {}), **bound}
-        if old_kw and old_kw in kwargs and cache_kw not in kwargs:
-            kwargs[cache_kw] = kwargs.pop(old_kw)
-        x = hidden_states  # (B, T, C)
-        sc = owner._scales_on(x)
-        b_att, s_att, b_mlp, s_mlp = (sc[idx, 0], sc[idx, 1], sc[idx, 2], sc[idx, 3]) if isinstance(
-            sc, torch.Tensor) else sc[idx]
-        ch = owner._channels_on(x)
-        if ch is not None:  # (C,) vectors: b ⊙ branch broadcasts over (B, T, C); in the activations' dtype, since a
-            # float32 vector would promote bf16 activations to float32 (the parameter itself stays float32)
-            b_att, b_mlp = (b_att * ch[idx, 0]).to(x.dtype), (b_mlp * ch[idx, 1]).to(x.dtype)
-        if owner._is_skipped(idx):
-            cache = kwargs.get(cache_kw)
-            if cache is not None:
-                record_skipped(cache, idx, x)
-            x1 = _scaled(s_att, x)
-        else:
-            x1 = _combine(b_att, branch.attention(layer, x, kwargs), s_att, x)
-        if owner._mlp_skipped(idx):
-            out = _scaled(s_mlp, x1)
-        else:
-            out = _combine(b_mlp, branch.mlp(layer, x1), s_mlp, x1)
-        if owner._probe is not None:
-            owner._probe(idx, x, x1, out)
-        return out
-
-    return forward
-
-
-def _scaled(s, x: torch.Tensor) -> torch.Tensor:
-    return x if (s.__class__ is float and s == 1.0) else s * x
-
-
-def _combine(b, branch: torch.Tensor, s, residual: torch.Tensor) -> torch.Tensor:
-    """b * branch + s * residual, in the activations' dtype (a 0-dim float32 scalar does not promote).
-
-    With python floats (inference snapshot or compact model) it is the stock `residual + branch` where both are
-    1, so an all-ones model runs exactly the stock kernels; with tensors (training) it is differentiable.
-    """
-    if b.__class__ is float:
-        if b == 1.0 and s == 1.0:
-            return residual + branch
-        if s == 1.0:
-            return torch.add(residual, branch, alpha=b)
-        return torch.add(residual * s, branch, alpha=b)
-    return torch.addcmul(s * residual, branch, b)
-
-
-def _as_blocks(blocks: int | Iterable[int], n: int) -> list[int]:
-    """Block indices of a skip set (a single index, an iterable, one-element tensors), checked by the package's one
-    block rule (errors.check_blocks; an empty set is fine here). Raises InvalidBlocksError."""
-    if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Iterable):
-        blocks = [blocks]  # a single index
-    blocks = [b.item() if isinstance(b, torch.Tensor) and b.numel() == 1 else b for b in blocks]
-    return check_blocks(blocks, n, allow_empty=True)
 
 
 class Hopscotch:
@@ -184,10 +97,10 @@ class Hopscotch:
         # Without autograd, each forward reads the scalars once as python floats (one device sync per forward,
         # not per layer) so that layers run plain scalar kernels: exactly the stock ones at all ones.
         self._snapshot: list[tuple[float, float, float, float]] | None = None
-        # per_row(): [B, L, 4] scalars, one configuration per batch row, and the blocks skipped in every row
-        self._rows: torch.Tensor | None = None
-        self._rows_on: dict[tuple, torch.Tensor] = {}
-        self._rows_skipped: frozenset[int] = frozenset()
+        # which configuration a forward runs (variant.active): the handle's own state, read live, unless the calling
+        # thread has its own (in_thread) or a per_row() block gives one per batch row
+        self._global = Global(self)
+        self._per_row: Rows | None = None
         decoder = model.get_decoder()
         self._snap_hooks = (decoder.register_forward_pre_hook(self._take_snapshot),
                             decoder.register_forward_hook(self._drop_snapshot))
@@ -196,16 +109,12 @@ class Hopscotch:
         setattr(model, _HANDLE_ATTR, self)
 
     # ----------------------------------------------------------------------------------------- internals
-    def _is_skipped(self, idx: int) -> bool:
-        mine = _mine(self)
-        if mine is not None:
-            return idx in mine[0]
-        if self._rows is not None:
-            return idx in self._rows_skipped
-        return idx in self._skips[0]
+    _active = active  # the reader of the configuration this call runs, for the layers and the low-rank hooks
 
-    def _mlp_skipped(self, idx: int) -> bool:
-        return self._rows is None and _mine(self) is None and idx in self._skips[2]
+    @property
+    def _rows(self) -> torch.Tensor | None:
+        """per_row()'s [B, L, 4] scalars while it is active, else None."""
+        return None if self._per_row is None else self._per_row.rows
 
     def _take_snapshot(self, *_: Any) -> None:
         if torch.is_grad_enabled():
@@ -216,54 +125,9 @@ class Hopscotch:
     def _drop_snapshot(self, *_: Any) -> None:
         self._snapshot = None
 
-    def _scales_on(self, x: torch.Tensor):
-        mine = _mine(self)
-        if mine is not None:
-            return mine[1]
-        if self._rows is not None:
-            if x.shape[0] != self._rows.shape[0]:
-                raise HopscotchError(f"per_row() was given {self._rows.shape[0]} configurations but the batch has "
-                                     f"{x.shape[0]} rows")
-            key = (x.device, x.dtype)
-            if key not in self._rows_on:  # (L, 4, B, 1, 1): sc[idx, col] broadcasts over (B, T, C)
-                self._rows_on[key] = self._rows.permute(1, 2, 0)[..., None, None].to(device=x.device, dtype=x.dtype)
-            return self._rows_on[key]
-        if self._snapshot is not None and not torch.is_grad_enabled():
-            return self._snapshot
-        s = self.scales
-        return s if s.device == x.device else s.to(x.device)
-
-    def _channels_on(self, x: torch.Tensor) -> torch.Tensor | None:
-        mine = _mine(self)
-        if mine is not None:
-            ch = mine[2]
-        elif self._rows is not None or self.granularity != "channel":
-            return None
-        elif torch.is_grad_enabled():
-            ch = self.channel_scales
-            return ch if ch.device == x.device else ch.to(x.device)
-        else:
-            ch = self.channel_scales.detach()
-        if ch is None:
-            return None
-        return ch if (ch.device == x.device and ch.dtype == x.dtype) else ch.to(device=x.device, dtype=x.dtype)
-
     def _delta(self, idx: int, part: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(A, B) of the low-rank delta on layer idx's `part` projection as it acts now in this thread, or None."""
-        mine = _mine(self)
-        if mine is not None:
-            got = mine[3].get((idx, part)) if mine[3] else None
-        elif self._rows is not None or not self.lora_rank:
-            return None
-        else:
-            flat = self.lora if torch.is_grad_enabled() else self.lora.detach()
-            got = self._slot_at[(idx, part)].view(flat, self.lora_rank)  # this delta only: the hook's hot path
-        if got is None:
-            return None
-        a, b = got
-        if a.device != x.device or a.dtype != x.dtype:
-            a, b = a.to(device=x.device, dtype=x.dtype), b.to(device=x.device, dtype=x.dtype)
-        return a, b
+        return self._active().delta(idx, part, x)
 
     def _slots(self) -> list[lowrank.Slot]:
         if self._lora_slots is None:
@@ -272,19 +136,8 @@ class Hopscotch:
         return self._lora_slots
 
     def _ensure_lora_hooks(self) -> None:
-        if self._lora_hooks:
-            return
-        import torch.nn.functional as F
-
-        for idx, part, mod, _ in lowrank.targets(self.family):
-            def hook(mod, args, out, idx=idx, part=part):
-                d = self._delta(idx, part, out)
-                if d is None:
-                    return None
-                a, b = d
-                return out + F.linear(F.linear(args[0], a), b)  # W x + B (A x)
-
-            self._lora_hooks.append((mod, mod.register_forward_hook(hook)))
+        if not self._lora_hooks:
+            self._lora_hooks = lowrank.add_hooks(self.family, self._delta)
 
     def _mask_grad(self, grad: torch.Tensor) -> torch.Tensor:
         if not (self._skips[0] or self._skips[2]):
@@ -447,13 +300,14 @@ class Hopscotch:
         optional [L, 2, hidden] channel multipliers (which switch the granularity to "channel") and optional
         low-rank deltas (lora_state() form; they set the rank)."""
         self.reset()
-        self.skip(list(skipped)).skip_mlp(list(skipped_mlp))
-        if scales is not None:
-            self.set_scales(scales)
-        if channel_scales is not None:
-            self.set_channel_scales(channel_scales)
-        if lora:
-            self.set_lora(lora)
+        v = Variant.of(skipped, scales, skipped_mlp, channel_scales, lora)
+        self.skip(list(v.skipped)).skip_mlp(list(v.skipped_mlp))
+        if v.scales is not None:
+            self.set_scales(v.scales)
+        if v.channel_scales is not None:
+            self.set_channel_scales(v.channel_scales)
+        if v.lora:
+            self.set_lora(v.lora)
         return self
 
     @contextmanager
@@ -472,19 +326,6 @@ class Hopscotch:
             if self.lora_rank != rank:
                 self.set_lora_rank(rank)
 
-    def _effective(self, skipped: Iterable[int], scales) -> tuple[list[int], torch.Tensor]:
-        """(validated blocks, float32 [L, 4] CPU scalars with b_att = 0 on them) of one configuration."""
-        blocks = _as_blocks(list(skipped), self.num_layers)
-        eff = torch.ones(self.num_layers, 4, dtype=torch.float32)
-        if scales is not None:
-            sc = torch.as_tensor(scales, dtype=torch.float32).detach().cpu()
-            if tuple(sc.shape) != (self.num_layers, 4) or not torch.isfinite(sc).all():
-                raise InvalidScalesError(f"scales must be a finite [{self.num_layers}, 4] tensor, got "
-                                         f"{tuple(sc.shape)}")
-            eff = sc.clone()
-        eff[blocks, 0] = 0.0
-        return blocks, eff
-
     @contextmanager
     def in_thread(self, skipped: Iterable[int] = (), scales: torch.Tensor | None = None,
                   channel_scales: torch.Tensor | None = None,
@@ -496,22 +337,11 @@ class Hopscotch:
         computing exactly what configure() would (the same inference kernels). With nothing given it is the
         original model (the teacher of the KL objective). Inference only: no gradients reach the scalars."""
         self._check()
-        blocks, eff = self._effective(skipped, scales)
-        ch = None
-        if channel_scales is not None:
-            ch = check_channel_scales(channel_scales, self.num_layers, self.hidden_size).to(self.scales.device)
-        deltas = None
-        if lora:
-            flat, rank = lowrank.from_state(lora, self._slots())
-            self._ensure_lora_hooks()
-            deltas = lowrank.views(flat.to(self.scales.device), self._slots(), rank)
-        if not hasattr(_THREAD, "cfg"):
-            _THREAD.cfg = {}
-        _THREAD.cfg[id(self)] = (frozenset(blocks), [tuple(row) for row in eff.tolist()], ch, deltas)
+        set_thread(self, fixed(self, Variant.of(skipped, scales, channel_scales=channel_scales, lora=lora)))
         try:
             yield self
         finally:
-            _THREAD.cfg.pop(id(self), None)
+            set_thread(self, None)
 
     @contextmanager
     def per_row(self, configs: Sequence[tuple[Iterable[int], torch.Tensor | None]]) -> Iterator["Hopscotch"]:
@@ -528,18 +358,11 @@ class Hopscotch:
         if self.lora_rank:
             raise HopscotchError("per_row() runs without low-rank deltas, and this handle has them (lora_rank "
                                  f"{self.lora_rank}); use in_thread() for each configuration instead")
-        rows, common = [], None
-        for skipped, scales in configs:
-            blocks, eff = self._effective(skipped, scales)
-            rows.append(eff)
-            common = set(blocks) if common is None else common & set(blocks)
-        if not rows:
-            raise HopscotchError("per_row() needs at least one configuration")
-        self._rows, self._rows_on, self._rows_skipped = torch.stack(rows), {}, frozenset(common or ())
+        self._per_row = rows((Variant.of(skipped, scales) for skipped, scales in configs), self.num_layers)
         try:
             yield self
         finally:
-            self._rows, self._rows_on, self._rows_skipped = None, {}, frozenset()
+            self._per_row = None
 
     def effective_scales(self) -> torch.Tensor:
         """A float32 CPU copy of the scalars as they act (b = 0 on skipped blocks)."""
@@ -563,11 +386,7 @@ class Hopscotch:
         """Write scales.safetensors (+ channel_scales with granularity "channel") and hopscotch.json into
         directory `path`; `objective` (what the scalars were trained on: ce | kl | ce+kl) is recorded."""
         self._check()
-        meta = {"kind": "adapter", "skipped": list(self._skips[0]), "skipped_mlp": list(self._skips[2]),
-                "columns": list(COLUMNS), "base": artifacts.model_identity(self.model),
-                "granularity": self.granularity, "objective": objective}
-        return artifacts.write_artifact(path, self.effective_scales(), meta,
-                                        channel_scales=self.effective_channel_scales(), lora=self.lora_state())
+        return adapter_io.save(self, path, objective)
 
     # ----------------------------------------------------------------------------------------- lifecycle
     def detach(self) -> nn.Module:
@@ -647,41 +466,7 @@ class Hopscotch:
         tensor with the original (folding.share_copy: a fraction of the memory; treat the result as read-only).
         """
         self._check()
-        layers = self.family.layers
-        names = {0: self.family.layer.attn_name, 2: self.family.layer.mlp_name}
-        kept: list[tuple[int, str, nn.Module]] = []
-        with self._bare():
-            try:
-                for col, blocks in self._skips.items():
-                    for i in blocks:
-                        kept.append((i, names[col], getattr(layers[i], names[col])))
-                        setattr(layers[i], names[col], RemovedBlock(i, names[col]))
-                if share:
-                    from .folding import share_copy
-
-                    branch = self.family.layer
-                    targets = [branch.attn_out[0], branch.mlp_out[0]] if fold else []
-                    changed = [layers[i].get_submodule(t) for i in range(self.num_layers) for t in targets
-                               if not isinstance(getattr(layers[i], t.split(".")[0], None), RemovedBlock)]
-                    if self.lora_rank:
-                        changed += [layers[s.layer].get_submodule(s.path) for s in self._slots()
-                                    if s.layer not in (self.skipped if s.part == "attn" else self.skipped_mlp)]
-                    new = share_copy(self.model, changed)
-                else:
-                    new = copy.deepcopy(self.model)
-            finally:
-                for i, name, module in kept:
-                    setattr(layers[i], name, module)
-        if not share:  # shared tensors are the attached model's: their flags stay the handle's
-            for name, p in new.named_parameters():
-                p.requires_grad_(self._grad_flags.get(name, True))
-        if self.lora_rank:  # deltas always merge into the copy's weights (exact up to rounding)
-            lowrank.merge(get_family(new).layers, self._slots(), self.lora, self.lora_rank, self.skipped,
-                          self.skipped_mlp)
-        identity = artifacts.model_identity(self.model)
-        install_compact(new, self.effective_scales(), self.skipped, identity, fold=fold,
-                        skipped_mlp=self.skipped_mlp, channel_scales=self.effective_channel_scales())
-        return new
+        return compaction.compact(self, fold, share)
 
 
 def attach(model: nn.Module) -> Hopscotch:
@@ -694,133 +479,8 @@ def handle_of(model: nn.Module) -> Hopscotch | None:
     return getattr(model, _HANDLE_ATTR, None)
 
 
-def check_granularity(granularity: str) -> None:
-    if granularity not in GRANULARITIES:
-        raise HopscotchError(f"unknown granularity {granularity!r}; use one of {', '.join(GRANULARITIES)}")
-
-
-def check_channel_scales(values, num_layers: int, hidden: int) -> torch.Tensor:
-    """`values` as a float32 CPU tensor [num_layers, 2, hidden], or InvalidScalesError."""
-    t = values.detach() if isinstance(values, torch.Tensor) else torch.as_tensor(values)
-    t = t.to(device="cpu", dtype=torch.float32)
-    if tuple(t.shape) != (num_layers, 2, hidden):
-        raise InvalidScalesError(f"channel scales must have shape ({num_layers}, 2, {hidden}), got {tuple(t.shape)}")
-    if not torch.isfinite(t).all():
-        raise InvalidScalesError("channel scales contain NaN or inf")
-    return t
-
-
 def load_adapter(model: nn.Module, path: str | Path, granularity: str | None = None,
                  lora_rank: int | None = None) -> Hopscotch:
     """Attach the adapter saved at `path` to `model`, after checking it was made for this model (and, when
     `granularity` / `lora_rank` are given, trained with them: AdapterMismatchError otherwise)."""
-    scales, meta = artifacts.read_artifact(path, kind="adapter")
-    artifacts.check_identity(meta["base"], model, Path(path))
-    saved = meta.get("granularity") or "scalar"
-    if granularity is not None:
-        check_granularity(granularity)
-        if granularity != saved:
-            raise AdapterMismatchError(
-                f"the adapter at {path} was trained with granularity {saved!r}, but {granularity!r} was asked; "
-                f"pass --granularity {saved} (or retrain the adapter with --granularity {granularity})")
-    saved_rank = int(meta.get("lora_rank", 0))
-    if lora_rank is not None and lora_rank != saved_rank:
-        raise AdapterMismatchError(
-            f"the adapter at {path} has low-rank deltas of rank {saved_rank}, but rank {lora_rank} was asked; "
-            f"pass --lora-rank {saved_rank} (or retrain the adapter with --lora-rank {lora_rank})")
-    channels = artifacts.read_channel_scales(path, meta)
-    deltas = artifacts.read_lora(path, meta)
-    hs = attach(model)
-    try:
-        hs.skip(meta["skipped"])
-        hs.skip_mlp(meta.get("skipped_mlp", []))
-        hs.set_scales(scales)
-        if channels is not None:
-            hs.set_channel_scales(channels)
-        if deltas:
-            try:
-                hs.set_lora(deltas)
-            except lowrank.LoraError as e:
-                raise AdapterMismatchError(f"the adapter at {path}: {e}") from None
-    except Exception:
-        hs.detach()
-        raise
-    return hs
-
-
-class CompactInfo:
-    """The frozen Hopscotch state of a compacted model (its layers' forward reads it; save_model writes it).
-    `channel_scales`: per-channel b multipliers not folded into weights (fold=False), or None."""
-
-    def __init__(self, scales: torch.Tensor, skipped: tuple[int, ...], skipped_mlp: tuple[int, ...], base: dict,
-                 folded: bool, channel_scales: torch.Tensor | None = None):
-        self.scales, self.skipped, self.skipped_mlp, self.base, self.folded = (
-            scales, skipped, skipped_mlp, base, folded)
-        self.channel_scales = channel_scales
-        self._ch_on: dict[tuple, torch.Tensor] = {}
-        self._consts = [tuple(float(v) for v in row) for row in scales]
-        self._att, self._mlp = frozenset(skipped), frozenset(skipped_mlp)
-        self._probe = None
-
-    def _is_skipped(self, idx: int) -> bool:
-        return idx in self._att
-
-    def _mlp_skipped(self, idx: int) -> bool:
-        return idx in self._mlp
-
-    def _scales_on(self, x: torch.Tensor) -> list[tuple[float, float, float, float]]:
-        return self._consts
-
-    def _channels_on(self, x: torch.Tensor) -> torch.Tensor | None:
-        if self.channel_scales is None:
-            return None
-        key = (x.device, x.dtype)
-        if key not in self._ch_on:
-            self._ch_on[key] = self.channel_scales.to(device=x.device, dtype=x.dtype)
-        return self._ch_on[key]
-
-
-def install_compact(
-    model: nn.Module, scales: torch.Tensor, skipped: Iterable[int], base: dict, fold: bool = True,
-    skipped_mlp: Iterable[int] = (), channel_scales: torch.Tensor | None = None,
-) -> nn.Module:
-    """Turn `model` (in place) into a compact Hopscotch model with frozen `scales` (and per-channel b
-    multipliers `channel_scales` [L, 2, hidden], granularity "channel") and removed blocks."""
-    family = get_family(model)
-    n = family.num_layers
-    skipped = tuple(sorted(_as_blocks(list(skipped), n)))
-    skipped_mlp = tuple(sorted(_as_blocks(list(skipped_mlp), n)))
-    scales = scales.detach().float().cpu().clone()
-    if scales.shape != (n, 4) or not torch.isfinite(scales).all():
-        raise InvalidScalesError(f"compact scales must be finite with shape ({n}, 4)")
-    layers = family.layers
-    for blocks, name in ((skipped, family.layer.attn_name), (skipped_mlp, family.layer.mlp_name)):
-        for i in blocks:
-            if not isinstance(getattr(layers[i], name), RemovedBlock):
-                setattr(layers[i], name, RemovedBlock(i, name))
-    hidden = int(family.text_config.hidden_size)
-    ch = None if channel_scales is None else check_channel_scales(channel_scales, n, hidden).clone()
-    if fold:
-        for i, layer in enumerate(layers):
-            for col, c, blocks, target in ((0, 0, skipped, family.layer.attn_out),
-                                           (2, 1, skipped_mlp, family.layer.mlp_out)):
-                if i in blocks:
-                    continue
-                if ch is not None and not bool((ch[i, c] == 1.0).all()):
-                    fold_scale(layer, target, ch[i, c] * scales[i, col])  # per output channel
-                elif scales[i, col] != 1.0:
-                    fold_scale(layer, target, float(scales[i, col]))
-                scales[i, col] = 1.0
-        ch = None
-    scales[list(skipped), 0] = 0.0
-    scales[list(skipped_mlp), 2] = 0.0
-    info = CompactInfo(scales, skipped, skipped_mlp, base, fold, ch)
-    for i, layer in enumerate(layers):
-        vars(layer).pop("forward", None)
-        layer.forward = _layer_forward(family, layer, i, info)
-    setattr(model, _COMPACT_ATTR, info)
-    return model
-
-
-def compact_info(model: nn.Module) -> CompactInfo | None:
-    return getattr(model, _COMPACT_ATTR, None)
+    return adapter_io.load(attach, model, path, granularity, lora_rank)
