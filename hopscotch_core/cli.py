@@ -279,14 +279,18 @@ def _stop_flag():
     return lambda: state["stop"]
 
 
+# the pipeline stage each pipeline command ends with (hopscotch_core/method/pipeline.py STAGES, in order)
+LAST_STAGE = {"generate": "generate", "select": "select", "train": "evaluate", "run": "baselines"}
+
+
 def cmd_pipeline(args) -> int:
     """One process, or (started by torchrun: WORLD_SIZE/RANK/... in the environment) one rank of N running one
     pipeline together (hopscotch_core/method/distributed.py); only rank 0 writes the run and prints."""
     from .method import distributed
     from .method.pipeline import STAGES, run_pipeline
 
-    upto = {"generate": 2, "select": 3, "train": 5, "run": len(STAGES)}[args.command]
-    stages = STAGES[:upto]
+    last = LAST_STAGE[args.command]
+    stages = STAGES[:STAGES.index(last) + 1]
     name = args.name
     group = _GROUP["group"] = distributed.init(args.dist_timeout, device=args.device)
     if args.resume:  # the settings come from the run itself (rank 0's run directory)
