@@ -23,7 +23,6 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 from helpers import ROOT
-from helpers.studio_world import build
 
 from hopscotch_core.studio import figexport, figures
 
@@ -40,11 +39,6 @@ _no_images = pytest.mark.skipif(figexport.image_export_problem() is not None and
 def images(fn):
     """PNG/SVG through kaleido in chromium: the browser marker, skipped where either is missing."""
     return pytest.mark.browser(_no_images(fn))
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return build(tmp_path_factory.getbasetemp() / "studio")
 
 
 def rows(text: str) -> list[dict]:

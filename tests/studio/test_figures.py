@@ -7,17 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers.studio_world import build
 
 from hopscotch_core.studio import figures
 
 from hopscotch_core.measure import metrics
 from hopscotch_core.studio.runview import RunView
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return build(tmp_path_factory.getbasetemp() / "studio")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from helpers import ROOT
-from helpers.studio_world import build
 
 from hopscotch_core import cli
 
@@ -23,11 +22,6 @@ from hopscotch_core.method.runs import RunError, read_json, write_json
 
 EXAMPLES = [ROOT / "assets" / "example-run", ROOT / "assets" / "example-run-k4"]
 REQUIRED = os.environ.get("HOPSCOTCH_REQUIRE_BROWSER") == "1"
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return build(tmp_path_factory.getbasetemp() / "studio")
 
 
 def expected_keys(run: Path) -> list[str]:
