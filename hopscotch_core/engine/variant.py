@@ -17,7 +17,6 @@ returns (a "reader"): `scales_on(x)`, `channels_on(x)`, `attn_skipped(idx)`, `ml
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -55,10 +54,6 @@ class Variant:
            channel_scales: Any = None, lora: dict[str, torch.Tensor] | None = None) -> Variant:
         """A variant from the arguments configure() / in_thread() take (an empty lora dict is none)."""
         return cls(tuple(skipped), tuple(skipped_mlp), scales, channel_scales, lora or None)
-
-    def with_(self, **changes: Any) -> Variant:
-        """This variant with some fields replaced."""
-        return dataclasses.replace(self, **changes)
 
 
 # ----------------------------------------------------------------------------------------------- checks
