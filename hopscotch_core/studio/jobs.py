@@ -47,6 +47,7 @@ from ..method.runs import (
     read_json,
     write_json,
 )
+from .progress import read_progress
 from .commands import (  # noqa: F401 - the command lines, importable from here as before
     PIPELINE_COMMANDS,
     cli_args,
@@ -284,7 +285,7 @@ def status(runs_dir: str | os.PathLike, name: str) -> dict:
         error = rec.get("error") or _last_error_line(log) or (
             f"the job ended with exit status {rec.get('returncode')}" if rec.get("returncode") is not None
             else "the job's process is gone")
-    prog = read_json(Path(runs_dir).expanduser() / name / runs.PROGRESS_FILE, None) if live else None
+    prog = read_progress(Path(runs_dir).expanduser() / name) if live else None
     out = {"name": name, "state": state, "alive": live, "pid": pid, "stage": m.get("stage"),
            "command": rec.get("command"), "returncode": rec.get("returncode"), "error": error, "log": log,
            "step": None, "total": None, "fraction": None, "info": {}, "updated": None, "remaining_s": None}
