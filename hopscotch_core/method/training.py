@@ -390,11 +390,6 @@ def adam_state(opt: torch.optim.Adam, names: Sequence[str] = ("scales", "channel
     return out
 
 
-def is_adam_key(key: str) -> bool:
-    """Whether `key` of an epoch file is Adam state (not a trained tensor)."""
-    return any(key == p + k for p in _ADAM_PREFIX.values() for k in _ADAM_KEYS)
-
-
 def load_adam_state(opt: torch.optim.Adam, state: dict[str, torch.Tensor],
                     names: Sequence[str] = ("scales", "channel_scales")) -> None:
     if not state:
