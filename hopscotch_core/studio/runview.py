@@ -13,6 +13,8 @@ read when their format_version is 1.
 
 from __future__ import annotations
 
+import copy
+
 import io
 import os
 import time
@@ -193,10 +195,22 @@ class RunView:
 
     @property
     def manifest(self) -> dict:
+        """The run's manifest.json, parsed again only when the file changed (its inode, size and modification
+        time: a running job replaces it atomically); a copy, so a caller's edits never reach the cache."""
+        path = self.dir / MANIFEST
         try:
-            return read_json(self.dir / MANIFEST, {}) or {}
-        except RunError:
+            st = path.stat()
+            key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
             return {}
+        cached = getattr(self, "_manifest", None)
+        if cached is None or cached[0] != key:
+            try:
+                cached = (key, read_json(path, {}) or {})
+            except RunError:
+                return {}
+            self._manifest = cached
+        return copy.deepcopy(cached[1])
 
     def exists(self) -> bool:
         return (self.dir / MANIFEST).is_file()

@@ -81,3 +81,27 @@ def test_the_elbow_speaks_the_runs_objective(world, tmp_path, objective, weight)
     assert ("KL" in title) == (objective != "ce") and ("NLL" in title) == (objective != "kl")
     marker = next(t for t in fig.data if t.name.startswith("hopscotch trained"))
     assert objective in marker.hovertemplate
+
+
+def test_manifest_is_parsed_once_per_version_of_the_file_and_handed_out_as_a_copy(tmp_path, monkeypatch):
+    import os
+
+    from hopscotch_core.studio import runview as rv
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"state": "selecting", "selected": [3]}))
+    parsed = []
+    real = rv.read_json
+    monkeypatch.setattr(rv, "read_json", lambda *a, **k: parsed.append(a[0]) or real(*a, **k))
+    view = rv.RunView(run)
+    first = view.manifest
+    assert first == {"state": "selecting", "selected": [3]}
+    first["selected"].append(9)  # a caller's edit stays with the caller
+    assert view.manifest == {"state": "selecting", "selected": [3]} and len(parsed) == 1
+    tmp = run / "manifest.json.tmp"  # a job replaces the file atomically, as runs.write_json does
+    tmp.write_text(json.dumps({"state": "trained", "selected": [3, 5]}))
+    os.replace(tmp, run / "manifest.json")
+    assert view.manifest == {"state": "trained", "selected": [3, 5]} and len(parsed) == 2
+    (run / "manifest.json").unlink()
+    assert view.manifest == {}
