@@ -61,15 +61,16 @@ COLUMNS = ("variant", "method", "scaled", "k", "attention", "mlp", "nll", "ppl",
            *(f"{f}_ci_{end}" for f in FIGURES for end in ("low", "high")))
 
 
-def last_epoch(folder: Path) -> dict[str, torch.Tensor] | None:
+def last_epoch_state(folder: Path) -> dict[str, torch.Tensor] | None:
     """The tensors saved after the last epoch in `folder` (scales/ or scales-NAME/): "scales", with granularity
-    channel also "channel_scales", and the Adam state; None before the first epoch (runs.last_epoch)."""
+    channel also "channel_scales", and the Adam state; None before the first epoch (runs.last_epoch, the format's
+    reader, gives the epoch number too)."""
     return runs.last_epoch(folder)[1]
 
 
 def last_scales(folder: Path) -> torch.Tensor | None:
     """The scalars after the last saved epoch in `folder`, or None."""
-    saved = last_epoch(folder)
+    saved = last_epoch_state(folder)
     return saved["scales"] if saved is not None else None
 
 
@@ -82,7 +83,7 @@ def trained_state(run: Run) -> dict[str, torch.Tensor] | None:
         from safetensors.torch import load_file
 
         return load_file(str(f))
-    return last_epoch(run.file(runs.SCALES_DIR))
+    return last_epoch_state(run.file(runs.SCALES_DIR))
 
 
 def variants_of(run: Run) -> list[dict]:
@@ -106,7 +107,7 @@ def variants_of(run: Run) -> list[dict]:
             continue
         base = {"method": name, "attention": list(entry["attention"]), "mlp": list(entry.get("mlp", []))}
         out.append({**base, "variant": f"{name}-unscaled", "scaled": False, "scales": None})
-        saved = last_epoch(run.file(f"{runs.SCALES_DIR}-{name}"))
+        saved = last_epoch_state(run.file(f"{runs.SCALES_DIR}-{name}"))
         if saved is not None and entry.get("eval_loss_trained") is not None:
             out.append({**base, "variant": name, "scaled": True, "scales": saved["scales"],
                         "channel_scales": saved.get("channel_scales"), "lora": split_state(saved, LORA_PREFIX)})

@@ -26,7 +26,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from .. import __version__
 from . import data, deltainit, distributed, selection, training
@@ -34,7 +33,6 @@ from ..measure import metrics
 from ..engine import lowrank
 from ..engine.artifacts import LORA_PREFIX, model_identity
 from ..errors import HopscotchError
-from ..fileio import atomic_write
 from . import runs
 from .runs import Run, RunError, RunStore, append_jsonl, read_json, read_jsonl, write_json
 from ..engine.scaling import attach, handle_of
@@ -329,12 +327,10 @@ class Pipeline:
             opt_state = {k: v for k, v in last.items() if not k.startswith(LORA_PREFIX)}
 
         def on_epoch(epoch: int, record: dict, scales: torch.Tensor, adam: dict) -> None:
-            final = runs.epoch_file(folder(), epoch)
             channels = hs.effective_channel_scales()
-            tensors = {"scales": scales, **({"channel_scales": channels} if channels is not None else {}),
-                       **{LORA_PREFIX + k: v for k, v in hs.lora_state().items()}, **adam}
-            # a kill mid-write leaves no torn epoch file
-            atomic_write(final, lambda tmp: save_file(tensors, tmp))
+            runs.write_epoch(folder(), epoch, {
+                "scales": scales, **({"channel_scales": channels} if channels is not None else {}),
+                **{LORA_PREFIX + k: v for k, v in hs.lora_state().items()}, **adam})
             append_jsonl(self.run.file(runs.METRICS_FILE), [{"stage": f"train{tag}", **record, "time": time.time()}])
 
         def progress(step: int, total: int, info: dict) -> None:

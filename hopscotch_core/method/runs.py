@@ -158,9 +158,25 @@ def last_epoch(folder: str | os.PathLike) -> tuple[int, dict | None]:
     epochs = epoch_numbers(folder)
     if not epochs:
         return -1, None
+    return epochs[-1], read_epoch(folder, epochs[-1])
+
+
+def read_epoch(folder: str | os.PathLike, epoch: int) -> dict | None:
+    """The tensors saved after `epoch` in a scalars folder (see last_epoch), or None where that epoch has none."""
+    path = epoch_file(folder, epoch)
+    if not path.is_file():
+        return None
     from safetensors.torch import load_file  # torch only once there is a file to read
 
-    return epochs[-1], load_file(str(epoch_file(folder, epochs[-1])))
+    return load_file(str(path))
+
+
+def write_epoch(folder: str | os.PathLike, epoch: int, tensors: dict) -> Path:
+    """Save epoch `epoch`'s tensors (scales, channel_scales, low-rank deltas, Adam state; the keys last_epoch
+    gives back) into a scalars folder, atomically: a kill mid-write leaves no torn epoch file."""
+    from safetensors.torch import save_file
+
+    return atomic_write(epoch_file(folder, epoch), lambda tmp: save_file(tensors, tmp))
 
 
 def pid_exists(pid: Any) -> bool:

@@ -346,19 +346,14 @@ class RunView:
     def scales(self, folder: str = runs.SCALES_DIR, epoch: int | None = None) -> torch.Tensor | None:
         """[num_layers, 4] scalars after `epoch` (default: the last) of `folder`; or the adapter's when
         folder == "adapter". None when absent."""
-        from safetensors.torch import load_file
-
         if folder == runs.ADAPTER_DIR:
             ad = self.adapter()
             return None if ad is None else ad[0]
         epochs = self.scale_epochs(folder)
         if not epochs:
             return None
-        e = epochs[-1] if epoch is None else epoch
-        path = runs.epoch_file(self.dir / folder, e)
-        if not path.is_file():
-            return None
-        return load_file(str(path))["scales"].float()
+        saved = runs.read_epoch(self.dir / folder, epochs[-1] if epoch is None else epoch)
+        return None if saved is None else saved["scales"].float()
 
     def scale_blocks(self, folder: str = runs.SCALES_DIR) -> list[int]:
         """The attention blocks skipped while `folder`'s scalars were trained."""
