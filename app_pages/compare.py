@@ -11,6 +11,7 @@ from app_pages import state, tasks, ui
 from hopscotch_core.studio import compare, drift, figures
 from hopscotch_core.studio.explain import explain
 from hopscotch_core.engine.scaling import compact_info
+from hopscotch_core.measure import speed
 
 st.title("Compare")
 st.caption("Click blocks to skip them, then generate: the original model (left) and the modified one (right) answer "
@@ -212,28 +213,23 @@ st.dataframe(pd.DataFrame({
 st.caption("Counted, not timed: the best speed-up if time were proportional to FLOPs, the KV cache of one sequence "
            "of that length, and the weights of the compact model (original: "
            f"{est['param_bytes_original'].iloc[0] / 2**20:.1f} MB).")
-try:
-    from hopscotch_core.measure import speed
-except ImportError:  # the measurement module is optional
-    speed = None
-if speed is not None:
-    if st.button("Measure speed on this machine (3 rounds, 128-token prompt, 16 decoded tokens)", key="cmp_speed_go"):
-        try:
-            with st.spinner("Timing original, skipped and compact models in turn ..."):
-                rows = speed.measure(model, skipped=skip, scales=scales, contexts=(128,), batch_sizes=(1,),
-                                     decode_tokens=16, rounds=3, lock=lock,
-                                     variants=("original", "skipped", "compact") if skip else ("original",))
-            st.session_state["cmp_speed"] = {"skip": skip, "rows": rows}
-        except Exception as e:  # noqa: BLE001 - shown with cause and fix
-            ui.show_error(e, "measuring speed")
-    res = st.session_state.get("cmp_speed")
-    if res:
-        df = pd.DataFrame(res["rows"])
-        cols = [c for c in ("variant", "k", "context", "batch", "prefill_s_median", "speedup_prefill",
-                            "decode_tok_s_median", "speedup_decode", "flop_bound", "kv_cache_bytes", "param_bytes")
-                if c in df]
-        st.dataframe(df[cols], hide_index=True)
-        st.caption(f"Measured for blocks {res['skip']}: medians over rounds; speed-ups against the original.")
+if st.button("Measure speed on this machine (3 rounds, 128-token prompt, 16 decoded tokens)", key="cmp_speed_go"):
+    try:
+        with st.spinner("Timing original, skipped and compact models in turn ..."):
+            rows = speed.measure(model, skipped=skip, scales=scales, contexts=(128,), batch_sizes=(1,),
+                                 decode_tokens=16, rounds=3, lock=lock,
+                                 variants=("original", "skipped", "compact") if skip else ("original",))
+        st.session_state["cmp_speed"] = {"skip": skip, "rows": rows}
+    except Exception as e:  # noqa: BLE001 - shown with cause and fix
+        ui.show_error(e, "measuring speed")
+res = st.session_state.get("cmp_speed")
+if res:
+    df = pd.DataFrame(res["rows"])
+    cols = [c for c in ("variant", "k", "context", "batch", "prefill_s_median", "speedup_prefill",
+                        "decode_tok_s_median", "speedup_decode", "flop_bound", "kv_cache_bytes", "param_bytes")
+            if c in df]
+    st.dataframe(df[cols], hide_index=True)
+    st.caption(f"Measured for blocks {res['skip']}: medians over rounds; speed-ups against the original.")
 
 # ------------------------------------------------------------------------------------------------ llama.cpp
 from app_pages import gguf_side  # noqa: E402 - the original beside the compressed GGUF: a section of its own

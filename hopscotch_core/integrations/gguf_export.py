@@ -35,6 +35,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,22 @@ def rope_freq_factors(cfg, head_dim: int, theta: float) -> np.ndarray:
     return (plain / inv_freq.double()).float().numpy()
 
 
-def plan(hs) -> dict[str, Any]:
+@dataclass(frozen=True)
+class GGUFPlan:
+    """The layout of a GGUF file for one handle: the layers written and how their attention and RoPE are set."""
+
+    family: str
+    kept: list[int]  # source layers written, in order (a whole removed layer is dropped and the rest renumbered)
+    attention: list[bool]  # per written layer: attention computed
+    head_dim: int
+    rope_theta: float
+    rope_type: str
+    rope_freqs: np.ndarray | None  # llama.cpp's per-frequency divisors for a static RoPE scaling, else None
+    removed_layers: list[int]
+    skipped_attention: list[int]
+
+
+def plan(hs) -> GGUFPlan:
     """Check that llama.cpp can represent `hs` (a Hopscotch handle); return the layout of the file."""
     family = hs.family.name
     cfg = hs.model.config.get_text_config()
@@ -168,9 +184,9 @@ def plan(hs) -> dict[str, Any]:
             "--format hf")
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
     factors = rope_freq_factors(cfg, head_dim, rope["theta"]) if rope["type"] in ROPE_FREQS_TYPES else None
-    return {"family": family, "kept": kept, "attention": [i not in att for i in kept], "head_dim": head_dim,
-            "rope_theta": rope["theta"], "rope_type": rope["type"], "rope_freqs": factors,
-            "removed_layers": sorted(att & mlp), "skipped_attention": sorted(att - mlp)}
+    return GGUFPlan(family=family, kept=kept, attention=[i not in att for i in kept], head_dim=head_dim,
+                    rope_theta=rope["theta"], rope_type=rope["type"], rope_freqs=factors,
+                    removed_layers=sorted(att & mlp), skipped_attention=sorted(att - mlp))
 
 
 # ------------------------------------------------------------------------------------------------ tensors
@@ -226,7 +242,7 @@ def _array(t: torch.Tensor, quant: str) -> np.ndarray:
     return out.reshape(gguf.quants.quant_shape_to_byte_shape(tuple(t.shape), raw))
 
 
-def _tensors(folded, layout: dict) -> list[tuple[str, torch.Tensor, int | None]]:
+def _tensors(folded, layout: GGUFPlan) -> list[tuple[str, torch.Tensor, int | None]]:
     """(GGUF name, tensor of the folded model, head count whose q/k rows are reordered at write time or None)."""
     cfg = folded.config.get_text_config()
     dec = folded.get_decoder()
@@ -236,7 +252,7 @@ def _tensors(folded, layout: dict) -> list[tuple[str, torch.Tensor, int | None]]
     if head.data_ptr() != folded.get_input_embeddings().weight.data_ptr():
         out.append(("output.weight", head, None))
     n_kv = cfg.num_key_value_heads or cfg.num_attention_heads
-    for j, (i, has_attn) in enumerate(zip(layout["kept"], layout["attention"])):
+    for j, (i, has_attn) in enumerate(zip(layout.kept, layout.attention)):
         layer = dec.layers[i]
         p = f"blk.{j}."
         if has_attn:
@@ -441,9 +457,9 @@ def _write_metadata(w, hs, layout: dict, quant: str, n_params: int, provenance: 
     if quant == "q8_0":  # the spec asks for it whenever a tensor is quantized
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     record = {"source": str(getattr(hs.model, "_hopscotch_source", None) or "model"),
-              "skipped_attention": layout["skipped_attention"], "removed_layers": layout["removed_layers"],
-              "kept_layers": layout["kept"], "scales": hs.effective_scales().tolist(),
-              "granularity": hs.granularity, "lora_rank": int(hs.lora_rank), "rope_type": layout["rope_type"],
+              "skipped_attention": layout.skipped_attention, "removed_layers": layout.removed_layers,
+              "kept_layers": layout.kept, "scales": hs.effective_scales().tolist(),
+              "granularity": hs.granularity, "lora_rank": int(hs.lora_rank), "rope_type": layout.rope_type,
               "hopscotch_version": __version__, **(provenance or {})}
     # llama.cpp ignores keys it does not know; hopscotch.* tells what was done to the base model
     w.add_string("hopscotch.export", json.dumps(record))
@@ -492,19 +508,19 @@ def write_gguf(hs, path: str | os.PathLike, quant: str = "f32", tokenizer=None,
         n_kv = cfg.num_key_value_heads or cfg.num_attention_heads
         w.add_context_length(int(cfg.max_position_embeddings))
         w.add_embedding_length(int(cfg.hidden_size))
-        w.add_block_count(len(layout["kept"]))
-        w.add_feed_forward_length([int(cfg.intermediate_size)] * len(layout["kept"]))
-        w.add_head_count([int(cfg.num_attention_heads) if a else 0 for a in layout["attention"]])
-        w.add_head_count_kv([int(n_kv) if a else 0 for a in layout["attention"]])
-        w.add_key_length(layout["head_dim"])
-        w.add_value_length(layout["head_dim"])
-        w.add_rope_dimension_count(layout["head_dim"])
-        w.add_rope_freq_base(layout["rope_theta"])
+        w.add_block_count(len(layout.kept))
+        w.add_feed_forward_length([int(cfg.intermediate_size)] * len(layout.kept))
+        w.add_head_count([int(cfg.num_attention_heads) if a else 0 for a in layout.attention])
+        w.add_head_count_kv([int(n_kv) if a else 0 for a in layout.attention])
+        w.add_key_length(layout.head_dim)
+        w.add_value_length(layout.head_dim)
+        w.add_rope_dimension_count(layout.head_dim)
+        w.add_rope_freq_base(layout.rope_theta)
         w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
         w.add_vocab_size(int(n_vocab))
         tok_info = _copy_tokenizer(w, tok_src, n_vocab) if tok_src else _build_tokenizer(w, tokenizer, n_vocab)
-        if layout["rope_freqs"] is not None:  # llama.cpp divides each RoPE frequency by its factor
-            freqs = torch.from_numpy(layout["rope_freqs"])
+        if layout.rope_freqs is not None:  # llama.cpp divides each RoPE frequency by its factor
+            freqs = torch.from_numpy(layout.rope_freqs)
             tensors.insert(0, ("rope_freqs.weight", freqs, None))
         for name, t, _ in tensors:
             shape, dtype, nbytes, raw = _info(t, native)
@@ -524,9 +540,9 @@ def write_gguf(hs, path: str | os.PathLike, quant: str = "f32", tokenizer=None,
             _llamacpp_quantize(target, path, q)
         finally:
             target.unlink(missing_ok=True)
-    return {"quant": q, "layers": len(layout["kept"]), "skipped_attention": layout["skipped_attention"],
-            "removed_layers": layout["removed_layers"], "tensors": len(tensors), "tokenizer": tok_info,
-            "rope_type": layout["rope_type"], "metadata": meta, "bytes": path.stat().st_size}
+    return {"quant": q, "layers": len(layout.kept), "skipped_attention": layout.skipped_attention,
+            "removed_layers": layout.removed_layers, "tensors": len(tensors), "tokenizer": tok_info,
+            "rope_type": layout.rope_type, "metadata": meta, "bytes": path.stat().st_size}
 
 
 def _llamacpp_quantize(src: Path, dst: Path, quant: str) -> None:

@@ -35,7 +35,7 @@ from torch import nn
 from ..engine.families import get_family
 from ..engine.cache import cache_bytes, cache_kwarg
 from ..engine.priority import gate
-from ..errors import InvalidBlocksError, SpeedError
+from ..errors import SpeedError, check_blocks
 from .info import speedup_bound
 from ..method.runs import BENCH_CSV, BENCH_FILE, write_csv, write_json
 from ..engine.scaling import attach, compact_info, handle_of
@@ -74,10 +74,8 @@ def _check(model: nn.Module, skipped: Sequence[int], contexts: Sequence[int], ba
     if limit and max(contexts) + decode_tokens > limit:
         raise SpeedError(f"context {max(contexts)} + {decode_tokens} decode tokens exceeds the model's "
                          f"{limit} positions")
-    n = get_family(model).num_layers
-    if any(not 0 <= int(b) < n for b in skipped):
-        raise InvalidBlocksError(f"block index out of range in {list(skipped)}: the model has {n} layers (0..{n - 1})")
-    if ("skipped" in variants or "compact" in variants) and not skipped:
+    check_blocks(list(skipped), get_family(model).num_layers, allow_empty=True)  # the package's one block rule
+    if any(v in variants for v in ("skipped", "compact", "deci")) and not skipped:
         raise SpeedError("give the blocks to skip (or measure only the 'original' variant)")
 
 
