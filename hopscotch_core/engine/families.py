@@ -234,3 +234,27 @@ def final_norm(model: nn.Module) -> nn.Module:
 
 
 Forward = Callable[..., torch.Tensor]
+
+
+def rope_settings(cfg) -> dict:
+    """A text config's RoPE as one dict, whichever way the config spells it (transformers 5's rope_parameters, or the
+    legacy rope_theta / rope_scaling pair): theta, type ("default" for plain RoPE), partial rotary factor, and
+    the merged parameters (rope_parameters winning over rope_scaling)."""
+    params = dict(getattr(cfg, "rope_parameters", None) or {})
+    legacy = getattr(cfg, "rope_scaling", None)
+    if isinstance(legacy, dict):
+        params = {**legacy, **params}
+    theta = params.get("rope_theta", getattr(cfg, "rope_theta", None))
+    kind = params.get("rope_type", params.get("type", "default"))
+    return {"theta": float(theta if theta is not None else 10000.0), "type": kind or "default",
+            "partial": params.get("partial_rotary_factor", getattr(cfg, "partial_rotary_factor", None)),
+            "params": params}
+
+
+def sliding_window(cfg) -> int | None:
+    """The window a text config's attention is limited to, or None where it attends over the whole context (no
+    window, use_sliding_window off, or a window no shorter than the model's positions)."""
+    window = getattr(cfg, "sliding_window", None)
+    if window is None or not getattr(cfg, "use_sliding_window", True):
+        return None
+    return window if window < getattr(cfg, "max_position_embeddings", window + 1) else None

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from ..engine.families import rope_settings, sliding_window
 from ..errors import DeciExportError
 from .deci_code.configuration_hopscotch_deci import ffn_width  # the readers' formula, shared with the folder
 
@@ -79,13 +80,6 @@ class DeciPlan:
         return sum(self.attention)
 
 
-def _window(cfg) -> int | None:
-    window = getattr(cfg, "sliding_window", None)
-    if window is None or not getattr(cfg, "use_sliding_window", True):
-        return None
-    return window if window < getattr(cfg, "max_position_embeddings", window + 1) else None
-
-
 def plan(hs) -> DeciPlan:
     """Check that the deci layout can represent `hs` (a Hopscotch handle) exactly; return its layout."""
     family = hs.family.name
@@ -98,8 +92,9 @@ def plan(hs) -> DeciPlan:
     if getattr(cfg, "partial_rotary_factor", None) not in (None, 1.0):
         raise DeciExportError(f"RoPE over part of each head (partial_rotary_factor {cfg.partial_rotary_factor}) "
                               "is not the Llama attention of the deci layout; export --format hf")
-    if _window(cfg) is not None:
-        raise DeciExportError(f"this model attends within a sliding window of {_window(cfg)} tokens, which the "
+    window = sliding_window(cfg)
+    if window is not None:
+        raise DeciExportError(f"this model attends within a sliding window of {window} tokens, which the "
                               "deci layout's Llama attention does not; export --format hf")
     if getattr(cfg, "hidden_act", "silu") != "silu":
         raise DeciExportError(f"the MLP activation {cfg.hidden_act!r} is not the SiLU the serving engines' deci "
@@ -146,13 +141,9 @@ def plan(hs) -> DeciPlan:
 def _rope_fields(cfg) -> dict[str, Any]:
     """rope_parameters (transformers 5) and the rope_theta / rope_scaling pair older readers look for (rope_scaling
     only where the RoPE is scaled: transformers 5 warns on the legacy key, and its absence means plain RoPE)."""
-    params = dict(getattr(cfg, "rope_parameters", None) or {})
-    legacy = getattr(cfg, "rope_scaling", None)
-    if isinstance(legacy, dict):
-        params = {**legacy, **params}
-    theta = params.get("rope_theta", getattr(cfg, "rope_theta", None))
-    params["rope_theta"] = float(theta if theta is not None else 10000.0)
-    params.setdefault("rope_type", params.pop("type", "default"))
+    rope = rope_settings(cfg)
+    params = {k: v for k, v in rope["params"].items() if k != "type"}
+    params.update(rope_theta=rope["theta"], rope_type=rope["type"])
     scaling = {k: v for k, v in params.items() if k != "rope_theta"}
     out = {"rope_parameters": params, "rope_theta": params["rope_theta"]}
     if scaling.get("rope_type") != "default":  # for readers on transformers 4.x (absent: plain RoPE, their default)

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..engine.families import rope_settings, sliding_window
 from ..errors import GGUFExportError, LlamaCppMissingError
 
 ARCH = "deci"
@@ -100,25 +101,13 @@ _ROPE_REFUSED = {
 ROPE_FREQS_TYPES = ("llama3", "linear")  # static per-frequency factors: llama.cpp's rope_freqs tensor
 
 
-def _rope(cfg) -> dict:
-    params = dict(getattr(cfg, "rope_parameters", None) or {})
-    legacy = getattr(cfg, "rope_scaling", None)
-    if isinstance(legacy, dict):
-        params = {**legacy, **params}
-    theta = params.get("rope_theta", getattr(cfg, "rope_theta", None))
-    kind = params.get("rope_type", params.get("type", "default"))
-    return {"theta": float(theta if theta is not None else 10000.0), "type": kind or "default",
-            "partial": params.get("partial_rotary_factor", getattr(cfg, "partial_rotary_factor", None)),
-            "params": params}
-
-
 def rope_freq_factors(cfg, head_dim: int, theta: float) -> np.ndarray:
     """llama.cpp's `rope_freqs` for a static RoPE scaling (llama3, linear): per frequency i, the factor f_i by which
     llama.cpp divides the plain frequency theta^(-2i/d). Taken as the ratio of the plain frequencies to the ones
     transformers itself computes for this config, so the file rotates exactly as the model does."""
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    kind = _rope(cfg)["type"]
+    kind = rope_settings(cfg)["type"]
     inv_freq, attention_factor = ROPE_INIT_FUNCTIONS[kind](cfg, "cpu")
     if abs(float(attention_factor) - 1.0) > 1e-12:
         raise GGUFExportError(f"RoPE {kind!r} here also scales attention by {attention_factor}, which llama.cpp's "
@@ -151,7 +140,7 @@ def plan(hs) -> GGUFPlan:
             f"GGUF export supports the Llama-layer families {', '.join(GGUF_FAMILIES)}; '{family}' layers "
             "differ from llama.cpp's deci layer (extra norms, multipliers, fused or normalised projections). "
             "Export --format hf for this model")
-    rope = _rope(cfg)
+    rope = rope_settings(cfg)
     if rope["partial"] not in (None, 1.0):
         raise GGUFExportError(f"RoPE over part of each head (partial_rotary_factor {rope['partial']}) is not "
                               "llama.cpp deci's RoPE; export --format hf")
@@ -159,9 +148,8 @@ def plan(hs) -> GGUFPlan:
         why = _ROPE_REFUSED.get(rope["type"], "is not a scaling llama.cpp's deci layer computes")
         raise GGUFExportError(f"RoPE {rope['type']!r} {why}; only plain RoPE and the static scalings "
                               f"{', '.join(ROPE_FREQS_TYPES)} are written to GGUF. Export --format hf for this model")
-    window = getattr(cfg, "sliding_window", None)
-    if window is not None and getattr(cfg, "use_sliding_window", True) and \
-            window < getattr(cfg, "max_position_embeddings", window + 1):
+    window = sliding_window(cfg)
+    if window is not None:
         raise GGUFExportError(f"this model attends within a sliding window of {window} tokens, which llama.cpp's "
                               "deci layer does not; export --format hf")
     if getattr(cfg, "hidden_act", "silu") != "silu":
