@@ -122,38 +122,38 @@ def llamacpp_problem() -> str | None:
     return None
 
 
+def _planned(model, skip: Sequence[int]):
+    """What a writer's plan() reads of a handle (family, config, layer count, skip set), from the model and a skip
+    set alone: the writers' refusals are asked before any job, without attaching or locking the model."""
+    from types import SimpleNamespace
+
+    from ..engine.families import get_family
+    from ..errors import check_blocks
+
+    family = get_family(model)
+    blocks = sorted({int(b) for b in skip})
+    check_blocks(blocks, family.num_layers)
+    return SimpleNamespace(family=family, model=model, num_layers=family.num_layers, skipped=blocks, skipped_mlp=[])
+
+
 def check_gguf(model, skip: Sequence[int], quant: str = DEFAULT_QUANT, lock: threading.Lock | None = None) -> None:
     """Refuse, with the GGUF writer's own message, what it would refuse (attention skipped in the first layer of
     the file, a family or RoPE llama.cpp's deci layer does not compute, a bad weight type), before any job. The
     writer's plan reads only the model's config, family and the skip set, so the model is neither attached nor
     locked: the check never waits behind a generation or the drift view (`lock` is accepted and not needed)."""
-    from types import SimpleNamespace
-
-    from ..engine.families import get_family
-    from ..errors import check_blocks
     from ..integrations.gguf_export import check_quant, plan
 
     check_quant(quant)
-    family = get_family(model)
-    blocks = sorted({int(b) for b in skip})
-    check_blocks(blocks, family.num_layers)
-    plan(SimpleNamespace(family=family, model=model, num_layers=family.num_layers, skipped=blocks, skipped_mlp=[]))
+    plan(_planned(model, skip))
 
 
 def check_deci(model, skip: Sequence[int]) -> None:
     """Refuse, with the deci writer's own message, what it would refuse (a family outside the Llama layer, a
     sliding window, attention skipped in the first layer that computes anything), before any job. Like
     check_gguf, it reads only the model's config, family and the skip set."""
-    from types import SimpleNamespace
-
-    from ..engine.families import get_family
-    from ..errors import check_blocks
     from ..integrations.deci_export import plan
 
-    family = get_family(model)
-    blocks = sorted({int(b) for b in skip})
-    check_blocks(blocks, family.num_layers)
-    plan(SimpleNamespace(family=family, model=model, num_layers=family.num_layers, skipped=blocks, skipped_mlp=[]))
+    plan(_planned(model, skip))
 
 
 # ------------------------------------------------------------------------------------------------ streaming
